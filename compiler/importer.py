@@ -1,0 +1,128 @@
+"""Capture and import: ``torch.export`` → torch-dialect MLIR, with weights as named parameters.
+
+Every parameter and buffer of the model becomes a ``util.global`` backed by
+``#stream.parameter.named<"model"::"<torch fqn>">``; the tensors themselves go to a parameter
+archive (``.irpa``), never into the IR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from iree.compiler import ir
+from iree.compiler.extras.fx_importer import FxImporter, FxImporterHooks
+from iree.runtime import ParameterIndex
+from msd.runtime.module import PARAMETER_SCOPE, TensorSpec
+
+# torch dtype → (builtin MLIR element type, runtime dtype name)
+ELEMENT_TYPES: dict[torch.dtype, str] = {
+    torch.float32: "f32",
+    torch.float16: "f16",
+    torch.bfloat16: "bf16",
+    torch.float64: "f64",
+    torch.int8: "i8",
+    torch.uint8: "i8",
+    torch.int16: "i16",
+    torch.int32: "i32",
+    torch.int64: "i64",
+    torch.bool: "i1",
+}
+RUNTIME_DTYPES = {**ELEMENT_TYPES, torch.uint8: "ui8"}
+
+
+class ExportError(ValueError):
+    """The model could not be captured with ``torch.export``."""
+
+
+def element_type(dtype: torch.dtype) -> str:
+    try:
+        return ELEMENT_TYPES[dtype]
+    except KeyError:
+        raise ExportError(f"tensors of dtype {dtype} are not supported") from None
+
+
+class ParameterHooks(FxImporterHooks):
+    """Turns each parameter/buffer input into a load of a named IREE parameter."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._module: ir.Operation | None = None
+
+    def prepare_module(self, module_op: ir.Operation) -> None:
+        self._module = module_op
+
+    def resolve_input(self, gni, value, info):  # noqa: ANN001 (FxImporter's signature)
+        key = info.input_spec.target
+        if key is None or not isinstance(value, torch.Tensor):
+            return None
+        et = element_type(value.dtype)
+        shape = "x".join(str(d) for d in value.shape)
+        ttype = f"tensor<{shape + 'x' if shape else ''}{et}>"
+        sym = "__param_" + "".join(c if c.isalnum() else "_" for c in key)
+        if key not in self.tensors:
+            self.tensors[key] = value.detach().cpu().contiguous()
+            ref = f'#stream.parameter.named<"{PARAMETER_SCOPE}"::"{key}">'
+            glob = ir.Operation.parse(f"util.global private @{sym} = {ref} : {ttype}")
+            ir.InsertionPoint.at_block_begin(self._module.regions[0].blocks[0]).insert(glob)
+        load = ir.Operation.create(
+            "util.global.load", results=[ir.Type.parse(ttype)],
+            attributes={"global": ir.FlatSymbolRefAttr.get(sym)},
+        )
+        return ir.Operation.create(
+            "torch_c.from_builtin_tensor", results=[info.ir_type], operands=[load.result]
+        ).result
+
+    def write_archive(self, path: Path) -> None:
+        index = ParameterIndex()
+        for key, t in self.tensors.items():
+            index.add_buffer(key, _raw_bytes(t))
+        index.create_archive_file(str(path))
+
+
+def _raw_bytes(t: torch.Tensor) -> np.ndarray:
+    flat = t.reshape(-1)
+    if t.dtype in (torch.bfloat16, torch.bool):
+        flat = flat.view(torch.uint8) if t.dtype == torch.bool else flat.view(torch.int16)
+    return flat.numpy().view(np.uint8)
+
+
+def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], dynamic_shapes=None):
+    """``torch.export`` with errors that name what went wrong."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    for i, x in enumerate(example_inputs):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"example input {i} must be a torch.Tensor, got {type(x).__name__}")
+        element_type(x.dtype)
+    try:
+        return torch.export.export(model.eval(), example_inputs, dynamic_shapes=dynamic_shapes)
+    except Exception as e:  # torch.export raises many exception types
+        raise ExportError(f"torch.export could not capture the model: {type(e).__name__}: {e}") from e
+
+
+def input_specs(program: torch.export.ExportedProgram) -> list[TensorSpec]:
+    """Shapes (None where dynamic) and dtypes of the user inputs of an exported program."""
+    specs = []
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            val = node.meta["val"]
+            shape = tuple(int(d) if isinstance(d, int) else None for d in val.shape)
+            specs.append(TensorSpec(shape, RUNTIME_DTYPES[val.dtype]))
+    return specs
+
+
+def import_program(
+    program: torch.export.ExportedProgram, context: ir.Context
+) -> tuple[ir.Operation, ParameterHooks]:
+    """Import into ``context`` (the IREE session's own); return the module and its parameters."""
+    hooks = ParameterHooks()
+    importer = FxImporter(context=context, hooks=hooks)
+    importer.import_program(program, func_name="main")
+    return importer.module_op, hooks

@@ -1,0 +1,707 @@
+"""``--msd-decompose-activations``: dequantize-then-matmul → decomposed-activation int8 matmuls.
+
+A float contraction ``y = x · W`` whose weight operand ``W`` is computed elementwise from an
+integer tensor ``q`` (``W = a·float(q) + b`` with ``a``, ``b`` constant along the reduction) is
+rewritten so that the weight is never materialized in float:
+
+1. ``amax[m] = max_k |x[m,k]|`` (and ``rowsum[m] = Σ_k x[m,k]`` when there is an offset ``b``);
+2. ``x ≈ s·(q1 + q2/254 + q3/254²)``, ``s = amax/127``: the slices are stacked along M in one
+   ``i8`` tensor (round half to even, clamped to ±127);
+3. one ``i8 × i8 → i32`` matmul of the stacked slices with the untouched integer weight;
+4. one epilogue: ``y = a·s·Σ_p C_p/254^p + b·rowsum + y_init``.
+
+The algebra is exact except for the activation rounding, whose error is at most
+``amax/(2·127·254^(p-1))`` per element (see docs/method.md).  Anything the pass cannot prove it
+handles exactly is left untouched, with the reason in the :class:`~msd.passes.report.Report`.
+
+Rows whose ``amax`` is not finite (a NaN or ±Inf in the row) produce NaN for the whole row: the
+float reference is non-finite everywhere in such a row too, but the sign of an infinity is not
+tracked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from iree.compiler import ir, rewrite
+from iree.compiler.dialects import arith, linalg
+from iree.compiler.dialects import math as math_d
+
+from . import _ir
+from .report import Decision, Report
+
+NAME = "msd-decompose-activations"
+SLICE_RADIX = 254.0  # each further slice resolves the previous slice's rounding residual ×254
+QMAX = 127.0  # symmetric int8 range used by the slices
+FLT_MIN = 1.17549435e-38  # amax floor: an all-zero row gets a finite scale and zero slices
+SUPPORTED_SLICES = (1, 2, 3)
+
+
+class NotHandled(Exception):
+    """The candidate is not something the pass can rewrite exactly; the message says why."""
+
+
+# ============================================================================= contractions
+@dataclass
+class Contraction:
+    """A float contraction in iteration-space form, whatever op spelled it."""
+
+    op: ir.Operation
+    lhs: ir.Value
+    rhs: ir.Value
+    init: ir.Value
+    maps: list[ir.AffineMap]  # lhs, rhs, init
+    iterators: list[str]
+
+    @property
+    def n_dims(self) -> int:
+        return self.maps[0].n_dims
+
+
+def _named_maps(op: ir.Operation, default: list[list[int]], n: int) -> list[ir.AffineMap]:
+    if "indexing_maps" in op.attributes:
+        return _ir.maps_of(op)
+    return [_ir.dims_map(n, d) for d in default]
+
+
+def _contraction_from_named(op: ir.Operation, maps: list[ir.AffineMap]) -> Contraction:
+    lhs, rhs, init = op.operands
+    n = maps[0].n_dims
+    out_dims = _ir.used_dims(maps[2])
+    iterators = ["parallel" if d in out_dims else "reduction" for d in range(n)]
+    return Contraction(op, lhs, rhs, init, maps, iterators)
+
+
+def _contraction_from_generic(op: ir.Operation) -> Contraction | None:
+    """A ``linalg.generic`` computing ``out += a*b`` (with optional ``extf`` of a, b)."""
+    if len(op.operands) != 3 or len(op.results) != 1:
+        return None
+    block = op.regions[0].blocks[0]
+    args = list(block.arguments)
+    body = list(block.operations)
+    yielded = body[-1].operands[0]
+    add = _ir.producer(yielded)
+    if add is None or add.name != "arith.addf":
+        return None
+    x, y = add.operands
+    if x == args[2]:
+        prod = y
+    elif y == args[2]:
+        prod = x
+    else:
+        return None
+    mul = _ir.producer(prod)
+    if mul is None or mul.name != "arith.mulf":
+        return None
+
+    def root_arg(v: ir.Value) -> ir.Value:
+        o = _ir.producer(v)
+        if o is not None and o.name == "arith.extf":
+            return o.operands[0]
+        return v
+
+    if {root_arg(v) for v in mul.operands} != {args[0], args[1]} or len(body) > 5:
+        return None
+    iterators = [str(a).split("<")[-1].rstrip(">") for a in ir.ArrayAttr(op.attributes["iterator_types"])]
+    lhs, rhs, init = op.operands
+    return Contraction(op, lhs, rhs, init, _ir.maps_of(op), iterators)
+
+
+# ============================================================================= weight tracing
+@dataclass(frozen=True)
+class Leaf:
+    """Element ``value[map(i)]`` of a tensor that the dequantization reads."""
+
+    value: ir.Value
+    map: ir.AffineMap  # contraction iteration space → tensor dims
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A scalar SSA value (captured from above a region, or a constant)."""
+
+    value: ir.Value
+
+
+@dataclass(frozen=True)
+class Const:
+    value: float
+
+
+@dataclass(frozen=True)
+class Node:
+    """An arithmetic node of a K-invariant expression: add, sub, mul, div, neg."""
+
+    kind: str
+    args: tuple
+
+
+Expr = Leaf | Scalar | Const | Node
+
+
+@dataclass(frozen=True)
+class IntAffine:
+    """An integer value ``q + offset`` (``q`` the weight) or a K-invariant integer (q absent)."""
+
+    has_q: bool
+    offset: Expr | None  # K-invariant integer expression (signed) or None
+    signed_leaves: bool = True
+
+
+@dataclass(frozen=True)
+class FloatAffine:
+    """A float value ``scale·q + offset`` with ``scale``, ``offset`` K-invariant (None = 0)."""
+
+    scale: Expr | None
+    offset: Expr | None
+
+
+def _add(a: Expr | None, b: Expr | None) -> Expr | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return Node("add", (a, b))
+
+
+def _neg(a: Expr | None) -> Expr | None:
+    return None if a is None else Node("neg", (a,))
+
+
+def _mul(a: Expr | None, b: Expr | None) -> Expr | None:
+    if a is None or b is None:
+        return None
+    return Node("mul", (a, b))
+
+
+def _div(a: Expr | None, b: Expr) -> Expr | None:
+    return None if a is None else Node("div", (a, b))
+
+
+@dataclass
+class WeightTrace:
+    """Walks the producers of a contraction operand back to an integer weight tensor."""
+
+    k_dim: int
+    q_leaves: list[Leaf] = field(default_factory=list)
+    leaves: list[Leaf] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    depth: int = 0
+
+    # --- tensors ------------------------------------------------------------------------
+    def tensor(self, value: ir.Value, amap: ir.AffineMap) -> FloatAffine | IntAffine:
+        """The element ``value[amap(i)]`` as an affine function of the weight."""
+        self.depth += 1
+        if self.depth > 64:
+            raise NotHandled("dequantization chain deeper than 64 ops")
+        owner = _ir.producer(value)
+        name = owner.name if owner is not None else None
+        if name == "linalg.generic":
+            return self._generic(owner, value, amap)
+        if name == "linalg.transpose":
+            perm = list(ir.DenseI64ArrayAttr(owner.attributes["permutation"]))
+            inv = [perm.index(j) for j in range(len(perm))]
+            inner = ir.AffineMap.get(amap.n_dims, 0, [amap.results[i] for i in inv])
+            return self.tensor(owner.operands[0], inner)
+        if name == "linalg.broadcast":
+            added = set(ir.DenseI64ArrayAttr(owner.attributes["dimensions"]))
+            kept = [e for i, e in enumerate(amap.results) if i not in added]
+            return self.tensor(owner.operands[0], ir.AffineMap.get(amap.n_dims, 0, kept))
+        return self._leaf(value, amap)
+
+    def _leaf(self, value: ir.Value, amap: ir.AffineMap) -> FloatAffine | IntAffine:
+        et = _ir.elem_type(value)
+        leaf = Leaf(value, amap)
+        uses_k = self.k_dim in _ir.used_dims(amap)
+        if isinstance(et, ir.IntegerType):
+            if not uses_k:
+                self.leaves.append(leaf)
+                return IntAffine(False, leaf)
+            if et.width != 8:
+                raise NotHandled(
+                    f"integer weight of type i{et.width}: only 8-bit weights fit the int8 matmul"
+                )
+            if _ir.dim_positions(amap) is None:
+                raise NotHandled("integer weight read through a non-trivial indexing map")
+            self.q_leaves.append(leaf)
+            return IntAffine(True, None)
+        if not _ir.is_float(et):
+            raise NotHandled(f"weight chain reads a tensor of unsupported element type {et}")
+        if uses_k:
+            origin = _ir.producer(value).name if _ir.producer(value) is not None else "argument"
+            raise NotHandled(
+                f"float tensor varying along the reduction dim ({origin} {value.type}) in the"
+                " weight chain: a float weight or a scale varying along K"
+            )
+        self.leaves.append(leaf)
+        return FloatAffine(None, leaf)
+
+    def _generic(self, op: ir.Operation, value: ir.Value, amap: ir.AffineMap):
+        iters = [str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])]
+        if any("parallel" not in t for t in iters):
+            raise NotHandled("weight produced by a reduction (not an elementwise dequantization)")
+        n_in = len(op.operands) - len(op.results)
+        res_idx = list(op.results).index(value)
+        maps = _ir.maps_of(op)
+        out_map = maps[n_in + res_idx]
+        if not out_map.is_permutation:
+            raise NotHandled("dequantization writes through a non-permutation map")
+        perm = _ir.dim_positions(out_map)
+        inv = ir.AffineMap.get(
+            out_map.n_dims, 0, [ir.AffineDimExpr.get(perm.index(j)) for j in range(len(perm))]
+        )
+        to_generic = _ir.compose(inv, amap)  # contraction space → generic space
+        block = op.regions[0].blocks[0]
+        args = list(block.arguments)
+        yielded = list(block.operations)[-1].operands[res_idx]
+        memo: dict[int, FloatAffine | IntAffine] = {}
+
+        def scalar(v: ir.Value) -> FloatAffine | IntAffine:
+            for i, a in enumerate(args):
+                if a == v:
+                    if i >= n_in:
+                        raise NotHandled("dequantization reads its output tensor")
+                    return self.tensor(op.operands[i], _ir.compose(maps[i], to_generic))
+            owner = _ir.producer(v)
+            if owner is None or owner.parent != op:
+                return self._captured(v)
+            key = hash(owner)
+            if key not in memo:
+                memo[key] = self._body_op(owner, [scalar(o) for o in owner.operands])
+            return memo[key]
+
+        return scalar(yielded)
+
+    def _captured(self, v: ir.Value) -> FloatAffine | IntAffine:
+        owner = _ir.producer(v)
+        if owner is not None and owner.name == "arith.constant":
+            attr = owner.attributes["value"]
+            if isinstance(attr, ir.FloatAttr):
+                return FloatAffine(None, Const(attr.value))
+            if isinstance(attr, ir.IntegerAttr):
+                return IntAffine(False, Const(float(attr.value)))
+        et = v.type
+        if _ir.is_float(et):
+            return FloatAffine(None, Scalar(v))
+        raise NotHandled(f"dequantization uses a scalar of type {et} from outside its body")
+
+    # --- scalar ops in a dequantization body ---------------------------------------------
+    def _body_op(self, op: ir.Operation, a: list) -> FloatAffine | IntAffine:
+        name = op.name
+        if name == "arith.constant":
+            return self._captured(op.result)
+        if name in ("arith.sitofp", "arith.uitofp"):
+            (x,) = a
+            if x.has_q and name == "arith.uitofp":
+                raise NotHandled("unsigned 8-bit weight (uitofp): only signed int8 is supported")
+            scale = Const(1.0) if x.has_q else None
+            offset = x.offset
+            if offset is not None and name == "arith.uitofp":
+                offset = Node("unsigned", (offset,))
+            return FloatAffine(scale, offset)
+        if name in ("arith.extsi", "arith.extui"):
+            (x,) = a
+            if x.has_q and name == "arith.extui":
+                raise NotHandled("unsigned 8-bit weight (extui): only signed int8 is supported")
+            if name == "arith.extui" and x.offset is not None:
+                return IntAffine(x.has_q, Node("unsigned", (x.offset,)))
+            return x
+        if name in ("arith.subi", "arith.addi"):
+            x, y = a
+            width = ir.IntegerType(op.result.type).width
+            if width < 16:
+                raise NotHandled(f"integer {name} in i{width} may wrap around")
+            if y.has_q:
+                if name == "arith.subi" or x.has_q:
+                    raise NotHandled("weight appears non-linearly in the dequantization")
+                x, y = y, x
+            off = y.offset if name == "arith.addi" else _neg(y.offset)
+            return IntAffine(x.has_q, _add(x.offset, off))
+        if name in ("arith.extf", "arith.truncf"):
+            (x,) = a
+            if name == "arith.truncf":
+                self.notes.append("dequantized weight rounded by truncf in the source; exact product used")
+            return x
+        if any(isinstance(v, IntAffine) for v in a):
+            raise NotHandled(f"unsupported op {name} on integers in the dequantization chain")
+        if name in ("arith.addf", "arith.subf"):
+            x, y = a
+            if name == "arith.subf":
+                y = FloatAffine(_neg(y.scale), _neg(y.offset))
+            return FloatAffine(_add(x.scale, y.scale), _add(x.offset, y.offset))
+        if name == "arith.mulf":
+            x, y = a
+            if x.scale is not None and y.scale is not None:
+                raise NotHandled("weight appears non-linearly in the dequantization (q·q)")
+            if x.scale is not None:
+                x, y = y, x
+            return FloatAffine(_mul(x.offset, y.scale), _mul(x.offset, y.offset))
+        if name == "arith.divf":
+            x, y = a
+            if y.scale is not None:
+                raise NotHandled("dequantization divides by the weight")
+            return FloatAffine(_div(x.scale, y.offset), _div(x.offset, y.offset))
+        if name == "arith.negf":
+            (x,) = a
+            return FloatAffine(_neg(x.scale), _neg(x.offset))
+        raise NotHandled(f"unknown op {name} in the dequantization chain")
+
+
+# ============================================================================= the rewrite
+@dataclass
+class Plan:
+    """Everything the rewrite needs, established by matching."""
+
+    c: Contraction
+    x: ir.Value
+    x_map: ir.AffineMap
+    q: ir.Value
+    q_map: ir.AffineMap
+    scale: Expr
+    offset: Expr | None
+    leaves: list[Leaf]
+    k: int
+    m_dims: list[int]
+    n_dim: int
+    b_dims: list[int]
+    notes: list[str]
+
+
+def plan(c: Contraction) -> Plan:
+    """Match a contraction; raise :class:`NotHandled` with the reason when it cannot be."""
+    out_t = _ir.elem_type(c.op.results[0])
+    if not _ir.is_float(out_t) or isinstance(out_t, ir.F64Type):
+        raise NotHandled(f"result element type {out_t} (f32, f16 or bf16 expected)")
+    reductions = [d for d, t in enumerate(c.iterators) if t == "reduction"]
+    if len(reductions) != 1:
+        raise NotHandled(f"{len(reductions)} reduction dims (exactly one expected)")
+    (k,) = reductions
+    errors = []
+    for w_idx in (1, 0):
+        try:
+            return _plan_with_weight(c, k, w_idx)
+        except NotHandled as e:
+            errors.append((w_idx, str(e)))
+    # Prefer the reason that found an integer tensor over "it is a float weight".
+    for _, msg in errors:
+        if not msg.startswith("float tensor varying"):
+            raise NotHandled(msg)
+    raise NotHandled("no operand is dequantized from an integer tensor (float weights)")
+
+
+def _plan_with_weight(c: Contraction, k: int, w_idx: int) -> Plan:
+    operands = [c.lhs, c.rhs]
+    w, x = operands[w_idx], operands[1 - w_idx]
+    w_map, x_map = c.maps[w_idx], c.maps[1 - w_idx]
+    x_t = _ir.elem_type(x)
+    trace = WeightTrace(k)
+    form = trace.tensor(w, w_map)
+    if not isinstance(form, FloatAffine) or form.scale is None:
+        raise NotHandled("float tensor varying along the reduction dim: not a dequantized weight")
+    if len({(hash(q.value), str(q.map)) for q in trace.q_leaves}) != 1:
+        raise NotHandled("more than one integer tensor varies along the reduction dim")
+    q_leaf = trace.q_leaves[0]
+    if not _ir.is_float(x_t) or isinstance(x_t, ir.F64Type):
+        raise NotHandled(f"activation element type {x_t} (f32, f16 or bf16 expected)")
+    x_dims = _ir.dim_positions(x_map)
+    q_dims = _ir.dim_positions(q_leaf.map)
+    c_dims = _ir.dim_positions(c.maps[2])
+    if x_dims is None or len(set(x_dims)) != len(x_dims):
+        raise NotHandled("activation read through a non-permutation map")
+    if q_dims is None or len(set(q_dims)) != len(q_dims):
+        raise NotHandled("integer weight read through a non-permutation map")
+    if c_dims is None or k in c_dims:
+        raise NotHandled("result indexed by the reduction dim")
+    if k not in x_dims:
+        raise NotHandled("activation does not vary along the reduction dim")
+    m_dims, n_dims, b_dims = [], [], []
+    for d in range(c.n_dims):
+        if d == k:
+            continue
+        where = (d in x_dims, d in q_dims, d in c_dims)
+        if where == (True, False, True):
+            m_dims.append(d)
+        elif where == (False, True, True):
+            n_dims.append(d)
+        elif where == (True, True, True):
+            b_dims.append(d)
+        else:
+            raise NotHandled(f"iteration dim d{d} is neither batch, M nor N")
+    m_dims.sort(key=x_dims.index)
+    if len(n_dims) != 1:
+        raise NotHandled(f"{len(n_dims)} output-channel dims in the weight (exactly one expected)")
+    if len(b_dims) > 1:
+        raise NotHandled(f"{len(b_dims)} batch dims shared by weight and activation (at most one)")
+    allowed = {*b_dims, *n_dims}
+    for leaf in trace.leaves:
+        extra = _ir.used_dims(leaf.map) - allowed
+        if extra:
+            what = "the reduction dim" if k in extra else "an activation dim"
+            raise NotHandled(f"scale or zero point varies along {what} ({leaf.value.type})")
+    return Plan(
+        c, x, x_map, q_leaf.value, q_leaf.map, form.scale, form.offset, trace.leaves, k,
+        m_dims, n_dims[0], b_dims, trace.notes,
+    )
+
+
+def rewrite_contraction(p: Plan, slices: int) -> ir.Value:
+    """Emit the MSD form of ``p.c`` at the current insertion point; return the new result."""
+    c, nb, nm = p.c, len(p.b_dims), len(p.m_dims)
+    x_dims = _ir.dim_positions(p.x_map)
+    q_dims = _ir.dim_positions(p.q_map)
+
+    def size(d: int) -> _ir.Size:
+        if d in x_dims:
+            return _ir.size_of(p.x, x_dims.index(d))
+        return _ir.size_of(p.q, q_dims.index(d))
+
+    b_sz = [size(d) for d in p.b_dims]
+    m_sz = [size(d) for d in p.m_dims]
+    k_sz, n_sz = size(p.k), size(p.n_dim)
+    f32 = _ir.f32()
+
+    # 1. amax (and rowsum when the weight has an offset) over K, per (batch, M) row.
+    row_dims = [*p.b_dims, *p.m_dims]
+    red_pos = {d: i for i, d in enumerate([*row_dims, p.k])}
+    x_in_red = _ir.reindex(p.x_map, red_pos, len(red_pos))
+    row_map = _ir.dims_map(len(red_pos), list(range(len(row_dims))))
+    outs = [_ir.filled([*b_sz, *m_sz], _ir.f32_const(0.0))]
+    if p.offset is not None:
+        outs.append(_ir.filled([*b_sz, *m_sz], _ir.f32_const(0.0)))
+
+    def reduce_body(x, amax, *rowsum):
+        xf = _ir.to_f32(x)
+        r = [arith.MaximumFOp(math_d.AbsFOp(xf).result, amax).result]
+        if rowsum:
+            r.append(arith.AddFOp(xf, rowsum[0]).result)
+        return r
+
+    reduced = _ir.generic(
+        [p.x], outs, [x_in_red, *[row_map] * len(outs)],
+        ["parallel"] * len(row_dims) + ["reduction"], reduce_body,
+    )
+    amax, rowsum = reduced[0], (reduced[1] if p.offset is not None else None)
+
+    # 2. the slices, stacked: [batch, p, M..., K] int8.
+    s_pos = {d: i for i, d in enumerate(p.b_dims)}
+    s_pos.update({d: nb + 1 + j for j, d in enumerate(p.m_dims)})
+    s_pos[p.k] = nb + nm + 1
+    n_s = nb + nm + 2
+    x_in_s = _ir.reindex(p.x_map, s_pos, n_s)
+    amax_in_s = _ir.dims_map(n_s, [*range(nb), *range(nb + 1, nb + 1 + nm)])
+    i8 = ir.IntegerType.get_signless(8)
+
+    def slice_body(x, am, _out):
+        pi = linalg.IndexOp(ir.IntegerAttr.get(ir.IntegerType.get_signless(64), nb)).result
+        t = arith.DivFOp(_ir.to_f32(x), _row_scale(am)).result
+        finite = arith.CmpFOp(
+            arith.CmpFPredicate.OLT, math_d.AbsFOp(t).result, _ir.f32_const(float("inf"))
+        ).result
+        digits = []
+        for i in range(slices):
+            d = math_d.RoundEvenOp(t).result
+            d = arith.MinimumFOp(arith.MaximumFOp(d, _ir.f32_const(-QMAX)).result, _ir.f32_const(QMAX)).result
+            digits.append(d)
+            if i + 1 < slices:
+                t = arith.MulFOp(arith.SubFOp(t, d).result, _ir.f32_const(SLICE_RADIX)).result
+        v = digits[-1]
+        for i in range(slices - 2, -1, -1):
+            is_i = arith.CmpIOp(arith.CmpIPredicate.eq, pi, _ir.index_const(i)).result
+            v = arith.SelectOp(is_i, digits[i], v).result
+        v = arith.SelectOp(finite, v, _ir.f32_const(0.0)).result
+        return [arith.FPToSIOp(i8, v).result]
+
+    stacked = _ir.generic(
+        [p.x, amax], [_ir.empty([*b_sz, slices, *m_sz, k_sz], i8)],
+        [x_in_s, amax_in_s, _ir.dims_map(n_s, list(range(n_s)))],
+        ["parallel"] * n_s, slice_body,
+    )[0]
+
+    # 3. one int8 x int8 -> int32 matmul of all slices against the integer weight.
+    rows_group = list(range(nb, nb + nm + 1))
+    groups = [*[[i] for i in range(nb)], rows_group, [nb + nm + 1]]
+    lhs = _ir.collapse(stacked, groups)
+    pm_sz = _ir.product([slices, *m_sz])
+    i32 = ir.IntegerType.get_signless(32)
+    acc0 = _ir.filled([*b_sz, pm_sz, n_sz], _ir.int_const(i32, 0))
+    mm_pos = {p.n_dim: nb + 1, p.k: nb + 2}
+    mm_pos.update({d: 0 for d in p.b_dims})
+    n_mm = nb + 3
+    mm_maps = [
+        _ir.dims_map(n_mm, [*range(nb), nb, nb + 2]),
+        _ir.reindex(p.q_map, mm_pos, n_mm),
+        _ir.dims_map(n_mm, [*range(nb), nb, nb + 1]),
+    ]
+    builder = linalg.batch_matmul if nb else linalg.matmul
+    acc = builder(lhs, p.q, outs=[acc0], indexing_maps=mm_maps)
+    acc = _ir.expand(acc, groups[:-1] + [[nb + nm + 1]], [*b_sz, slices, *m_sz, n_sz])
+
+    # 4. the epilogue, in the original op's parallel iteration space.
+    e_dims = [d for d in range(c.n_dims) if d != p.k]
+    e_pos = {d: i for i, d in enumerate(e_dims)}
+    n_e = len(e_dims)
+    bm_e = [e_pos[d] for d in [*p.b_dims]]
+    mm_e = [e_pos[d] for d in p.m_dims]
+    acc_maps = [_ir.dims_map(n_e, [*bm_e, ("c", s), *mm_e, e_pos[p.n_dim]]) for s in range(slices)]
+    row_e = _ir.dims_map(n_e, [*bm_e, *mm_e])
+    leaf_vals, leaf_maps = [], []
+    for leaf in p.leaves:
+        if not any(leaf.value == v and str(_ir.reindex(leaf.map, e_pos, n_e)) == str(m)
+                   for v, m in zip(leaf_vals, leaf_maps)):
+            leaf_vals.append(leaf.value)
+            leaf_maps.append(_ir.reindex(leaf.map, e_pos, n_e))
+    ins = [*[acc] * slices, amax, *([rowsum] if rowsum is not None else []), *leaf_vals]
+    maps = [*acc_maps, row_e, *([row_e] if rowsum is not None else []), *leaf_maps,
+            _ir.reindex(c.maps[2], e_pos, n_e)]
+    out_t = _ir.elem_type(c.init)
+
+    def epilogue(*args):
+        accs, am = args[:slices], args[slices]
+        rest = list(args[slices + 1:])
+        rs = rest.pop(0) if rowsum is not None else None
+        out = rest.pop()
+        env = dict(zip([(hash(v), str(m)) for v, m in zip(leaf_vals, leaf_maps)], rest))
+        total = arith.SIToFPOp(f32, accs[-1]).result
+        for a in reversed(accs[:-1]):
+            total = arith.DivFOp(total, _ir.f32_const(SLICE_RADIX)).result
+            total = arith.AddFOp(arith.SIToFPOp(f32, a).result, total).result
+        dot = arith.MulFOp(_row_scale(am), total).result
+
+        def leaf_arg(leaf: Leaf) -> ir.Value:
+            return env[(hash(leaf.value), str(_ir.reindex(leaf.map, e_pos, n_e)))]
+
+        y = arith.MulFOp(_emit(p.scale, leaf_arg), dot).result
+        if rs is not None:
+            y = arith.AddFOp(y, arith.MulFOp(_emit(p.offset, leaf_arg), rs).result).result
+        finite = arith.CmpFOp(arith.CmpFPredicate.OLT, am, _ir.f32_const(float("inf"))).result
+        y = arith.SelectOp(finite, y, _ir.f32_const(float("nan"))).result
+        return [_ir.from_f32(arith.AddFOp(_ir.to_f32(out), y).result, out_t)]
+
+    return _ir.generic(ins, [c.init], maps, ["parallel"] * n_e, epilogue)[0]
+
+
+def _row_scale(amax: ir.Value) -> ir.Value:
+    """``s = max(amax, FLT_MIN) / 127``: the first slice's scale (shared by slices and epilogue)."""
+    floor = arith.MaximumFOp(amax, _ir.f32_const(FLT_MIN)).result
+    return arith.DivFOp(floor, _ir.f32_const(QMAX)).result
+
+
+def _emit(e: Expr, leaf_arg: Callable[[Leaf], ir.Value]) -> ir.Value:
+    """Emit a K-invariant expression as f32 scalar ops."""
+    if isinstance(e, Const):
+        return _ir.f32_const(e.value)
+    if isinstance(e, Scalar):
+        return _ir.to_f32(e.value)
+    if isinstance(e, Leaf):
+        v = leaf_arg(e)
+        if isinstance(v.type, ir.IntegerType):
+            return arith.SIToFPOp(_ir.f32(), v).result
+        return _ir.to_f32(v)
+    if e.kind == "unsigned":
+        (a,) = e.args
+        v = leaf_arg(a)
+        return arith.UIToFPOp(_ir.f32(), v).result
+    a = [_emit(x, leaf_arg) for x in e.args]
+    if e.kind == "neg":
+        return arith.NegFOp(a[0]).result
+    op = {"add": arith.AddFOp, "mul": arith.MulFOp, "div": arith.DivFOp}[e.kind]
+    return op(a[0], a[1]).result
+
+
+# ============================================================================= patterns
+class DecomposeContraction:
+    """Base of the patterns: turns one root op into a :class:`Contraction`, then rewrites it."""
+
+    root: str = ""
+
+    def __init__(self, slices: int, report: Report) -> None:
+        self.slices = slices
+        self.report = report
+        self.seen: dict[int, int] = {}
+
+    def contraction(self, op: ir.Operation) -> Contraction | None:
+        raise NotImplementedError
+
+    def __call__(self, op: ir.OpView, rewriter: rewrite.PatternRewriter) -> bool:
+        op = op.operation
+        c = self.contraction(op)
+        if c is None or not _ir.is_float(_ir.elem_type(op.results[0])):
+            return True  # not a float contraction: not a candidate, nothing to report
+        try:
+            p = plan(c)
+        except NotHandled as e:
+            self._record(op, False, str(e))
+            return True
+        with rewriter.ip, op.location:
+            y = rewrite_contraction(p, self.slices)
+        what = f"{self.slices} int8 slice(s) x {p.q.type}"
+        if p.offset is not None:
+            what += " with zero-point/offset term"
+        if p.notes:
+            what += "; " + "; ".join(sorted(set(p.notes)))
+        self._record(op, True, what)
+        rewriter.replace_op(op, [y])
+        return False
+
+    def _record(self, op: ir.Operation, rewritten: bool, reason: str) -> None:
+        d = Decision(op.name, _ir.location_text(op), rewritten, reason)
+        key = hash(op)
+        if key in self.seen:
+            self.report.decisions[self.seen[key]] = d
+        else:
+            self.seen[key] = len(self.report.decisions)
+            self.report.decisions.append(d)
+
+
+class DecomposeMatmul(DecomposeContraction):
+    """``linalg.matmul`` in any operand layout (default or explicit ``indexing_maps``)."""
+
+    root = "linalg.matmul"
+
+    def contraction(self, op: ir.Operation) -> Contraction | None:
+        maps = _named_maps(op, [[0, 2], [2, 1], [0, 1]], 3)
+        return _contraction_from_named(op, maps)
+
+
+class DecomposeBatchMatmul(DecomposeContraction):
+    """``linalg.batch_matmul`` (3-D activations from ``nn.Linear`` on sequences land here)."""
+
+    root = "linalg.batch_matmul"
+
+    def contraction(self, op: ir.Operation) -> Contraction | None:
+        maps = _named_maps(op, [[0, 1, 3], [0, 3, 2], [0, 1, 2]], 4)
+        return _contraction_from_named(op, maps)
+
+
+class DecomposeContract(DecomposeContraction):
+    """``linalg.contract`` (explicit indexing maps, implicit multiply-add body)."""
+
+    root = "linalg.contract"
+
+    def contraction(self, op: ir.Operation) -> Contraction | None:
+        return _contraction_from_named(op, _ir.maps_of(op))
+
+
+class DecomposeGenericContraction(DecomposeContraction):
+    """``linalg.generic`` whose body is ``out + a*b`` with one reduction dim."""
+
+    root = "linalg.generic"
+
+    def contraction(self, op: ir.Operation) -> Contraction | None:
+        return _contraction_from_generic(op)
+
+
+PATTERNS = (DecomposeMatmul, DecomposeBatchMatmul, DecomposeContract, DecomposeGenericContraction)
+
+
+def run(module: ir.Operation, *, slices: int = 2) -> Report:
+    """Apply the pass to ``module`` in place; return what it decided for each float contraction."""
+    if slices not in SUPPORTED_SLICES:
+        raise ValueError(f"{NAME}: slices={slices} is not supported (choose 1, 2 or 3)")
+    report = Report(NAME)
+    patterns = rewrite.RewritePatternSet(module.context)
+    for cls in PATTERNS:
+        patterns.add(cls.root, cls(slices, report))
+    rewrite.apply_patterns_and_fold_greedily(module, patterns.freeze())
+    return report
