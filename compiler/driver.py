@@ -25,6 +25,7 @@ import ml_dtypes
 import numpy as np
 import torch
 from iree.compiler import ir, passmanager
+
 from msd.passes import Report, run_pass
 from msd.passes.decompose_activations import NAME as DECOMPOSE
 from msd.passes.decompose_activations import SUPPORTED_SLICES

@@ -15,6 +15,7 @@ import torch
 from iree.compiler import ir
 from iree.compiler.extras.fx_importer import FxImporter, FxImporterHooks
 from iree.runtime import ParameterIndex
+
 from msd.runtime.module import PARAMETER_SCOPE, TensorSpec
 
 # torch dtype → (builtin MLIR element type, runtime dtype name)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from iree.compiler import ir, passmanager
+
 from msd.passes import PASSES, PassOptionError, parse_options, run_pass
 
 USAGE = "usage: msd-opt [FILE|-] [--msd-<pass>[=\"opt=val ...\"]] [--pass-pipeline=P] [--msd-report] [-o OUT]"

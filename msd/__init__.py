@@ -3,26 +3,44 @@
     qmodel = msd.quantize(model, weights="int8")
     cm = msd.compile(qmodel, (x,), target="llvm-cpu", slices=2)
     y = cm(x)
+
+The compiler half needs torch; ``msd.runtime`` (load and call a saved artifact) does not, so the
+names below are imported on first use.
 """
 
-from msd.compiler.driver import STAGES, TARGETS, CompiledModule, compile
-from msd.compiler.importer import ExportError
-from msd.compiler.iree_session import CompileError
-from msd.compiler.quantize import QuantizedLinear, quantize
-from msd.passes import Report
-from msd.runtime import ArtifactError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "STAGES",
-    "TARGETS",
-    "ArtifactError",
-    "CompileError",
-    "CompiledModule",
-    "ExportError",
-    "QuantizedLinear",
-    "Report",
-    "compile",
-    "quantize",
-]
+_EXPORTS = {
+    "compile": "msd.compiler.driver",
+    "CompiledModule": "msd.compiler.driver",
+    "STAGES": "msd.compiler.driver",
+    "TARGETS": "msd.compiler.driver",
+    "CompileError": "msd.compiler.iree_session",
+    "ExportError": "msd.compiler.importer",
+    "quantize": "msd.compiler.quantize",
+    "QuantizedLinear": "msd.compiler.quantize",
+    "Report": "msd.passes.report",
+    "ArtifactError": "msd.runtime.module",
+}
+
+if TYPE_CHECKING:
+    from msd.compiler.driver import STAGES, TARGETS, CompiledModule, compile  # noqa: F401
+    from msd.compiler.importer import ExportError  # noqa: F401
+    from msd.compiler.iree_session import CompileError  # noqa: F401
+    from msd.compiler.quantize import QuantizedLinear, quantize  # noqa: F401
+    from msd.passes.report import Report  # noqa: F401
+    from msd.runtime.module import ArtifactError  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'msd' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

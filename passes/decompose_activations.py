@@ -39,7 +39,13 @@ SUPPORTED_SLICES = (1, 2, 3)
 
 
 class NotHandled(Exception):
-    """The candidate is not something the pass can rewrite exactly; the message says why."""
+    """The candidate is not something the pass can rewrite exactly; the message says why.
+
+    ``found_integer`` is set when the operand did come from an integer tensor (so the reason is
+    about an unsupported dequantization rather than a plain float operand).
+    """
+
+    found_integer = False
 
 
 # ============================================================================= contractions
@@ -186,6 +192,7 @@ class WeightTrace:
     k_dim: int
     q_leaves: list[Leaf] = field(default_factory=list)
     leaves: list[Leaf] = field(default_factory=list)
+    found_integer: bool = False  # an integer tensor varying along K was reached
     notes: list[str] = field(default_factory=list)
     depth: int = 0
 
@@ -218,6 +225,7 @@ class WeightTrace:
             if not uses_k:
                 self.leaves.append(leaf)
                 return IntAffine(False, leaf)
+            self.found_integer = True
             if et.width != 8:
                 raise NotHandled(
                     f"integer weight of type i{et.width}: only 8-bit weights fit the int8 matmul"
@@ -382,11 +390,11 @@ def plan(c: Contraction) -> Plan:
         try:
             return _plan_with_weight(c, k, w_idx)
         except NotHandled as e:
-            errors.append((w_idx, str(e)))
-    # Prefer the reason that found an integer tensor over "it is a float weight".
-    for _, msg in errors:
-        if not msg.startswith("float tensor varying"):
-            raise NotHandled(msg)
+            errors.append(e)
+    # A reason about an integer weight beats "this operand is just a float tensor".
+    for e in errors:
+        if e.found_integer:
+            raise e
     raise NotHandled("no operand is dequantized from an integer tensor (float weights)")
 
 
@@ -394,9 +402,17 @@ def _plan_with_weight(c: Contraction, k: int, w_idx: int) -> Plan:
     operands = [c.lhs, c.rhs]
     w, x = operands[w_idx], operands[1 - w_idx]
     w_map, x_map = c.maps[w_idx], c.maps[1 - w_idx]
-    x_t = _ir.elem_type(x)
     trace = WeightTrace(k)
-    form = trace.tensor(w, w_map)
+    try:
+        return _plan_traced(c, k, x, x_map, trace, trace.tensor(w, w_map))
+    except NotHandled as e:
+        e.found_integer = trace.found_integer
+        raise
+
+
+def _plan_traced(c: Contraction, k: int, x: ir.Value, x_map: ir.AffineMap, trace: WeightTrace,
+                 form: FloatAffine | IntAffine) -> Plan:
+    x_t = _ir.elem_type(x)
     if not isinstance(form, FloatAffine) or form.scale is None:
         raise NotHandled("float tensor varying along the reduction dim: not a dequantized weight")
     if len({(hash(q.value), str(q.map)) for q in trace.q_leaves}) != 1:

@@ -89,7 +89,7 @@ class Module:
             index = rt.ParameterIndex()
             try:
                 index.load(str(path))
-            except (ValueError, RuntimeError) as e:
+            except (ValueError, RuntimeError, IndexError, OSError) as e:
                 raise ArtifactError(f"{path} is not a valid parameter archive: {e}") from None
             provider = index.create_provider(scope=PARAMETER_SCOPE)
             modules.append(rt.create_io_parameters_module(instance, provider))
