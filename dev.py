@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Project entry point that needs only python3 (3.11) and pip.
+
+    python3 dev.py demo          # compile a small quantized model; baseline vs MSD error and speed
+    python3 dev.py test [ARGS]   # the whole test suite (pytest, which also runs the lit tests)
+
+On first use (and whenever pyproject.toml changes) it creates ./.venv and installs msd with its
+pinned dependencies into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / "bin" / "python"
+STAMP = VENV / ".msd-installed"
+
+
+def ensure_env() -> None:
+    if sys.version_info[:2] != (3, 11):
+        sys.exit(f"msd needs Python 3.11 (this is {sys.version.split()[0]}): run dev.py with python3.11")
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if PYTHON.exists() and STAMP.exists() and STAMP.read_text() == want:
+        return
+    if not PYTHON.exists():
+        print(f"dev.py: creating {VENV}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    print("dev.py: installing msd and its pinned dependencies (first run only)", flush=True)
+    subprocess.run(
+        [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f"{ROOT}[test]"],
+        check=True,
+    )
+    STAMP.write_text(want)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test"):
+        print(__doc__)
+        return 2
+    ensure_env()
+    env = dict(os.environ, PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    if argv[0] == "demo":
+        cmd = [str(PYTHON), str(ROOT / "examples" / "demo.py"), *argv[1:]]
+    else:
+        cmd = [str(PYTHON), "-m", "pytest", *(argv[1:] or ["tests"])]
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
