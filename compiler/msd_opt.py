@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             module = ir.Module.parse(text)
         except ir.MLIRError as e:
-            print(f"msd-opt: error: cannot parse {name}:\n{_diagnostics(e)}", file=sys.stderr)
+            print(f"msd-opt: error: cannot parse {name}:\n{_diagnostics(e, name)}", file=sys.stderr)
             return 1
         for step, opts in steps:
             try:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                     if want_report:
                         print(report.format(), file=sys.stderr)
             except ir.MLIRError as e:
-                print(f"msd-opt: error: {step} failed:\n{_diagnostics(e)}", file=sys.stderr)
+                print(f"msd-opt: error: {step} failed:\n{_diagnostics(e, name)}", file=sys.stderr)
                 return 1
             except PassOptionError as e:
                 print(f"msd-opt: error: {e}", file=sys.stderr)
@@ -101,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _diagnostics(e: ir.MLIRError) -> str:
-    lines = [f"  {d.location}: {d.message}" for d in e.error_diagnostics]
+def _diagnostics(e: ir.MLIRError, source: str) -> str:
+    """One line per error, with the parser's anonymous buffer name replaced by the file name."""
+    anonymous, named = 'loc("-"', f'loc("{source}"'
+    lines = [f"  {str(d.location).replace(anonymous, named)}: {d.message}" for d in e.error_diagnostics]
     return "\n".join(lines) or f"  {e}"
 
 
