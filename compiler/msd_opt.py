@@ -78,12 +78,17 @@ def main(argv: list[str] | None = None) -> int:
         for step, opts in steps:
             try:
                 if step == "pipeline":
-                    pm = passmanager.PassManager.parse(str(opts))
+                    try:
+                        pm = passmanager.PassManager.parse(str(opts))
+                    except ValueError as e:
+                        print(f"msd-opt: error: bad --pass-pipeline {opts!r}: {e}", file=sys.stderr)
+                        return 2
                     pm.run(module.operation)
                 else:
                     report = run_pass(module.operation, step, **opts)
                     if want_report:
-                        print(report.format(), file=sys.stderr)
+                        text = report.format().replace('"-":', f'"{name}":')
+                        print(text, file=sys.stderr)
             except ir.MLIRError as e:
                 print(f"msd-opt: error: {step} failed:\n{_diagnostics(e, name)}", file=sys.stderr)
                 return 1

@@ -185,6 +185,9 @@ def generic(
 
 
 def collapse(v: ir.Value, groups: Sequence[Sequence[int]]) -> ir.Value:
+    """``tensor.collapse_shape`` (nothing when every group is a single dim)."""
+    if all(len(g) == 1 for g in groups):
+        return v
     t = tensor_type(v)
     shape = []
     for g in groups:
@@ -199,6 +202,9 @@ def collapse(v: ir.Value, groups: Sequence[Sequence[int]]) -> ir.Value:
 
 
 def expand(v: ir.Value, groups: Sequence[Sequence[int]], sizes: Sequence[Size]) -> ir.Value:
+    """``tensor.expand_shape`` to ``sizes`` (nothing when every group is a single dim)."""
+    if all(len(g) == 1 for g in groups):
+        return v
     t = tensor_type(v)
     rtype = ir.RankedTensorType.get(shape_of(sizes), t.element_type)
     dynamic = [s for s in sizes if not isinstance(s, int)]

@@ -148,12 +148,54 @@ Expr = Leaf | Scalar | Const | Node
 
 
 @dataclass(frozen=True)
-class IntAffine:
-    """An integer value ``q + offset`` (``q`` the weight) or a K-invariant integer (q absent)."""
+class IntTerm:
+    """``sign · value`` of a K-invariant integer leaf or constant, read signed or unsigned."""
 
-    has_q: bool
-    offset: Expr | None  # K-invariant integer expression (signed) or None
-    signed_leaves: bool = True
+    sign: int
+    value: Leaf | Const
+    unsigned: bool
+
+
+@dataclass(frozen=True)
+class IntAffine:
+    """An integer value ``q_coef·q + Σ terms`` with the range of its mathematical value.
+
+    Integer ops are modular; the rewrite uses the mathematical value, so every conversion checks
+    that the range fits the interpretation (signed/unsigned) at the current bit width.  A value just
+    read from a tensor (``raw``) has no interpretation yet: the first extension/conversion picks it.
+    """
+
+    q_coef: int
+    terms: tuple[IntTerm, ...]
+    width: int
+    lo: int = 0
+    hi: int = 0
+    raw: bool = False
+
+    @property
+    def has_q(self) -> bool:
+        return self.q_coef != 0
+
+
+def _int_range(width: int, unsigned: bool) -> tuple[int, int]:
+    return (0, 2**width - 1) if unsigned else (-(2 ** (width - 1)), 2 ** (width - 1) - 1)
+
+
+def _interpret(v: IntAffine, unsigned: bool) -> IntAffine:
+    """Read ``v``'s bits as signed/unsigned; refuse when that is not its mathematical value."""
+    if v.raw:
+        if v.has_q and unsigned:
+            raise NotHandled("unsigned 8-bit weight (uitofp/extui): only signed int8 is supported")
+        lo, hi = _int_range(v.width, unsigned)
+        terms = tuple(IntTerm(t.sign, t.value, unsigned) for t in v.terms)
+        return IntAffine(v.q_coef, terms, v.width, lo, hi)
+    lo, hi = _int_range(v.width, unsigned)
+    if not (lo <= v.lo and v.hi <= hi):
+        kind = "unsigned" if unsigned else "signed"
+        raise NotHandled(
+            f"integer value in [{v.lo}, {v.hi}] read as {kind} i{v.width} in the dequantization: may wrap"
+        )
+    return v
 
 
 @dataclass(frozen=True)
@@ -225,7 +267,7 @@ class WeightTrace:
         if isinstance(et, ir.IntegerType):
             if not uses_k:
                 self.leaves.append(leaf)
-                return IntAffine(False, leaf)
+                return IntAffine(0, (IntTerm(1, leaf, False),), et.width, raw=True)
             self.found_integer = True
             if et.width != 8:
                 raise NotHandled(
@@ -234,7 +276,7 @@ class WeightTrace:
             if _ir.dim_positions(amap) is None:
                 raise NotHandled("integer weight read through a non-trivial indexing map")
             self.q_leaves.append(leaf)
-            return IntAffine(True, None)
+            return IntAffine(1, (), 8, raw=True)
         if not _ir.is_float(et):
             raise NotHandled(f"weight chain reads a tensor of unsupported element type {et}")
         if uses_k:
@@ -289,7 +331,8 @@ class WeightTrace:
             if isinstance(attr, ir.FloatAttr):
                 return FloatAffine(None, Const(attr.value))
             if isinstance(attr, ir.IntegerAttr):
-                return IntAffine(False, Const(float(attr.value)))
+                width = ir.IntegerType(attr.type).width
+                return IntAffine(0, (IntTerm(1, Const(float(attr.value)), False),), width, attr.value, attr.value)
         et = v.type
         if _ir.is_float(et):
             return FloatAffine(None, Scalar(v))
@@ -301,32 +344,27 @@ class WeightTrace:
         if name == "arith.constant":
             return self._captured(op.result)
         if name in ("arith.sitofp", "arith.uitofp"):
-            (x,) = a
-            if x.has_q and name == "arith.uitofp":
-                raise NotHandled("unsigned 8-bit weight (uitofp): only signed int8 is supported")
-            scale = Const(1.0) if x.has_q else None
-            offset = x.offset
-            if offset is not None and name == "arith.uitofp":
-                offset = Node("unsigned", (offset,))
-            return FloatAffine(scale, offset)
+            x = _interpret(a[0], name == "arith.uitofp")
+            offset = None
+            for t in x.terms:
+                term = Node("int", (t.value, t.unsigned))
+                offset = _add(offset, term if t.sign > 0 else _neg(term))
+            return FloatAffine(Const(float(x.q_coef)) if x.has_q else None, offset)
         if name in ("arith.extsi", "arith.extui"):
-            (x,) = a
-            if x.has_q and name == "arith.extui":
-                raise NotHandled("unsigned 8-bit weight (extui): only signed int8 is supported")
-            if name == "arith.extui" and x.offset is not None:
-                return IntAffine(x.has_q, Node("unsigned", (x.offset,)))
-            return x
-        if name in ("arith.subi", "arith.addi"):
-            x, y = a
+            x = _interpret(a[0], name == "arith.extui")
             width = ir.IntegerType(op.result.type).width
-            if width < 16:
-                raise NotHandled(f"integer {name} in i{width} may wrap around")
-            if y.has_q:
-                if name == "arith.subi" or x.has_q:
-                    raise NotHandled("weight appears non-linearly in the dequantization")
-                x, y = y, x
-            off = y.offset if name == "arith.addi" else _neg(y.offset)
-            return IntAffine(x.has_q, _add(x.offset, off))
+            return IntAffine(x.q_coef, x.terms, width, x.lo, x.hi)
+        if name in ("arith.subi", "arith.addi"):
+            x, y = (v if not v.raw else _interpret(v, False) for v in a)
+            sign = -1 if name == "arith.subi" else 1
+            terms = x.terms + tuple(IntTerm(sign * t.sign, t.value, t.unsigned) for t in y.terms)
+            lo, hi = (x.lo + y.lo, x.hi + y.hi) if sign > 0 else (x.lo - y.hi, x.hi - y.lo)
+            q_coef = x.q_coef + sign * y.q_coef
+            if q_coef not in (0, 1, -1) or (x.has_q and y.has_q):
+                raise NotHandled("weight appears non-linearly in the dequantization")
+            if q_coef == -1:
+                raise NotHandled("negated integer weight in the dequantization")
+            return IntAffine(q_coef, terms, ir.IntegerType(op.result.type).width, lo, hi)
         if name in ("arith.extf", "arith.truncf"):
             (x,) = a
             if name == "arith.truncf":
@@ -414,7 +452,9 @@ def _plan_with_weight(c: Contraction, k: int, w_idx: int) -> Plan:
 def _plan_traced(c: Contraction, k: int, x: ir.Value, x_map: ir.AffineMap, trace: WeightTrace,
                  form: FloatAffine | IntAffine) -> Plan:
     x_t = _ir.elem_type(x)
-    if not isinstance(form, FloatAffine) or form.scale is None:
+    if isinstance(form, IntAffine):
+        raise NotHandled("the contraction reads an integer tensor directly (no int-to-float dequantization)")
+    if form.scale is None:
         raise NotHandled("float tensor varying along the reduction dim: not a dequantized weight")
     if len({(hash(q.value), str(q.map)) for q in trace.q_leaves}) != 1:
         raise NotHandled("more than one integer tensor varies along the reduction dim")
@@ -510,7 +550,7 @@ def rewrite_contraction(p: Plan, slices: int) -> ir.Value:
     i8 = ir.IntegerType.get_signless(8)
 
     def slice_body(x, am, _out):
-        pi = linalg.IndexOp(ir.IntegerAttr.get(ir.IntegerType.get_signless(64), nb)).result
+        pi = linalg.IndexOp(ir.IntegerAttr.get(ir.IntegerType.get_signless(64), nb)).result if slices > 1 else None
         t = arith.DivFOp(_ir.to_f32(x), _row_scale(am)).result
         finite = arith.CmpFOp(
             arith.CmpFPredicate.OLT, math_d.AbsFOp(t).result, _ir.f32_const(float("inf"))
@@ -623,10 +663,12 @@ def _emit(e: Expr, leaf_arg: Callable[[Leaf], ir.Value]) -> ir.Value:
         if isinstance(v.type, ir.IntegerType):
             return arith.SIToFPOp(_ir.f32(), v).result
         return _ir.to_f32(v)
-    if e.kind == "unsigned":
-        (a,) = e.args
-        v = leaf_arg(a)
-        return arith.UIToFPOp(_ir.f32(), v).result
+    if e.kind == "int":
+        value, unsigned = e.args
+        if isinstance(value, Const):
+            return _ir.f32_const(value.value)
+        cvt = arith.UIToFPOp if unsigned else arith.SIToFPOp
+        return cvt(_ir.f32(), leaf_arg(value)).result
     a = [_emit(x, leaf_arg) for x in e.args]
     if e.kind == "neg":
         return arith.NegFOp(a[0]).result
@@ -666,7 +708,9 @@ class DecomposeContraction:
         if p.notes:
             what += "; " + "; ".join(sorted(set(p.notes)))
         self._record(op, True, what)
+        operands = list(op.operands)
         rewriter.replace_op(op, [y])
+        _erase_dead_producers(operands, rewriter)
         return False
 
     def _record(self, op: ir.Operation, rewritten: bool, reason: str) -> None:
@@ -677,6 +721,24 @@ class DecomposeContraction:
         else:
             self.seen[key] = len(self.report.decisions)
             self.report.decisions.append(d)
+
+
+PURE_DIALECTS = ("linalg.", "tensor.", "arith.", "math.")
+
+
+def _erase_dead_producers(values: list[ir.Value], rewriter: rewrite.PatternRewriter) -> None:
+    """Erase the now-unused dequantization chain (pure tensor ops only) behind ``values``."""
+    work = [p for p in map(_ir.producer, values) if p is not None]
+    erased: set[int] = set()
+    while work:
+        op = work.pop()
+        if hash(op) in erased or not op.name.startswith(PURE_DIALECTS):
+            continue
+        if any(len(list(r.uses)) for r in op.results):
+            continue
+        work.extend(p for p in map(_ir.producer, op.operands) if p is not None)
+        erased.add(hash(op))
+        rewriter.erase_op(op)
 
 
 class DecomposeMatmul(DecomposeContraction):
@@ -728,7 +790,8 @@ def run(module: ir.Operation, *, slices: int = 2) -> Report:
     patterns = rewrite.RewritePatternSet(module.context)
     for cls in PATTERNS:
         patterns.add(cls.root, cls(slices, report))
-    rewrite.apply_patterns_and_fold_greedily(module, patterns.freeze())
+    # One walk, no folding: only candidate contractions are touched (and each exactly once).
+    rewrite.walk_and_apply_patterns(module, patterns.freeze())
     epilogues: list[ir.Operation] = []
 
     def collect(op: ir.Operation) -> ir.WalkResult:
@@ -760,7 +823,7 @@ def _sole_elementwise_user(op: ir.Operation) -> ir.Operation | None:
         return None
     user = uses[0].owner
     user = user.operation if isinstance(user, ir.OpView) else user
-    if user.name != "linalg.generic" or len(user.results) != 1:
+    if user.name != "linalg.generic" or len(user.results) != 1 or user.block != op.block:
         return None
     if any("parallel" not in str(t) for t in ir.ArrayAttr(user.attributes["iterator_types"])):
         return None

@@ -1,0 +1,661 @@
+"""Benchmark int8-weight linear layers: torch eager f32 vs IREE's own lowering vs MSD (1, 2, 3 slices).
+
+    python benchmarks/linear.py           # full run (~3-4 min on a quiet 2-core machine) → docs/benchmarks.md
+    python benchmarks/linear.py --quick   # tiny shapes, a smoke test (~20 s) → a temp file
+    python benchmarks/linear.py --cases up --ms 1,16 --rounds 3   # a subset → a temp file
+
+Every variant runs on the same weights, on the same machine, in one process; timings are interleaved
+round-robin so that drift in machine load hits all variants alike.  Each variant's output is checked
+once against a float64 reference, and a variant that fails the check is marked and cannot pass the bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import msd
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
+QUICK_OUTPUT = Path(tempfile.gettempdir()) / "msd-benchmarks-quick.md"
+
+
+# ============================================================================= configuration
+@dataclass(frozen=True)
+class Case:
+    """A weight shape ``[n, k]`` (y = x·Wᵀ, K → N), run as ``layers`` distinct layers in a chain."""
+
+    key: str  # for --cases
+    name: str
+    k: int
+    n: int
+    layers: int
+    why: str
+
+    def __post_init__(self) -> None:
+        if self.layers > 1 and self.k != self.n:
+            raise ValueError(f"{self.name}: a chain of layers needs K == N")
+
+    @property
+    def int8_mib(self) -> float:
+        return self.layers * self.k * self.n / 2**20
+
+    @property
+    def size(self) -> str:
+        mib = self.int8_mib
+        return f"{mib:.0f} MiB" if mib >= 10 else f"{mib:.2g} MiB"
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str
+    slices: int | None  # None: torch eager; 0: IREE baseline; 1-3: MSD
+    rel_tol: float  # accepted max|err| / max|ref| against the float64 reference
+
+
+# f32 variants differ from the float64 reference only by f32 rounding (~1e-6 relative).  MSD's
+# activation rounding is at most amax/(2·127·254^(p-1)) per element, i.e. ~4e-3 · 254^(1-p) of the
+# output scale.  Correct builds show ~1e-2 (p=1), ~1e-4 (p=2) and the f32 floor (p=3); the tolerances
+# leave room for that and still flag a variant that computes something else (e.g. fewer slices than
+# asked for, or garbage: rel ≈ 1).
+VARIANTS: tuple[Variant, ...] = (
+    Variant("eager", "torch eager f32", None, 1e-4),
+    Variant("iree", "IREE baseline", 0, 1e-4),
+    Variant("msd1", "MSD p=1", 1, 1e-1),
+    Variant("msd2", "MSD p=2", 2, 5e-4),
+    Variant("msd3", "MSD p=3", 3, 1e-4),
+)
+REF_KEY = "msd2"  # the variant the ratios and the bar are about
+
+FULL_CASES: tuple[Case, ...] = (
+    Case("square", "4096x4096", 4096, 4096, 4,
+         "a chain x → L1 → L2 → L3 → L4 of 4 distinct layers, timed as one call and reported per layer "
+         "(total / 4): a single 16 MiB int8 weight would stay in the 32 MiB L3 between calls and flatter "
+         "MSD, which reads only the int8 weight; 4 × 16 MiB does not fit"),
+    Case("up", "4096→11008", 4096, 11008, 1,
+         "Llama-7B MLP up/gate projection; a single layer (43 MiB int8 > L3)"),
+    Case("down", "11008→4096", 11008, 4096, 1,
+         "Llama-7B MLP down projection; a single layer (43 MiB int8 > L3)"),
+)
+FULL_MS: tuple[int, ...] = (1, 16, 128)
+
+QUICK_CASES: tuple[Case, ...] = (
+    Case("q-chain", "256x256", 256, 256, 4, "smoke test: a chain of 4 distinct layers, reported per layer"),
+    Case("q-single", "256→384", 256, 384, 1, "smoke test: a single layer"),
+)
+QUICK_MS: tuple[int, ...] = (1, 4)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """``time(versus) / time(MSD p=2) ≥ threshold`` at batch ``m``."""
+
+    m: int
+    versus: str
+    threshold: float
+
+
+BAR: tuple[Criterion, ...] = (
+    Criterion(1, "iree", 5.0),
+    Criterion(16, "iree", 5.0),
+    Criterion(128, "iree", 1.5),
+    Criterion(1, "eager", 1.8),
+)
+
+
+# ============================================================================= measurement
+@dataclass
+class Result:
+    """One variant at one (case, M)."""
+
+    variant: Variant
+    compile_s: float = 0.0
+    calls_per_block: int = 0
+    samples: list[float] = field(default_factory=list)  # seconds per call, all rounds
+    round_medians: list[float] = field(default_factory=list)
+    max_abs_err: float = math.nan
+    rel_err: float = math.nan
+    problem: str = ""  # non-empty: the variant is not valid (numerics, or the pass did not rewrite)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.samples) if self.samples else math.nan
+
+    @property
+    def spread(self) -> float:
+        """(max - min) of the per-round medians, relative to the overall median."""
+        if len(self.round_medians) < 2:
+            return math.nan
+        return (max(self.round_medians) - min(self.round_medians)) / self.median_s
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    m: int
+    results: dict[str, Result]
+
+    def per_layer_ms(self, key: str) -> float:
+        return self.results[key].median_s / self.case.layers * 1e3
+
+    def ratio(self, versus: str) -> float:
+        """time(versus) / time(MSD p=2): how many times faster MSD p=2 is."""
+        return self.results[versus].median_s / self.results[REF_KEY].median_s
+
+    def valid(self, *keys: str) -> bool:
+        return all(self.results[k].ok for k in keys)
+
+
+def make_layers(case: Case, seed: int) -> list[msd.QuantizedLinear]:
+    g = torch.Generator().manual_seed(seed)
+    layers = []
+    for _ in range(case.layers):
+        q = torch.randint(-127, 128, (case.n, case.k), dtype=torch.int8, generator=g)
+        scale = (torch.rand(case.n, generator=g) + 0.5) / 127.0 / math.sqrt(case.k)
+        layers.append(msd.QuantizedLinear(q, scale, None))
+    return layers
+
+
+def reference(layers: Sequence[msd.QuantizedLinear], x: torch.Tensor) -> np.ndarray:
+    y = x.to(torch.float64)
+    for layer in layers:
+        w = layer.qweight.to(torch.float64) * layer.weight_scale.to(torch.float64)[:, None]
+        y = y @ w.T
+        del w
+    return y.numpy()
+
+
+def time_calls(fn: Callable[[], object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def warm_up(fn: Callable[[], object], min_calls: int, min_s: float) -> float:
+    """Call ``fn`` at least ``min_calls`` times and ``min_s`` seconds; return the median call time."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_s:
+        times.extend(time_calls(fn, 1))
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def run_case(
+    case: Case, m: int, layers: list[msd.QuantizedLinear], x: torch.Tensor, ref: np.ndarray, *,
+    rounds: int, block_s: float, min_calls: int, log: Callable[[str], None],
+) -> CaseResult:
+    model: nn.Module = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+    model.eval()
+    xn = np.ascontiguousarray(x.numpy())
+    ref_scale = float(np.max(np.abs(ref)))
+    weights = [layer.dequantized_weight().contiguous() for layer in layers]
+
+    def eager() -> torch.Tensor:
+        y = x
+        for w in weights:
+            y = F.linear(y, w)
+        return y
+
+    fns: dict[str, Callable[[], object]] = {}
+    results: dict[str, Result] = {}
+    keep: list[msd.CompiledModule] = []  # the compiled module owns the files the runtime maps
+    for v in VARIANTS:
+        r = results[v.key] = Result(v)
+        if v.slices is None:
+            fns[v.key] = eager
+            continue
+        t0 = time.perf_counter()
+        try:
+            cm = msd.compile(model, (x,), target="llvm-cpu", slices=v.slices)
+            assert isinstance(cm, msd.CompiledModule)
+            mod = cm.runtime_module
+        except Exception as e:  # a variant that does not build is reported, not fatal
+            r.problem = f"does not build: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            continue
+        r.compile_s = time.perf_counter() - t0
+        keep.append(cm)
+        if v.slices and len(cm.report.rewritten) != case.layers:
+            r.problem = f"pass rewrote {len(cm.report.rewritten)} of {case.layers} matmuls"
+        fns[v.key] = lambda mod=mod: mod(xn)
+    log(f"  compiled in {', '.join(f'{k} {r.compile_s:.1f}s' for k, r in results.items() if r.compile_s)}")
+
+    with torch.inference_mode():
+        for v in VARIANTS:
+            r = results[v.key]
+            if v.key not in fns:
+                continue
+            t_call = warm_up(fns[v.key], 3, 0.2)
+            r.calls_per_block = max(min_calls, math.ceil(block_s / t_call))
+            out = fns[v.key]()
+            y = (out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)).astype(np.float64)
+            if y.shape != ref.shape:
+                r.problem = r.problem or f"output shape {y.shape} != {ref.shape}"
+                continue
+            r.max_abs_err = float(np.max(np.abs(y - ref)))
+            r.rel_err = r.max_abs_err / ref_scale
+            if not math.isfinite(r.rel_err) or r.rel_err > v.rel_tol:
+                r.problem = r.problem or f"max|err|/max|ref| = {r.rel_err:.2e} > {v.rel_tol:.0e}"
+
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(rounds):
+                order = VARIANTS[i % len(VARIANTS):] + VARIANTS[:i % len(VARIANTS)]
+                for v in order:
+                    r = results[v.key]
+                    if v.key not in fns:
+                        continue
+                    ts = time_calls(fns[v.key], r.calls_per_block)
+                    r.samples.extend(ts)
+                    r.round_medians.append(statistics.median(ts))
+        finally:
+            gc.enable()
+
+    cr = CaseResult(case, m, results)
+    cells = ", ".join(f"{v.key} {cr.per_layer_ms(v.key):.3f}" for v in VARIANTS)
+    log(f"  per-layer median ms: {cells}; "
+        f"iree/msd2 {cr.ratio('iree'):.2f}x, eager/msd2 {cr.ratio('eager'):.2f}x")
+    for r in results.values():
+        if not r.ok:
+            log(f"  !! {r.variant.label}: {r.problem}")
+    del keep, fns
+    gc.collect()
+    return cr
+
+
+# ============================================================================= environment
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def l3_size() -> str:
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+    except OSError:
+        return "unknown"
+    if text.endswith("K") and text[:-1].isdigit():
+        kib = int(text[:-1])
+        return f"{kib // 1024} MiB" if kib % 1024 == 0 else f"{kib} KiB"
+    return text
+
+
+def mem_total() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return f"{int(line.split()[1]) / 2**20:.0f} GiB"
+    except (OSError, ValueError):
+        pass
+    return "unknown"
+
+
+def pkg_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def load_avg() -> str:
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+@dataclass
+class Environment:
+    command: str
+    date: str
+    cpu: str
+    cores: int
+    usable_cores: int
+    l3: str
+    memory: str
+    python: str
+    torch: str
+    torch_threads: int
+    iree_compiler: str
+    iree_runtime: str
+    msd: str
+    load_start: str
+    load_end: str = ""
+    total_s: float = 0.0
+
+
+def environment(argv: Sequence[str]) -> Environment:
+    return Environment(
+        command=shlex.join(["python", "benchmarks/linear.py", *argv]),
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        cpu=cpu_model(),
+        cores=os.cpu_count() or 0,
+        usable_cores=len(os.sched_getaffinity(0)),
+        l3=l3_size(),
+        memory=mem_total(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        iree_compiler=pkg_version("iree-base-compiler"),
+        iree_runtime=pkg_version("iree-base-runtime"),
+        msd=msd.__version__,
+        load_start=load_avg(),
+    )
+
+
+# ============================================================================= report
+def fmt_ms(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:.3f}" if x < 10 else f"{x:.2f}" if x < 100 else f"{x:.1f}"
+
+
+def fmt_ratio(cr: CaseResult, versus: str) -> str:
+    text = f"{cr.ratio(versus):.2f}x"
+    return text if cr.valid(versus, REF_KEY) else f"{text} (invalid)"
+
+
+def case_label(case: Case) -> str:
+    return f"{case.name} ×{case.layers}" if case.layers > 1 else case.name
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> list[str]:
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    return ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in (header, sep, *rows)]
+
+
+def results_table(crs: Sequence[CaseResult]) -> list[str]:
+    header = ["shape", "M", *(v.label for v in VARIANTS), "IREE baseline / MSD p=2",
+              "torch eager f32 / MSD p=2", "MSD p=2 int8 weight GB/s", "numerics"]
+    rows = []
+    for cr in crs:
+        bad = [r.variant.label for r in cr.results.values() if not r.ok]
+        rows.append([
+            case_label(cr.case), str(cr.m),
+            *(fmt_ms(cr.per_layer_ms(v.key)) + ("" if cr.results[v.key].ok else " ✗") for v in VARIANTS),
+            fmt_ratio(cr, "iree"), fmt_ratio(cr, "eager"),
+            f"{cr.case.int8_mib * 2**20 / cr.results[REF_KEY].median_s / 1e9:.1f}",
+            "ok" if not bad else "FAIL: " + ", ".join(bad),
+        ])
+    return table(header, rows, "lr" + "r" * (len(VARIANTS) + 3) + "l")
+
+
+def accuracy_table(crs: Sequence[CaseResult]) -> list[str]:
+    header = ["shape", "M", *(f"{v.label} (tol {v.rel_tol:.0e})" for v in VARIANTS)]
+    rows = []
+    for cr in crs:
+        cells = []
+        for v in VARIANTS:
+            r = cr.results[v.key]
+            cell = f"{r.max_abs_err:.2e} ({r.rel_err:.1e})" if math.isfinite(r.max_abs_err) else "n/a"
+            cells.append(cell if r.ok else f"{cell} ✗ {r.problem}")
+        rows.append([case_label(cr.case), str(cr.m), *cells])
+    return table(header, rows)
+
+
+def detail_table(crs: Sequence[CaseResult]) -> list[str]:
+    header = ["shape", "M", *(v.label for v in VARIANTS)]
+    rows = []
+    for cr in crs:
+        cells = []
+        for v in VARIANTS:
+            r = cr.results[v.key]
+            comp = f", compile {r.compile_s:.1f} s" if r.compile_s else ""
+            spread = f"±{r.spread * 100:.0f}%" if math.isfinite(r.spread) else "spread n/a"
+            cells.append(f"{r.calls_per_block}×{len(r.round_medians)}, {spread}{comp}" if r.samples else "not run")
+        rows.append([case_label(cr.case), str(cr.m), *cells])
+    return table(header, rows)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    case: Case
+    criterion: Criterion
+    ratio: float
+    passed: bool
+    note: str
+
+
+def evaluate_bar(crs: Sequence[CaseResult]) -> list[Verdict]:
+    verdicts = []
+    by_key = {(cr.case.name, cr.m): cr for cr in crs}
+    cases = list(dict.fromkeys(cr.case for cr in crs))
+    for case in cases:
+        for c in BAR:
+            cr = by_key.get((case.name, c.m))
+            if cr is None:
+                continue
+            ratio = cr.ratio(c.versus)
+            valid = cr.valid(c.versus, REF_KEY)
+            note = "" if valid else "a variant failed the numerics check"
+            verdicts.append(Verdict(case, c, ratio, valid and ratio >= c.threshold, note))
+    return verdicts
+
+
+def bar_section(crs: Sequence[CaseResult]) -> list[str]:
+    labels = {v.key: v.label for v in VARIANTS}
+    verdicts = evaluate_bar(crs)
+    lines = [
+        "## Bar",
+        "",
+        "Computed from the medians above: MSD p=2 must be at least 5x faster than the IREE baseline at",
+        "M=1 and M=16, at least 1.5x at M=128, and at least 1.8x faster than torch eager f32 at M=1.",
+        "",
+    ]
+    if not verdicts:
+        return [*lines, "No (shape, M) in this run is covered by the bar.", ""]
+    rows = []
+    for v in verdicts:
+        crit = f"{labels[v.criterion.versus]} / MSD p=2 at M={v.criterion.m} ≥ {v.criterion.threshold:g}x"
+        verdict = "PASS" if v.passed else "FAIL" + (f" ({v.note})" if v.note else "")
+        rows.append([case_label(v.case), crit, f"{v.ratio:.2f}x", verdict])
+    lines += table(["shape", "criterion", "measured", "verdict"], rows, "llrl")
+    lines.append("")
+    for case in dict.fromkeys(v.case for v in verdicts):
+        mine = [v for v in verdicts if v.case == case]
+        passed = sum(v.passed for v in mine)
+        overall = "PASS" if passed == len(mine) else "FAIL"
+        lines.append(f"- **{case_label(case)}: {overall}** ({passed}/{len(mine)} criteria met)")
+    covered = {v.criterion for v in verdicts}
+    missing = [c for c in BAR if c not in covered]
+    if missing:
+        lines.append("")
+        lines.append("Not covered by this run (no such M): " + ", ".join(
+            f"{labels[c.versus]} at M={c.m}" for c in missing) + ".")
+    lines.append("")
+    return lines
+
+
+def render(
+    env: Environment, crs: Sequence[CaseResult], cases: Sequence[Case], args: argparse.Namespace
+) -> str:
+    ms = sorted({cr.m for cr in crs})
+    lines = [
+        "# Linear-layer benchmark: MSD vs IREE baseline vs torch eager",
+        "",
+        f"Produced by `{env.command}` (run from the repository root; the file is rewritten on every run).",
+        "",
+        f"- Date: {env.date}",
+        f"- Machine: {env.cpu}, {env.cores} cores ({env.usable_cores} usable by this process), "
+        f"L3 {env.l3}, {env.memory} RAM",
+        f"- Software: Python {env.python}, torch {env.torch}, iree-base-compiler {env.iree_compiler}, "
+        f"iree-base-runtime {env.iree_runtime}, msd {env.msd}",
+        f"- Threads: torch {env.torch_threads} (`torch.get_num_threads()`, left at its default); "
+        "IREE `local-task` driver with its default task topology",
+        f"- Load average (1/5/15 min) at start: {env.load_start}; at end: {env.load_end}",
+        f"- Total run time: {env.total_s:.0f} s",
+        "",
+        "## Methodology",
+        "",
+        "- Weights: random int8 in [-127, 127], per-output-channel f32 scales ~ U(0.5, 1.5) / 127 / "
+        "sqrt(K), no bias; activations x ~ N(0, 1) in f32. Every variant uses the same weights and inputs.",
+        "- Shapes (y = x·Wᵀ, K → N):",
+        *(f"  - **{case_label(c)}**: K={c.k}, N={c.n}, {c.layers} layer(s), {c.size} of int8 weights "
+          f"in all — {c.why}." for c in cases),
+        f"- Batch sizes M: {', '.join(map(str, ms))}; each (shape, M) is compiled with a static M.",
+        "- Variants, all in one process on the same machine:",
+        "  - **torch eager f32**: `F.linear` with the weights dequantized to f32 ahead of time "
+        f"(torch threads: {env.torch_threads}, the default);",
+        "  - **IREE baseline**: `msd.compile(..., slices=0)`, IREE's own lowering of the "
+        "dequantize-then-matmul;",
+        "  - **MSD p=1, 2, 3**: `msd.compile(..., slices=p)`, the MSD rewrite with p int8 activation slices;",
+        "  - the IREE variants target `llvm-cpu` (host CPU, data tiling on) and are called through "
+        "`cm.runtime_module` with numpy arrays (output copied back to the host): no torch conversion "
+        "is timed.",
+        "- Timing: each variant is warmed up (≥ 3 calls and ≥ 0.2 s), which also sets its calls per "
+        f"block n so that a block takes ≥ {args.block_ms:g} ms (n ≥ {args.min_calls}). Then "
+        f"{args.rounds} interleaved round(s): every round visits each variant in turn (the starting "
+        "variant rotates), and each visit times n consecutive calls one by one with "
+        "`time.perf_counter` (Python GC off). Reported: the median of all per-call times, divided by "
+        "the number of layers.",
+        "- Numerics: each variant's output is checked once against a float64 reference (the same int8 "
+        "weights and scales, dequantized in float64). A variant over its tolerance on "
+        "max |err| / max |ref|, or an MSD build in which the pass did not rewrite every matmul, is "
+        "marked ✗ and fails every bar criterion it is part of.",
+        "",
+        "## Results (per-layer median, ms)",
+        "",
+        "Ratios are time(variant) / time(MSD p=2): how many times faster MSD p=2 is. GB/s: the int8 "
+        "weight bytes of one call divided by MSD p=2's median call time (the weight-streaming rate; "
+        "well above the machine's DRAM bandwidth would mean the weights were served from cache).",
+        "",
+        *results_table(crs),
+        "",
+        "## Accuracy",
+        "",
+        "max |err| against the float64 reference, and in parentheses max |err| / max |ref|.",
+        "",
+        *accuracy_table(crs),
+        "",
+        "## Timing detail",
+        "",
+        "Per variant: calls per block × rounds, spread of the per-round medians ((max − min) / median), "
+        "and compile time (export + compile + load).",
+        "",
+        *detail_table(crs),
+        "",
+        *bar_section(crs),
+    ]
+    return "\n".join(lines)
+
+
+# ============================================================================= main
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    keys = [c.key for c in FULL_CASES]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true",
+                   help="tiny shapes (K=N=256), M in {1, 4}, 2 rounds: a smoke test; writes to a temp file")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 7, quick 2)")
+    p.add_argument("--output", type=Path, default=None,
+                   help=f"markdown report (default: {DEFAULT_OUTPUT.relative_to(REPO)} for the full run, "
+                   f"{QUICK_OUTPUT} for --quick or a subset)")
+    p.add_argument("--cases", default=None,
+                   help=f"comma-separated subset of the full-run shapes: {', '.join(keys)} (default all)")
+    p.add_argument("--ms", default=None, help="comma-separated batch sizes M (default 1,16,128; quick 1,4)")
+    p.add_argument("--block-ms", type=float, default=None,
+                   help="minimum duration of one timed block of n calls (default 100, quick 5)")
+    p.add_argument("--min-calls", type=int, default=5, help="minimum calls per timed block (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default 0)")
+    args = p.parse_args(argv)
+    if args.quick and args.cases:
+        p.error("--cases picks full-run shapes; it does not combine with --quick")
+    subset = args.cases is not None or args.ms is not None
+    if args.quick:
+        args.case_list = list(QUICK_CASES)
+    elif args.cases:
+        wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+        unknown = [w for w in wanted if w not in keys]
+        if unknown or not wanted:
+            p.error(f"--cases: unknown {', '.join(unknown) or '(empty)'} (choose from {', '.join(keys)})")
+        args.case_list = [c for c in FULL_CASES if c.key in wanted]
+    else:
+        args.case_list = list(FULL_CASES)
+    if args.ms:
+        try:
+            args.m_list = sorted({int(m) for m in args.ms.split(",") if m.strip()})
+        except ValueError:
+            p.error(f"--ms: {args.ms!r} is not a comma-separated list of integers")
+    else:
+        args.m_list = list(QUICK_MS if args.quick else FULL_MS)
+    if not args.m_list or min(args.m_list) < 1:
+        p.error("--ms: batch sizes must be positive")
+    args.rounds = args.rounds if args.rounds is not None else (2 if args.quick else 7)
+    args.block_ms = args.block_ms if args.block_ms is not None else (5.0 if args.quick else 100.0)
+    args.output = args.output or (QUICK_OUTPUT if args.quick or subset else DEFAULT_OUTPUT)
+    if args.rounds < 1 or args.block_ms <= 0 or args.min_calls < 1:
+        p.error("--rounds, --block-ms and --min-calls must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    env = environment(argv)
+    cases, ms = args.case_list, args.m_list
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    log(f"{env.cpu}, {env.cores} cores; torch {env.torch} ({env.torch_threads} threads), "
+        f"iree {env.iree_compiler}; load {env.load_start}")
+    log(f"{args.rounds} rounds, blocks ≥ {args.block_ms:g} ms; output → {args.output}")
+    started = time.perf_counter()
+    crs: list[CaseResult] = []
+    for case in cases:
+        i = [c.key for c in (*FULL_CASES, *QUICK_CASES)].index(case.key)  # seeds don't depend on --cases
+        layers = make_layers(case, args.seed * 1000 + i)
+        g = torch.Generator().manual_seed(args.seed * 1000 + 500 + i)
+        x_all = torch.randn(max(ms), case.k, generator=g)
+        ref_all = reference(layers, x_all)  # rows are independent: M rows of x give M rows of ref
+        log(f"{case_label(case)} (K={case.k}, N={case.n}, {case.size} int8): {case.why}")
+        for m in ms:
+            log(f" M={m}")
+            crs.append(run_case(case, m, layers, x_all[:m].contiguous(), ref_all[:m], rounds=args.rounds,
+                                block_s=args.block_ms / 1e3, min_calls=args.min_calls, log=log))
+        del layers, x_all, ref_all
+        gc.collect()
+    env.load_end = load_avg()
+    env.total_s = time.perf_counter() - started
+
+    text = render(env, crs, cases, args)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text + "\n")
+    log("")
+    log(text)
+    log(f"\nwrote {args.output} in {env.total_s:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
