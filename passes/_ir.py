@@ -230,3 +230,29 @@ def producer(v: ir.Value) -> ir.Operation | None:
     if isinstance(owner, ir.OpView):
         return owner.operation
     return owner if isinstance(owner, ir.Operation) else None
+
+
+def k_usage(e: ir.AffineExpr, k: int) -> tuple[str, int] | None:
+    """How an index expression reads the reduction dim ``k``:
+
+    ``("dim", d)`` a plain dim (``d == k`` reads all of K), ``("const", v)``, ``("kgroup", g)`` for
+    ``k floordiv g`` (a group index), ``("kin", g)`` for ``k mod g`` (index within a group);
+    ``(k floordiv g) * g + k mod g`` (a collapse of an expand) is ``("dim", k)``.  None otherwise.
+    """
+    if isinstance(e, ir.AffineDimExpr):
+        return ("dim", e.position)
+    if isinstance(e, ir.AffineConstantExpr):
+        return ("const", e.value)
+    if isinstance(e, (ir.AffineFloorDivExpr, ir.AffineModExpr)):
+        lhs, rhs = e.lhs, e.rhs
+        if isinstance(lhs, ir.AffineDimExpr) and lhs.position == k and isinstance(rhs, ir.AffineConstantExpr):
+            return ("kgroup" if isinstance(e, ir.AffineFloorDivExpr) else "kin", rhs.value)
+        return None
+    if isinstance(e, ir.AffineAddExpr):
+        parts = [e.lhs, e.rhs]
+        for a, b in (parts, parts[::-1]):
+            if isinstance(a, ir.AffineMulExpr) and isinstance(a.rhs, ir.AffineConstantExpr):
+                outer, inner = k_usage(a.lhs, k), k_usage(b, k)
+                if outer == ("kgroup", a.rhs.value) and inner == ("kin", a.rhs.value):
+                    return ("dim", k)
+    return None

@@ -186,6 +186,10 @@ def _interpret(v: IntAffine, unsigned: bool) -> IntAffine:
     if v.raw:
         if v.has_q and unsigned:
             raise NotHandled("unsigned 8-bit weight (uitofp/extui): only signed int8 is supported")
+        if not v.has_q and len(v.terms) == 1 and isinstance(v.terms[0].value, Const):
+            bits = int(v.terms[0].value.value) % 2**v.width  # a constant: its exact value
+            value = bits if unsigned or bits < 2 ** (v.width - 1) else bits - 2**v.width
+            return IntAffine(0, (IntTerm(1, Const(float(value)), unsigned),), v.width, value, value)
         lo, hi = _int_range(v.width, unsigned)
         terms = tuple(IntTerm(t.sign, t.value, unsigned) for t in v.terms)
         return IntAffine(v.q_coef, terms, v.width, lo, hi)
@@ -332,7 +336,7 @@ class WeightTrace:
                 return FloatAffine(None, Const(attr.value))
             if isinstance(attr, ir.IntegerAttr):
                 width = ir.IntegerType(attr.type).width
-                return IntAffine(0, (IntTerm(1, Const(float(attr.value)), False),), width, attr.value, attr.value)
+                return IntAffine(0, (IntTerm(1, Const(float(attr.value)), False),), width, raw=True)
         et = v.type
         if _ir.is_float(et):
             return FloatAffine(None, Scalar(v))
