@@ -30,7 +30,7 @@ PASSES: dict[str, PassInfo] = {
     decompose_activations.NAME: PassInfo(
         decompose_activations.NAME,
         "rewrite dequantize-then-matmul into decomposed-activation int8 matmuls",
-        {"slices": (int, 2)},
+        {"slices": (int, 2), "act-scale": (str, "group")},
         decompose_activations.run,
     ),
 }
@@ -54,7 +54,7 @@ def parse_options(name: str, text: str) -> dict[str, object]:
             values[key] = typ(raw)
         except ValueError:
             raise PassOptionError(f"--{name}: option {key}={raw!r} is not a {typ.__name__}") from None
-    return values
+    return {k.replace("-", "_"): v for k, v in values.items()}
 
 
 def run_pass(module: ir.Operation, name: str, **options: object) -> Report:

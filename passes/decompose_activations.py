@@ -262,12 +262,69 @@ class WeightTrace:
             added = set(ir.DenseI64ArrayAttr(owner.attributes["dimensions"]))
             kept = [e for i, e in enumerate(amap.results) if i not in added]
             return self.tensor(owner.operands[0], ir.AffineMap.get(amap.n_dims, 0, kept))
+        if name == "tensor.collapse_shape":
+            return self.tensor(owner.operands[0], self._through_collapse(owner, amap))
+        if name == "tensor.expand_shape":
+            return self.tensor(owner.operands[0], self._through_expand(owner, value, amap))
         return self._leaf(value, amap)
+
+    @staticmethod
+    def _groups(op: ir.Operation) -> list[list[int]]:
+        groups = ir.ArrayAttr(op.attributes["reassociation"])
+        return [[ir.IntegerAttr(i).value for i in ir.ArrayAttr(g)] for g in groups]
+
+    def _through_collapse(self, op: ir.Operation, amap: ir.AffineMap) -> ir.AffineMap:
+        """Index of the source of a collapse: result index r of group [a, b] → (r floordiv |b|, r mod |b|)."""
+        src = _ir.tensor_type(op.operands[0])
+        exprs = []
+        for r, group in enumerate(self._groups(op)):
+            e = amap.results[r]
+            sizes = [src.get_dim_size(d) for d in group]
+            if any(src.is_dynamic_dim(d) for d in group[1:]):
+                raise NotHandled("weight collapsed from dynamic inner dims")
+            for t, size in enumerate(sizes):
+                inner = 1
+                for sz in sizes[t + 1:]:
+                    inner *= sz
+                if size == 1 and len(group) > 1:
+                    exprs.append(ir.AffineConstantExpr.get(0))
+                    continue
+                part = ir.AffineFloorDivExpr.get(e, ir.AffineConstantExpr.get(inner)) if inner > 1 else e
+                if t > 0:
+                    part = ir.AffineModExpr.get(part, ir.AffineConstantExpr.get(size))
+                exprs.append(part)
+        return ir.AffineMap.get(amap.n_dims, 0, exprs)
+
+    def _through_expand(self, op: ir.Operation, value: ir.Value, amap: ir.AffineMap) -> ir.AffineMap:
+        """Index of the source of an expand: group [a, b] → a·|b| + b."""
+        res = _ir.tensor_type(value)
+        exprs = []
+        for group in self._groups(op):
+            if any(res.is_dynamic_dim(d) for d in group[1:]):
+                raise NotHandled("weight expanded into dynamic inner dims")
+            e = ir.AffineConstantExpr.get(0)
+            for d in group:
+                e = e * res.get_dim_size(d) + amap.results[d]
+            exprs.append(e)
+        return ir.AffineMap.get(amap.n_dims, 0, exprs)
+
+    def k_reach(self, amap: ir.AffineMap) -> str:
+        """How a map reads K: "none", "group" (only ``k floordiv g``), or "full"."""
+        kinds = set()
+        for e in amap.results:
+            u = _ir.k_usage(e, self.k_dim)
+            if u is None:
+                kinds.add("full" if self.k_dim in _ir.used_dims(ir.AffineMap.get(amap.n_dims, 0, [e])) else "none")
+            elif u[0] == "kgroup":
+                kinds.add("group")
+            elif u in (("dim", self.k_dim),) or u[0] == "kin":
+                kinds.add("full")
+        return "full" if "full" in kinds else "group" if "group" in kinds else "none"
 
     def _leaf(self, value: ir.Value, amap: ir.AffineMap) -> FloatAffine | IntAffine:
         et = _ir.elem_type(value)
         leaf = Leaf(value, amap)
-        uses_k = self.k_dim in _ir.used_dims(amap)
+        uses_k = self.k_reach(amap) == "full"
         if isinstance(et, ir.IntegerType):
             if not uses_k:
                 self.leaves.append(leaf)
@@ -277,7 +334,7 @@ class WeightTrace:
                 raise NotHandled(
                     f"integer weight of type i{et.width}: only 8-bit weights fit the int8 matmul"
                 )
-            if _ir.dim_positions(amap) is None:
+            if any(_ir.k_usage(e, self.k_dim) in (None, ("const", 0)) for e in amap.results):
                 raise NotHandled("integer weight read through a non-trivial indexing map")
             self.q_leaves.append(leaf)
             return IntAffine(1, (), 8, raw=True)
@@ -417,6 +474,8 @@ class Plan:
     n_dim: int
     b_dims: list[int]
     notes: list[str]
+    group: int | None = None  # K is split into groups of this size (group-wise scales, or overflow)
+    k_size: int | None = None
 
 
 def plan(c: Contraction) -> Plan:
@@ -466,11 +525,14 @@ def _plan_traced(c: Contraction, k: int, x: ir.Value, x_map: ir.AffineMap, trace
     if not _ir.is_float(x_t) or isinstance(x_t, ir.F64Type):
         raise NotHandled(f"activation element type {x_t} (f32, f16 or bf16 expected)")
     x_dims = _ir.dim_positions(x_map)
-    q_dims = _ir.dim_positions(q_leaf.map)
     c_dims = _ir.dim_positions(c.maps[2])
     if x_dims is None or len(set(x_dims)) != len(x_dims):
         raise NotHandled("activation read through a non-permutation map")
-    if q_dims is None or len(set(q_dims)) != len(q_dims):
+    q_use = [_ir.k_usage(e, k) for e in q_leaf.map.results]
+    groups = {u[1] for u in q_use if u[0] in ("kgroup", "kin")}
+    q_dims = [u[1] for u in q_use if u[0] == "dim"] + ([k] if groups else [])
+    split_kinds = sorted(u[0] for u in q_use if u[0] != "dim")
+    if len(set(q_dims)) != len(q_dims) or (groups and split_kinds != ["kgroup", "kin"]):
         raise NotHandled("integer weight read through a non-permutation map")
     if c_dims is None or k in c_dims:
         raise NotHandled("result indexed by the reduction dim")
@@ -496,66 +558,160 @@ def _plan_traced(c: Contraction, k: int, x: ir.Value, x_map: ir.AffineMap, trace
         raise NotHandled(f"{len(b_dims)} batch dims shared by weight and activation (at most one)")
     allowed = {*b_dims, *n_dims}
     for leaf in trace.leaves:
-        extra = _ir.used_dims(leaf.map) - allowed
+        reach = trace.k_reach(leaf.map)
+        if reach == "full":
+            raise NotHandled(f"scale or zero point varies along the reduction dim within a group ({leaf.value.type})")
+        if reach == "group":
+            groups |= {u[1] for u in map(lambda e: _ir.k_usage(e, k), leaf.map.results) if u and u[0] == "kgroup"}
+        extra = _ir.used_dims(leaf.map) - allowed - {k}
         if extra:
-            what = "the reduction dim" if k in extra else "an activation dim"
-            raise NotHandled(f"scale or zero point varies along {what} ({leaf.value.type})")
+            raise NotHandled(f"scale or zero point varies along an activation dim ({leaf.value.type})")
+    if len(groups) > 1:
+        raise NotHandled(f"inconsistent group sizes along the reduction dim: {sorted(groups)}")
+    group = groups.pop() if groups else None
+    x_t = _ir.tensor_type(x)
+    k_pos = x_dims.index(k)
+    k_size = None if x_t.is_dynamic_dim(k_pos) else x_t.get_dim_size(k_pos)
+    group = _accumulation_chunk(k_size, group)
+    if group is not None and b_dims:
+        raise NotHandled("group-wise or K-split weights together with a batch dim are not supported")
     return Plan(
         c, x, x_map, q_leaf.value, q_leaf.map, form.scale, form.offset, trace.leaves, k,
-        m_dims, n_dims[0], b_dims, trace.notes,
+        m_dims, n_dims[0], b_dims, trace.notes, group, k_size,
     )
 
 
-def rewrite_contraction(p: Plan, slices: int) -> ir.Value:
+# |q_x| ≤ 127 and |q_w| ≤ 128: this many products always fit an int32 accumulator.
+MAX_K_PER_ACCUMULATOR = (2**31 - 1) // (127 * 128)
+MIN_K_CHUNK = 1024
+
+
+def _accumulation_chunk(k_size: int | None, group: int | None) -> int | None:
+    """The K chunk each int32 accumulator covers (None: all of K) — proven not to overflow."""
+    if group is not None:
+        if k_size is None:
+            raise NotHandled("group-wise scales with a dynamic reduction size")
+        if k_size % group:
+            raise NotHandled(f"reduction size {k_size} is not a multiple of the group size {group}")
+        if group > MAX_K_PER_ACCUMULATOR:
+            raise NotHandled(f"group size {group} could overflow the int32 accumulator")
+        return group if group < k_size else None
+    if k_size is None:
+        raise NotHandled("dynamic reduction size: cannot prove the int32 accumulation does not overflow")
+    if k_size <= MAX_K_PER_ACCUMULATOR:
+        return None
+    for chunk in range(MAX_K_PER_ACCUMULATOR, MIN_K_CHUNK - 1, -1):
+        if k_size % chunk == 0:
+            return chunk
+    raise NotHandled(
+        f"K={k_size} products could overflow the int32 accumulator and K has no divisor in"
+        f" [{MIN_K_CHUNK}, {MAX_K_PER_ACCUMULATOR}] to split it by"
+    )
+
+
+def _split_operand(value: ir.Value, amap: ir.AffineMap, k: int, ki: int, group: int, n_all: int):
+    """Re-index ``value`` in the K-split space (K → kg·g + ki, kg keeping K's position).
+
+    A tensor dim read as all of K is expanded into [K/g, g]; ``k floordiv g`` reads kg and
+    ``k mod g`` reads ki.  Returns the (possibly expanded) value and its map.
+    """
+    exprs, groups, sizes, t = [], [], [], _ir.tensor_type(value)
+    for i, e in enumerate(amap.results):
+        u = _ir.k_usage(e, k)
+        base = len(exprs)
+        if u == ("dim", k):
+            exprs += [ir.AffineDimExpr.get(k), ir.AffineDimExpr.get(ki)]
+            groups.append([base, base + 1])
+            sizes += [t.get_dim_size(i) // group, group]
+            continue
+        if u is not None and u[0] == "kgroup":
+            exprs.append(ir.AffineDimExpr.get(k))
+        elif u is not None and u[0] == "kin":
+            exprs.append(ir.AffineDimExpr.get(ki))
+        else:
+            exprs.append(e.compose(ir.AffineMap.get_identity(n_all)))
+        groups.append([base])
+        sizes.append(_ir.size_of(value, i))
+    return _ir.expand(value, groups, sizes), ir.AffineMap.get(n_all, 0, exprs)
+
+
+def _batch_first(q: ir.Value, q_map: ir.AffineMap, batch: int) -> tuple[ir.Value, ir.AffineMap]:
+    """Transpose ``q`` so that the tensor dim read by iteration dim ``batch`` comes first."""
+    dims = _ir.dim_positions(q_map)
+    first = dims.index(batch)
+    if first == 0:
+        return q, q_map
+    perm = [first] + [i for i in range(len(dims)) if i != first]
+    sizes = [_ir.size_of(q, i) for i in perm]
+    out = _ir.empty(sizes, _ir.elem_type(q))
+    qt = linalg.transpose(q, outs=[out], permutation=perm)
+    qt = qt.operation.results[0] if isinstance(qt, ir.OpView) else qt
+    return qt, ir.AffineMap.get(q_map.n_dims, 0, [q_map.results[i] for i in perm])
+
+
+def rewrite_contraction(p: Plan, slices: int, act_scale: str = "group") -> ir.Value:
     """Emit the MSD form of ``p.c`` at the current insertion point; return the new result."""
-    c, nb, nm = p.c, len(p.b_dims), len(p.m_dims)
-    x_dims = _ir.dim_positions(p.x_map)
-    q_dims = _ir.dim_positions(p.q_map)
+    c, k = p.c, p.k
+    f32, i8, i32 = _ir.f32(), ir.IntegerType.get_signless(8), ir.IntegerType.get_signless(32)
+    leaves = list(p.leaves)
+    if p.group is None:
+        n_all, red, kg = c.n_dims, k, None
+        x, x_map, q, q_map = p.x, p.x_map, p.q, p.q_map
+        leaf_maps = [leaf.map for leaf in leaves]
+    else:
+        n_all, red, kg = c.n_dims + 1, c.n_dims, k
+        x, x_map = _split_operand(p.x, p.x_map, k, red, p.group, n_all)
+        q, q_map = _split_operand(p.q, p.q_map, k, red, p.group, n_all)
+        leaf_maps = [_split_operand(leaf.value, leaf.map, k, red, p.group, n_all)[1] for leaf in leaves]
+    bt = [*p.b_dims, *([kg] if kg is not None else [])]  # batch dims of the int matmul
+    if bt:
+        q, q_map = _batch_first(q, q_map, bt[0])
+    x_dims, q_dims = _ir.dim_positions(x_map), _ir.dim_positions(q_map)
 
     def size(d: int) -> _ir.Size:
         if d in x_dims:
-            return _ir.size_of(p.x, x_dims.index(d))
-        return _ir.size_of(p.q, q_dims.index(d))
+            return _ir.size_of(x, x_dims.index(d))
+        return _ir.size_of(q, q_dims.index(d))
 
-    b_sz = [size(d) for d in p.b_dims]
-    m_sz = [size(d) for d in p.m_dims]
-    k_sz, n_sz = size(p.k), size(p.n_dim)
-    f32 = _ir.f32()
+    nb, nm = len(bt), len(p.m_dims)
+    bt_sz, m_sz = [size(d) for d in bt], [size(d) for d in p.m_dims]
+    red_sz, n_sz = size(red), size(p.n_dim)
+    rows = [*bt, *p.m_dims]  # the slices' rows: one activation scale per (batch, group, M)
+    amax_rows = rows if (kg is None or act_scale == "group") else [*p.b_dims, *p.m_dims]
 
-    # 1. amax (and rowsum when the weight has an offset) over K, per (batch, M) row.
-    row_dims = [*p.b_dims, *p.m_dims]
-    red_pos = {d: i for i, d in enumerate([*row_dims, p.k])}
-    x_in_red = _ir.reindex(p.x_map, red_pos, len(red_pos))
-    row_map = _ir.dims_map(len(red_pos), list(range(len(row_dims))))
-    outs = [_ir.filled([*b_sz, *m_sz], _ir.f32_const(0.0))]
-    if p.offset is not None:
-        outs.append(_ir.filled([*b_sz, *m_sz], _ir.f32_const(0.0)))
+    def row_reduction(row_dims: list[int], body, n_out: int) -> list[ir.Value]:
+        reduced = [d for d in range(n_all) if d in x_dims and d not in row_dims]
+        pos = {d: i for i, d in enumerate([*row_dims, *reduced])}
+        outs = [_ir.filled([size(d) for d in row_dims], _ir.f32_const(0.0)) for _ in range(n_out)]
+        return _ir.generic(
+            [x], outs,
+            [_ir.reindex(x_map, pos, len(pos)), *[_ir.dims_map(len(pos), list(range(len(row_dims))))] * n_out],
+            ["parallel"] * len(row_dims) + ["reduction"] * len(reduced), body,
+        )
 
-    def reduce_body(x, amax, *rowsum):
-        xf = _ir.to_f32(x)
-        r = [arith.MaximumFOp(math_d.AbsFOp(xf).result, amax).result]
-        if rowsum:
-            r.append(arith.AddFOp(xf, rowsum[0]).result)
-        return r
+    # 1. amax per row (or per row and group), and the row/group sums when the weight has an offset.
+    def amax_body(v, o, *sum_out):
+        r = [arith.MaximumFOp(math_d.AbsFOp(_ir.to_f32(v)).result, o).result]
+        return r + [arith.AddFOp(_ir.to_f32(v), sum_out[0]).result] if sum_out else r
 
-    reduced = _ir.generic(
-        [p.x], outs, [x_in_red, *[row_map] * len(outs)],
-        ["parallel"] * len(row_dims) + ["reduction"], reduce_body,
-    )
-    amax, rowsum = reduced[0], (reduced[1] if p.offset is not None else None)
+    sums = None
+    if p.offset is not None and amax_rows == rows:  # one pass over x for both
+        amax, sums = row_reduction(rows, amax_body, 2)
+    else:
+        amax = row_reduction(amax_rows, amax_body, 1)[0]
+        if p.offset is not None:
+            sums = row_reduction(rows, lambda v, o: [arith.AddFOp(_ir.to_f32(v), o).result], 1)[0]
 
     # 2. the slices, stacked: [batch, p, M..., K] int8.
-    s_pos = {d: i for i, d in enumerate(p.b_dims)}
+    s_pos = {d: i for i, d in enumerate(bt)}
     s_pos.update({d: nb + 1 + j for j, d in enumerate(p.m_dims)})
-    s_pos[p.k] = nb + nm + 1
+    s_pos[red] = nb + nm + 1
     n_s = nb + nm + 2
-    x_in_s = _ir.reindex(p.x_map, s_pos, n_s)
-    amax_in_s = _ir.dims_map(n_s, [*range(nb), *range(nb + 1, nb + 1 + nm)])
-    i8 = ir.IntegerType.get_signless(8)
+    amax_in_s = _ir.dims_map(n_s, [s_pos[d] for d in amax_rows])
 
-    def slice_body(x, am, _out):
+    def slice_body(xv, am, _out):
         pi = linalg.IndexOp(ir.IntegerAttr.get(ir.IntegerType.get_signless(64), nb)).result if slices > 1 else None
-        t = arith.DivFOp(_ir.to_f32(x), _row_scale(am)).result
+        t = arith.DivFOp(_ir.to_f32(xv), _row_scale(am)).result
         finite = arith.CmpFOp(
             arith.CmpFPredicate.OLT, math_d.AbsFOp(t).result, _ir.f32_const(float("inf"))
         ).result
@@ -574,59 +730,53 @@ def rewrite_contraction(p: Plan, slices: int) -> ir.Value:
         return [arith.FPToSIOp(i8, v).result]
 
     stacked = _ir.generic(
-        [p.x, amax], [_ir.empty([*b_sz, slices, *m_sz, k_sz], i8)],
-        [x_in_s, amax_in_s, _ir.dims_map(n_s, list(range(n_s)))],
+        [x, amax], [_ir.empty([*bt_sz, slices, *m_sz, red_sz], i8)],
+        [_ir.reindex(x_map, s_pos, n_s), amax_in_s, _ir.dims_map(n_s, list(range(n_s)))],
         ["parallel"] * n_s, slice_body,
     )[0]
 
     # 3. one int8 x int8 -> int32 matmul of all slices against the integer weight.
-    rows_group = list(range(nb, nb + nm + 1))
-    groups = [*[[i] for i in range(nb)], rows_group, [nb + nm + 1]]
+    groups = [*[[i] for i in range(nb)], list(range(nb, nb + nm + 1)), [nb + nm + 1]]
     lhs = _ir.collapse(stacked, groups)
-    pm_sz = _ir.product([slices, *m_sz])
-    i32 = ir.IntegerType.get_signless(32)
-    acc0 = _ir.filled([*b_sz, pm_sz, n_sz], _ir.int_const(i32, 0))
-    mm_pos = {p.n_dim: nb + 1, p.k: nb + 2}
-    mm_pos.update({d: 0 for d in p.b_dims})
+    acc0 = _ir.filled([*bt_sz, _ir.product([slices, *m_sz]), n_sz], _ir.int_const(i32, 0))
+    mm_pos = {p.n_dim: nb + 1, red: nb + 2}
+    mm_pos.update({d: 0 for d in bt})
     n_mm = nb + 3
     mm_maps = [
         _ir.dims_map(n_mm, [*range(nb), nb, nb + 2]),
-        _ir.reindex(p.q_map, mm_pos, n_mm),
+        _ir.reindex(q_map, mm_pos, n_mm),
         _ir.dims_map(n_mm, [*range(nb), nb, nb + 1]),
     ]
     builder = linalg.batch_matmul if nb else linalg.matmul
-    acc = builder(lhs, p.q, outs=[acc0], indexing_maps=mm_maps)
-    acc = _ir.expand(acc, groups[:-1] + [[nb + nm + 1]], [*b_sz, slices, *m_sz, n_sz])
+    acc = builder(lhs, q, outs=[acc0], indexing_maps=mm_maps)
+    acc = _ir.expand(acc, groups[:-1] + [[nb + nm + 1]], [*bt_sz, slices, *m_sz, n_sz])
 
-    # 4. the epilogue, in the original op's parallel iteration space.
-    e_dims = [d for d in range(c.n_dims) if d != p.k]
+    # 4. the epilogue, in the original op's parallel space (plus a reduction over K groups).
+    e_dims = [d for d in range(n_all) if d != red]
     e_pos = {d: i for i, d in enumerate(e_dims)}
     n_e = len(e_dims)
-    bm_e = [e_pos[d] for d in [*p.b_dims]]
-    mm_e = [e_pos[d] for d in p.m_dims]
-    acc_maps = [_ir.dims_map(n_e, [*bm_e, ("c", s), *mm_e, e_pos[p.n_dim]]) for s in range(slices)]
-    row_e = _ir.dims_map(n_e, [*bm_e, *mm_e])
-    leaf_vals, leaf_maps = [], []
-    for leaf in p.leaves:
-        if not any(leaf.value == v and str(_ir.reindex(leaf.map, e_pos, n_e)) == str(m)
-                   for v, m in zip(leaf_vals, leaf_maps)):
+    acc_maps = [
+        _ir.dims_map(n_e, [*[e_pos[d] for d in bt], ("c", s), *[e_pos[d] for d in p.m_dims], e_pos[p.n_dim]])
+        for s in range(slices)
+    ]
+    leaf_vals, leaf_e_maps = [], []
+    for leaf, lmap in zip(leaves, leaf_maps):
+        emap = _ir.reindex(lmap, e_pos, n_e)
+        if not any(leaf.value == v and str(emap) == str(m) for v, m in zip(leaf_vals, leaf_e_maps)):
             leaf_vals.append(leaf.value)
-            leaf_maps.append(_ir.reindex(leaf.map, e_pos, n_e))
-    ins = [*[acc] * slices, amax, *([rowsum] if rowsum is not None else []), *leaf_vals]
-    maps = [*acc_maps, row_e, *([row_e] if rowsum is not None else []), *leaf_maps,
-            _ir.reindex(c.maps[2], e_pos, n_e)]
+            leaf_e_maps.append(emap)
+    env_keys = [(hash(v), str(m)) for v, m in zip(leaf_vals, leaf_e_maps)]
+    ins = [*[acc] * slices, amax, *([sums] if sums is not None else []), *leaf_vals]
+    maps = [*acc_maps, _ir.dims_map(n_e, [e_pos[d] for d in amax_rows]),
+            *([_ir.dims_map(n_e, [e_pos[d] for d in rows])] if sums is not None else []), *leaf_e_maps]
+    out_map = _ir.reindex(c.maps[2], e_pos, n_e)
     out_t = _ir.elem_type(c.init)
-    # A zero-filled (or any constant-filled) init is read as its scalar, not as a tensor.
-    fill = _ir.producer(c.init)
-    init_scalar = fill.operands[0] if fill is not None and fill.name == "linalg.fill" else None
-    init = fill.operands[1] if init_scalar is not None else c.init
 
-    def epilogue(*args):
+    def contribution(args) -> ir.Value:
         accs, am = args[:slices], args[slices]
         rest = list(args[slices + 1:])
-        rs = rest.pop(0) if rowsum is not None else None
-        out = rest.pop()
-        env = dict(zip([(hash(v), str(m)) for v, m in zip(leaf_vals, leaf_maps)], rest))
+        rs = rest.pop(0) if sums is not None else None
+        env = dict(zip(env_keys, rest))
         total = arith.SIToFPOp(f32, accs[-1]).result
         for a in reversed(accs[:-1]):
             total = arith.DivFOp(total, _ir.f32_const(SLICE_RADIX)).result
@@ -634,18 +784,41 @@ def rewrite_contraction(p: Plan, slices: int) -> ir.Value:
         dot = arith.MulFOp(_row_scale(am), total).result
 
         def leaf_arg(leaf: Leaf) -> ir.Value:
-            return env[(hash(leaf.value), str(_ir.reindex(leaf.map, e_pos, n_e)))]
+            lmap = leaf_maps[leaves.index(leaf)]
+            return env[(hash(leaf.value), str(_ir.reindex(lmap, e_pos, n_e)))]
 
         y = arith.MulFOp(_emit(p.scale, leaf_arg), dot).result
         if rs is not None:
             y = arith.AddFOp(y, arith.MulFOp(_emit(p.offset, leaf_arg), rs).result).result
         finite = arith.CmpFOp(arith.CmpFPredicate.OLT, am, _ir.f32_const(float("inf"))).result
-        y = arith.SelectOp(finite, y, _ir.f32_const(float("nan"))).result
-        if init_scalar is not None:
-            out = init_scalar
-        return [_ir.from_f32(arith.AddFOp(_ir.to_f32(out), y).result, out_t)]
+        return arith.SelectOp(finite, y, _ir.f32_const(float("nan"))).result
 
-    y = _ir.generic(ins, [init], maps, ["parallel"] * n_e, epilogue)[0]
+    fill = _ir.producer(c.init)
+    init_scalar = fill.operands[0] if fill is not None and fill.name == "linalg.fill" else None
+    if kg is None:
+        # A constant-filled init is read as its scalar, not as a tensor.
+        init = fill.operands[1] if init_scalar is not None else c.init
+
+        def epilogue(*args):
+            out = init_scalar if init_scalar is not None else args[-1]
+            return [_ir.from_f32(arith.AddFOp(_ir.to_f32(out), contribution(args[:-1])).result, out_t)]
+
+        y = _ir.generic(ins, [init], [*maps, out_map], ["parallel"] * n_e, epilogue)[0]
+    else:
+        # Sum the groups' contributions in f32, then add the init and convert once.
+        c_sz = [_ir.size_of(c.init, i) for i in range(_ir.tensor_type(c.init).rank)]
+        partial = _ir.generic(
+            ins, [_ir.filled(c_sz, _ir.f32_const(0.0))], [*maps, out_map],
+            ["reduction" if d == kg else "parallel" for d in e_dims],
+            lambda *args: [arith.AddFOp(args[-1], contribution(args[:-1])).result],
+        )[0]
+        ident = ir.AffineMap.get_identity(len(c_sz))
+        if init_scalar is not None:
+            y = _ir.generic([partial], [fill.operands[1]], [ident, ident], ["parallel"] * len(c_sz),
+                            lambda v, _o: [_ir.from_f32(arith.AddFOp(_ir.to_f32(init_scalar), v).result, out_t)])[0]
+        else:
+            y = _ir.generic([partial], [c.init], [ident, ident], ["parallel"] * len(c_sz),
+                            lambda v, o: [_ir.from_f32(arith.AddFOp(_ir.to_f32(o), v).result, out_t)])[0]
     _ir.producer(y).attributes[EPILOGUE_MARK] = ir.UnitAttr.get()
     return y
 
@@ -686,8 +859,9 @@ class DecomposeContraction:
 
     root: str = ""
 
-    def __init__(self, slices: int, report: Report) -> None:
+    def __init__(self, slices: int, act_scale: str, report: Report) -> None:
         self.slices = slices
+        self.act_scale = act_scale
         self.report = report
         self.seen: dict[int, int] = {}
 
@@ -705,8 +879,10 @@ class DecomposeContraction:
             self._record(op, False, str(e))
             return True
         with rewriter.ip, op.location:
-            y = rewrite_contraction(p, self.slices)
+            y = rewrite_contraction(p, self.slices, self.act_scale)
         what = f"{self.slices} int8 slice(s) x {p.q.type}"
+        if p.group is not None:
+            what += f", K in groups of {p.group} (activation scale per {self.act_scale})"
         if p.offset is not None:
             what += " with zero-point/offset term"
         if p.notes:
@@ -786,14 +962,23 @@ class DecomposeGenericContraction(DecomposeContraction):
 PATTERNS = (DecomposeMatmul, DecomposeBatchMatmul, DecomposeContract, DecomposeGenericContraction)
 
 
-def run(module: ir.Operation, *, slices: int = 2) -> Report:
-    """Apply the pass to ``module`` in place; return what it decided for each float contraction."""
+ACT_SCALES = ("row", "group")
+
+
+def run(module: ir.Operation, *, slices: int = 2, act_scale: str = "group") -> Report:
+    """Apply the pass to ``module`` in place; return what it decided for each float contraction.
+
+    ``act_scale``: where K is split into groups, one activation scale per row ("row") or per
+    (row, group) ("group", default: smaller error for rows with outliers, same cost).
+    """
     if slices not in SUPPORTED_SLICES:
         raise ValueError(f"{NAME}: slices={slices} is not supported (choose 1, 2 or 3)")
+    if act_scale not in ACT_SCALES:
+        raise ValueError(f"{NAME}: act-scale={act_scale} is not supported (choose row or group)")
     report = Report(NAME)
     patterns = rewrite.RewritePatternSet(module.context)
     for cls in PATTERNS:
-        patterns.add(cls.root, cls(slices, report))
+        patterns.add(cls.root, cls(slices, act_scale, report))
     # One walk, no folding: only candidate contractions are touched (and each exactly once).
     rewrite.walk_and_apply_patterns(module, patterns.freeze())
     epilogues: list[ir.Operation] = []
