@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WEIGHT_FORMATS = ("int8",)
+WEIGHT_FORMATS = ("int8", "int4")
+PACKINGS = ("pairs", "halves")  # int4 nibble orders: torchao-style adjacent pairs, GGUF-style block halves
+INT4_DEFAULT_GROUP = 128
 
 
 class QuantizedLinear(nn.Module):
@@ -56,28 +58,129 @@ class QuantizedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, weights=int8"
 
 
-def quantize(model: nn.Module, weights: str = "int8") -> nn.Module:
+class GroupQuantizedLinear(nn.Module):
+    """``nn.Linear`` with group-wise weights along K: ``w[n, k] = s[n, g] · (q[n, k] − z[n, g])``.
+
+    ``bits=8``: symmetric int8 (``qweight`` int8 ``[N, K]``, no zero point).
+    ``bits=4``: asymmetric 4-bit codes in [0, 15] packed two per byte (``qweight`` uint8
+    ``[N, K/2]``) with an integer zero point per group; ``packing="pairs"`` stores k=2i in the low
+    and k=2i+1 in the high nibble (torchao), ``"halves"`` stores, per 32-element block, elements
+    0..15 in the low and 16..31 in the high nibbles (GGUF).  ``forward`` unpacks and dequantizes in
+    plain torch: it is the reference semantics.
+    """
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                 bias: torch.Tensor | None, *, bits: int, group_size: int, packing: str = "pairs") -> None:
+        super().__init__()
+        n = qweight.shape[0]
+        k = qweight.shape[1] * (2 if bits == 4 else 1)
+        if k % group_size or scale.shape != (n, k // group_size):
+            raise ValueError(f"scale must have shape ({n}, {k // group_size}) for K={k}, group {group_size}")
+        if packing not in PACKINGS or (bits == 4 and packing == "halves" and k % 32):
+            raise ValueError(f"packing={packing!r} is not supported (choose one of {', '.join(PACKINGS)})")
+        self.in_features, self.out_features = k, n
+        self.bits, self.group_size, self.packing = bits, group_size, packing
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("weight_scale", scale.to(torch.float32))
+        self.register_buffer("weight_zero_point", zero_point)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, bits: int, group_size: int, packing: str = "pairs"):
+        w = linear.weight.detach().to(torch.float32)
+        n, k = w.shape
+        if k % group_size:
+            raise ValueError(f"in_features={k} is not a multiple of group_size={group_size}")
+        wg = w.view(n, k // group_size, group_size)
+        bias = None if linear.bias is None else linear.bias.detach()
+        if bits == 8:
+            amax = wg.abs().amax(dim=-1)
+            scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+            q = torch.clamp(torch.round(wg / scale[..., None]), -127, 127).to(torch.int8).view(n, k)
+            return cls(q, scale, None, bias, bits=8, group_size=group_size)
+        lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
+        scale = torch.where(hi > lo, (hi - lo) / 15.0, torch.ones_like(hi))
+        zero = torch.clamp(torch.round(-lo / scale), 0, 15)
+        q = torch.clamp(torch.round(wg / scale[..., None]) + zero[..., None], 0, 15).to(torch.uint8).view(n, k)
+        return cls(pack_int4(q, packing), scale, zero.to(torch.uint8), bias, bits=4, group_size=group_size,
+                   packing=packing)
+
+    def codes(self) -> torch.Tensor:
+        """The integer codes ``[N, K]`` (int8 as stored, or the unpacked 4-bit values)."""
+        return self.qweight if self.bits == 8 else unpack_int4(self.qweight, self.packing)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        n, k, g = self.out_features, self.in_features, self.group_size
+        q = self.codes().view(n, k // g, g).to(torch.float32)
+        if self.weight_zero_point is not None:
+            q = q - self.weight_zero_point.to(torch.float32).unsqueeze(-1)
+        return (q * self.weight_scale.unsqueeze(-1)).view(n, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized_weight().to(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        fmt = f"int{self.bits}" + (f" packed {self.packing}" if self.bits == 4 else "")
+        return f"in_features={self.in_features}, out_features={self.out_features}, weights={fmt}, group={self.group_size}"
+
+
+def pack_int4(q: torch.Tensor, packing: str) -> torch.Tensor:
+    """Pack 4-bit codes ``[N, K]`` (uint8 in [0, 15]) two per byte → ``[N, K/2]``."""
+    n, k = q.shape
+    if packing == "pairs":
+        pairs = q.view(n, k // 2, 2)
+        return pairs[..., 0] | (pairs[..., 1] << 4)
+    blocks = q.view(n, k // 32, 2, 16)
+    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(n, k // 2)
+
+
+def unpack_int4(packed: torch.Tensor, packing: str) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`, written in plain torch ops (it is exported with the model)."""
+    n, half = packed.shape
+    low, high = packed & 15, packed >> 4
+    if packing == "pairs":
+        return torch.stack([low, high], dim=-1).view(n, 2 * half)
+    blocks = half // 16
+    return torch.cat([low.view(n, blocks, 16), high.view(n, blocks, 16)], dim=-1).view(n, 2 * half)
+
+
+def quantize(model: nn.Module, weights: str = "int8", *, group_size: int | None = None,
+             packing: str = "pairs") -> nn.Module:
     """Return a copy of ``model`` with every ``nn.Linear`` replaced by a quantized layer.
 
-    ``weights="int8"``: symmetric per-output-channel int8 with an f32 scale per row.
+    - ``weights="int8"``: symmetric int8, one f32 scale per output channel, or per
+      (channel, group of ``group_size`` along K) when ``group_size`` is given;
+    - ``weights="int4"``: asymmetric 4-bit codes with a scale and integer zero point per group
+      (``group_size`` default 128), packed two per byte (``packing="pairs"`` or ``"halves"``).
     """
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weights={weights!r} is not supported (choose one of {', '.join(WEIGHT_FORMATS)})")
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize expects a torch.nn.Module, got {type(model).__name__}")
+    if weights == "int4" and group_size is None:
+        group_size = INT4_DEFAULT_GROUP
+    if group_size is not None and (not isinstance(group_size, int) or group_size <= 0):
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+
+    def convert(linear: nn.Linear) -> nn.Module:
+        if group_size is None:
+            return QuantizedLinear.from_linear(linear)
+        return GroupQuantizedLinear.from_linear(linear, bits=8 if weights == "int8" else 4,
+                                                group_size=group_size, packing=packing)
+
     qmodel = copy.deepcopy(model)
-    replaced = _replace_linears(qmodel)
-    if replaced == 0:
+    if _replace_linears(qmodel, convert) == 0:
         raise ValueError("the model has no nn.Linear layer to quantize")
     return qmodel
 
 
-def _replace_linears(module: nn.Module) -> int:
+def _replace_linears(module: nn.Module, convert) -> int:
     count = 0
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
-            setattr(module, name, QuantizedLinear.from_linear(child))
+            setattr(module, name, convert(child))
             count += 1
         else:
-            count += _replace_linears(child)
+            count += _replace_linears(child, convert)
     return count

@@ -171,6 +171,8 @@ class IntAffine:
     lo: int = 0
     hi: int = 0
     raw: bool = False
+    q_shift: int = 0  # the weight is read unsigned: the matmul uses q - q_shift (fits int8)
+    q_urange: tuple[int, int] = (0, 255)  # proven range of the weight's bits read unsigned
 
     @property
     def has_q(self) -> bool:
@@ -185,7 +187,12 @@ def _interpret(v: IntAffine, unsigned: bool) -> IntAffine:
     """Read ``v``'s bits as signed/unsigned; refuse when that is not its mathematical value."""
     if v.raw:
         if v.has_q and unsigned:
-            raise NotHandled("unsigned 8-bit weight (uitofp/extui): only signed int8 is supported")
+            # Unsigned weight bits q_u in [lo, hi]: the matmul uses q_u - c (centred, fits int8,
+            # materialized once) and the +c joins the offset terms (a row/group-sum term).
+            lo, hi = v.q_urange
+            shift = (lo + hi + 1) // 2
+            terms = (*v.terms, IntTerm(1, Const(float(shift)), False))
+            return IntAffine(v.q_coef, terms, v.width, lo, hi, q_shift=shift)
         if not v.has_q and len(v.terms) == 1 and isinstance(v.terms[0].value, Const):
             bits = int(v.terms[0].value.value) % 2**v.width  # a constant: its exact value
             value = bits if unsigned or bits < 2 ** (v.width - 1) else bits - 2**v.width
@@ -232,6 +239,32 @@ def _div(a: Expr | None, b: Expr) -> Expr | None:
     return None if a is None else Node("div", (a, b))
 
 
+def _unsigned_range(value: ir.Value, depth: int = 0) -> tuple[int, int]:
+    """A proven range of an i8 tensor's elements read as unsigned: through reshapes/concats and
+    elementwise ``andi`` with a constant mask or ``shrui`` by a constant (int4 unpacking)."""
+    full = (0, 255)
+    op = _ir.producer(value)
+    if op is None or depth > 16:
+        return full
+    if op.name in ("tensor.collapse_shape", "tensor.expand_shape", "tensor.cast"):
+        return _unsigned_range(op.operands[0], depth + 1)
+    if op.name == "tensor.concat":
+        ranges = [_unsigned_range(v, depth + 1) for v in op.operands]
+        return min(r[0] for r in ranges), max(r[1] for r in ranges)
+    if op.name == "linalg.generic" and len(op.results) == 1:
+        body = list(op.regions[0].blocks[0].operations)
+        y = _ir.producer(body[-1].operands[0])
+        if y is not None and y.name in ("arith.andi", "arith.shrui"):
+            c = _ir.producer(y.operands[1])
+            if c is not None and c.name == "arith.constant":
+                v = ir.IntegerAttr(c.attributes["value"]).value % 256
+                return (0, v) if y.name == "arith.andi" else (0, 255 >> min(v, 8))
+    return full
+
+
+TRACED_OPS = ("linalg.generic", "linalg.transpose", "linalg.broadcast", "tensor.collapse_shape", "tensor.expand_shape")
+
+
 @dataclass
 class WeightTrace:
     """Walks the producers of a contraction operand back to an integer weight tensor."""
@@ -240,6 +273,7 @@ class WeightTrace:
     q_leaves: list[Leaf] = field(default_factory=list)
     leaves: list[Leaf] = field(default_factory=list)
     found_integer: bool = False  # an integer tensor varying along K was reached
+    q_shift: int = 0  # the weight is read unsigned; the matmul uses q - q_shift
     notes: list[str] = field(default_factory=list)
     depth: int = 0
 
@@ -262,11 +296,31 @@ class WeightTrace:
             added = set(ir.DenseI64ArrayAttr(owner.attributes["dimensions"]))
             kept = [e for i, e in enumerate(amap.results) if i not in added]
             return self.tensor(owner.operands[0], ir.AffineMap.get(amap.n_dims, 0, kept))
-        if name == "tensor.collapse_shape":
-            return self.tensor(owner.operands[0], self._through_collapse(owner, amap))
-        if name == "tensor.expand_shape":
-            return self.tensor(owner.operands[0], self._through_expand(owner, value, amap))
+        if name in ("tensor.collapse_shape", "tensor.expand_shape"):
+            if name == "tensor.collapse_shape":
+                inner = self._through_collapse(owner, amap)
+            else:
+                inner = self._through_expand(owner, value, amap)
+            inner = self._clean(inner)
+            source = _ir.producer(owner.operands[0])
+            traceable = source is not None and source.name in TRACED_OPS
+            plain = inner is not None and all(isinstance(e, (ir.AffineDimExpr, ir.AffineConstantExpr))
+                                              for e in inner.results)
+            if inner is not None and (traceable or plain):
+                return self.tensor(owner.operands[0], inner)
         return self._leaf(value, amap)
+
+    def _clean(self, amap: ir.AffineMap) -> ir.AffineMap | None:
+        """``amap`` with every index in a form the rewrite understands (plain dims, constants,
+        ``k floordiv g``, ``k mod g``), or None: then the reshape is not traced through and its
+        result is the leaf (e.g. an int4 unpack that ends in a concat)."""
+        exprs = []
+        for e in amap.results:
+            u = _ir.k_usage(e, self.k_dim)
+            if u is None:
+                return None
+            exprs.append(ir.AffineDimExpr.get(u[1]) if u[0] == "dim" else e)
+        return ir.AffineMap.get(amap.n_dims, 0, exprs)
 
     @staticmethod
     def _groups(op: ir.Operation) -> list[list[int]]:
@@ -337,7 +391,7 @@ class WeightTrace:
             if any(_ir.k_usage(e, self.k_dim) in (None, ("const", 0)) for e in amap.results):
                 raise NotHandled("integer weight read through a non-trivial indexing map")
             self.q_leaves.append(leaf)
-            return IntAffine(1, (), 8, raw=True)
+            return IntAffine(1, (), 8, raw=True, q_urange=_unsigned_range(value))
         if not _ir.is_float(et):
             raise NotHandled(f"weight chain reads a tensor of unsupported element type {et}")
         if uses_k:
@@ -406,6 +460,7 @@ class WeightTrace:
             return self._captured(op.result)
         if name in ("arith.sitofp", "arith.uitofp"):
             x = _interpret(a[0], name == "arith.uitofp")
+            self.q_shift = self.q_shift or x.q_shift
             offset = None
             for t in x.terms:
                 term = Node("int", (t.value, t.unsigned))
@@ -414,7 +469,7 @@ class WeightTrace:
         if name in ("arith.extsi", "arith.extui"):
             x = _interpret(a[0], name == "arith.extui")
             width = ir.IntegerType(op.result.type).width
-            return IntAffine(x.q_coef, x.terms, width, x.lo, x.hi)
+            return IntAffine(x.q_coef, x.terms, width, x.lo, x.hi, q_shift=x.q_shift)
         if name in ("arith.subi", "arith.addi"):
             x, y = (v if not v.raw else _interpret(v, False) for v in a)
             sign = -1 if name == "arith.subi" else 1
@@ -425,7 +480,8 @@ class WeightTrace:
                 raise NotHandled("weight appears non-linearly in the dequantization")
             if q_coef == -1:
                 raise NotHandled("negated integer weight in the dequantization")
-            return IntAffine(q_coef, terms, ir.IntegerType(op.result.type).width, lo, hi)
+            return IntAffine(q_coef, terms, ir.IntegerType(op.result.type).width, lo, hi,
+                             q_shift=x.q_shift or y.q_shift)
         if name in ("arith.extf", "arith.truncf"):
             (x,) = a
             if name == "arith.truncf":
@@ -476,6 +532,7 @@ class Plan:
     notes: list[str]
     group: int | None = None  # K is split into groups of this size (group-wise scales, or overflow)
     k_size: int | None = None
+    q_shift: int = 0  # q is read unsigned: the matmul uses q - q_shift (exact, fits int8)
 
 
 def plan(c: Contraction) -> Plan:
@@ -577,7 +634,7 @@ def _plan_traced(c: Contraction, k: int, x: ir.Value, x_map: ir.AffineMap, trace
         raise NotHandled("group-wise or K-split weights together with a batch dim are not supported")
     return Plan(
         c, x, x_map, q_leaf.value, q_leaf.map, form.scale, form.offset, trace.leaves, k,
-        m_dims, n_dims[0], b_dims, trace.notes, group, k_size,
+        m_dims, n_dims[0], b_dims, trace.notes, group, k_size, trace.q_shift,
     )
 
 
@@ -654,14 +711,22 @@ def rewrite_contraction(p: Plan, slices: int, act_scale: str = "group") -> ir.Va
     c, k = p.c, p.k
     f32, i8, i32 = _ir.f32(), ir.IntegerType.get_signless(8), ir.IntegerType.get_signless(32)
     leaves = list(p.leaves)
+    p_q = p.q
+    if p.q_shift:  # unsigned codes → signed i8 (q - shift); weight-only, so IREE hoists it to load time
+        rank = _ir.tensor_type(p.q).rank
+        ident = ir.AffineMap.get_identity(rank)
+        p_q = _ir.generic(
+            [p.q], [_ir.empty([_ir.size_of(p.q, i) for i in range(rank)], i8)], [ident, ident],
+            ["parallel"] * rank, lambda v, _o: [arith.SubIOp(v, _ir.int_const(i8, p.q_shift)).result],
+        )[0]
     if p.group is None:
         n_all, red, kg = c.n_dims, k, None
-        x, x_map, q, q_map = p.x, p.x_map, p.q, p.q_map
+        x, x_map, q, q_map = p.x, p.x_map, p_q, p.q_map
         leaf_maps = [leaf.map for leaf in leaves]
     else:
         n_all, red, kg = c.n_dims + 1, c.n_dims, k
         x, x_map = _split_operand(p.x, p.x_map, k, red, p.group, n_all)
-        q, q_map = _split_operand(p.q, p.q_map, k, red, p.group, n_all)
+        q, q_map = _split_operand(p_q, p.q_map, k, red, p.group, n_all)
         leaf_maps = [_split_operand(leaf.value, leaf.map, k, red, p.group, n_all)[1] for leaf in leaves]
     bt = [*p.b_dims, *([kg] if kg is not None else [])]  # batch dims of the int matmul
     if bt:
@@ -881,6 +946,8 @@ class DecomposeContraction:
         with rewriter.ip, op.location:
             y = rewrite_contraction(p, self.slices, self.act_scale)
         what = f"{self.slices} int8 slice(s) x {p.q.type}"
+        if p.q_shift:
+            what += f" (unsigned weight as q-{p.q_shift})"
         if p.group is not None:
             what += f", K in groups of {p.group} (activation scale per {self.act_scale})"
         if p.offset is not None:
