@@ -72,12 +72,15 @@ def compile(  # noqa: A001 - the public name is msd.compile
     slices: int = 2,
     emit: str | None = None,
     dynamic_shapes=None,
+    act_scale: str = "group",
     extra_flags: Sequence[str] = (),
 ) -> CompiledModule | str | bytes:
     """Compile ``model`` for ``target`` with MSD activation decomposition.
 
     ``slices``: 1, 2 or 3 int8 activation slices; 0 compiles IREE's own lowering of the same
     model (the baseline).  ``emit``: stop after a stage (see module docstring).
+    ``act_scale``: for group-wise weights, one activation scale per row ("row") or per (row,
+    group) ("group", default).  ``dynamic_shapes``: as for ``torch.export.export``.
     """
     if target not in TARGETS:
         raise ValueError(f"target {target!r} is not supported (supported: {', '.join(TARGETS)})")
@@ -98,7 +101,7 @@ def compile(  # noqa: A001 - the public name is msd.compile
     report = Report(DECOMPOSE)
     if slices:
         with session.context, ir.Location.unknown():
-            report = run_pass(module, DECOMPOSE, slices=slices)
+            report = run_pass(module, DECOMPOSE, slices=slices, act_scale=act_scale)
             passmanager.PassManager.parse(POST_MSD_PIPELINE).run(module)
     if emit == "msd":
         return _asm(module)

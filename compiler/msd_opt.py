@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     report = run_pass(module.operation, step, **opts)
                     if want_report:
-                        text = report.format().replace('"-":', f'"{name}":')
+                        text = report.format().replace(" -:", f" {Path(name).name}:")
                         print(text, file=sys.stderr)
             except ir.MLIRError as e:
                 print(f"msd-opt: error: {step} failed:\n{_diagnostics(e, name)}", file=sys.stderr)

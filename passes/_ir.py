@@ -6,6 +6,8 @@ except that the helpers assume tensors (linalg on tensors, before bufferization)
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Sequence
 
 from iree.compiler import ir
@@ -219,9 +221,12 @@ def _reassoc(groups: Sequence[Sequence[int]]) -> ir.ArrayAttr:
 
 
 def location_text(op: ir.Operation) -> str:
-    """A short, stable description of where an op came from (file:line when known)."""
+    """Where an op came from, short: ``file:line`` frames innermost first (``a.py:3 <- b.py:9``)."""
     text = str(op.location)
-    return text[4:-1] if text.startswith("loc(") else text
+    frames = re.findall(r'"([^"]+)":(\d+):\d+', text)
+    if not frames:
+        return text[4:-1] if text.startswith("loc(") else text
+    return " <- ".join(f"{os.path.basename(path)}:{line}" for path, line in frames)
 
 
 def producer(v: ir.Value) -> ir.Operation | None:

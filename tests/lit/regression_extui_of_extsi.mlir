@@ -25,7 +25,7 @@ func.func @extui_of_extsi(%x: tensor<4x64xf32>, %q: tensor<32x64xi8>, %s: tensor
   } -> tensor<32x64xf32>
   %ey = tensor.empty() : tensor<4x32xf32>
   %f = linalg.fill ins(%cst : f32) outs(%ey : tensor<4x32xf32>) -> tensor<4x32xf32>
-  // REPORT: skipped: linalg.matmul at {{.*}}:[[# @LINE + 1]]:{{[0-9]+}}: integer value in [-128, 127] read as unsigned i16 in the dequantization: may wrap
+  // REPORT: skipped: linalg.matmul at {{.*}}:[[# @LINE + 1]]: integer value in [-128, 127] read as unsigned i16 in the dequantization: may wrap
   %y = linalg.matmul indexing_maps = [affine_map<(m, n, k) -> (m, k)>, affine_map<(m, n, k) -> (n, k)>, affine_map<(m, n, k) -> (m, n)>]
       ins(%x, %w : tensor<4x64xf32>, tensor<32x64xf32>) outs(%f : tensor<4x32xf32>) -> tensor<4x32xf32>
   return %y : tensor<4x32xf32>

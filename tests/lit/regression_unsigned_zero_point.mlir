@@ -45,7 +45,7 @@ func.func @uint8_zero_point(%x: tensor<4x64xf32>, %q: tensor<32x64xi8>, %s: tens
   } -> tensor<32x64xf32>
   %ey = tensor.empty() : tensor<4x32xf32>
   %f = linalg.fill ins(%cst : f32) outs(%ey : tensor<4x32xf32>) -> tensor<4x32xf32>
-  // REPORT-DAG: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 1]]:{{[0-9]+}}: 2 int8 slice(s) x tensor<32x64xi8> with zero-point/offset term
+  // REPORT-DAG: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 1]]: 2 int8 slice(s) x tensor<32x64xi8> with zero-point/offset term
   %y = linalg.matmul indexing_maps = [affine_map<(m, n, k) -> (m, k)>, affine_map<(m, n, k) -> (n, k)>, affine_map<(m, n, k) -> (m, n)>]
       ins(%x, %w : tensor<4x64xf32>, tensor<32x64xf32>) outs(%f : tensor<4x32xf32>) -> tensor<4x32xf32>
   return %y : tensor<4x32xf32>
@@ -81,7 +81,7 @@ func.func @uint8_const_zero_point(%x: tensor<4x64xf32>, %q: tensor<32x64xi8>, %s
   } -> tensor<32x64xf32>
   %ey = tensor.empty() : tensor<4x32xf32>
   %f = linalg.fill ins(%cst : f32) outs(%ey : tensor<4x32xf32>) -> tensor<4x32xf32>
-  // REPORT-DAG: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 1]]:{{[0-9]+}}: 2 int8 slice(s) x tensor<32x64xi8> with zero-point/offset term
+  // REPORT-DAG: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 1]]: 2 int8 slice(s) x tensor<32x64xi8> with zero-point/offset term
   %y = linalg.matmul indexing_maps = [affine_map<(m, n, k) -> (m, k)>, affine_map<(m, n, k) -> (n, k)>, affine_map<(m, n, k) -> (m, n)>]
       ins(%x, %w : tensor<4x64xf32>, tensor<32x64xf32>) outs(%f : tensor<4x32xf32>) -> tensor<4x32xf32>
   return %y : tensor<4x32xf32>

@@ -29,7 +29,7 @@ func.func @unsigned_weight(%x: tensor<4x64xf32>, %q: tensor<32x64xi8>, %s: tenso
   } -> tensor<32x64xf32>
   %ey = tensor.empty() : tensor<4x32xf32>
   %z = linalg.fill ins(%cst : f32) outs(%ey : tensor<4x32xf32>) -> tensor<4x32xf32>
-  // REPORT: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 1]]:{{[0-9]+}}: 2 int8 slice(s) x tensor<32x64xi8> (unsigned weight as q-128) with zero-point/offset term
+  // REPORT: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 1]]: 2 int8 slice(s) x tensor<32x64xi8> (unsigned weight as q-128) with zero-point/offset term
   %y = linalg.matmul indexing_maps = [affine_map<(m, n, k) -> (m, k)>, affine_map<(m, n, k) -> (n, k)>, affine_map<(m, n, k) -> (m, n)>]
       ins(%x, %w : tensor<4x64xf32>, tensor<32x64xf32>) outs(%z : tensor<4x32xf32>) -> tensor<4x32xf32>
   return %y : tensor<4x32xf32>

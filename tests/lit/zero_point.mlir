@@ -47,7 +47,7 @@ func.func @float_zero_point(%x: tensor<4x64xf32>, %q: tensor<32x64xi8>, %s: tens
   %wt = linalg.transpose ins(%w : tensor<32x64xf32>) outs(%et : tensor<64x32xf32>) permutation = [1, 0]
   %ey = tensor.empty() : tensor<4x32xf32>
   %f = linalg.fill ins(%cst : f32) outs(%ey : tensor<4x32xf32>) -> tensor<4x32xf32>
-  // REPORT-DAG: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 1]]:{{[0-9]+}}: 2 int8 slice(s) x tensor<32x64xi8> with zero-point/offset term
+  // REPORT-DAG: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 1]]: 2 int8 slice(s) x tensor<32x64xi8> with zero-point/offset term
   %y = linalg.matmul ins(%x, %wt : tensor<4x64xf32>, tensor<64x32xf32>) outs(%f : tensor<4x32xf32>) -> tensor<4x32xf32>
   return %y : tensor<4x32xf32>
 }
@@ -90,7 +90,7 @@ func.func @int_zero_point(%x: tensor<4x64xf32>, %q: tensor<32x64xi8>, %s: tensor
   %wt = linalg.transpose ins(%w : tensor<32x64xf32>) outs(%et : tensor<64x32xf32>) permutation = [1, 0]
   %ey = tensor.empty() : tensor<4x32xf32>
   %f = linalg.fill ins(%cst : f32) outs(%ey : tensor<4x32xf32>) -> tensor<4x32xf32>
-  // REPORT-DAG: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 1]]:{{[0-9]+}}: 2 int8 slice(s) x tensor<32x64xi8> with zero-point/offset term
+  // REPORT-DAG: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 1]]: 2 int8 slice(s) x tensor<32x64xi8> with zero-point/offset term
   %y = linalg.matmul ins(%x, %wt : tensor<4x64xf32>, tensor<64x32xf32>) outs(%f : tensor<4x32xf32>) -> tensor<4x32xf32>
   return %y : tensor<4x32xf32>
 }
@@ -115,7 +115,7 @@ func.func @int32_zero_point_may_wrap(%x: tensor<4x64xf32>, %q: tensor<32x64xi8>,
   %wt = linalg.transpose ins(%w : tensor<32x64xf32>) outs(%et : tensor<64x32xf32>) permutation = [1, 0]
   %ey = tensor.empty() : tensor<4x32xf32>
   %f = linalg.fill ins(%cst : f32) outs(%ey : tensor<4x32xf32>) -> tensor<4x32xf32>
-  // REPORT-DAG: skipped: linalg.matmul at {{.*}}:[[# @LINE + 1]]:{{[0-9]+}}: integer value in [{{.*}}] read as signed i32 in the dequantization: may wrap
+  // REPORT-DAG: skipped: linalg.matmul at {{.*}}:[[# @LINE + 1]]: integer value in [{{.*}}] read as signed i32 in the dequantization: may wrap
   %y = linalg.matmul ins(%x, %wt : tensor<4x64xf32>, tensor<64x32xf32>) outs(%f : tensor<4x32xf32>) -> tensor<4x32xf32>
   return %y : tensor<4x32xf32>
 }
