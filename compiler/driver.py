@@ -31,6 +31,7 @@ from msd.passes.decompose_activations import NAME as DECOMPOSE
 from msd.passes.decompose_activations import SUPPORTED_SLICES
 from msd.runtime.module import Module, TensorSpec
 
+from .frontends import normalize
 from .importer import export, import_program, input_specs
 from .iree_session import CompileError, IreeSession
 
@@ -65,7 +66,7 @@ POST_MSD_PIPELINE = "builtin.module(canonicalize, cse)"
 
 
 def compile(  # noqa: A001 - the public name is msd.compile
-    model: torch.nn.Module,
+    model: torch.nn.Module | torch.export.ExportedProgram,
     example_inputs: Sequence[torch.Tensor] | torch.Tensor,
     *,
     target: str = "llvm-cpu",
@@ -75,7 +76,10 @@ def compile(  # noqa: A001 - the public name is msd.compile
     act_scale: str = "group",
     extra_flags: Sequence[str] = (),
 ) -> CompiledModule | str | bytes:
-    """Compile ``model`` for ``target`` with MSD activation decomposition.
+    """Compile ``model`` (a module, or an already exported program) for ``target`` with MSD.
+
+    Models quantized by torchao or PT2E are accepted as they are: their dequantize ops are
+    rewritten to plain torch first (``msd.compiler.frontends.normalize``).
 
     ``slices``: 1, 2 or 3 int8 activation slices; 0 compiles IREE's own lowering of the same
     model (the baseline).  ``emit``: stop after a stage (see module docstring).
@@ -89,7 +93,12 @@ def compile(  # noqa: A001 - the public name is msd.compile
     if emit is not None and emit not in STAGES:
         raise ValueError(f"emit={emit!r} is not a stage (choose one of {', '.join(STAGES)})")
     tgt = TARGETS[target]
-    program = export(model, example_inputs, dynamic_shapes)
+    if isinstance(model, torch.export.ExportedProgram):
+        program = model
+    else:
+        program = export(model, example_inputs, dynamic_shapes)
+    # torchao / PT2E dequantize ops → plain torch arithmetic on the untouched integer tensors.
+    program = normalize(program)
     session = IreeSession([*COMMON_FLAGS, *tgt.flags, *extra_flags])
     module, params = import_program(program, session.context)
     if emit == "torch":

@@ -122,7 +122,8 @@ class GroupQuantizedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         fmt = f"int{self.bits}" + (f" packed {self.packing}" if self.bits == 4 else "")
-        return f"in_features={self.in_features}, out_features={self.out_features}, weights={fmt}, group={self.group_size}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, weights={fmt},"
+                f" group={self.group_size}")
 
 
 def pack_int4(q: torch.Tensor, packing: str) -> torch.Tensor:

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from msd.compiler.quantize import QuantizedLinear
+from msd.compiler.quantize import GroupQuantizedLinear, QuantizedLinear
 
 GELU_LIPSCHITZ = 1.13  # max |d gelu(x)/dx| ≈ 1.1289
 F32_EPS = 2.0**-24
@@ -31,6 +31,20 @@ def reference64(model: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
         return m(*[x.double() for x in inputs])
 
 
+def matmul_split(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight as MSD computes it: ``W = w_int + w_off`` where ``w_int = s·(q − c)`` meets the
+    activation slices in the int8 matmul (c centres unsigned codes: 8 for 4-bit) and
+    ``w_off = s·(c − z)`` is applied exactly through the row/group sums of the activation."""
+    if isinstance(layer, QuantizedLinear):
+        return layer.dequantized_weight().double(), torch.zeros(1, dtype=torch.float64)
+    n, k, g = layer.out_features, layer.in_features, layer.group_size
+    q = layer.codes().double().view(n, k // g, g)
+    s = layer.weight_scale.double().unsqueeze(-1)
+    c = 8.0 if layer.bits == 4 else 0.0
+    z = 0.0 if layer.weight_zero_point is None else layer.weight_zero_point.double().unsqueeze(-1)
+    return (s * (q - c)).view(n, k), (s * (c - z)).expand(n, k // g, g).reshape(n, k)
+
+
 def slice_error(amax: torch.Tensor, slices: int) -> torch.Tensor:
     """Bound on |x - x̂| per element after ``slices`` int8 slices (msd-method.md §1)."""
     return amax / (127.0 * 2.0 * 254.0 ** (slices - 1))
@@ -48,14 +62,14 @@ def error_bound(model: nn.Sequential, x: torch.Tensor, slices: int) -> tuple[tor
     err = torch.zeros_like(h)
     with torch.no_grad():
         for layer in model:
-            if isinstance(layer, QuantizedLinear):
+            if isinstance(layer, (QuantizedLinear, GroupQuantizedLinear)):
                 w = layer.dequantized_weight().double()
-                wabs = w.abs()
+                w_int, w_off = matmul_split(layer)
                 reach = h.abs() + err  # MSD's own input may differ from the reference by err
                 amax = reach.amax(dim=-1, keepdim=True)
-                decomposition = slice_error(amax, slices) * wabs.sum(dim=1)
-                rounding = 16 * F32_EPS * (reach @ wabs.T)
-                err = err @ wabs.T + decomposition + rounding
+                decomposition = slice_error(amax, slices) * w_int.abs().sum(dim=1)
+                rounding = 16 * F32_EPS * (reach @ (w_int.abs() + w_off.abs()).T)
+                err = err @ w.abs().T + decomposition + rounding
                 bias = None if layer.bias is None else layer.bias.double()
                 h = nn.functional.linear(h, w, bias)
                 if layer.bias is not None:

@@ -1,0 +1,135 @@
+"""Every weight format msd.quantize emits, through the pass, against the float64 bound."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from helpers import error_bound, mlp, reference64
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import msd
+from msd.compiler.quantize import GroupQuantizedLinear, QuantizedLinear
+from msd.passes.decompose_activations import MAX_K_PER_ACCUMULATOR
+
+FORMATS = {
+    "int8-channel": dict(weights="int8"),
+    "int8-g32": dict(weights="int8", group_size=32),
+    "int8-g64": dict(weights="int8", group_size=64),
+    "int8-g128": dict(weights="int8", group_size=128),
+    "int8-g256": dict(weights="int8", group_size=256),
+    "int4-g32-pairs": dict(weights="int4", group_size=32, packing="pairs"),
+    "int4-g128-pairs": dict(weights="int4", group_size=128, packing="pairs"),
+    "int4-g64-halves": dict(weights="int4", group_size=64, packing="halves"),
+}
+
+
+def _input(shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    x[..., 5] *= 30.0  # one outlier channel
+    return x
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_format_rewritten_within_bound(fmt: str) -> None:
+    model = msd.quantize(mlp(256, 256, 48, seed=3), **FORMATS[fmt])
+    x = _input((3, 256))
+    ref = reference64(model, x)
+    errs = {}
+    for slices in (1, 2, 3):
+        cm = msd.compile(model, (x,), slices=slices)
+        assert len(cm.report.rewritten) == 2 and not cm.report.skipped, cm.report.format()
+        y = cm(x).double()
+        errs[slices] = (y - ref).abs().mean().item()
+        if slices > 1:
+            _, bound = error_bound(model, x, slices)
+            assert ((y - ref).abs() <= bound).all(), f"{fmt} slices={slices} exceeds the bound"
+    assert errs[1] > 20 * errs[2] > 20 * errs[3] / 20, errs
+
+
+def test_int4_is_packed_and_never_dequantized_in_the_module() -> None:
+    model = msd.quantize(mlp(256, 64), weights="int4", group_size=64)
+    layer = model[0]
+    assert isinstance(layer, GroupQuantizedLinear) and layer.qweight.dtype == torch.uint8
+    assert layer.qweight.shape == (64, 128), "two 4-bit codes per byte"
+    ir_text = msd.compile(model, (torch.randn(2, 256),), emit="msd")
+    for shape in ("64x256xf32", "256x64xf32", "64x4x64xf32"):
+        assert f"tensor<{shape}>" not in ir_text, f"a float copy of the weight ({shape}) survived"
+    assert re.search(r"linalg.batch_matmul .*: tensor<4x\d+x64xi8>, tensor<4x64x64xi8>\) outs\(.*xi32>", ir_text)
+
+
+def test_both_nibble_orders_round_trip() -> None:
+    from msd.compiler.quantize import pack_int4, unpack_int4
+
+    q = torch.randint(0, 16, (4, 64), dtype=torch.uint8)
+    for packing in ("pairs", "halves"):
+        assert torch.equal(unpack_int4(pack_int4(q, packing), packing), q)
+    assert not torch.equal(pack_int4(q, "pairs"), pack_int4(q, "halves"))
+
+
+def test_group_activation_scale_beats_row_scale_on_outliers() -> None:
+    model = msd.quantize(mlp(512, 32, seed=5), weights="int8", group_size=64)
+    x = torch.randn(4, 512)
+    x[:, 7] = 500.0  # an outlier that dominates its row's amax
+    ref = reference64(model, x)
+    err = {a: (msd.compile(model, (x,), slices=2, act_scale=a)(x).double() - ref).abs().mean().item()
+           for a in ("row", "group")}
+    assert err["group"] < 0.5 * err["row"], err
+
+
+def _constant_layer(k: int, n: int = 4) -> nn.Sequential:
+    q = torch.full((n, k), 127, dtype=torch.int8)
+    return nn.Sequential(QuantizedLinear(q, torch.full((n,), 1e-6), None))
+
+
+def test_long_k_is_split_so_int32_cannot_overflow() -> None:
+    """K = 2^18: 127·127·K > 2^31 would wrap a single int32 accumulator."""
+    k = 2**18
+    assert 127 * 127 * k > 2**31 - 1
+    model = _constant_layer(k)
+    x = torch.ones(2, k)
+    x[1] = torch.linspace(-1, 1, k)
+    cm = msd.compile(model, (x,), slices=2)
+    (decision,) = cm.report.rewritten
+    assert "K in groups of 131072" in decision.reason, decision.reason
+    ref, bound = error_bound(model, x, 2)
+    y = cm(x).double()
+    assert ((y - ref).abs() <= bound).all(), (y, ref)
+    assert abs(y[0, 0].item() - 127e-6 * k) < 1e-3 * 127e-6 * k
+
+
+def test_long_k_without_a_safe_split_is_refused() -> None:
+    k = next(p for p in range(MAX_K_PER_ACCUMULATOR + 1, 10**6)
+             if all(p % d for d in range(2, int(p**0.5) + 1)))  # a prime: no chunk divides it
+    model = _constant_layer(k, n=2)
+    x = torch.randn(1, k)
+    cm = msd.compile(model, (x,), slices=2)
+    (decision,) = cm.report.skipped
+    assert "could overflow the int32 accumulator" in decision.reason
+    assert torch.allclose(cm(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(
+    m=st.integers(1, 5),
+    groups=st.integers(1, 4),
+    group_size=st.sampled_from([32, 64]),
+    n=st.integers(1, 40),
+    bits=st.sampled_from([8, 4]),
+    outlier=st.floats(1.0, 1000.0),
+    seed=st.integers(0, 2**16),
+)
+def test_random_group_layers_within_bound(m, groups, group_size, n, bits, outlier, seed) -> None:
+    torch.manual_seed(seed)
+    k = groups * group_size
+    weights = "int8" if bits == 8 else "int4"
+    model = msd.quantize(nn.Sequential(nn.Linear(k, n)), weights=weights, group_size=group_size)
+    x = torch.randn(m, k) * torch.rand(1) * 10
+    x[:, seed % k] *= outlier
+    cm = msd.compile(model, (x,), slices=2)
+    assert len(cm.report.rewritten) == 1, cm.report.format()
+    ref, bound = error_bound(model, x, 2)
+    assert ((cm(x).double() - ref).abs() <= bound).all()
