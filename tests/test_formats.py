@@ -6,12 +6,12 @@ import re
 
 import pytest
 import torch
-from helpers import error_bound, mlp, reference64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import msd
+from helpers import error_bound, mlp, reference64
 from msd.compiler.quantize import GroupQuantizedLinear, QuantizedLinear
 from msd.passes.decompose_activations import MAX_K_PER_ACCUMULATOR
 
