@@ -133,3 +133,69 @@ def test_random_group_layers_within_bound(m, groups, group_size, n, bits, outlie
     assert len(cm.report.rewritten) == 1, cm.report.format()
     ref, bound = error_bound(model, x, 2)
     assert ((cm(x).double() - ref).abs() <= bound).all()
+
+
+class OffsetLinear(nn.Module):
+    """The GGUF Q4_1 form: ``w = d·q + m`` per 32-block, codes stored unpacked as uint8 in [0, 15]."""
+
+    def __init__(self, n: int, k: int, g: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.g = g
+        self.register_buffer("q", torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8))
+        self.register_buffer("d", torch.rand(n, k // g, generator=gen) * 0.02)
+        self.register_buffer("m", -torch.rand(n, k // g, generator=gen) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = self.q.shape
+        w = self.d.unsqueeze(-1) * self.q.view(n, k // self.g, self.g).to(x.dtype) + self.m.unsqueeze(-1)
+        return nn.functional.linear(x, w.view(n, k))
+
+
+class U8Linear(nn.Module):
+    """Unsigned 8-bit codes over the full [0, 255] with a uint8 zero point per channel."""
+
+    def __init__(self, n: int, k: int, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("q", torch.randint(0, 256, (n, k), generator=gen, dtype=torch.uint8))
+        self.register_buffer("z", torch.randint(100, 156, (n, 1), generator=gen, dtype=torch.uint8))
+        self.register_buffer("s", torch.rand(n, 1, generator=gen) * 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, (self.q.to(x.dtype) - self.z.to(x.dtype)) * self.s)
+
+
+def _shifted_bound(w_int: torch.Tensor, w_full: torch.Tensor, x: torch.Tensor, slices: int) -> torch.Tensor:
+    """§3 bound for a weight whose matmul part is ``w_int`` (the shifted codes times the scales)."""
+    from helpers import F32_EPS, slice_error
+
+    xa = x.double().abs()
+    return (slice_error(xa.amax(-1, keepdim=True), slices) * w_int.abs().sum(1)
+            + 16 * F32_EPS * (xa @ (w_int.abs() + (w_full - w_int).abs()).T))
+
+
+def test_float_offset_form_is_rewritten_with_group_sums() -> None:
+    layer = OffsetLinear(48, 256)
+    x = _input((3, 256))
+    cm = msd.compile(layer, (x,), slices=2)
+    (decision,) = cm.report.rewritten
+    assert "K in groups of 32" in decision.reason and "offset term" in decision.reason
+    n, k = layer.q.shape
+    d = layer.d.double().repeat_interleave(32, dim=1)
+    w_full = d * layer.q.double() + layer.m.double().repeat_interleave(32, dim=1)
+    w_int = d * (layer.q.double() - 128)  # unpacked uint8 codes: range unknown, shift 128
+    ref = x.double() @ w_full.T
+    assert ((cm(x).double() - ref).abs() <= _shifted_bound(w_int, w_full, x, 2)).all()
+
+
+def test_unsigned_int8_with_zero_point() -> None:
+    layer = U8Linear(40, 192)
+    x = _input((5, 192))
+    cm = msd.compile(layer, (x,), slices=2)
+    (decision,) = cm.report.rewritten
+    assert "unsigned weight as q-128" in decision.reason
+    w_full = (layer.q.double() - layer.z.double()) * layer.s.double()
+    w_int = (layer.q.double() - 128) * layer.s.double()
+    ref = x.double() @ w_full.T
+    assert ((cm(x).double() - ref).abs() <= _shifted_bound(w_int, w_full, x, 2)).all()
