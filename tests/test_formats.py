@@ -199,3 +199,18 @@ def test_unsigned_int8_with_zero_point() -> None:
     w_int = (layer.q.double() - 128) * layer.s.double()
     ref = x.double() @ w_full.T
     assert ((cm(x).double() - ref).abs() <= _shifted_bound(w_int, w_full, x, 2)).all()
+
+
+def test_grouped_zero_and_non_finite_rows() -> None:
+    """Per-group scales and offsets keep the edge cases: zeros give the bias, NaN/Inf stay non-finite."""
+    model = msd.quantize(nn.Sequential(nn.Linear(128, 24)), weights="int4", group_size=32)
+    x = _input((4, 128))
+    x[0] = 0.0
+    x[1, 40] = float("nan")
+    x[2, 100] = float("inf")
+    y = msd.compile(model, (x,), slices=2)(x)
+    assert torch.equal(y[0], model[0].bias.detach())
+    assert not torch.isfinite(y[1]).any() and torch.isnan(y[1]).all()
+    assert not torch.isfinite(y[2]).any()
+    ref, bound = error_bound(model, x[3:], 2)
+    assert ((y[3:].double() - ref).abs() <= bound).all()
