@@ -233,7 +233,13 @@ def normalize(program: ExportedProgram) -> ExportedProgram:
     """
     if not isinstance(program, ExportedProgram):
         raise TypeError(f"normalize expects a torch.export.ExportedProgram, got {type(program).__name__}")
-    out = program.run_decompositions(decomposition_table())
+    table = decomposition_table()
+    plain = (torch.Tensor, torch.nn.Parameter)
+    needed = any(_foreign(n.target) or n.target in table for n in program.graph.nodes) or any(
+        type(t) not in plain for t in [*program.state_dict.values(), *program.constants.values()]
+        if isinstance(t, torch.Tensor)
+    )
+    out = program.run_decompositions(table) if needed else program  # plain graphs: nothing to do
     out = _constants_to_buffers(out)
     leftovers = sorted({_op_name(n.target) for n in out.graph.nodes if _foreign(n.target)})
     if leftovers:
