@@ -18,7 +18,6 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import ml_dtypes
@@ -34,32 +33,13 @@ from msd.runtime.module import Module, TensorSpec
 from .frontends import normalize
 from .importer import export, import_program, input_specs
 from .iree_session import CompileError, IreeSession
+from .targets import BACKENDS, Target
+from .targets import resolve as resolve_target
 
 STAGES = ("torch", "linalg", "msd", "vmfb")
 
 
-@dataclass(frozen=True)
-class Target:
-    """An IREE target: compiler flags and the runtime driver that runs its artifacts."""
-
-    name: str
-    flags: tuple[str, ...]
-    driver: str
-
-
-TARGETS: dict[str, Target] = {
-    "llvm-cpu": Target(
-        "llvm-cpu",
-        (
-            "--iree-hal-target-device=local",
-            "--iree-hal-local-target-device-backends=llvm-cpu",
-            "--iree-llvmcpu-target-cpu=host",
-            # int8 matmuls only reach the mmt4d ukernels with data tiling (2-5x, see docs).
-            "--iree-opt-data-tiling",
-        ),
-        "local-task",
-    ),
-}
+TARGETS = BACKENDS  # target names; each takes an optional ":arch" (see compiler/targets.py)
 COMMON_FLAGS = ("--iree-input-type=torch",)
 
 POST_MSD_PIPELINE = "builtin.module(canonicalize, cse)"
@@ -86,13 +66,11 @@ def compile(  # noqa: A001 - the public name is msd.compile
     ``act_scale``: for group-wise weights, one activation scale per row ("row") or per (row,
     group) ("group", default).  ``dynamic_shapes``: as for ``torch.export.export``.
     """
-    if target not in TARGETS:
-        raise ValueError(f"target {target!r} is not supported (supported: {', '.join(TARGETS)})")
+    tgt = resolve_target(target)
     if slices != 0 and slices not in SUPPORTED_SLICES:
         raise ValueError(f"slices={slices!r} is not supported (0 for the IREE baseline, or 1, 2, 3)")
     if emit is not None and emit not in STAGES:
         raise ValueError(f"emit={emit!r} is not a stage (choose one of {', '.join(STAGES)})")
-    tgt = TARGETS[target]
     if isinstance(model, torch.export.ExportedProgram):
         program = model
     else:
@@ -155,6 +133,11 @@ class CompiledModule:
     @property
     def runtime_module(self) -> Module:
         if self._module is None:
+            if self.target.backend != "llvm-cpu" and not device_present(self.target.driver):
+                raise RuntimeError(
+                    f"this artifact targets {self.target.name} (IREE driver '{self.target.driver}'), which this"
+                    f" machine does not have; save() it and run it where that device is"
+                )
             self._module = Module.load(
                 self.workdir / MODULE_FILE, self.workdir / PARAMETERS_FILE,
                 driver=self.target.driver, inputs=self.inputs,
@@ -188,6 +171,16 @@ class CompiledModule:
         }
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         return folder
+
+
+def device_present(driver: str) -> bool:
+    """Whether this machine has a device for the IREE runtime driver (e.g. "cuda")."""
+    import iree.runtime as rt
+
+    try:
+        return bool(rt.get_driver(driver).query_available_devices())
+    except (RuntimeError, ValueError):
+        return False
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,63 @@
+"""Every target compiles the MSD form here; what the GPU code generators make of the int8 matmul."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import msd
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    return msd.quantize(nn.Sequential(nn.Linear(256, 128)))
+
+
+def _compile_and_dump(model: nn.Module, target: str, dump: Path) -> str:
+    x = torch.randn(16, 256)
+    vmfb = msd.compile(model, (x,), target=target, slices=2, emit="vmfb",
+                       extra_flags=[f"--iree-hal-dump-executable-files-to={dump}"])
+    assert isinstance(vmfb, bytes) and len(vmfb) > 1000
+    return "\n".join(p.read_text(errors="ignore") for p in dump.iterdir()
+                     if p.suffix in (".rocmasm", ".ptx", ".mlir"))
+
+
+def test_rocm_gfx942_uses_the_int8_matrix_instruction(model, tmp_path: Path) -> None:
+    text = _compile_and_dump(model, "rocm:gfx942", tmp_path)
+    assert "v_mfma_i32_16x16x32_i8" in text or "v_mfma_i32_32x32x16_i8" in text
+
+
+def test_cuda_compiles_but_has_no_int8_tensor_core_path(model, tmp_path: Path) -> None:
+    """IREE 3.13 lowers the i8 matmul to scalar integer code on CUDA (see docs/targets.md)."""
+    ptx = _compile_and_dump(model, "cuda:sm_89", tmp_path)
+    assert "mad.lo.s32" in ptx
+    assert "mma.sync" not in ptx and "dp4a" not in ptx
+
+
+@pytest.mark.parametrize("target", ["vulkan-spirv", "rocm:gfx950", "cuda", "llvm-cpu:x86-64-v3"])
+def test_target_compiles(model, target: str, tmp_path: Path) -> None:
+    assert "linalg" in _compile_and_dump(model, target, tmp_path)
+
+
+def test_unknown_targets_and_archs_are_named(model) -> None:
+    x = torch.randn(2, 256)
+    with pytest.raises(ValueError, match="Hopper/Blackwell: compile for sm_80 or sm_89"):
+        msd.compile(model, (x,), target="cuda:sm_90")
+    with pytest.raises(ValueError, match="ROCm arch 'gfx900' is not supported"):
+        msd.compile(model, (x,), target="rocm:gfx900")
+    with pytest.raises(ValueError, match="target 'npu' is not supported"):
+        msd.compile(model, (x,), target="npu")
+
+
+def test_gpu_artifact_on_a_machine_without_that_device(model) -> None:
+    from msd.compiler.driver import device_present
+
+    if device_present("cuda"):
+        pytest.skip("this machine has a CUDA device: the artifact would run")
+    x = torch.randn(2, 256)
+    cm = msd.compile(model, (x,), target="cuda", slices=2)
+    with pytest.raises(RuntimeError, match="does not have; save\\(\\) it and run it where that device is"):
+        cm(x)
