@@ -13,7 +13,6 @@ callable with torch tensors.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import weakref
@@ -28,10 +27,11 @@ from iree.compiler import ir, passmanager
 from msd.passes import Report, run_pass
 from msd.passes.decompose_activations import NAME as DECOMPOSE
 from msd.passes.decompose_activations import SUPPORTED_SLICES
+from msd.runtime.artifact import MODULE_FILE, PARAMETERS_FILE, write_manifest
 from msd.runtime.module import Module, TensorSpec
 
 from .frontends import normalize
-from .importer import export, import_program, input_specs
+from .importer import export, import_program, input_specs, output_specs
 from .iree_session import CompileError, IreeSession
 from .targets import BACKENDS, Target
 from .targets import resolve as resolve_target
@@ -99,14 +99,11 @@ def compile(  # noqa: A001 - the public name is msd.compile
     workdir = Path(tempfile.mkdtemp(prefix="msd-"))
     params.write_archive(workdir / PARAMETERS_FILE)
     (workdir / MODULE_FILE).write_bytes(vmfb)
-    compiled = CompiledModule(workdir, tgt, input_specs(program), report, slices)
+    compiled = CompiledModule(workdir, tgt, input_specs(program), output_specs(program), report, slices)
     weakref.finalize(compiled, shutil.rmtree, workdir, True)
     return compiled
 
 
-MODULE_FILE = "module.vmfb"
-PARAMETERS_FILE = "model.irpa"
-MANIFEST_FILE = "msd.json"
 
 
 def _asm(module: ir.Operation) -> str:
@@ -116,12 +113,12 @@ def _asm(module: ir.Operation) -> str:
 class CompiledModule:
     """A compiled model: call it with torch tensors; ``save`` writes the artifact to a folder."""
 
-    def __init__(
-        self, workdir: Path, target: Target, inputs: list[TensorSpec], report: Report, slices: int
-    ) -> None:
+    def __init__(self, workdir: Path, target: Target, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                 report: Report, slices: int) -> None:
         self.workdir = workdir
         self.target = target
         self.inputs = inputs
+        self.outputs = outputs
         self.report = report
         self.slices = slices
         self._module: Module | None = None
@@ -158,18 +155,25 @@ class CompiledModule:
         return from_numpy(out)
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``module.vmfb``, ``model.irpa`` and ``msd.json`` (inputs, target) to ``folder``."""
+        """Write a self-describing artifact: ``module.vmfb``, ``model.irpa`` and ``msd.json``
+        (versions, target, function signature with dynamic-dim bounds, per-matmul decisions,
+        sha256 of each file).  Load it with ``msd.runtime.load(folder)`` — no torch needed."""
+        import msd
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.workdir / MODULE_FILE, folder / MODULE_FILE)
         shutil.copyfile(self.workdir / PARAMETERS_FILE, folder / PARAMETERS_FILE)
-        manifest = {
-            "target": self.target.name,
-            "driver": self.target.driver,
-            "slices": self.slices,
-            "inputs": [s.to_json() for s in self.inputs],
-        }
-        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        t = self.target
+        write_manifest(
+            folder,
+            target={"name": t.name, "backend": t.backend, "arch": t.arch, "driver": t.driver},
+            slices=self.slices,
+            functions={"main": {"inputs": self.inputs, "outputs": self.outputs}},
+            decisions=[{"op": d.op, "location": d.location, "rewritten": d.rewritten, "reason": d.reason}
+                       for d in self.report.decisions],
+            msd_version=msd.__version__,
+        )
         return folder
 
 

@@ -107,16 +107,35 @@ def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], dynam
         raise ExportError(f"torch.export could not capture the model: {type(e).__name__}: {e}") from e
 
 
+def _spec(program: torch.export.ExportedProgram, name: str, val) -> TensorSpec:
+    shape, dims = [], []
+    for d in val.shape:
+        if isinstance(d, int):
+            shape.append(int(d))
+            dims.append(None)
+            continue
+        shape.append(None)
+        sym = d.node.expr
+        rng = program.range_constraints.get(sym)
+        lo = int(rng.lower) if rng is not None and rng.lower.is_finite else 0
+        hi = int(rng.upper) if rng is not None and rng.upper.is_finite else None
+        dims.append((str(sym), lo, hi))
+    return TensorSpec(tuple(shape), RUNTIME_DTYPES[val.dtype], name, tuple(dims))
+
+
 def input_specs(program: torch.export.ExportedProgram) -> list[TensorSpec]:
-    """Shapes (None where dynamic) and dtypes of the user inputs of an exported program."""
-    specs = []
+    """Names, shapes (None where dynamic, with bounds) and dtypes of the user inputs."""
     user_inputs = set(program.graph_signature.user_inputs)
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in user_inputs:
-            val = node.meta["val"]
-            shape = tuple(int(d) if isinstance(d, int) else None for d in val.shape)
-            specs.append(TensorSpec(shape, RUNTIME_DTYPES[val.dtype]))
-    return specs
+    return [_spec(program, n.name, n.meta["val"]) for n in program.graph.nodes
+            if n.op == "placeholder" and n.name in user_inputs]
+
+
+def output_specs(program: torch.export.ExportedProgram) -> list[TensorSpec]:
+    """The same for the user outputs."""
+    out = next(n for n in program.graph.nodes if n.op == "output")
+    names = list(program.graph_signature.user_outputs)
+    vals = [a.meta["val"] for a in out.args[0] if hasattr(a, "meta")]
+    return [_spec(program, names[i] if i < len(names) else f"output_{i}", v) for i, v in enumerate(vals)]
 
 
 def import_program(

@@ -38,29 +38,55 @@ class ArtifactError(RuntimeError):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Shape (None = dynamic) and element type name of one function input."""
+    """One function input or output: name, shape (None = dynamic), element type, and for each
+    dynamic dim its symbol and inclusive bounds (``None`` where unbounded)."""
 
     shape: tuple[int | None, ...]
     dtype: str
+    name: str = ""
+    dims: tuple[tuple[str, int, int | None] | None, ...] = ()  # per dim: (symbol, min, max) if dynamic
 
-    def check(self, index: int, a: np.ndarray) -> None:
+    def describe(self) -> str:
+        parts = []
+        for i, s in enumerate(self.shape):
+            dim = self.dims[i] if i < len(self.dims) else None
+            if s is not None:
+                parts.append(str(s))
+            elif dim is not None:
+                parts.append(f"{dim[0]}({dim[1]}..{'' if dim[2] is None else dim[2]})")
+            else:
+                parts.append("?")
+        return f"{self.name or 'arg'}: {self.dtype}[{', '.join(parts)}]"
+
+    def check(self, index: int, a: np.ndarray, signature: str = "") -> None:
+        where = f"input {index}" + (f" ({self.name})" if self.name else "")
+        hint = f"; expected {signature}" if signature else ""
         want = DTYPES[self.dtype]
         if a.dtype != want:
-            raise TypeError(f"input {index}: dtype {a.dtype} does not match the compiled {self.dtype}")
-        if len(a.shape) != len(self.shape) or any(
-            s is not None and s != d for s, d in zip(self.shape, a.shape)
-        ):
-            shown = "x".join("?" if s is None else str(s) for s in self.shape)
-            raise ValueError(
-                f"input {index}: shape {tuple(a.shape)} does not match the compiled [{shown}]"
-            )
+            raise TypeError(f"{where}: dtype {a.dtype} does not match the compiled {self.dtype}{hint}")
+        shown = "x".join("?" if s is None else str(s) for s in self.shape)
+        if len(a.shape) != len(self.shape) or any(s is not None and s != d for s, d in zip(self.shape, a.shape)):
+            raise ValueError(f"{where}: shape {tuple(a.shape)} does not match the compiled [{shown}]{hint}")
+        for i, dim in enumerate(self.dims):
+            if dim is not None and (a.shape[i] < dim[1] or (dim[2] is not None and a.shape[i] > dim[2])):
+                hi = "" if dim[2] is None else dim[2]
+                raise ValueError(
+                    f"{where}: dim {i} = {a.shape[i]} is outside the compiled range of {dim[0]}"
+                    f" [{dim[1]}..{hi}]{hint}"
+                )
 
     def to_json(self) -> dict:
-        return {"shape": list(self.shape), "dtype": self.dtype}
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                "dims": [list(d) if d is not None else None for d in self.dims]}
 
     @classmethod
     def from_json(cls, d: dict) -> TensorSpec:
-        return cls(tuple(d["shape"]), d["dtype"])
+        dims = tuple(tuple(x) if x is not None else None for x in d.get("dims", []))
+        return cls(tuple(d["shape"]), d["dtype"], d.get("name", ""), dims)
+
+
+def signature(name: str, inputs: Sequence[TensorSpec]) -> str:
+    return f"{name}({', '.join(s.describe() for s in inputs)})"
 
 
 class Module:
@@ -76,6 +102,7 @@ class Module:
         inputs: Sequence[TensorSpec] | None = None,
     ) -> None:
         self.inputs = list(inputs) if inputs is not None else None
+        self.function = function
         try:
             self._config = rt.Config(driver)
         except (ValueError, RuntimeError) as e:
@@ -124,10 +151,11 @@ class Module:
     def __call__(self, *args: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         arrays = [np.ascontiguousarray(a) for a in args]
         if self.inputs is not None:
+            sig = signature(self.function, self.inputs)
             if len(arrays) != len(self.inputs):
-                raise TypeError(f"expected {len(self.inputs)} input(s), got {len(arrays)}")
+                raise TypeError(f"expected {len(self.inputs)} input(s), got {len(arrays)}; expected {sig}")
             for i, (spec, a) in enumerate(zip(self.inputs, arrays)):
-                spec.check(i, a)
+                spec.check(i, a, sig)
         result = self._fn(*arrays)
         if isinstance(result, (tuple, list)):
             return tuple(r.to_host() for r in result)

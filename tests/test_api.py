@@ -120,9 +120,11 @@ def test_bad_arguments_are_named(qmodel) -> None:
 
 
 def test_call_checks_inputs(compiled) -> None:
-    with pytest.raises(ValueError, match=r"input 0: shape \(3, 256\) does not match the compiled \[4x256\]"):
+    expected = r"; expected main\(input: f32\[4, 256\]\)"
+    shape_error = r"input 0 \(input\): shape \(3, 256\) does not match the compiled \[4x256\]"
+    with pytest.raises(ValueError, match=shape_error + expected):
         compiled(torch.randn(3, 256))
-    with pytest.raises(TypeError, match="input 0: dtype float64 does not match the compiled f32"):
+    with pytest.raises(TypeError, match=r"input 0 \(input\): dtype float64 does not match the compiled f32"):
         compiled(torch.randn(4, 256, dtype=torch.float64))
     with pytest.raises(TypeError, match="expected 1 input tensor"):
         compiled(torch.randn(4, 256), torch.randn(4, 256))

@@ -1,0 +1,127 @@
+"""Saved artifacts: self-describing, checked at load, runnable without torch, precise errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.export import Dim
+
+import msd
+import msd.runtime
+from helpers import mlp
+from msd.runtime import ArtifactError
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    model = msd.quantize(mlp(64, 96, 32))
+    x = torch.randn(4, 64)
+    cm = msd.compile(model, (x,), slices=2, dynamic_shapes=({0: Dim("batch", min=1, max=16)},))
+    return cm.save(tmp_path_factory.mktemp("artifact") / "a"), model
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_manifest_describes_the_artifact(saved) -> None:
+    folder, model = saved
+    m = json.loads((folder / "msd.json").read_text())
+    assert m["format"] == "msd-artifact" and m["msd_version"] == msd.__version__
+    assert m["iree_version"].startswith("3.13") and m["target"]["backend"] == "llvm-cpu"
+    (x,) = m["functions"]["main"]["inputs"]
+    assert x["shape"] == [None, 64] and x["dtype"] == "f32"
+    assert x["dims"][0][1:] == [1, 16], "the dynamic batch dim keeps its bounds"
+    assert m["functions"]["main"]["outputs"][0]["shape"] == [None, 32]
+    assert len(m["decisions"]) == 2 and all(d["rewritten"] for d in m["decisions"])
+    assert set(m["files"]) == {"module.vmfb", "model.irpa"} and all(len(f["sha256"]) == 64 for f in m["files"].values())
+
+
+def test_load_and_call_without_torch(saved, tmp_path: Path) -> None:
+    folder, model = saved
+    x = torch.randn(3, 64)
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "expected.npy", msd.runtime.load(folder)(x.numpy()))
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any torch import now fails
+import numpy as np
+import msd.runtime
+art = msd.runtime.load(r"{folder}")
+y = art.main(np.load(r"{tmp_path}/x.npy"))
+assert np.array_equal(y, np.load(r"{tmp_path}/expected.npy")), "different result"
+print(art.main.signature)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "main(" in proc.stdout and "f32[" in proc.stdout
+
+
+def test_torch_tensors_in_torch_tensors_out(saved) -> None:
+    folder, model = saved
+    x = torch.randn(5, 64)
+    y = msd.runtime.load(folder)(x)
+    assert isinstance(y, torch.Tensor) and y.shape == (5, 32)
+    assert torch.allclose(y, model(x), rtol=1e-3, atol=1e-3)
+
+
+def test_bad_inputs_show_the_signature(saved) -> None:
+    art = msd.runtime.load(saved[0])
+    with pytest.raises(ValueError, match=r"dim 0 = 17 is outside the compiled range .*\[1\.\.16\]; expected main\("):
+        art(np.zeros((17, 64), np.float32))
+    with pytest.raises(ValueError, match=r"shape \(2, 63\) does not match the compiled \[\?x64\]"):
+        art(np.zeros((2, 63), np.float32))
+    with pytest.raises(TypeError, match=r"dtype float64 does not match the compiled f32; expected main\(input: f32\["):
+        art(np.zeros((2, 64)))
+
+
+def test_modified_or_missing_files_are_refused(saved, tmp_path: Path) -> None:
+    bad = _copy(saved[0], tmp_path / "modified")
+    data = bytearray((bad / "model.irpa").read_bytes())
+    data[-1] ^= 0xFF
+    (bad / "model.irpa").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="model.irpa was modified after the artifact was saved"):
+        msd.runtime.load(bad)
+    missing = _copy(saved[0], tmp_path / "missing")
+    (missing / "module.vmfb").unlink()
+    with pytest.raises(ArtifactError, match="artifact file missing: .*module.vmfb"):
+        msd.runtime.load(missing)
+    with pytest.raises(ArtifactError, match="msd.json is missing"):
+        msd.runtime.load(tmp_path)
+
+
+def test_incompatible_versions_and_devices_are_refused(saved, tmp_path: Path) -> None:
+    for field, value, message in (("iree_version", "2.9.0", "built with IREE 2.9.0"),
+                                  ("format_version", 99, "newer than this msd runtime understands")):
+        folder = _copy(saved[0], tmp_path / field)
+        m = json.loads((folder / "msd.json").read_text())
+        m[field] = value
+        (folder / "msd.json").write_text(json.dumps(m))
+        with pytest.raises(ArtifactError, match=message):
+            msd.runtime.load(folder)
+    with pytest.raises(ArtifactError, match="unknown device 'tpu'"):
+        msd.runtime.load(saved[0], device="tpu")
+    wrong_device = "compiled for llvm-cpu, which runs on local-task or local-sync, not on 'cuda'"
+    with pytest.raises(ArtifactError, match=wrong_device):
+        msd.runtime.load(saved[0], device="cuda")
+
+
+def test_gpu_artifact_names_its_device(tmp_path: Path) -> None:
+    model = msd.quantize(mlp(64, 32))
+    folder = msd.compile(model, (torch.randn(2, 64),), target="cuda", slices=2).save(tmp_path / "cuda")
+    with pytest.raises(ArtifactError, match="compiled for cuda, which runs on cuda, not on 'local-task'"):
+        msd.runtime.load(folder, device="local-task")
+    from msd.compiler.driver import device_present
+
+    if not device_present("cuda"):
+        with pytest.raises(ArtifactError, match="cannot open IREE driver 'cuda'"):
+            msd.runtime.load(folder)
