@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ml_dtypes
@@ -55,6 +55,7 @@ def compile(  # noqa: A001 - the public name is msd.compile
     dynamic_shapes=None,
     act_scale: str = "group",
     extra_flags: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
 ) -> CompiledModule | str | bytes:
     """Compile ``model`` (a module, or an already exported program) for ``target`` with MSD.
 
@@ -65,12 +66,15 @@ def compile(  # noqa: A001 - the public name is msd.compile
     model (the baseline).  ``emit``: stop after a stage (see module docstring).
     ``act_scale``: for group-wise weights, one activation scale per row ("row") or per (row,
     group) ("group", default).  ``dynamic_shapes``: as for ``torch.export.export``.
+    ``progress``: called with the name of each stage as it starts (the CLI shows it).
     """
+    step = progress or (lambda _stage: None)
     tgt = resolve_target(target)
     if slices != 0 and slices not in SUPPORTED_SLICES:
         raise ValueError(f"slices={slices!r} is not supported (0 for the IREE baseline, or 1, 2, 3)")
     if emit is not None and emit not in STAGES:
         raise ValueError(f"emit={emit!r} is not a stage (choose one of {', '.join(STAGES)})")
+    step("export")
     if isinstance(model, torch.export.ExportedProgram):
         program = model
     else:
@@ -82,21 +86,25 @@ def compile(  # noqa: A001 - the public name is msd.compile
     if emit == "torch":
         return _asm(module)
     session.load(module)
+    step("import")
     session.run_phases("start", "input")
     if emit == "linalg":
         return _asm(module)
     report = Report(DECOMPOSE)
     if slices:
+        step("msd passes")
         with session.context, ir.Location.unknown():
             report = run_pass(module, DECOMPOSE, slices=slices, act_scale=act_scale)
             passmanager.PassManager.parse(POST_MSD_PIPELINE).run(module)
     if emit == "msd":
         return _asm(module)
+    step("IREE compile")
     session.run_phases("input", "end")
     vmfb = session.vm_bytecode()
     if emit == "vmfb":
         return vmfb
     workdir = Path(tempfile.mkdtemp(prefix="msd-"))
+    step("weights")
     params.write_archive(workdir / PARAMETERS_FILE)
     (workdir / MODULE_FILE).write_bytes(vmfb)
     compiled = CompiledModule(workdir, tgt, input_specs(program), output_specs(program), report, slices)

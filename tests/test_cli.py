@@ -1,0 +1,89 @@
+"""The msd command line: compile from an entry point, then run / inspect / bench the artifact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MSD = str(Path(sys.executable).with_name("msd"))
+
+ENTRY = '''
+import torch, msd
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    model = msd.quantize(nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 16)))
+    return model, (torch.randn(2, 64),)
+'''
+
+
+def _msd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([MSD, *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("cli")
+    (work / "my_models.py").write_text(ENTRY)
+    proc = _msd("compile", "my_models:build", "-o", "out", "--json", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["rewritten"] == 2 and result["skipped"] == 0
+    return work / "out"
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    proc = _msd("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for command in ("compile", "run", "inspect", "bench"):
+        assert command in proc.stdout
+
+
+def test_compile_shows_progress(tmp_path: Path) -> None:
+    (tmp_path / "my_models.py").write_text(ENTRY)
+    proc = _msd("compile", "my_models:build", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for stage in ("export", "import", "msd passes", "IREE compile", "weights", "saved"):
+        assert stage in proc.stderr
+    assert "2 rewritten, 0 skipped" in proc.stderr
+
+
+def test_run_matches_the_eager_model(artifact: Path, tmp_path: Path) -> None:
+    import torch
+
+    sys.path.insert(0, str(artifact.parent))
+    from my_models import build
+
+    model, (x,) = build()
+    np.save(tmp_path / "x.npy", x.numpy())
+    proc = _msd("run", str(artifact), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"),
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    y = np.load(tmp_path / "y.npy")
+    assert np.allclose(y, model(x).detach().numpy(), rtol=1e-3, atol=1e-3)
+    assert torch.is_tensor(x)
+
+
+def test_inspect_and_bench(artifact: Path, tmp_path: Path) -> None:
+    proc = _msd("inspect", str(artifact), cwd=tmp_path)
+    assert proc.returncode == 0 and "main(input: f32[2, 64])" in proc.stdout and "rewritten:" in proc.stdout
+    manifest = json.loads(_msd("inspect", str(artifact), "--json", cwd=tmp_path).stdout)
+    assert manifest["format"] == "msd-artifact"
+    bench = json.loads(_msd("bench", str(artifact), "--reps", "5", "--json", cwd=tmp_path).stdout)
+    assert bench["shapes"] == [[2, 64]] and bench["median_ms"] > 0
+
+
+def test_failures_exit_nonzero_with_a_reason(artifact: Path, tmp_path: Path) -> None:
+    proc = _msd("run", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert proc.returncode == 1 and "msd.json is missing" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _msd("compile", "no_such_module:build", "-o", "o", cwd=tmp_path)
+    assert proc.returncode == 1 and "cannot load entry point 'no_such_module:build'" in proc.stderr
+    np.save(tmp_path / "bad.npy", np.zeros((3, 64), np.float32))
+    proc = _msd("run", str(artifact), "--input", str(tmp_path / "bad.npy"), cwd=tmp_path)
+    assert proc.returncode == 1 and "expected main(input: f32[2, 64])" in proc.stderr
