@@ -209,7 +209,11 @@ class _Lifted(nn.Module):
         self._constants = list(constants)
         for name, w in zip([n for n in names if n is not None], weights):
             self.register_buffer(name, w.detach())
-        self.layout: list[Any] | None = None
+        # The output layout, filled when export traces forward.  A closure, not a list attribute:
+        # export works on a copy of the module, and deepcopy shares functions but copies lists.
+        seen: list[list[Any]] = []
+        self._seen = lambda: seen
+        self._record = seen.append
 
     def forward(self, *activations: torch.Tensor):
         acts, consts = iter(activations), iter(self._constants)
@@ -223,8 +227,13 @@ class _Lifted(nn.Module):
                 args.append(next(consts))
         outs = self.graph_module(*args)
         outs = tuple(outs) if isinstance(outs, (tuple, list)) else (outs,)
-        self.layout = [None if isinstance(o, torch.Tensor) else o for o in outs]
+        self._record([None if isinstance(o, torch.Tensor) else o for o in outs])
         return tuple(o for o in outs if isinstance(o, torch.Tensor))
+
+    @property
+    def layout(self) -> list[Any] | None:
+        seen = self._seen()
+        return seen[-1] if seen else None
 
 
 class MsdGraph:

@@ -1,6 +1,7 @@
 """IREE targets msd compiles for: ``name[:arch]`` → compiler flags and the runtime driver.
 
-    llvm-cpu            host CPU (``llvm-cpu:x86-64-v3``, ``llvm-cpu:znver3`` … name a CPU)
+    llvm-cpu            host CPU (``llvm-cpu:x86-64-v3``, ``llvm-cpu:znver3`` … name a CPU;
+                        ``llvm-cpu:aarch64`` cross-compiles for Arm with +dotprod,+i8mm)
     cuda                NVIDIA, default sm_80 (``cuda:sm_89``); see docs/targets.md for sm_90
     rocm                AMD, default gfx942 (``rocm:gfx950``)
     vulkan-spirv        Vulkan/SPIR-V (``vulkan-spirv:rdna3`` names a Vulkan target)
@@ -41,8 +42,11 @@ def resolve(spec: str) -> Target:
         raise ValueError(f"target {spec!r} is not supported (supported: {', '.join(BACKENDS)}, optionally ':arch')")
     arch = arch or DEFAULT_ARCH[backend]
     if backend == "llvm-cpu":
-        flags = ("--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
-                 f"--iree-llvmcpu-target-cpu={arch}",
+        cpu = (f"--iree-llvmcpu-target-cpu={arch}",)
+        if arch == "aarch64":  # cross-compile for Arm with the int8 dot-product / matmul extensions
+            cpu = ("--iree-llvmcpu-target-triple=aarch64-unknown-linux-gnu", "--iree-llvmcpu-target-cpu=generic",
+                   "--iree-llvmcpu-target-cpu-features=+dotprod,+i8mm")
+        flags = ("--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu", *cpu,
                  # int8 matmuls only reach the mmt4d ukernels with data tiling (2-5x, see docs).
                  "--iree-opt-data-tiling")
         return Target(spec, backend, arch, flags, "local-task")

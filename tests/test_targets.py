@@ -37,7 +37,7 @@ def test_cuda_compiles_but_has_no_int8_tensor_core_path(model, tmp_path: Path) -
     assert "mma.sync" not in ptx and "dp4a" not in ptx
 
 
-@pytest.mark.parametrize("target", ["vulkan-spirv", "rocm:gfx950", "cuda", "llvm-cpu:x86-64-v3"])
+@pytest.mark.parametrize("target", ["vulkan-spirv", "rocm:gfx950", "cuda", "llvm-cpu:x86-64-v3", "llvm-cpu:aarch64"])
 def test_target_compiles(model, target: str, tmp_path: Path) -> None:
     assert "linalg" in _compile_and_dump(model, target, tmp_path)
 
