@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import ml_dtypes
@@ -31,7 +31,7 @@ from msd.runtime.artifact import MODULE_FILE, PARAMETERS_FILE, write_manifest
 from msd.runtime.module import Module, TensorSpec
 
 from .frontends import normalize
-from .importer import export, import_program, input_specs, output_specs
+from .importer import export, import_programs, input_specs, output_specs
 from .iree_session import CompileError, IreeSession
 from .targets import BACKENDS, Target
 from .targets import resolve as resolve_target
@@ -68,21 +68,45 @@ def compile(  # noqa: A001 - the public name is msd.compile
     group) ("group", default).  ``dynamic_shapes``: as for ``torch.export.export``.
     ``progress``: called with the name of each stage as it starts (the CLI shows it).
     """
+    return compile_functions({"main": (model, example_inputs, dynamic_shapes)}, target=target, slices=slices,
+                             emit=emit, act_scale=act_scale, extra_flags=extra_flags, progress=progress)
+
+
+def compile_functions(
+    functions: Mapping[str, tuple],
+    *,
+    target: str = "llvm-cpu",
+    slices: int = 2,
+    emit: str | None = None,
+    act_scale: str = "group",
+    extra_flags: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
+) -> CompiledModule | str | bytes:
+    """Compile several entry points into one artifact, e.g. ``{"prefill": (model, (tokens,), dyn),
+    "decode": (step_model, (token, cache))}``: each value is ``(model, example_inputs[,
+    dynamic_shapes])``.  Weights with the same torch name are stored once and shared."""
     step = progress or (lambda _stage: None)
     tgt = resolve_target(target)
     if slices != 0 and slices not in SUPPORTED_SLICES:
         raise ValueError(f"slices={slices!r} is not supported (0 for the IREE baseline, or 1, 2, 3)")
     if emit is not None and emit not in STAGES:
         raise ValueError(f"emit={emit!r} is not a stage (choose one of {', '.join(STAGES)})")
+    if not functions or not all(isinstance(n, str) and n.isidentifier() for n in functions):
+        raise ValueError(f"function names must be Python identifiers, got {list(functions)}")
     step("export")
-    if isinstance(model, torch.export.ExportedProgram):
-        program = model
-    else:
-        program = export(model, example_inputs, dynamic_shapes)
-    # torchao / PT2E dequantize ops → plain torch arithmetic on the untouched integer tensors.
-    program = normalize(program)
+    programs = {}
+    for name, spec in functions.items():
+        if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+            raise TypeError(f"functions[{name!r}] must be (model, example_inputs[, dynamic_shapes])")
+        model, example_inputs, *dyn = spec
+        if isinstance(model, torch.export.ExportedProgram):
+            program = model
+        else:
+            program = export(model, example_inputs, dyn[0] if dyn else None)
+        # torchao / PT2E dequantize ops → plain torch arithmetic on the untouched integer tensors.
+        programs[name] = normalize(program)
     session = IreeSession([*COMMON_FLAGS, *tgt.flags, *extra_flags])
-    module, params = import_program(program, session.context)
+    module, params = import_programs(programs, session.context)
     if emit == "torch":
         return _asm(module)
     session.load(module)
@@ -107,11 +131,10 @@ def compile(  # noqa: A001 - the public name is msd.compile
     step("weights")
     params.write_archive(workdir / PARAMETERS_FILE)
     (workdir / MODULE_FILE).write_bytes(vmfb)
-    compiled = CompiledModule(workdir, tgt, input_specs(program), output_specs(program), report, slices)
+    signatures = {name: (input_specs(p), output_specs(p)) for name, p in programs.items()}
+    compiled = CompiledModule(workdir, tgt, signatures, report, slices)
     weakref.finalize(compiled, shutil.rmtree, workdir, True)
     return compiled
-
-
 
 
 def _asm(module: ir.Operation) -> str:
@@ -119,45 +142,76 @@ def _asm(module: ir.Operation) -> str:
 
 
 class CompiledModule:
-    """A compiled model: call it with torch tensors; ``save`` writes the artifact to a folder."""
+    """A compiled model: call it with torch tensors (``cm(x)``, or ``cm.prefill(x)`` when it has
+    several functions); ``save`` writes the artifact to a folder."""
 
-    def __init__(self, workdir: Path, target: Target, inputs: list[TensorSpec], outputs: list[TensorSpec],
+    def __init__(self, workdir: Path, target: Target, signatures: dict[str, tuple[list[TensorSpec], list[TensorSpec]]],
                  report: Report, slices: int) -> None:
         self.workdir = workdir
         self.target = target
-        self.inputs = inputs
-        self.outputs = outputs
+        self.signatures = signatures
         self.report = report
         self.slices = slices
         self._module: Module | None = None
+        self._bound: dict[str, Module] = {}
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.signatures[self._only()][0]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.signatures[self._only()][1]
+
+    def _only(self) -> str:
+        if len(self.signatures) != 1:
+            raise TypeError(f"this module has several functions ({', '.join(self.signatures)}): call one by name")
+        return next(iter(self.signatures))
 
     @property
     def vmfb(self) -> bytes:
         return (self.workdir / MODULE_FILE).read_bytes()
 
-    @property
-    def runtime_module(self) -> Module:
+    def function(self, name: str) -> Module:
+        """The runtime (numpy) callable of one function; the module is loaded once for all."""
+        if name not in self.signatures:
+            raise AttributeError(f"no function {name!r} (this module has: {', '.join(self.signatures)})")
         if self._module is None:
             if self.target.backend != "llvm-cpu" and not device_present(self.target.driver):
                 raise RuntimeError(
                     f"this artifact targets {self.target.name} (IREE driver '{self.target.driver}'), which this"
                     f" machine does not have; save() it and run it where that device is"
                 )
-            self._module = Module.load(
-                self.workdir / MODULE_FILE, self.workdir / PARAMETERS_FILE,
-                driver=self.target.driver, inputs=self.inputs,
-            )
-        return self._module
+            self._module = Module.load(self.workdir / MODULE_FILE, self.workdir / PARAMETERS_FILE,
+                                       driver=self.target.driver, function=name,
+                                       inputs=self.signatures[name][0])
+        if name not in self._bound:
+            self._bound[name] = self._module.bind(name, self.signatures[name][0])
+        return self._bound[name]
+
+    @property
+    def runtime_module(self) -> Module:
+        return self.function(self._only())
+
+    def __getattr__(self, name: str):
+        signatures = self.__dict__.get("signatures", {})
+        if name in signatures:
+            return lambda *args: self._call(name, args)
+        raise AttributeError(name)
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        if len(args) != len(self.inputs):
-            raise TypeError(f"expected {len(self.inputs)} input tensor(s), got {len(args)}")
+        return self._call(self._only(), args)
+
+    def _call(self, name: str, args: tuple) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        inputs = self.signatures[name][0]
+        if len(args) != len(inputs):
+            raise TypeError(f"expected {len(inputs)} input tensor(s), got {len(args)}")
         arrays = []
         for i, a in enumerate(args):
             if not isinstance(a, torch.Tensor):
                 raise TypeError(f"input {i} must be a torch.Tensor, got {type(a).__name__}")
             arrays.append(to_numpy(a))
-        out = self.runtime_module(*arrays)
+        out = self.function(name)(*arrays)
         if isinstance(out, tuple):
             return tuple(from_numpy(o) for o in out)
         return from_numpy(out)
@@ -177,7 +231,7 @@ class CompiledModule:
             folder,
             target={"name": t.name, "backend": t.backend, "arch": t.arch, "driver": t.driver},
             slices=self.slices,
-            functions={"main": {"inputs": self.inputs, "outputs": self.outputs}},
+            functions={name: {"inputs": ins, "outputs": outs} for name, (ins, outs) in self.signatures.items()},
             decisions=[{"op": d.op, "location": d.location, "rewritten": d.rewritten, "reason": d.reason}
                        for d in self.report.decisions],
             msd_version=msd.__version__,
@@ -208,4 +262,4 @@ def from_numpy(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-__all__ = ["STAGES", "TARGETS", "CompileError", "CompiledModule", "compile"]
+__all__ = ["STAGES", "TARGETS", "CompileError", "CompiledModule", "compile", "compile_functions"]

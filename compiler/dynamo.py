@@ -93,8 +93,8 @@ class CompileRecord:
     target: str
     slices: int
     report: Report  # what msd's pass rewrote (empty for slices=0)
-    weights: dict[str, tuple[torch.dtype, tuple[int, ...]]]  # program parameters/buffers
-    inputs: list[tuple[torch.dtype, tuple[int, ...]]]  # program runtime inputs
+    weights: dict[str, tuple[torch.dtype, tuple[int, ...]]]  # the program's parameters and buffers
+    inputs: list[tuple[str, tuple[int | None, ...]]]  # the compiled module's runtime inputs (dtype, shape)
 
 
 @dataclass
@@ -143,7 +143,7 @@ def _resolve_options(options: dict | None) -> dict[str, Any]:
         raise ValueError(f"grad={opts['grad']!r} is not supported (choose one of {', '.join(GRAD_POLICIES)})")
     if not isinstance(opts["cache_size"], int) or opts["cache_size"] < 1:
         raise ValueError(f"cache_size must be a positive int, got {opts['cache_size']!r}")
-    from .driver import SUPPORTED_SLICES  # noqa: PLC0415 (checked here so errors come early)
+    from .driver import SUPPORTED_SLICES  # (checked here so that a bad value fails at once)
 
     if opts["slices"] != 0 and opts["slices"] not in SUPPORTED_SLICES:
         raise ValueError(f"slices={opts['slices']!r} is not supported (0, or one of {list(SUPPORTED_SLICES)})")
@@ -295,7 +295,8 @@ class MsdGraph:
                     self.cache[key] = entry
                     while len(self.cache) > self.opts["cache_size"]:
                         self.cache.popitem(last=False)
-        self.cache.move_to_end(key)
+        if key in self.cache:  # (another thread may have evicted it meanwhile)
+            self.cache.move_to_end(key)
         if entry.module is None:
             stats.eager_runs += 1
             return self.gm(*args)
@@ -314,26 +315,28 @@ class MsdGraph:
     # -- compiling
     def _compile(self, sig: tuple, weights: list[torch.Tensor], acts: list[torch.Tensor],
                  values: tuple) -> _Entry:
-        from .driver import compile as msd_compile  # noqa: PLC0415 (driver imports IREE)
+        from .driver import compile as msd_compile  # (the driver imports IREE)
 
         try:
             lifted = _Lifted(self.gm, self.kinds, self.names, weights, values)
             program = export(lifted, tuple(acts))
             layout = lifted.layout
-            if layout is None or all(c is not None for c in layout):
-                raise MsdBackendError("the graph returns no tensor")
-            sig_ = program.graph_signature
-            if sig_.buffers_to_mutate or sig_.user_inputs_to_mutate:
-                raise MsdBackendError("the graph mutates its inputs or buffers in place, which msd does not carry out")
+            if layout is None:
+                raise MsdBackendError("torch.export did not trace the graph")
+            if all(c is not None for c in layout):  # nothing computed on tensors: nothing to compile
+                return _Entry(None, weights, None)
+            mutated = _mutated_inputs(program)
+            if mutated:
+                raise MsdBackendError(f"the graph changes {', '.join(mutated)} in place, which msd does not carry out")
             module = msd_compile(
                 program, tuple(acts), target=self.opts["target"], slices=self.opts["slices"],
                 act_scale=self.opts["act_scale"], extra_flags=self.opts["extra_flags"],
             )
         except Exception as e:  # export, normalize and IREE raise many types
+            why = str(e) if isinstance(e, MsdBackendError) else f"{type(e).__name__}: {e}"
             if not self.opts["fallback"]:
-                raise MsdBackendError(f"msd could not compile graph {self.name}: {type(e).__name__}: {e}") from e
-            self._warn_once("fallback", f"msd could not compile graph {self.name} ({type(e).__name__}: {e});"
-                                        " running it in torch")
+                raise MsdBackendError(f"msd could not compile graph {self.name}: {why}") from e
+            self._warn_once("fallback", f"msd could not compile graph {self.name} ({why}); running it in torch")
             return _Entry(None, weights, None)
         state = {**program.state_dict, **program.constants}
         stats.compiles += 1
@@ -341,7 +344,7 @@ class MsdGraph:
             graph=self.name, signature=sig, target=self.opts["target"], slices=self.opts["slices"],
             report=module.report,
             weights={k: (v.dtype, tuple(v.shape)) for k, v in state.items() if isinstance(v, torch.Tensor)},
-            inputs=[(a.dtype, tuple(a.shape)) for a in acts],
+            inputs=[(spec.dtype, spec.shape) for spec in module.inputs],
         ))
         return _Entry(module, weights, layout)
 
@@ -349,6 +352,26 @@ class MsdGraph:
         if what not in self._warned:
             self._warned.add(what)
             warnings.warn(f"msd backend: {message}", RuntimeWarning, stacklevel=3)
+
+
+def _mutated_inputs(program: torch.export.ExportedProgram) -> list[str]:
+    """Inputs (user inputs, parameters, buffers) that the program writes to in place."""
+    signature = program.graph_signature
+    mutated = {*signature.buffers_to_mutate.values(), *signature.user_inputs_to_mutate.values(),
+               *getattr(signature, "parameters_to_mutate", {}).values()}
+    names = {spec.arg.name: spec.target or spec.arg.name for spec in signature.input_specs
+             if hasattr(spec.arg, "name")}
+    for node in program.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op != "call_function" or schema is None or not schema.is_mutable:
+            continue
+        for i, arg in enumerate(schema.arguments):
+            if arg.alias_info is None or not arg.alias_info.is_write:
+                continue
+            value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+            if isinstance(value, fx.Node) and value.op == "placeholder":
+                mutated.add(names.get(value.name, value.name))
+    return sorted(mutated)
 
 
 def _hashable(values: tuple) -> tuple:
@@ -382,7 +405,7 @@ def _output_devices(gm: fx.GraphModule) -> list[torch.device | None]:
 
 
 def _register() -> None:
-    from torch._dynamo.backends import registry  # noqa: PLC0415
+    from torch._dynamo.backends import registry
 
     # Skip when already known: registered by an earlier import, or being loaded right now through
     # the ``torch_dynamo_backends`` entry point (dynamo registers the loaded function itself).

@@ -139,10 +139,19 @@ def output_specs(program: torch.export.ExportedProgram) -> list[TensorSpec]:
 
 
 def import_program(
-    program: torch.export.ExportedProgram, context: ir.Context
+    program: torch.export.ExportedProgram, context: ir.Context, func_name: str = "main"
 ) -> tuple[ir.Operation, ParameterHooks]:
     """Import into ``context`` (the IREE session's own); return the module and its parameters."""
+    return import_programs({func_name: program}, context)
+
+
+def import_programs(
+    programs: dict[str, torch.export.ExportedProgram], context: ir.Context
+) -> tuple[ir.Operation, ParameterHooks]:
+    """Import several programs as functions of one module; weights with the same torch name are
+    one parameter shared by all of them."""
     hooks = ParameterHooks()
     importer = FxImporter(context=context, hooks=hooks)
-    importer.import_program(program, func_name="main")
+    for name, program in programs.items():
+        importer.import_program(program, func_name=name)
     return importer.module_op, hooks

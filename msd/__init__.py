@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "compile": "msd.compiler.driver",
+    "compile_functions": "msd.compiler.driver",
     "CompiledModule": "msd.compiler.driver",
     "STAGES": "msd.compiler.driver",
     "TARGETS": "msd.compiler.driver",
@@ -29,7 +30,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from msd.compiler.driver import STAGES, TARGETS, CompiledModule, compile  # noqa: F401
+    from msd.compiler.driver import STAGES, TARGETS, CompiledModule, compile, compile_functions  # noqa: F401
     from msd.compiler.importer import ExportError  # noqa: F401
     from msd.compiler.iree_session import CompileError  # noqa: F401
     from msd.compiler.quantize import QuantizedLinear, quantize  # noqa: F401

@@ -152,13 +152,14 @@ def load(path: str | os.PathLike, device: str | None = None, *, verify: bool = T
     if device not in allowed:
         raise ArtifactError(f"the artifact was compiled for {target['name']}, which runs on"
                             f" {' or '.join(allowed)}, not on '{device}'")
-    functions = {}
+    functions, module = {}, None
     for fname, f in manifest["functions"].items():
         inputs = [TensorSpec.from_json(s) for s in f["inputs"]]
         outputs = [TensorSpec.from_json(s) for s in f["outputs"]]
-        module = Module.load(folder / MODULE_FILE, folder / PARAMETERS_FILE, driver=device,
-                             function=fname, inputs=inputs)
-        functions[fname] = Function(module, fname, inputs, outputs)
+        if module is None:  # load once; every function shares the weights
+            module = Module.load(folder / MODULE_FILE, folder / PARAMETERS_FILE, driver=device,
+                                 function=fname, inputs=inputs)
+        functions[fname] = Function(module.bind(fname, inputs), fname, inputs, outputs)
     return Artifact(folder, manifest, functions, device)
 
 

@@ -131,10 +131,22 @@ class Module:
             loaded = rt.load_vm_modules(*modules, config=self._config)
         except (ValueError, RuntimeError) as e:
             raise ArtifactError(f"cannot load the module: {e}") from None
+        self._vm = loaded[-1]
+        self._fn = self._lookup(function)
+
+    def _lookup(self, function: str):
         try:
-            self._fn = loaded[-1][function]
+            return self._vm[function]
         except (KeyError, AttributeError):
             raise ArtifactError(f"the module has no function '{function}'") from None
+
+    def bind(self, function: str, inputs: Sequence[TensorSpec] | None = None) -> Module:
+        """Another function of the same loaded module (weights and their packing are shared)."""
+        other = object.__new__(Module)
+        other.__dict__.update(self.__dict__)
+        other.function, other.inputs = function, list(inputs) if inputs is not None else None
+        other._fn = self._lookup(function)
+        return other
 
     @classmethod
     def load(

@@ -125,3 +125,25 @@ def test_gpu_artifact_names_its_device(tmp_path: Path) -> None:
     if not device_present("cuda"):
         with pytest.raises(ArtifactError, match="cannot open IREE driver 'cuda'"):
             msd.runtime.load(folder)
+
+
+def test_several_functions_share_one_artifact(tmp_path: Path) -> None:
+    """Two entry points (e.g. prefill and decode) in one module, the weights stored once."""
+    model = msd.quantize(mlp(64, 96, 32))
+    prefill = (model, (torch.randn(8, 64),), ({0: Dim("tokens", min=2, max=64)},))
+    decode = (model, (torch.randn(1, 64),))
+    cm = msd.compile_functions({"prefill": prefill, "decode": decode}, slices=2)
+    assert len(cm.report.rewritten) == 4  # two matmuls in each function
+    x, t = torch.randn(5, 64), torch.randn(1, 64)
+    assert torch.allclose(cm.prefill(x), model(x), rtol=1e-3, atol=1e-3)
+    assert torch.allclose(cm.decode(t), model(t), rtol=1e-3, atol=1e-3)
+    with pytest.raises(TypeError, match="several functions"):
+        cm(x)
+    folder = cm.save(tmp_path / "two")
+    irpa_single = msd.compile(model, (t,), slices=2).save(tmp_path / "one") / "model.irpa"
+    assert (folder / "model.irpa").stat().st_size == irpa_single.stat().st_size, "weights stored once"
+    art = msd.runtime.load(folder)
+    assert set(art.functions) == {"prefill", "decode"}
+    assert np.array_equal(art.decode(t.numpy()), cm.decode(t).numpy())
+    with pytest.raises(ValueError, match=r"outside the compiled range .*\[2\.\.64\]"):
+        art.prefill(np.zeros((1, 64), np.float32))
