@@ -22,10 +22,12 @@ once per new *signature* (shapes and dtypes of the tensor inputs, values of the 
    returns (non-tensor results put back in place, tensors moved to the device the graph would
    have produced them on).
 
-The weights are read once, at compile time.  Each call checks (by identity and version counter)
-that the graph still receives the same weight tensors, unchanged; if not (in-place update,
-``load_state_dict``, another instance of the same module class sharing dynamo's cache) that
-signature is compiled again.
+Each new signature is exported (cheap) before it is compiled (not cheap); a program already
+compiled for the same weights and options — typically by the graph dynamo made before it turned a
+dimension dynamic — is reused.  The weights are read once, at compile time.  Each call checks (by
+identity and version counter) that the graph still receives the same weight tensors, unchanged; if
+not (in-place update, ``load_state_dict``, another instance of the same module class sharing
+dynamo's cache) that signature is compiled again.
 
 Options (``torch.compile(..., options={...})`` reaches the backend as ``options=``):
 
@@ -42,10 +44,11 @@ Options (``torch.compile(..., options={...})`` reaches the backend as ``options=
 ``stats`` counts what happened (graphs received, msd compilations, a record of each
 compilation with msd's pass report) — the tests use it; it is process-wide.
 
-Limitations: inference only; every new signature is a full msd compilation (shapes are static in
-each compiled module, even when dynamo marked them dynamic); outputs are fresh tensors (an output
-that aliases an input in eager mode does not here); graphs that mutate their inputs or buffers are
-refused (``fallback=True`` runs them in torch); outputs of a non-CPU target come back through host
+Limitations: inference only; each new input shape is a full msd compilation (every compiled
+module has static shapes, even where dynamo marked a dimension dynamic); outputs are fresh tensors
+(an output that aliases an input in eager mode does not here); graphs that change their inputs or
+buffers in place are refused (``fallback=True`` runs them in torch); weights that are tensor
+subclasses (torchao) under dynamo are untested; outputs of a non-CPU target come back through host
 memory.
 """
 
@@ -77,6 +80,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "cache_size": 8,
 }
 GRAD_POLICIES = ("error", "eager")
+COMPILE_OPTIONS = ("target", "slices", "act_scale", "extra_flags")  # passed on to msd.compile
 
 
 class MsdBackendError(RuntimeError):
@@ -104,6 +108,7 @@ class Stats:
     graphs: int = 0  # GraphModules dynamo handed to the backend
     compiles: int = 0  # msd compilations (one per graph and signature)
     eager_runs: int = 0  # calls served by plain torch (grad="eager" or fallback=True)
+    reused: int = 0  # signatures served by a module compiled for another graph of the same program
     records: deque[CompileRecord] = field(default_factory=lambda: deque(maxlen=64))
 
     @property
@@ -111,11 +116,15 @@ class Stats:
         return self.records[-1] if self.records else None
 
     def reset(self) -> None:
-        self.graphs = self.compiles = self.eager_runs = 0
+        self.graphs = self.compiles = self.eager_runs = self.reused = 0
         self.records.clear()
 
 
 stats = Stats()
+# Compiled modules by (exported program code, activation signature, weight tensors, options),
+# across graphs: what makes a shape compiled before dynamo turned dynamic not compile again.  Weak:
+# an entry lives as long as some graph's cache holds it.
+_shared: weakref.WeakValueDictionary[tuple, _Entry] = weakref.WeakValueDictionary()
 _graph_ids = iter(range(1 << 62))
 
 
@@ -328,10 +337,15 @@ class MsdGraph:
             mutated = _mutated_inputs(program)
             if mutated:
                 raise MsdBackendError(f"the graph changes {', '.join(mutated)} in place, which msd does not carry out")
-            module = msd_compile(
-                program, tuple(acts), target=self.opts["target"], slices=self.opts["slices"],
-                act_scale=self.opts["act_scale"], extra_flags=self.opts["extra_flags"],
-            )
+            options = tuple((k, self.opts[k]) for k in COMPILE_OPTIONS)
+            shared_key = (program.graph_module.code, sig[0], tuple(id(w) for w in weights), options)
+            shared = _shared.get(shared_key)
+            if shared is not None and shared.current(weights):
+                # The same program was compiled for another graph of the same code (dynamo compiles
+                # the frame again once it makes a dimension dynamic): reuse it.
+                stats.reused += 1
+                return _Entry(shared.module, weights, layout)
+            module = msd_compile(program, tuple(acts), **dict(options))
         except Exception as e:  # export, normalize and IREE raise many types
             why = str(e) if isinstance(e, MsdBackendError) else f"{type(e).__name__}: {e}"
             if not self.opts["fallback"]:
@@ -346,7 +360,9 @@ class MsdGraph:
             weights={k: (v.dtype, tuple(v.shape)) for k, v in state.items() if isinstance(v, torch.Tensor)},
             inputs=[(spec.dtype, spec.shape) for spec in module.inputs],
         ))
-        return _Entry(module, weights, layout)
+        entry = _Entry(module, weights, layout)
+        _shared[shared_key] = entry
+        return entry
 
     def _warn_once(self, what: str, message: str) -> None:
         if what not in self._warned:
