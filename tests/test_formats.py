@@ -214,3 +214,29 @@ def test_grouped_zero_and_non_finite_rows() -> None:
     assert not torch.isfinite(y[2]).any()
     ref, bound = error_bound(model, x[3:], 2)
     assert ((y[3:].double() - ref).abs() <= bound).all()
+
+
+def test_int4_unpack_runs_once_at_load_not_per_call() -> None:
+    """After IREE's global optimization, the nibble unpack (shrui/andi) and the weight relayout
+    live in initializers (run once when the module loads), never in the per-call function."""
+    from iree.compiler import ir
+
+    from msd.compiler.driver import COMMON_FLAGS
+    from msd.compiler.importer import export, import_program
+    from msd.compiler.iree_session import IreeSession
+    from msd.compiler.targets import resolve
+    from msd.passes import run_pass
+
+    model = msd.quantize(nn.Sequential(nn.Linear(512, 256)), weights="int4", group_size=128)
+    session = IreeSession([*COMMON_FLAGS, *resolve("llvm-cpu").flags])
+    module, _ = import_program(export(model, (torch.randn(1, 512),)), session.context)
+    session.load(module)
+    session.run_phases("start", "input")
+    with session.context, ir.Location.unknown():
+        assert len(run_pass(module, "msd-decompose-activations", slices=2).rewritten) == 1
+    session.run_phases("input", "global-optimization")
+    text = str(module)
+    main = text[text.index("util.func public @main$async"):]
+    main = main[: main.index("\n  }\n")]
+    assert "arith.shrui" in text and "util.initializer" in text
+    assert "arith.shrui" not in main and "arith.andi" not in main, "the int4 unpack runs on every call"
