@@ -137,13 +137,22 @@ def pack_int4(q: torch.Tensor, packing: str) -> torch.Tensor:
 
 
 def unpack_int4(packed: torch.Tensor, packing: str) -> torch.Tensor:
-    """Inverse of :func:`pack_int4`, written in plain torch ops (it is exported with the model)."""
+    """Inverse of :func:`pack_int4`, written in plain torch ops (it is exported with the model).
+
+    One broadcast and one elementwise shift-and-mask, with no stack/concat, so that after export
+    the unpack is a single elementwise producer that IREE hoists to load time as one step.
+    """
     n, half = packed.shape
     low, high = packed & 15, packed >> 4
-    if packing == "pairs":
-        return torch.stack([low, high], dim=-1).view(n, 2 * half)
-    blocks = half // 16
-    return torch.cat([low.view(n, blocks, 16), high.view(n, blocks, 16)], dim=-1).view(n, 2 * half)
+    if packing == "pairs":  # [N, K/2, 2]: byte i holds k = 2i (low) and 2i+1 (high)
+        shape, axis = (n, half, 2), 2
+    else:  # [N, K/32, 2, 16]: per 32-block, low nibbles hold 0..15, high nibbles 16..31
+        shape, axis = (n, half // 16, 2, 16), 2
+    index = [1] * len(shape)
+    index[axis] = 2
+    is_high = torch.arange(2, device=packed.device).view(index) == 1
+    pieces = (high.view(*shape[:axis], 1, *shape[axis + 1:]), low.view(*shape[:axis], 1, *shape[axis + 1:]))
+    return torch.where(is_high, *pieces).view(n, 2 * half)
 
 
 def quantize(model: nn.Module, weights: str = "int8", *, group_size: int | None = None,

@@ -150,8 +150,9 @@ def _div(a: Expr | None, b: Expr) -> Expr | None:
 
 
 def _unsigned_range(value: ir.Value, depth: int = 0) -> tuple[int, int]:
-    """A proven range of an i8 tensor's elements read as unsigned: through reshapes/concats and
-    elementwise ``andi`` with a constant mask or ``shrui`` by a constant (int4 unpacking)."""
+    """A proven range of an i8 tensor's elements read as unsigned: through reshapes, concats and
+    elementwise bodies built from ``andi`` with a constant mask, ``shrui`` by a constant and
+    ``select`` (int4 unpacking); anything else is the full [0, 255]."""
     full = (0, 255)
     op = _ir.producer(value)
     if op is None or depth > 16:
@@ -162,13 +163,30 @@ def _unsigned_range(value: ir.Value, depth: int = 0) -> tuple[int, int]:
         ranges = [_unsigned_range(v, depth + 1) for v in op.operands]
         return min(r[0] for r in ranges), max(r[1] for r in ranges)
     if op.name == "linalg.generic" and len(op.results) == 1:
-        body = list(op.regions[0].blocks[0].operations)
-        y = _ir.producer(body[-1].operands[0])
-        if y is not None and y.name in ("arith.andi", "arith.shrui"):
-            c = _ir.producer(y.operands[1])
-            if c is not None and c.name == "arith.constant":
-                v = ir.IntegerAttr(c.attributes["value"]).value % 256
-                return (0, v) if y.name == "arith.andi" else (0, 255 >> min(v, 8))
+        block = op.regions[0].blocks[0]
+        args, n_in = list(block.arguments), len(op.operands) - 1
+
+        def scalar(v: ir.Value, d: int) -> tuple[int, int]:
+            for i, a in enumerate(args[:n_in]):
+                if a == v:
+                    return _unsigned_range(op.operands[i], depth + 1)
+            p = _ir.producer(v)
+            if p is None or d > 16:
+                return full
+            if p.name == "arith.constant" and isinstance(p.attributes["value"], ir.IntegerAttr):
+                c = ir.IntegerAttr(p.attributes["value"]).value % 256
+                return (c, c)
+            if p.name == "arith.select":
+                a, b = scalar(p.operands[1], d + 1), scalar(p.operands[2], d + 1)
+                return min(a[0], b[0]), max(a[1], b[1])
+            if p.name in ("arith.andi", "arith.shrui"):
+                c = _ir.producer(p.operands[1])
+                if c is not None and c.name == "arith.constant":
+                    k = ir.IntegerAttr(c.attributes["value"]).value % 256
+                    return (0, k) if p.name == "arith.andi" else (0, 255 >> min(k, 8))
+            return full
+
+        return scalar(list(block.operations)[-1].operands[0], 0)
     return full
 
 
@@ -196,7 +214,13 @@ class WeightTrace:
         owner = _ir.producer(value)
         name = owner.name if owner is not None else None
         if name == "linalg.generic":
-            return self._generic(owner, value, amap)
+            if not isinstance(_ir.elem_type(value), ir.IntegerType):
+                return self._generic(owner, value, amap)
+            # Integer producers (e.g. an int4 unpack) the evaluation does not model are fine as
+            # long as their result is an integer tensor: it becomes the leaf instead.
+            traced = self._try_integer_generic(owner, value, amap)
+            if traced is not None:
+                return traced
         if name == "linalg.transpose":
             perm = list(ir.DenseI64ArrayAttr(owner.attributes["permutation"]))
             inv = [perm.index(j) for j in range(len(perm))]
@@ -217,8 +241,23 @@ class WeightTrace:
             plain = inner is not None and all(isinstance(e, (ir.AffineDimExpr, ir.AffineConstantExpr))
                                               for e in inner.results)
             if inner is not None and (traceable or plain):
-                return self.tensor(owner.operands[0], inner)
+                source_value = owner.operands[0]
+                if source.name == "linalg.generic" and isinstance(_ir.elem_type(source_value), ir.IntegerType):
+                    traced = self._try_integer_generic(source, source_value, inner)
+                    return traced if traced is not None else self._leaf(value, amap)
+                return self.tensor(source_value, inner)
         return self._leaf(value, amap)
+
+    def _try_integer_generic(self, op: ir.Operation, value: ir.Value, amap: ir.AffineMap):
+        """Evaluate an integer-producing generic, or None (and no trace of the attempt) if its
+        body is beyond the evaluation — the caller then takes a tensor as the leaf."""
+        saved = (len(self.q_leaves), len(self.leaves), self.found_integer)
+        try:
+            return self._generic(op, value, amap)
+        except NotHandled:
+            del self.q_leaves[saved[0]:], self.leaves[saved[1]:]
+            self.found_integer = saved[2]
+            return None
 
     def _clean(self, amap: ir.AffineMap) -> ir.AffineMap | None:
         """``amap`` with every index in a form the rewrite understands (plain dims, constants,
