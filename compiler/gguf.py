@@ -1,0 +1,429 @@
+"""``msd.compiler.gguf``: a GGUF front end for Llama-architecture models.
+
+``load_gguf(path)`` reads a GGUF file with the ``gguf`` package and builds a plain-torch
+:class:`LlamaModel` from its metadata, keeping the quantized tensors as the file stores them:
+
+- ``Q8_0``: blocks of 32 int8 codes + one f16 scale ``d``: ``w = d·q``;
+- ``Q4_0``: blocks of 32 4-bit codes + f16 ``d``: ``w = d·(q − 8)``;
+- ``Q4_1``: blocks of 32 4-bit codes + f16 ``d`` + f16 min ``m``: ``w = d·q + m``;
+- ``F32`` / ``F16``: plain float tensors.
+
+4-bit codes are unpacked at load time (GGUF order: within a block of 32, the low nibbles of the
+16 bytes hold elements 0..15 and the high nibbles elements 16..31) into uint8 ``[N, K]`` buffers, one
+code per byte.  Scales and mins become f32 ``[N, K/32]`` buffers.  Every ``forward`` dequantizes in
+plain torch (``codes.view(N, K/32, 32) * d[..., None] (+ m[..., None])``) then calls ``F.linear``, so
+the eager model is the reference semantics and the compiler sees group-wise (group 32) weights.
+
+``tokenizer_from_gguf(path)`` builds a ``tokenizers`` BPE tokenizer from the vocabulary and merges
+stored in the file (``tokenizer.ggml.model == "gpt2"``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BLOCK = 32  # elements per Q8_0 / Q4_0 / Q4_1 block
+SUPPORTED_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
+# bytes per block: f16 d (+ f16 m) + codes
+_BLOCK_BYTES = {"Q8_0": 2 + BLOCK, "Q4_0": 2 + BLOCK // 2, "Q4_1": 4 + BLOCK // 2}
+
+
+class UnsupportedGGUFError(ValueError):
+    """A GGUF file uses a tensor type, architecture or tokenizer this front end does not handle."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantized tensors
+
+
+@dataclass
+class GGUFTensor:
+    """One weight as stored in the file, unpacked to torch: ``codes`` int8 (Q8_0) or uint8 (Q4_*)
+    ``[N, K]``, ``scale`` f32 ``[N, K/32]``, ``offset`` f32 ``[N, K/32]`` (Q4_1 only); for F32/F16
+    only ``weight`` (``[N, K]`` or 1-D) is set."""
+
+    name: str
+    qtype: str
+    shape: tuple[int, ...]  # torch order: (N, K) for matrices
+    codes: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    offset: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+
+
+def unpack_blocks(name: str, qtype: str, raw: np.ndarray, shape: tuple[int, ...]) -> GGUFTensor:
+    """Split the raw bytes ``raw`` (uint8, ``[rows, bytes per row]``) of tensor ``name`` of GGML type
+    ``qtype`` into codes/scales/mins; ``shape`` is the logical torch shape ``(..., K)``."""
+    if qtype == "F32" or qtype == "F16":
+        dtype = np.float32 if qtype == "F32" else np.float16
+        arr = np.ascontiguousarray(raw).view(dtype).reshape(shape)
+        return GGUFTensor(name, qtype, shape, weight=torch.from_numpy(arr.copy()))
+    if qtype not in _BLOCK_BYTES:
+        raise UnsupportedGGUFError(
+            f"tensor {name!r} has GGML type {qtype}, which msd's GGUF front end does not support"
+            f" (supported: {', '.join(SUPPORTED_TYPES)})"
+        )
+    k = shape[-1]
+    n = math.prod(shape[:-1])
+    if k % BLOCK:
+        raise ValueError(f"tensor {name!r}: row length {k} is not a multiple of {BLOCK}")
+    nb = k // BLOCK
+    blocks = np.ascontiguousarray(raw).reshape(n, nb, _BLOCK_BYTES[qtype])
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    offset = None
+    if qtype == "Q8_0":
+        codes = blocks[..., 2:].copy().view(np.int8).reshape(n, k)
+    else:
+        start = 4 if qtype == "Q4_1" else 2
+        packed = blocks[..., start:]  # [n, nb, 16]
+        # low nibbles: elements 0..15 of the block, high nibbles: elements 16..31
+        codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1).astype(np.uint8).reshape(n, k)
+        if qtype == "Q4_1":
+            offset = torch.from_numpy(blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32))
+    return GGUFTensor(name, qtype, (n, k), codes=torch.from_numpy(np.ascontiguousarray(codes)),
+                      scale=torch.from_numpy(d), offset=offset)
+
+
+def dequantize_codes(qtype: str, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+    """Plain-torch dequantization of ``codes [..., K]`` with per-32-block ``scale``/``offset``
+    ``[..., K/32]`` → f32 ``[..., K]`` (bit-identical to ``gguf.quants.dequantize``)."""
+    lead, k = codes.shape[:-1], codes.shape[-1]
+    q = codes.reshape(*lead, k // BLOCK, BLOCK).to(torch.float32)
+    if qtype == "Q4_0":
+        q = q - 8.0
+    w = q * scale.unsqueeze(-1)
+    if qtype == "Q4_1":
+        w = w + offset.unsqueeze(-1)
+    return w.reshape(*lead, k)
+
+
+class GGUFLinear(nn.Module):
+    """Bias-free linear layer whose weight is a GGUF tensor kept in its file format.
+
+    Buffers: ``codes`` (int8 for Q8_0, uint8 4-bit codes unpacked one per byte for Q4_0/Q4_1,
+    ``[N, K]``), ``scale`` (f32 ``[N, K/32]``), ``offset`` (f32 ``[N, K/32]``, Q4_1 only); or
+    ``weight`` (``[N, K]``, f32/f16) for float tensors.  ``forward`` = dequantize + ``F.linear``.
+    """
+
+    def __init__(self, t: GGUFTensor) -> None:
+        super().__init__()
+        if len(t.shape) != 2:
+            raise ValueError(f"tensor {t.name!r} is not a matrix: shape {t.shape}")
+        self.out_features, self.in_features = t.shape
+        self.qtype = t.qtype
+        self.tensor_name = t.name
+        if t.weight is not None:
+            self.register_buffer("weight", t.weight)
+        else:
+            self.register_buffer("codes", t.codes)
+            self.register_buffer("scale", t.scale)
+            if t.offset is not None:
+                self.register_buffer("offset", t.offset)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        if self.qtype in ("F32", "F16"):
+            return self.weight.to(torch.float32)
+        return dequantize_codes(self.qtype, self.codes, self.scale, getattr(self, "offset", None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized_weight().to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.qtype}"
+
+
+class GGUFEmbedding(nn.Module):
+    """Token embedding from a (possibly quantized) ``[vocab, hidden]`` table: gathers the rows of the
+    codes/scales/mins and dequantizes only those rows in plain torch."""
+
+    def __init__(self, table: GGUFLinear) -> None:
+        super().__init__()
+        self.table = table  # shared with a tied output head
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        t = self.table
+        if t.qtype in ("F32", "F16"):
+            return t.weight[tokens].to(torch.float32)
+        offset = t.offset[tokens] if t.qtype == "Q4_1" else None
+        return dequantize_codes(t.qtype, t.codes[tokens], t.scale[tokens], offset)
+
+
+# ----------------------------------------------------------------------------------------------
+# Llama
+
+
+@dataclass
+class LlamaConfig:
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    ffn: int
+    vocab: int
+    rope_base: float = 10000.0
+    rms_eps: float = 1e-5
+    head_dim: int = 0
+    context_length: int = 2048
+
+    def __post_init__(self) -> None:
+        if not self.head_dim:
+            self.head_dim = self.hidden // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.to(torch.float32))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin ``[..., S, head_dim/2]`` for pair ``i`` rotated by ``pos · base^(−2i/head_dim)``."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    ang = positions.to(torch.float32).unsqueeze(-1) * inv_freq
+    return torch.cos(ang), torch.sin(ang)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """llama.cpp "normal" RoPE: rotates adjacent pairs ``(x[2i], x[2i+1])``.
+
+    This is the pairing that applies to GGUF llama q/k weights: llama.cpp's converter permutes the
+    rows of HF's ``q_proj``/``k_proj`` (which HF rotates as halves ``(x[i], x[i+d/2])``) back into
+    the interleaved Meta layout.  ``x``: ``[B, H, S, D]``; ``cos``/``sin``: ``[B, 1, S, D/2]``.
+    """
+    xp = x.reshape(*x.shape[:-1], -1, 2)
+    x0, x1 = xp[..., 0], xp[..., 1]
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).reshape(x.shape)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig, q: GGUFLinear, k: GGUFLinear, v: GGUFLinear, o: GGUFLinear) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = q, k, v, o
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, c.n_heads, c.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        group = c.n_heads // c.n_kv_heads  # query head h reads kv head h // group
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(c.head_dim)
+        causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * c.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, gate: GGUFLinear, up: GGUFLinear, down: GGUFLinear) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = gate, up, down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig, attn_norm: RMSNorm, attn: Attention, ffn_norm: RMSNorm, mlp: MLP) -> None:
+        super().__init__()
+        self.attn_norm, self.attn, self.ffn_norm, self.mlp = attn_norm, attn, ffn_norm, mlp
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.ffn_norm(x))
+
+
+class LlamaModel(nn.Module):
+    """Stateless full-sequence Llama: ``forward(tokens [B, S], positions [B, S] | None) → logits
+    [B, S, vocab]`` (f32).  ``positions`` defaults to ``0..S-1``."""
+
+    def __init__(self, cfg: LlamaConfig, embed: GGUFLinear, blocks: list[Block], norm: RMSNorm,
+                 lm_head: GGUFLinear) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = GGUFEmbedding(embed)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = norm
+        self.lm_head = lm_head  # the embedding table itself when tied
+        self.tied = lm_head is embed
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        b, s = tokens.shape
+        if positions is None:
+            positions = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        x = self.embed(tokens)
+        for blk in self.blocks:
+            x = blk(x, cos, sin)
+        return self.lm_head(self.norm(x))
+
+    @torch.no_grad()
+    def generate(self, tokens: list[int] | torch.Tensor, max_new_tokens: int, eos: int | None = None) -> list[int]:
+        """Greedy decoding, recomputing the whole sequence each step (no KV cache)."""
+        ids = torch.as_tensor(tokens, dtype=torch.long).reshape(1, -1)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            nxt = int(self(ids)[0, -1].argmax())
+            out.append(nxt)
+            if eos is not None and nxt == eos:
+                break
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _reader(path):
+    import gguf
+
+    return gguf.GGUFReader(str(path))
+
+
+def _field(reader, key: str, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        if default is None:
+            raise UnsupportedGGUFError(f"GGUF metadata has no {key!r}")
+        return default
+    return f.contents()
+
+
+def read_config(reader) -> LlamaConfig:
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise UnsupportedGGUFError(f"GGUF architecture {arch!r} is not supported (only 'llama')")
+    n_heads = int(_field(reader, "llama.attention.head_count"))
+    hidden = int(_field(reader, "llama.embedding_length"))
+    head_dim = int(_field(reader, "llama.attention.key_length", hidden // n_heads))
+    rope_dim = int(_field(reader, "llama.rope.dimension_count", head_dim))
+    if rope_dim != head_dim:
+        raise UnsupportedGGUFError(
+            f"partial RoPE (rope.dimension_count={rope_dim}, head dim {head_dim}) is not supported")
+    if "llama.rope.scaling.type" in reader.fields and _field(reader, "llama.rope.scaling.type") not in ("none", ""):
+        raise UnsupportedGGUFError(f"RoPE scaling {_field(reader, 'llama.rope.scaling.type')!r} is not supported")
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    vocab = int(_field(reader, "llama.vocab_size", int(embd.shape[1])))
+    return LlamaConfig(
+        n_layers=int(_field(reader, "llama.block_count")),
+        hidden=hidden,
+        n_heads=n_heads,
+        n_kv_heads=int(_field(reader, "llama.attention.head_count_kv", n_heads)),
+        ffn=int(_field(reader, "llama.feed_forward_length")),
+        vocab=vocab,
+        rope_base=float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        rms_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        head_dim=head_dim,
+        context_length=int(_field(reader, "llama.context_length", 2048)),
+    )
+
+
+def read_tensors(reader) -> dict[str, GGUFTensor]:
+    """All tensors of the file, unpacked (GGUF lists dims innermost first; torch order is reversed)."""
+    out = {}
+    for t in reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        out[t.name] = unpack_blocks(t.name, t.tensor_type.name, np.asarray(t.data).view(np.uint8), shape)
+    return out
+
+
+def load_gguf(path: str | Path) -> LlamaModel:
+    """Build a :class:`LlamaModel` from a GGUF file (tensors kept in their stored formats)."""
+    reader = _reader(path)
+    cfg = read_config(reader)
+    tensors = read_tensors(reader)
+
+    def lin(name: str) -> GGUFLinear:
+        if name not in tensors:
+            raise UnsupportedGGUFError(f"GGUF file has no tensor {name!r}")
+        return GGUFLinear(tensors[name])
+
+    def norm(name: str) -> RMSNorm:
+        return RMSNorm(tensors[name].weight, cfg.rms_eps)
+
+    embed = lin("token_embd.weight")
+    blocks = []
+    for i in range(cfg.n_layers):
+        p = f"blk.{i}."
+        attn = Attention(cfg, lin(p + "attn_q.weight"), lin(p + "attn_k.weight"), lin(p + "attn_v.weight"),
+                         lin(p + "attn_output.weight"))
+        mlp = MLP(lin(p + "ffn_gate.weight"), lin(p + "ffn_up.weight"), lin(p + "ffn_down.weight"))
+        blocks.append(Block(cfg, norm(p + "attn_norm.weight"), attn, norm(p + "ffn_norm.weight"), mlp))
+    lm_head = lin("output.weight") if "output.weight" in tensors else embed
+    model = LlamaModel(cfg, embed, blocks, norm("output_norm.weight"), lm_head)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def tokenizer_from_gguf(path_or_reader):
+    """A ``tokenizers.Tokenizer`` (byte-level BPE) built from ``tokenizer.ggml.tokens`` and
+    ``tokenizer.ggml.merges``; control tokens (type 3) and user-defined tokens (type 4) are added
+    as special tokens so chat markers like ``<|im_start|>`` map to their single ids."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    reader = path_or_reader if hasattr(path_or_reader, "fields") else _reader(path_or_reader)
+    kind = _field(reader, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise UnsupportedGGUFError(f"tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' byte-level BPE)")
+    tokens = list(_field(reader, "tokenizer.ggml.tokens"))
+    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
+    types = list(_field(reader, "tokenizer.ggml.token_type", [1] * len(tokens)))
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    pre = str(_field(reader, "tokenizer.ggml.pre", "default"))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in ("smollm", "starcoder", "refact"):  # llama.cpp: split every digit, then the GPT-2 regex
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif pre in ("default", "gpt2", "gpt-2"):
+        tok.pre_tokenizer = byte_level
+    elif pre in ("llama3", "llama-bpe", "llama-v3"):
+        llama3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(llama3), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        raise UnsupportedGGUFError(f"tokenizer.ggml.pre={pre!r} is not supported")
+    tok.decoder = decoders.ByteLevel()
+    special = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if int(ty) in (3, 4)]
+    tok.add_special_tokens(special)
+    return tok
+
+
+def chat_prompt(user: str, system: str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face") -> str:
+    """ChatML text as in SmolLM2's chat template (``<|im_start|>role\\n...<|im_end|>\\n``)."""
+    return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+            f"<|im_start|>assistant\n")
+
+
+def special_token_id(reader_or_path, key: str) -> int | None:
+    reader = reader_or_path if hasattr(reader_or_path, "fields") else _reader(reader_or_path)
+    f = reader.fields.get(f"tokenizer.ggml.{key}_token_id")
+    return None if f is None else int(f.contents())
+
+
+__all__ = ["GGUFEmbedding", "GGUFLinear", "LlamaConfig", "LlamaModel", "SUPPORTED_TYPES", "UnsupportedGGUFError",
+           "chat_prompt", "dequantize_codes", "load_gguf", "read_config", "read_tensors", "tokenizer_from_gguf",
+           "unpack_blocks"]
