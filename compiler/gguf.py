@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+DEFAULT_MAX_CTX = 2048  # static KV-cache length of LlamaModel.step
 BLOCK = 32  # elements per Q8_0 / Q4_0 / Q4_1 block
 SUPPORTED_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
 # bytes per block: f16 d (+ f16 m) + codes
@@ -230,6 +231,35 @@ class Attention(nn.Module):
         out = torch.matmul(torch.softmax(scores, dim=-1), v)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * c.head_dim))
 
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                       v_cache: torch.Tensor, src: torch.Tensor, written: torch.Tensor,
+                       hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Attention of the ``S`` new tokens over this layer's cache ``[B, n_kv_heads, max_ctx, D]``
+        → ``(output, new_k_cache, new_v_cache)``.
+
+        The new keys/values are placed functionally (no scatter, no in-place write): slot ``j`` of
+        the returned cache is ``old·(1 − w[j]) + new[src[j]]·w[j]``, exact for the 0/1 float weights
+        ``written`` ``[max_ctx, 1]`` (1 where slot ``j`` receives new token ``src[j]``); then the queries
+        attend over the whole updated cache.  ``hidden`` ``[B, 1, S, max_ctx]`` is an additive float
+        mask: −inf where query ``s`` may not read slot ``j`` (``j > position of s``), which hides every
+        slot at or past the current length, and 0 elsewhere."""
+        c = self.cfg
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, c.n_heads, c.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        keep = 1.0 - written
+        k_cache = k_cache * keep + k.index_select(2, src) * written
+        v_cache = v_cache * keep + v.index_select(2, src) * written
+        group = c.n_heads // c.n_kv_heads  # query head h reads kv head h // group
+        kk = k_cache.repeat_interleave(group, dim=1)
+        vv = v_cache.repeat_interleave(group, dim=1)
+        scores = torch.matmul(q, kk.transpose(-1, -2)) / math.sqrt(c.head_dim)
+        scores = scores + hidden
+        out = torch.matmul(torch.softmax(scores, dim=-1), vv)
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * c.head_dim)), k_cache, v_cache
+
 
 class MLP(nn.Module):
     def __init__(self, gate: GGUFLinear, up: GGUFLinear, down: GGUFLinear) -> None:
@@ -249,10 +279,19 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), cos, sin)
         return x + self.mlp(self.ffn_norm(x))
 
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                       v_cache: torch.Tensor, src: torch.Tensor, written: torch.Tensor,
+                       hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, k_cache, v_cache = self.attn.forward_cached(self.attn_norm(x), cos, sin, k_cache, v_cache, src, written,
+                                                       hidden)
+        x = x + h
+        return x + self.mlp(self.ffn_norm(x)), k_cache, v_cache
+
 
 class LlamaModel(nn.Module):
     """Stateless full-sequence Llama: ``forward(tokens [B, S], positions [B, S] | None) → logits
-    [B, S, vocab]`` (f32).  ``positions`` defaults to ``0..S-1``."""
+    [B, S, vocab]`` (f32).  ``positions`` defaults to ``0..S-1``.  :meth:`step` is the functional
+    KV-cache path (caches passed in and returned) used for prefill/decode."""
 
     def __init__(self, cfg: LlamaConfig, embed: GGUFLinear, blocks: list[Block], norm: RMSNorm,
                  lm_head: GGUFLinear) -> None:
@@ -274,6 +313,68 @@ class LlamaModel(nn.Module):
         for blk in self.blocks:
             x = blk(x, cos, sin)
         return self.lm_head(self.norm(x))
+
+    def empty_cache(self, batch: int = 1, max_ctx: int = DEFAULT_MAX_CTX) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero key and value caches, each f32 ``[n_layers, batch, n_kv_heads, max_ctx, head_dim]``."""
+        c = self.cfg
+        shape = (c.n_layers, batch, c.n_kv_heads, max_ctx, c.head_dim)
+        return torch.zeros(shape), torch.zeros(shape)
+
+    def step(self, tokens: torch.Tensor, start_pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             last_only: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Functional KV-cache forward: ``tokens [B, S]`` at positions ``start_pos .. start_pos+S-1``
+        (``start_pos``: int64 tensor with one element) against the caches ``[n_layers, B, n_kv_heads,
+        max_ctx, head_dim]`` → ``(logits, new_k_cache, new_v_cache)``; ``logits`` is ``[B, vocab]`` for
+        the last token (``last_only``) or ``[B, S, vocab]``.  Nothing is mutated and no tensor value
+        reaches Python control flow, so it exports with a dynamic ``S`` (prefill) or ``S = 1``
+        (decode).  The caller keeps ``start_pos + S <= max_ctx``."""
+        b, s = tokens.shape
+        max_ctx = k_cache.shape[3]
+        start = start_pos.reshape(-1)[:1].to(torch.long)  # [1]
+        offs = torch.arange(s, device=tokens.device)
+        positions = (start + offs).unsqueeze(0).expand(b, s)  # [B, S]
+        slots = torch.arange(max_ctx, device=tokens.device)  # [max_ctx]
+        # additive mask [B, 1, S, max_ctx]: -inf on slots past each query's position, by a lookup
+        # (gather) in [0, -inf] rather than a bool select, so that msd's matmul pass sees a float
+        # operand for the attention matmuls (a bool mask reads to it as an i1 "integer weight")
+        later = (slots.view(1, 1, max_ctx) > positions.unsqueeze(-1)).unsqueeze(1).to(torch.long)
+        table = torch.cat([torch.zeros(1, device=tokens.device), torch.full((1,), float("-inf"), device=tokens.device)])
+        hidden = table[later]
+        # slot j receives new token src[j] where written[j] = 1 (a sum over a one-hot [max_ctx, S]
+        # float table, again no bool select in the attention operands)
+        src = (slots - start).clamp(0, s - 1)
+        written = (slots.view(max_ctx, 1) == (start + offs).view(1, s)).to(torch.float32).sum(-1, keepdim=True)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        x = self.embed(tokens)
+        new_k, new_v = [], []
+        for i, blk in enumerate(self.blocks):
+            x, k, v = blk.forward_cached(x, cos, sin, k_cache[i], v_cache[i], src, written, hidden)
+            new_k.append(k)
+            new_v.append(v)
+        if last_only:
+            x = x[:, -1, :]
+        return self.lm_head(self.norm(x)), torch.stack(new_k), torch.stack(new_v)
+
+    @torch.no_grad()
+    def generate_cached(self, tokens: list[int] | torch.Tensor, max_new_tokens: int,
+                        eos: int | set[int] | None = None, max_ctx: int = DEFAULT_MAX_CTX) -> list[int]:
+        """Greedy decoding with the KV cache (:meth:`step`): one prefill, then one token per step."""
+        ids = torch.as_tensor(tokens, dtype=torch.long).reshape(1, -1)
+        stop = {eos} if isinstance(eos, int) else set(eos or ())
+        if ids.shape[1] + max_new_tokens > max_ctx:
+            raise ValueError(f"{ids.shape[1]} prompt + {max_new_tokens} new tokens exceed max_ctx={max_ctx}")
+        k, v = self.empty_cache(1, max_ctx)
+        logits, k, v = self.step(ids, torch.zeros(1, dtype=torch.long), k, v)
+        pos, out = ids.shape[1], []
+        for i in range(max_new_tokens):
+            nxt = int(logits[0].argmax())
+            out.append(nxt)
+            if nxt in stop or i == max_new_tokens - 1:
+                break
+            logits, k, v = self.step(torch.tensor([[nxt]]), torch.tensor([pos]), k, v)
+            pos += 1
+        return out
 
     @torch.no_grad()
     def generate(self, tokens: list[int] | torch.Tensor, max_new_tokens: int, eos: int | None = None) -> list[int]:
@@ -424,6 +525,7 @@ def special_token_id(reader_or_path, key: str) -> int | None:
     return None if f is None else int(f.contents())
 
 
-__all__ = ["GGUFEmbedding", "GGUFLinear", "LlamaConfig", "LlamaModel", "SUPPORTED_TYPES", "UnsupportedGGUFError",
+__all__ = ["DEFAULT_MAX_CTX", "GGUFEmbedding", "GGUFLinear", "LlamaConfig", "LlamaModel", "SUPPORTED_TYPES",
+           "UnsupportedGGUFError",
            "chat_prompt", "dequantize_codes", "load_gguf", "read_config", "read_tensors", "tokenizer_from_gguf",
            "unpack_blocks"]

@@ -1,0 +1,144 @@
+"""KV-cache generation: ``LlamaModel.step`` against the stateless forward (tiny model and SmolLM2), and the
+compiled prefill/decode artifact (slices=2) against the eager cache path on SmolLM2-135M-Instruct Q4_1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("gguf", reason="the GGUF front end needs the 'gguf' package")
+pytest.importorskip("tokenizers", reason="the GGUF tokenizer needs the 'tokenizers' package")
+
+from test_gguf import _smollm2_path, write_tiny_gguf  # noqa: E402
+
+from msd.compiler import gguf as G  # noqa: E402
+from msd.compiler.generate import compile_generator, eager_generator  # noqa: E402
+
+MAX_CTX = 256
+NEW_TOKENS = 32
+PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.",
+           "List three uses of a paperclip, one per line."]
+
+
+# ----------------------------------------------------------------------------------------------
+# Eager cache path on the tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> G.LlamaModel:
+    return G.load_gguf(write_tiny_gguf(tmp_path_factory.mktemp("gen") / "tiny.gguf", seed=3))
+
+
+def test_tiny_prefill_and_decode_match_stateless_forward(tiny_model) -> None:
+    m = tiny_model
+    tokens = torch.tensor([[5, 200, 17, 262, 42, 99, 3, 150, 7, 11]])
+    with torch.no_grad():
+        full = m(tokens)
+        k, v = m.empty_cache(1, 32)
+        logits, k2, v2 = m.step(tokens[:, :6], torch.zeros(1, dtype=torch.long), k, v, last_only=False)
+        torch.testing.assert_close(logits, full[:, :6], rtol=1e-5, atol=1e-5)
+        assert k.abs().sum() == 0 and v.abs().sum() == 0  # inputs untouched (functional)
+        assert k2[:, :, :, 6:].abs().sum() == 0 and k2[:, :, :, :6].abs().sum() > 0
+        for j in range(6, 10):
+            logits, k2, v2 = m.step(tokens[:, j:j + 1], torch.tensor([j]), k2, v2)
+            torch.testing.assert_close(logits, full[:, j], rtol=1e-5, atol=1e-5)
+
+
+def test_tiny_mask_hides_slots_past_the_current_length(tiny_model) -> None:
+    m = tiny_model
+    tokens = torch.tensor([[5, 200, 17, 262]])
+    with torch.no_grad():
+        k, v = m.empty_cache(1, 16)
+        _, k, v = m.step(tokens[:, :3], torch.zeros(1, dtype=torch.long), k, v)
+        clean, _, _ = m.step(tokens[:, 3:], torch.tensor([3]), k, v)
+        k[:, :, :, 4:] = 1e3 * torch.randn_like(k[:, :, :, 4:])  # garbage in slots >= length 4
+        v[:, :, :, 4:] = 1e3 * torch.randn_like(v[:, :, :, 4:])
+        dirty, _, _ = m.step(tokens[:, 3:], torch.tensor([3]), k, v)
+    torch.testing.assert_close(dirty, clean, rtol=0, atol=0)
+
+
+def test_tiny_cached_generation_equals_stateless_generation(tiny_model) -> None:
+    prompt = [5, 200, 17, 262, 42]
+    assert tiny_model.generate_cached(prompt, 12, max_ctx=32) == tiny_model.generate(prompt, 12)
+    with pytest.raises(ValueError, match="max_ctx"):
+        tiny_model.generate_cached(prompt, 40, max_ctx=32)
+
+
+# ----------------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct Q4_1: compiled prefill + decode (slices=2)
+
+
+@pytest.fixture(scope="module")
+def smol():
+    path = _smollm2_path()
+    model = G.load_gguf(path)
+    compiled = compile_generator(path, slices=2, max_ctx=MAX_CTX, model=model)
+    eager = eager_generator(path, MAX_CTX, model=model)
+    return path, model, compiled, eager
+
+
+def test_artifact_has_prefill_and_decode_with_every_quantized_linear_rewritten(smol) -> None:
+    _, model, compiled, _ = smol
+    cm = compiled.compiled
+    assert set(cm.signatures) == {"prefill", "decode"}
+    prefill_tokens = cm.signatures["prefill"][0][0]
+    decode_tokens = cm.signatures["decode"][0][0]
+    assert prefill_tokens.shape == (1, None) and decode_tokens.shape == (1, 1)
+    quantized = [m for m in model.modules() if isinstance(m, G.GGUFLinear) and m.qtype not in ("F32", "F16")]
+    n_layers = model.cfg.n_layers
+    assert len(quantized) == 7 * n_layers + 1  # 7 projections per block + the tied Q8_0 embedding/head
+    report = cm.report
+    # every quantized linear is a rewritten matmul in each of the 2 functions (the tied head once each)
+    assert len(report.rewritten) == 2 * len(quantized), report.format()
+    # what is left is the float attention: q·kᵀ and p·v, per layer, per function
+    assert len(report.skipped) == 2 * 2 * n_layers, report.format()
+    bad = [d.line() for d in report.skipped if "float weights" not in d.reason]
+    assert not bad, "\n".join(bad)
+
+
+def _first_divergence(eager_gen, prompt: str, ref: list[int], got: list[int]) -> str:
+    """Index of the first differing token and the eager top-1/top-2 logit margin there."""
+    i = next(j for j in range(min(len(ref), len(got)) + 1) if j >= len(ref) or j >= len(got) or ref[j] != got[j])
+    ids = eager_gen.encode(prompt) + ref[:i]
+    with torch.no_grad():
+        logits = eager_gen.model(torch.tensor([ids]))[0, -1]
+    top = logits.topk(2).values
+    return (f"first divergence at new token {i}: eager {ref[i:i + 1]} vs compiled {got[i:i + 1]}, eager logit margin"
+            f" top1 - top2 = {float(top[0] - top[1]):.4g}")
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_compiled_greedy_generation_equals_eager(smol, prompt) -> None:
+    _, _, compiled, eager = smol
+    ref = eager.generate_ids(eager.encode(prompt), NEW_TOKENS)
+    pieces: list[str] = []
+    text = compiled.generate(prompt, NEW_TOKENS, callback=pieces.append)
+    got = compiled.generate_ids(compiled.encode(prompt), NEW_TOKENS)
+    assert "".join(pieces) == text == compiled.tokenizer.decode(got, skip_special_tokens=True)
+    stats = compiled.last_stats
+    assert stats.new_tokens == len(got) and stats.prefill_tok_s > 0
+    if ref[-1] not in eager.stop_ids:
+        assert len(ref) == NEW_TOKENS
+    assert got == ref, _first_divergence(eager, prompt, ref, got)
+
+
+def test_decode_with_cache_matches_stateless_last_token_logits(smol) -> None:
+    _, model, compiled, eager = smol
+    prompt = eager.encode(PROMPTS[0])
+    cont = eager.generate_ids(prompt, 4)
+    ids = prompt + cont[:3]
+    with torch.no_grad():
+        full = model(torch.tensor([ids]))[0, -1]
+    start = torch.zeros(1, dtype=torch.long)
+    k, v = model.empty_cache(1, MAX_CTX)
+    with torch.no_grad():  # eager: prefill the prompt, decode the 3 continuation tokens
+        _, ek, ev = model.step(torch.tensor([prompt]), start, k, v)
+        for j, t in enumerate(cont[:3]):
+            e_logits, ek, ev = model.step(torch.tensor([[t]]), torch.tensor([len(prompt) + j]), ek, ev)
+    torch.testing.assert_close(e_logits[0], full, rtol=1e-4, atol=1e-4 * float(full.abs().max()))
+    _, ck, cv = compiled.prefill(torch.tensor([prompt]), start, k, v)  # compiled, slices=2
+    for j, t in enumerate(cont[:3]):
+        c_logits, ck, cv = compiled.decode(torch.tensor([[t]]), torch.tensor([len(prompt) + j]), ck, cv)
+    rel = float((c_logits[0] - full).norm() / full.norm())
+    assert rel < 2e-2, rel
+    assert int(c_logits[0].argmax()) == int(full.argmax())
