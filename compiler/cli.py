@@ -4,6 +4,7 @@
     msd run out/ --input x.npy [--output y.npy]
     msd inspect out/
     msd bench out/ [--shape 1x4096] [--reps 50]
+    msd generate model.gguf "prompt" [--max-new-tokens 64] [--slices 2] [--max-ctx 512]
 
 ``compile`` takes a Python entry point ``module:function`` that returns ``(model, example_inputs)``
 or ``(model, example_inputs, dynamic_shapes)``.  ``run``, ``inspect`` and ``bench`` need only the
@@ -148,6 +149,31 @@ def cmd_bench(args: argparse.Namespace) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------- generate
+def cmd_generate(args: argparse.Namespace) -> dict:
+    from msd.compiler.generate import compile_generator
+
+    if not Path(args.gguf).is_file():
+        raise CliError(f"no such GGUF file: {args.gguf}")
+    start = time.perf_counter()
+    gen = compile_generator(args.gguf, slices=args.slices, max_ctx=args.max_ctx,
+                            progress=lambda stage: _say(args, f"[{time.perf_counter() - start:6.1f}s] {stage}…"))
+    _say(args, f"[{time.perf_counter() - start:6.1f}s] compiled prefill + decode")
+
+    def stream(piece: str) -> None:
+        if not args.json:
+            print(piece, end="", flush=True)
+
+    text = gen.generate(args.prompt, args.max_new_tokens, chat=not args.no_chat, callback=stream)
+    if not args.json:
+        print()
+    st = gen.last_stats
+    _say(args, f"prefill {st.prefill_tokens} tokens at {st.prefill_tokens / max(st.prefill_s, 1e-9):.1f} tok/s,"
+               f" decode {st.decode_tokens} tokens at {st.decode_tok_s:.1f} tok/s (slices={args.slices})")
+    return {"text": text, "prefill_tokens": st.prefill_tokens, "prefill_s": st.prefill_s,
+            "decode_tokens": st.decode_tokens, "decode_s": st.decode_s, "slices": args.slices}
+
+
 # ----------------------------------------------------------------------------- main
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,6 +202,14 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--shape", action="append", help="input shape like 16x4096 (one per input; default:"
                                                              " static dims, dynamic dims at their minimum)")
             s.add_argument("--reps", type=int, default=50)
+    g = sub.add_parser("generate", help="compile a GGUF Llama model (prefill + decode) and generate text greedily")
+    g.add_argument("gguf", help="a .gguf file (Q8_0 / Q4_0 / Q4_1 / F16 / F32 tensors)")
+    g.add_argument("prompt")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--slices", type=int, default=2)
+    g.add_argument("--max-ctx", type=int, default=512, help="static KV-cache length (prompt + new tokens)")
+    g.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
+    g.set_defaults(func=cmd_generate)
     for s in sub.choices.values():
         s.add_argument("--json", action="store_true", help="print a JSON result on stdout")
     return p

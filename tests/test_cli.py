@@ -87,3 +87,17 @@ def test_failures_exit_nonzero_with_a_reason(artifact: Path, tmp_path: Path) -> 
     np.save(tmp_path / "bad.npy", np.zeros((3, 64), np.float32))
     proc = _msd("run", str(artifact), "--input", str(tmp_path / "bad.npy"), cwd=tmp_path)
     assert proc.returncode == 1 and "expected main(input: f32[2, 64])" in proc.stderr
+
+
+def test_generate_from_a_gguf_file(tmp_path: Path) -> None:
+    """`msd generate` compiles prefill + decode for a (tiny, synthetic) GGUF model and streams text."""
+    from test_gguf import write_tiny_gguf
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    proc = _msd("generate", str(path), "hello", "--max-new-tokens", "4", "--max-ctx", "32", "--no-chat", "--json",
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["prefill_tokens"] >= 1 and 1 <= result["decode_tokens"] + 1 <= 4
+    proc = _msd("generate", str(tmp_path / "missing.gguf"), "hi", cwd=tmp_path)
+    assert proc.returncode == 1 and "no such GGUF file" in proc.stderr
