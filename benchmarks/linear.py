@@ -34,6 +34,9 @@ from torch import nn
 
 import msd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 QUICK_OUTPUT = Path(tempfile.gettempdir()) / "msd-benchmarks-quick.md"
@@ -291,16 +294,6 @@ def run_case(
 
 
 # ============================================================================= environment
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def l3_size() -> str:
     try:
         text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()

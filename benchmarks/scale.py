@@ -62,6 +62,9 @@ from msd.passes import Report, run_pass
 from msd.passes.decompose_activations import NAME as DECOMPOSE
 from msd.runtime.module import Module, TensorSpec
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "scale.md"
 
@@ -371,16 +374,6 @@ def check_ir(module: ir.Operation, where: str) -> IrCheck:
 
 
 # ============================================================================= environment
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def mem_total_gib() -> float:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
