@@ -215,13 +215,19 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = q, k, v, o
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Projected heads ``[B, heads, S, D]`` with RoPE applied to q and k."""
         c = self.cfg
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, c.n_heads, c.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, c.n_kv_heads, c.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, s, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        b, s, _ = x.shape
+        q, k, v = self._qkv(x, cos, sin)
         group = c.n_heads // c.n_kv_heads  # query head h reads kv head h // group
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
@@ -245,10 +251,7 @@ class Attention(nn.Module):
         slot at or past the current length, and 0 elsewhere."""
         c = self.cfg
         b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, c.n_heads, c.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, s, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self._qkv(x, cos, sin)
         keep = 1.0 - written
         k_cache = k_cache * keep + k.index_select(2, src) * written
         v_cache = v_cache * keep + v.index_select(2, src) * written
