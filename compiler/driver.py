@@ -109,6 +109,9 @@ def compile_functions(
     module, params = import_programs(programs, session.context)
     if emit == "torch":
         return _asm(module)
+    if tgt.device_targets:  # a target IREE's flags cannot name (cuda:sm_90): spelled out in the module
+        with session.context:
+            module.attributes["hal.device.targets"] = ir.Attribute.parse(tgt.device_targets)
     session.load(module)
     step("import")
     session.run_phases("start", "input")

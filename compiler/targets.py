@@ -2,13 +2,14 @@
 
     llvm-cpu            host CPU (``llvm-cpu:x86-64-v3``, ``llvm-cpu:znver3`` … name a CPU;
                         ``llvm-cpu:aarch64`` cross-compiles for Arm with +dotprod,+i8mm)
-    cuda                NVIDIA, default sm_80 (``cuda:sm_89``); see docs/targets.md for sm_90
+    cuda                NVIDIA, default sm_80 (``cuda:sm_89``, ``cuda:sm_90`` via an explicit target attribute)
     rocm                AMD, default gfx942 (``rocm:gfx950``)
     vulkan-spirv        Vulkan/SPIR-V (``vulkan-spirv:rdna3`` names a Vulkan target)
 
 Facts behind the choices (IREE 3.13, ``../shared/docs/iree-notes.md`` §4): int8 matmuls reach the
-CPU ukernels only with data tiling; IREE 3.13's CUDA target table has no sm_90/sm_100 entry (sm_80
-PTX is JIT-compiled forward by the driver); the old ``--iree-hip-target`` spelling is gone.
+CPU ukernels only with data tiling; IREE 3.13's CUDA target table has no sm_90/sm_100 entry (sm_90 is
+written into the module as a ``hal.device.targets`` attribute; sm_80 PTX also JITs forward); the old
+``--iree-hip-target`` spelling is gone.
 """
 
 from __future__ import annotations
@@ -25,9 +26,25 @@ class Target:
     arch: str
     flags: tuple[str, ...]
     driver: str
+    # ``hal.device.targets`` attribute to put on the module when flags alone cannot name the target
+    # (IREE 3.13 has no sm_90 entry: the target is spelled out in the IR instead).
+    device_targets: str = ""
 
 
 CUDA_ARCHS = ("sm_60", "sm_61", "sm_70", "sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_120", "sm_121")
+# Hopper: not in IREE 3.13's table, so msd writes the target into the module (sm_89's description with
+# the arch and PTX version of Hopper; verified to emit ``.target sm_90`` PTX).
+CUDA_EXPLICIT_ARCHS = {"sm_90": "+ptx80", "sm_90a": "+ptx80"}
+_NV_TARGET = (
+    '#hal.device.target<"cuda", [#hal.executable.target<"cuda", "cuda-nvptx-fb", {{iree_codegen.target_info = '
+    '#iree_gpu.target<arch = "{arch}", features = "{features}", '
+    'wgp = <compute = fp64|fp32|fp16|int64|int32|int16|int8, storage = b64|b32|b16|b8, '
+    'subgroup = shuffle|arithmetic, dot = dp4xi8toi32, mma = [<NV_MMA_SYNC_F32_16x8x16_F16>, '
+    '<NV_MMA_SYNC_F16_16x8x16_F16>, <NV_MMA_SYNC_F32_16x8x16_BF16>, <NV_MMA_SYNC_F32_16x8x32_F8E4M3FN>, '
+    '<NV_MMA_SYNC_F32_16x8x32_F8E5M2>, <NV_WMMA_F32_16x16x16_F16>, <NV_WMMA_F16_16x16x16_F16>], '
+    'subgroup_size_choices = [32], max_workgroup_sizes = [1024, 1024, 1024], max_thread_count_per_workgroup = 1024, '
+    'max_workgroup_memory_bytes = 101376, max_workgroup_counts = [2147483647, 65535, 65535]>>}}>]> : !hal.device'
+)
 ROCM_ARCHS = ("gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1201")
 DEFAULT_ARCH = {"llvm-cpu": "host", "cuda": "sm_80", "rocm": "gfx942", "vulkan-spirv": ""}
 BACKENDS = tuple(DEFAULT_ARCH)
@@ -51,10 +68,14 @@ def resolve(spec: str) -> Target:
                  "--iree-opt-data-tiling")
         return Target(spec, backend, arch, flags, "local-task")
     if backend == "cuda":
+        if arch in CUDA_EXPLICIT_ARCHS:
+            attr = _NV_TARGET.format(arch=arch, features=CUDA_EXPLICIT_ARCHS[arch])
+            return Target(spec, backend, arch, (), "cuda", device_targets=f"[{attr}]")
         if arch not in CUDA_ARCHS:
-            hint = " (Hopper/Blackwell: compile for sm_80 or sm_89; the driver JIT-compiles the PTX)" \
-                if arch.startswith("sm_9") or arch.startswith("sm_10") else ""
-            raise ValueError(f"CUDA arch {arch!r} is not known to IREE 3.13 (known: {', '.join(CUDA_ARCHS)}){hint}")
+            known = ", ".join((*CUDA_ARCHS, *CUDA_EXPLICIT_ARCHS))
+            hint = " (Blackwell datacenter: compile for sm_90 or sm_89; the driver JIT-compiles the PTX)" \
+                if arch.startswith("sm_10") or arch.startswith("sm_11") else ""
+            raise ValueError(f"CUDA arch {arch!r} is not known to IREE 3.13 (known: {known}){hint}")
         return Target(spec, backend, arch, ("--iree-hal-target-device=cuda", f"--iree-cuda-target={arch}"), "cuda")
     if backend == "rocm":
         if arch not in ROCM_ARCHS:
