@@ -1,10 +1,12 @@
 """The ``msd`` command: compile models, and run, inspect or time saved artifacts.
 
     msd compile my_models:build -o out/ [--target llvm-cpu] [--slices 2]
+    msd compile model.gguf -o llm/ [--max-ctx 2048]
     msd run out/ --input x.npy [--output y.npy]
     msd inspect out/
     msd bench out/ [--shape 1x4096] [--reps 50]
     msd generate model.gguf "prompt" [--max-new-tokens 64] [--slices 2] [--max-ctx 512]
+    msd generate llm/ "prompt"             # a compiled .gguf artifact: no torch, no compiler
 
 ``compile`` takes a Python entry point ``module:function`` that returns ``(model, example_inputs)``
 or ``(model, example_inputs, dynamic_shapes)``.  ``run``, ``inspect`` and ``bench`` need only the
@@ -20,6 +22,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,46 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- compile
+def _progress(args: argparse.Namespace, start: float) -> Callable[[str], None]:
+    def progress(stage: str) -> None:
+        _say(args, f"[{time.perf_counter() - start:6.1f}s] {stage}…")
+
+    return progress
+
+
+def _compile_gguf(args: argparse.Namespace) -> dict:
+    """``msd compile model.gguf -o DIR``: prefill + decode, the tokenizer and the generation settings
+    in one artifact that ``msd generate DIR`` (or ``msd.runtime.generate``) runs without torch."""
+    from msd.compiler import gguf as G
+    from msd.compiler.generate import _stop_ids, compile_generator
+    from msd.runtime.generate import METADATA_KEY, TOKENIZER_FILE
+
+    start = time.perf_counter()
+    max_ctx = args.max_ctx or G.DEFAULT_MAX_CTX
+    gen = compile_generator(args.entry, slices=args.slices, max_ctx=max_ctx, target=args.target,
+                            progress=_progress(args, start))
+    k, _ = gen.model.empty_cache(1, max_ctx)
+    marker = "\x00USER\x00"
+    template = G.chat_prompt(marker).replace("{", "{{").replace("}", "}}").replace(marker, "{user}")
+    settings = {"max_ctx": max_ctx, "cache_shape": list(k.shape), "cache_dtype": "float32",
+                "stop_ids": sorted(_stop_ids(args.entry, gen.tokenizer)), "chat_template": template,
+                "source": Path(args.entry).name}
+    folder = gen.compiled.save(args.output, extra_files={TOKENIZER_FILE: gen.tokenizer.to_str().encode()},
+                               metadata={METADATA_KEY: settings})
+    report = gen.compiled.report
+    _say(args, f"[{time.perf_counter() - start:6.1f}s] saved {folder} (run it: msd generate {folder} \"prompt\")")
+    _say(args, report.format())
+    return {"artifact": str(folder), "seconds": round(time.perf_counter() - start, 3),
+            "rewritten": len(report.rewritten), "skipped": len(report.skipped), "max_ctx": max_ctx}
+
+
 def cmd_compile(args: argparse.Namespace) -> dict:
+    if args.entry.endswith(".gguf"):
+        if not Path(args.entry).is_file():
+            raise CliError(f"no such GGUF file: {args.entry}")
+        return _compile_gguf(args)
+    if args.max_ctx is not None:
+        raise CliError("--max-ctx applies to .gguf models only")
     module_name, _, func_name = args.entry.partition(":")
     if not func_name:
         raise CliError(f"entry point {args.entry!r} must be 'module:function'")
@@ -52,15 +94,8 @@ def cmd_compile(args: argparse.Namespace) -> dict:
     import msd
 
     start = time.perf_counter()
-    last = [start]
-
-    def progress(stage: str) -> None:
-        now = time.perf_counter()
-        _say(args, f"[{now - start:6.1f}s] {stage}…")
-        last[0] = now
-
     cm = msd.compile(model, inputs, target=args.target, slices=args.slices, act_scale=args.act_scale,
-                     dynamic_shapes=dynamic[0] if dynamic else None, progress=progress)
+                     dynamic_shapes=dynamic[0] if dynamic else None, progress=_progress(args, start))
     folder = cm.save(args.output)
     _say(args, f"[{time.perf_counter() - start:6.1f}s] saved {folder}")
     _say(args, cm.report.format())
@@ -151,14 +186,21 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
 # ----------------------------------------------------------------------------- generate
 def cmd_generate(args: argparse.Namespace) -> dict:
-    from msd.compiler.generate import compile_generator
-
-    if not Path(args.gguf).is_file():
-        raise CliError(f"no such GGUF file: {args.gguf}")
     start = time.perf_counter()
-    gen = compile_generator(args.gguf, slices=args.slices, max_ctx=args.max_ctx,
-                            progress=lambda stage: _say(args, f"[{time.perf_counter() - start:6.1f}s] {stage}…"))
-    _say(args, f"[{time.perf_counter() - start:6.1f}s] compiled prefill + decode")
+    if Path(args.gguf).is_dir():  # a saved artifact: torch-free
+        from msd.runtime.generate import TextGenerator
+
+        gen = TextGenerator.load(args.gguf, args.device)
+        _say(args, f"[{time.perf_counter() - start:6.1f}s] loaded {args.gguf}")
+        slices = gen.artifact.manifest.get("slices")
+    elif Path(args.gguf).is_file():
+        from msd.compiler.generate import compile_generator
+
+        gen = compile_generator(args.gguf, slices=args.slices, max_ctx=args.max_ctx, progress=_progress(args, start))
+        _say(args, f"[{time.perf_counter() - start:6.1f}s] compiled prefill + decode")
+        slices = args.slices
+    else:
+        raise CliError(f"no such GGUF file or artifact folder: {args.gguf}")
 
     def stream(piece: str) -> None:
         if not args.json:
@@ -169,9 +211,9 @@ def cmd_generate(args: argparse.Namespace) -> dict:
         print()
     st = gen.last_stats
     _say(args, f"prefill {st.prefill_tokens} tokens at {st.prefill_tokens / max(st.prefill_s, 1e-9):.1f} tok/s,"
-               f" decode {st.decode_tokens} tokens at {st.decode_tok_s:.1f} tok/s (slices={args.slices})")
+               f" decode {st.decode_tokens} tokens at {st.decode_tok_s:.1f} tok/s (slices={slices})")
     return {"text": text, "prefill_tokens": st.prefill_tokens, "prefill_s": st.prefill_s,
-            "decode_tokens": st.decode_tokens, "decode_s": st.decode_s, "slices": args.slices}
+            "decode_tokens": st.decode_tokens, "decode_s": st.decode_s, "slices": slices}
 
 
 # ----------------------------------------------------------------------------- main
@@ -179,12 +221,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("compile", help="compile a model from a Python entry point into an artifact folder")
-    c.add_argument("entry", help="module:function returning (model, example_inputs[, dynamic_shapes])")
+    c = sub.add_parser("compile", help="compile a model (Python entry point or .gguf file) into an artifact folder")
+    c.add_argument("entry", help="module:function returning (model, example_inputs[, dynamic_shapes]), or a .gguf"
+                                 " Llama file (prefill + decode + tokenizer; run it with 'msd generate DIR')")
     c.add_argument("-o", "--output", required=True, help="artifact folder to write")
     c.add_argument("--target", default="llvm-cpu", help="llvm-cpu[:cpu] | cuda[:sm_XX] | rocm[:gfxXXX] | vulkan-spirv")
     c.add_argument("--slices", type=int, default=2, help="activation slices 1-3; 0 = IREE's own lowering")
     c.add_argument("--act-scale", default="group", choices=("row", "group"), help="for group-wise weights")
+    c.add_argument("--max-ctx", type=int, default=None, help=".gguf only: static KV-cache length (default 2048)")
     c.set_defaults(func=cmd_compile)
 
     for name, func, text in (("run", cmd_run, "run an artifact on .npy inputs"),
@@ -202,13 +246,15 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--shape", action="append", help="input shape like 16x4096 (one per input; default:"
                                                              " static dims, dynamic dims at their minimum)")
             s.add_argument("--reps", type=int, default=50)
-    g = sub.add_parser("generate", help="compile a GGUF Llama model (prefill + decode) and generate text greedily")
-    g.add_argument("gguf", help="a .gguf file (Q8_0 / Q4_0 / Q4_1 / F16 / F32 tensors)")
+    g = sub.add_parser("generate", help="generate text greedily from a GGUF Llama model (compiled on the fly) or"
+                                        " from an artifact folder written by 'msd compile model.gguf'")
+    g.add_argument("gguf", help="a .gguf file (Q8_0 / Q4_0 / Q4_1 / F16 / F32 tensors), or an artifact folder")
     g.add_argument("prompt")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--slices", type=int, default=2)
     g.add_argument("--max-ctx", type=int, default=512, help="static KV-cache length (prompt + new tokens)")
     g.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
+    g.add_argument("--device", default=None, help="artifact folders: IREE driver (default: the target's)")
     g.set_defaults(func=cmd_generate)
     for s in sub.choices.values():
         s.add_argument("--json", action="store_true", help="print a JSON result on stdout")

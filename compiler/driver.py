@@ -219,16 +219,23 @@ class CompiledModule:
             return tuple(from_numpy(o) for o in out)
         return from_numpy(out)
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, extra_files: dict[str, bytes] | None = None,
+             metadata: dict | None = None) -> Path:
         """Write a self-describing artifact: ``module.vmfb``, ``model.irpa`` and ``msd.json``
         (versions, target, function signature with dynamic-dim bounds, per-matmul decisions,
-        sha256 of each file).  Load it with ``msd.runtime.load(folder)`` — no torch needed."""
+        sha256 of each file).  Load it with ``msd.runtime.load(folder)`` — no torch needed.
+        ``extra_files`` (name → bytes) are written beside them and hashed too; ``metadata`` is kept
+        in the manifest (``Artifact.metadata``)."""
         import msd
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.workdir / MODULE_FILE, folder / MODULE_FILE)
         shutil.copyfile(self.workdir / PARAMETERS_FILE, folder / PARAMETERS_FILE)
+        for name, data in (extra_files or {}).items():
+            if Path(name).name != name or name in (MODULE_FILE, PARAMETERS_FILE, "msd.json"):
+                raise ValueError(f"extra file name {name!r} must be a plain file name not used by the artifact")
+            (folder / name).write_bytes(data)
         t = self.target
         write_manifest(
             folder,
@@ -238,6 +245,8 @@ class CompiledModule:
             decisions=[{"op": d.op, "location": d.location, "rewritten": d.rewritten, "reason": d.reason}
                        for d in self.report.decisions],
             msd_version=msd.__version__,
+            extra_files=tuple(extra_files or ()),
+            metadata=metadata,
         )
         return folder
 

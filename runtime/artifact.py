@@ -49,8 +49,12 @@ def _version(dist: str) -> str:
 
 def write_manifest(folder: Path, *, target: dict[str, str], slices: int,
                    functions: dict[str, dict[str, list[TensorSpec]]], decisions: Sequence[dict],
-                   msd_version: str) -> Path:
-    """Write ``msd.json`` for the files already in ``folder``."""
+                   msd_version: str, extra_files: Sequence[str] = (), metadata: dict | None = None) -> Path:
+    """Write ``msd.json`` for the files already in ``folder``.
+
+    ``extra_files``: more files of the artifact (a tokenizer, …), hashed and checked like the module;
+    ``metadata``: what a caller needs to use the functions (e.g. generation settings), kept verbatim.
+    """
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -62,8 +66,10 @@ def write_manifest(folder: Path, *, target: dict[str, str], slices: int,
                       for name, f in functions.items()},
         "decisions": list(decisions),
         "files": {name: {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
-                  for name in (MODULE_FILE, PARAMETERS_FILE)},
+                  for name in (MODULE_FILE, PARAMETERS_FILE, *extra_files)},
     }
+    if metadata:
+        manifest["metadata"] = metadata
     path = folder / MANIFEST_FILE
     path.write_text(json.dumps(manifest, indent=2))
     return path
@@ -100,6 +106,11 @@ class Artifact:
 
     def __init__(self, folder: Path, manifest: dict, functions: dict[str, Function], device: str) -> None:
         self.folder, self.manifest, self.functions, self.device = folder, manifest, functions, device
+
+    @property
+    def metadata(self) -> dict:
+        """What the compiler recorded for using the functions (``{}`` when nothing)."""
+        return self.manifest.get("metadata", {})
 
     def __getattr__(self, name: str) -> Function:
         functions = self.__dict__.get("functions", {})

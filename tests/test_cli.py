@@ -101,3 +101,32 @@ def test_generate_from_a_gguf_file(tmp_path: Path) -> None:
     assert result["prefill_tokens"] >= 1 and 1 <= result["decode_tokens"] + 1 <= 4
     proc = _msd("generate", str(tmp_path / "missing.gguf"), "hi", cwd=tmp_path)
     assert proc.returncode == 1 and "no such GGUF file" in proc.stderr
+
+
+def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path) -> None:
+    """`msd compile model.gguf` saves prefill + decode + tokenizer; `msd generate DIR` runs it torch-free
+    and says the same as compiling on the fly; a tampered tokenizer is refused."""
+    from test_gguf import write_tiny_gguf
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    proc = _msd("compile", str(path), "-o", "llm", "--max-ctx", "32", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["max_ctx"] == 32
+    manifest = json.loads((tmp_path / "llm" / "msd.json").read_text())
+    assert set(manifest["functions"]) == {"prefill", "decode"} and "tokenizer.json" in manifest["files"]
+    assert manifest["metadata"]["generation"]["cache_shape"][3] == 32
+    no_torch = ("import sys; sys.modules['torch'] = None; from msd.compiler.cli import main; "
+                "sys.exit(main(sys.argv[1:]))")
+    run = subprocess.run([sys.executable, "-c", no_torch, "generate", "llm", "hello", "--max-new-tokens", "6",
+                          "--no-chat", "--json"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    saved = json.loads(run.stdout)
+    fresh = json.loads(_msd("generate", str(path), "hello", "--max-new-tokens", "6", "--max-ctx", "32", "--no-chat",
+                            "--json", cwd=tmp_path).stdout)
+    assert saved["text"] == fresh["text"] and saved["decode_tokens"] == fresh["decode_tokens"]
+    with open(tmp_path / "llm" / "tokenizer.json", "a") as f:
+        f.write(" ")
+    proc = _msd("generate", "llm", "hello", cwd=tmp_path)
+    assert proc.returncode == 1 and "tokenizer.json was modified" in proc.stderr
+    proc = _msd("compile", "my_models:build", "-o", "o", "--max-ctx", "8", cwd=tmp_path)
+    assert proc.returncode == 1 and "--max-ctx applies to .gguf models only" in proc.stderr

@@ -1,0 +1,154 @@
+"""Torch-free text generation from a saved GGUF artifact (``msd compile model.gguf -o out/``).
+
+    from msd.runtime.generate import TextGenerator
+    gen = TextGenerator.load("out/")
+    print(gen.generate("What is the capital of France?", 32))
+
+The artifact holds ``prefill`` and ``decode`` (both ``(tokens, start_pos, k_cache, v_cache) →
+(last-token logits, k_cache, v_cache)``), the tokenizer (``tokenizer.json``, checked by sha256 like
+every file) and the generation settings in the manifest's ``metadata["generation"]``: cache shape
+and dtype, ``max_ctx``, stop token ids and the chat template.  Needs numpy, iree-base-runtime and
+``tokenizers``; no torch, no compiler.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .artifact import Artifact, load
+from .module import ArtifactError
+
+TOKENIZER_FILE = "tokenizer.json"
+METADATA_KEY = "generation"
+
+
+@dataclass
+class GenerationStats:
+    """Token counts and wall times of one generation."""
+
+    prefill_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_tokens: int = 0  # decode calls (tokens fed back), not counting the prefill's token
+    decode_s: float = 0.0
+    new_tokens: int = 0
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prefill_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.decode_tokens / self.decode_s if self.decode_s else 0.0
+
+    def format(self) -> str:
+        return (f"prefill {self.prefill_tokens} tok in {self.prefill_s:.3f} s ({self.prefill_tok_s:.1f} tok/s), "
+                f"decode {self.decode_tokens} tok in {self.decode_s:.3f} s ({self.decode_tok_s:.1f} tok/s)")
+
+
+StepFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def greedy(prefill: StepFn, decode: StepFn, ids: list[int], k: np.ndarray, v: np.ndarray, max_new_tokens: int,
+           stop_ids: set[int], on_token: Callable[[int], None] | None = None,
+           stats: GenerationStats | None = None) -> list[int]:
+    """Greedy ids after the prompt ``ids`` (stopping after a stop token, which is included), over numpy
+    step functions and the empty caches ``k``/``v``; timings go into ``stats``."""
+    stats = stats if stats is not None else GenerationStats()
+    out: list[int] = []
+    if max_new_tokens <= 0:
+        return out
+    t0 = time.perf_counter()
+    logits, k, v = prefill(np.asarray([ids], dtype=np.int64), np.zeros(1, dtype=np.int64), k, v)
+    nxt = int(np.argmax(logits[0]))
+    stats.prefill_s, stats.prefill_tokens = time.perf_counter() - t0, len(ids)
+    pos = len(ids)
+    t0 = time.perf_counter()
+    while True:
+        out.append(nxt)
+        if on_token is not None:
+            on_token(nxt)
+        if nxt in stop_ids or len(out) >= max_new_tokens:
+            break
+        logits, k, v = decode(np.asarray([[nxt]], dtype=np.int64), np.asarray([pos], dtype=np.int64), k, v)
+        nxt = int(np.argmax(logits[0]))
+        pos += 1
+        stats.decode_tokens += 1
+    stats.decode_s = time.perf_counter() - t0
+    stats.new_tokens = len(out)
+    return out
+
+
+def stream_text(tokenizer, callback: Callable[[str], None] | None) -> tuple[list[int], Callable[[int], None]]:
+    """An ``on_token`` that decodes the ids so far and hands ``callback`` each new piece of text
+    (holding back incomplete UTF-8 characters); returns the id list it fills and the function."""
+    done: list[int] = []
+    shown = ""
+
+    def on_token(t: int) -> None:
+        nonlocal shown
+        done.append(t)
+        if callback is not None:
+            text = tokenizer.decode(done, skip_special_tokens=True)
+            if not text.endswith("\ufffd") and text.startswith(shown):
+                callback(text[len(shown):])
+                shown = text
+
+    return done, on_token
+
+
+class TextGenerator:
+    """Greedy generation over a loaded GGUF artifact (see the module docstring)."""
+
+    def __init__(self, artifact: Artifact, tokenizer, settings: dict) -> None:
+        self.artifact, self.tokenizer, self.settings = artifact, tokenizer, settings
+        self.max_ctx = int(settings["max_ctx"])
+        self.stop_ids = {int(i) for i in settings["stop_ids"]}
+        self.last_stats = GenerationStats()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> TextGenerator:
+        from tokenizers import Tokenizer
+
+        art = load(path, device)
+        settings = art.metadata.get(METADATA_KEY)
+        if settings is None or TOKENIZER_FILE not in art.manifest.get("files", {}):
+            raise ArtifactError(f"{path} is not a text-generation artifact (compile one with"
+                                " 'msd compile model.gguf -o DIR')")
+        missing = {"prefill", "decode"} - set(art.functions)
+        if missing:
+            raise ArtifactError(f"{path} lacks the function(s) {', '.join(sorted(missing))}")
+        return cls(art, Tokenizer.from_file(str(art.folder / TOKENIZER_FILE)), settings)
+
+    def encode(self, prompt_text: str, chat: bool = True) -> list[int]:
+        text = self.settings["chat_template"].format(user=prompt_text) if chat else prompt_text
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def empty_cache(self) -> tuple[np.ndarray, np.ndarray]:
+        shape, dtype = tuple(self.settings["cache_shape"]), np.dtype(self.settings["cache_dtype"])
+        return np.zeros(shape, dtype), np.zeros(shape, dtype)
+
+    def generate_ids(self, ids: list[int], max_new_tokens: int,
+                     on_token: Callable[[int], None] | None = None) -> list[int]:
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) + max_new_tokens > self.max_ctx:
+            raise ValueError(f"{len(ids)} prompt + {max_new_tokens} new tokens exceed max_ctx={self.max_ctx}")
+        self.last_stats = GenerationStats()
+        k, v = self.empty_cache()
+        return greedy(self.artifact.prefill, self.artifact.decode, ids, k, v, max_new_tokens, self.stop_ids,
+                      on_token, self.last_stats)
+
+    def generate(self, prompt_text: str, max_new_tokens: int, chat: bool = True,
+                 callback: Callable[[str], None] | None = None) -> str:
+        """Greedy reply to ``prompt_text``; ``callback`` receives each new piece of text."""
+        _, on_token = stream_text(self.tokenizer, callback)
+        out = self.generate_ids(self.encode(prompt_text, chat), max_new_tokens, on_token)
+        return self.tokenizer.decode(out, skip_special_tokens=True)
+
+
+__all__ = ["GenerationStats", "TextGenerator", "greedy", "stream_text"]
