@@ -59,6 +59,8 @@ def cases() -> list[tuple[str, str, Callable[[], nn.Module], bool, int]]:
         ("msd.quantize", "int4 group 128, asym., pairs", lambda: q(_mlp(), weights="int4"), True, 256),
         ("msd.quantize", "int4 group 64, asym., halves (GGUF order)",
          lambda: q(_mlp(), weights="int4", group_size=64, packing="halves"), True, 256),
+        ("msd.quantize", "MXFP4 (E2M1 pairs + E8M0 per 32, OCP layout)", lambda: q(_mlp(), weights="mxfp4"),
+         True, 256),
     ]
     for name, fmt in (("int8_weight_only", "int8 per channel"), ("int8_weight_only_group32", "int8 group 32"),
                       ("int4_weight_only_group32", "int4 (Intx) group 32")):

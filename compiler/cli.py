@@ -149,9 +149,36 @@ def cmd_inspect(args: argparse.Namespace) -> dict:
             print(f"  {fn.signature}")
         for name, f in m["files"].items():
             print(f"  {name}: {f['bytes']} bytes, sha256 {f['sha256'][:16]}…")
-        for d in m["decisions"]:
-            print(f"  {'rewritten' if d['rewritten'] else 'skipped'}: {d['op']} at {d['location']}: {d['reason']}")
+        decide = m.get("decide") or {}
+        if any(d.get("hardware") for d in m["decisions"]):
+            bits = f", min_bits={decide['min_bits']}" if decide.get("min_bits") else ""
+            print(f"  decisions by the cost model for {decide.get('hardware')}{bits} (predicted times):")
+            for line in _decision_table(m["decisions"]):
+                print(f"    {line}")
+        for i, d in enumerate(m["decisions"], 1):
+            verdict = "rewritten" if d["rewritten"] else "skipped"
+            print(f"  [{i}] {verdict}: {d['op']} at {d['location']}: {d['reason']}")
     return m
+
+
+def _fmt_s(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s * 1e6:.3g} us" if s < 1e-3 else f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
+
+
+def _decision_table(decisions: list[dict]) -> list[str]:
+    """One row per matmul: shape, format, decision, slices, predicted baseline and MSD times."""
+    head = ["#", "op", "shape", "format", "decision", "slices", "baseline", "MSD", "MSD speedup"]
+    rows = []
+    for i, d in enumerate(decisions, 1):
+        base, msd_s = d.get("baseline_s"), d.get("msd_s")
+        speedup = f"{base / msd_s:.2f}x" if base and msd_s else "-"
+        rows.append([str(i), d["op"], d.get("shape") or "-", d.get("format") or "-",
+                     "rewrite" if d["rewritten"] else "keep baseline", str(d.get("slices") or "-"),
+                     _fmt_s(base), _fmt_s(msd_s), speedup])
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [head, *rows]]
 
 
 def _shape_for(spec, override: str | None) -> tuple[int, ...]:

@@ -30,7 +30,9 @@ from msd.passes.decompose_activations import SUPPORTED_SLICES
 from msd.runtime.artifact import MODULE_FILE, PARAMETERS_FILE, write_manifest
 from msd.runtime.module import Module, TensorSpec
 
+from .cost import slices_for_bits
 from .frontends import normalize
+from .hardware import profile_for
 from .importer import export, import_programs, input_specs, output_specs
 from .iree_session import CompileError, IreeSession
 from .targets import BACKENDS, Target
@@ -54,6 +56,12 @@ def compile(  # noqa: A001 - the public name is msd.compile
     emit: str | None = None,
     dynamic_shapes=None,
     act_scale: str = "group",
+    act_format: str = "int8",
+    mx_scale: str = "ocp",
+    mx_lowering: str = "auto",
+    decide: str = "always",
+    min_bits: int | None = None,
+    hardware: str | None = None,
     extra_flags: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
 ) -> CompiledModule | str | bytes:
@@ -65,11 +73,24 @@ def compile(  # noqa: A001 - the public name is msd.compile
     ``slices``: 1, 2 or 3 int8 activation slices; 0 compiles IREE's own lowering of the same
     model (the baseline).  ``emit``: stop after a stage (see module docstring).
     ``act_scale``: for group-wise weights, one activation scale per row ("row") or per (row,
-    group) ("group", default).  ``dynamic_shapes``: as for ``torch.export.export``.
+    group) ("group", default).  ``act_format``: "int8" slices (default) or "mxfp4" slices per
+    32-block of K (MX weights), with the ``mx_scale`` block exponent rule ("ocp" or "noclip");
+    ``mx_lowering``: "int8" (exact emulation with int8 products), "scaled" (block-scaled FP4
+    matmul, for FP4 matrix units) or "auto" (default: "scaled" for rocm:gfx950, else "int8").
+    ``dynamic_shapes``: as for ``torch.export.export``.
     ``progress``: called with the name of each stage as it starts (the CLI shows it).
+
+    ``decide``: "always" (default) rewrites every matmul the pass can handle; "cost" lets the cost
+    model of ``hardware`` (a profile of ``msd.targets``; default: the one for ``target``) keep IREE's
+    own lowering for a matmul where MSD is not predicted faster (see docs/targets.md).
+    ``min_bits``: the accuracy request in effective bits instead of ``slices``: the fewest slices
+    that reach it (8 → 1, 16 → 2, 24 → 3).
     """
     return compile_functions({"main": (model, example_inputs, dynamic_shapes)}, target=target, slices=slices,
-                             emit=emit, act_scale=act_scale, extra_flags=extra_flags, progress=progress)
+                             emit=emit, act_scale=act_scale, act_format=act_format, mx_scale=mx_scale,
+                             mx_lowering=mx_lowering,
+                             decide=decide, min_bits=min_bits, hardware=hardware,
+                             extra_flags=extra_flags, progress=progress)
 
 
 def compile_functions(
@@ -79,6 +100,12 @@ def compile_functions(
     slices: int = 2,
     emit: str | None = None,
     act_scale: str = "group",
+    act_format: str = "int8",
+    mx_scale: str = "ocp",
+    mx_lowering: str = "auto",
+    decide: str = "always",
+    min_bits: int | None = None,
+    hardware: str | None = None,
     extra_flags: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
 ) -> CompiledModule | str | bytes:
@@ -89,6 +116,9 @@ def compile_functions(
     tgt = resolve_target(target)
     if slices != 0 and slices not in SUPPORTED_SLICES:
         raise ValueError(f"slices={slices!r} is not supported (0 for the IREE baseline, or 1, 2, 3)")
+    cost_target = _cost_target(target, slices, decide, min_bits, hardware)
+    if min_bits:
+        slices = slices_for_bits(min_bits)
     if emit is not None and emit not in STAGES:
         raise ValueError(f"emit={emit!r} is not a stage (choose one of {', '.join(STAGES)})")
     if not functions or not all(isinstance(n, str) and n.isidentifier() for n in functions):
@@ -121,7 +151,9 @@ def compile_functions(
     if slices:
         step("msd passes")
         with session.context, ir.Location.unknown():
-            report = run_pass(module, DECOMPOSE, slices=slices, act_scale=act_scale)
+            report = run_pass(module, DECOMPOSE, slices=slices, act_scale=act_scale, act_format=act_format,
+                              mx_scale=mx_scale, target=cost_target, min_bits=min_bits or 0,
+                              mx_lowering=_mx_lowering(mx_lowering, tgt))
             passmanager.PassManager.parse(POST_MSD_PIPELINE).run(module)
     if emit == "msd":
         return _asm(module)
@@ -135,9 +167,42 @@ def compile_functions(
     params.write_archive(workdir / PARAMETERS_FILE)
     (workdir / MODULE_FILE).write_bytes(vmfb)
     signatures = {name: (input_specs(p), output_specs(p)) for name, p in programs.items()}
-    compiled = CompiledModule(workdir, tgt, signatures, report, slices)
+    chosen = {"policy": decide, "hardware": profile_for(cost_target).name if cost_target else None,
+              "min_bits": min_bits}
+    compiled = CompiledModule(workdir, tgt, signatures, report, slices, decide=chosen)
     weakref.finalize(compiled, shutil.rmtree, workdir, True)
     return compiled
+
+
+DECIDE = ("always", "cost")
+
+
+def _cost_target(target: str, slices: int, decide: str, min_bits: int | None, hardware: str | None) -> str:
+    """Check the decision options; return the profile/target the pass costs with ("" for always)."""
+    if decide not in DECIDE:
+        raise ValueError(f"decide={decide!r} is not supported (choose {' or '.join(DECIDE)})")
+    if min_bits is not None:
+        if slices == 0:
+            raise ValueError("min_bits asks for MSD slices, but slices=0 compiles IREE's own lowering")
+        slices_for_bits(min_bits)  # raises for more bits than 3 slices give
+    if decide == "always":
+        if hardware is not None:
+            raise ValueError("hardware= names the cost model's profile: it needs decide='cost'")
+        return ""
+    if slices == 0:
+        raise ValueError("decide='cost' picks MSD or IREE's lowering per matmul; slices=0 asks for the latter only")
+    spec = hardware or target
+    profile_for(spec)  # raises ValueError naming the profiles
+    return spec
+
+
+FP4_MATRIX_TARGETS = ("rocm:gfx950",)  # targets whose matrix units take block-scaled FP4
+
+
+def _mx_lowering(choice: str, tgt: Target) -> str:
+    if choice == "auto":
+        return "scaled" if f"{tgt.backend}:{tgt.arch}" in FP4_MATRIX_TARGETS else "int8"
+    return choice
 
 
 def _asm(module: ir.Operation) -> str:
@@ -149,12 +214,13 @@ class CompiledModule:
     several functions); ``save`` writes the artifact to a folder."""
 
     def __init__(self, workdir: Path, target: Target, signatures: dict[str, tuple[list[TensorSpec], list[TensorSpec]]],
-                 report: Report, slices: int) -> None:
+                 report: Report, slices: int, decide: dict | None = None) -> None:
         self.workdir = workdir
         self.target = target
         self.signatures = signatures
         self.report = report
         self.slices = slices
+        self.decide = decide or {"policy": "always", "hardware": None, "min_bits": None}
         self._module: Module | None = None
         self._bound: dict[str, Module] = {}
 
@@ -242,8 +308,8 @@ class CompiledModule:
             target={"name": t.name, "backend": t.backend, "arch": t.arch, "driver": t.driver},
             slices=self.slices,
             functions={name: {"inputs": ins, "outputs": outs} for name, (ins, outs) in self.signatures.items()},
-            decisions=[{"op": d.op, "location": d.location, "rewritten": d.rewritten, "reason": d.reason}
-                       for d in self.report.decisions],
+            decisions=[d.to_json() for d in self.report.decisions],
+            decide=self.decide,
             msd_version=msd.__version__,
             extra_files=tuple(extra_files or ()),
             metadata=metadata,

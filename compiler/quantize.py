@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-WEIGHT_FORMATS = ("int8", "int4")
+WEIGHT_FORMATS = ("int8", "int4", "mxfp4")
 PACKINGS = ("pairs", "halves")  # int4 nibble orders: torchao-style adjacent pairs, GGUF-style block halves
 INT4_DEFAULT_GROUP = 128
 
@@ -126,6 +127,67 @@ class GroupQuantizedLinear(nn.Module):
                 f" group={self.group_size}")
 
 
+class MXFP4Linear(nn.Module):
+    """``nn.Linear`` with OCP MXFP4 weights, stored as checkpoints store them.
+
+    Buffers: ``blocks`` (uint8 ``[N, K/2]``, two E2M1 codes per byte, element ``2i`` in the low
+    nibble) and ``scales`` (uint8 ``[N, K/32]``, E8M0: ``2**(s − 127)``).  ``forward`` decodes in
+    plain torch — twice each E2M1 value as an int8 in [−12, 12] (exact), times ``2**(s − 128)`` —
+    then runs ``F.linear``: the reference semantics.  ``scale_rule`` records how the block scales
+    were chosen (``compiler/mx.py``: "ocp" = ``floor(log2(amax)) − 2``, "noclip" = no element clips).
+    """
+
+    def __init__(self, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 scale_rule: str = "ocp") -> None:
+        super().__init__()
+        n, half = blocks.shape
+        if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8:
+            raise ValueError(f"blocks and scales must be uint8, got {blocks.dtype} and {scales.dtype}")
+        if (2 * half) % 32 or scales.shape != (n, 2 * half // 32):
+            raise ValueError(f"scales must have shape ({n}, {2 * half // 32}) for blocks {tuple(blocks.shape)}"
+                             " (K a multiple of 32)")
+        self.in_features, self.out_features, self.scale_rule = 2 * half, n, scale_rule
+        self.register_buffer("blocks", blocks)
+        self.register_buffer("scales", scales)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scale_rule: str = "ocp") -> MXFP4Linear:
+        from . import mx
+
+        w = linear.weight.detach().to(torch.float64).numpy()
+        if w.shape[1] % mx.BLOCK:
+            raise ValueError(f"in_features={w.shape[1]} is not a multiple of the MX block ({mx.BLOCK})")
+        if not np.isfinite(w).all():
+            raise ValueError("the weight has NaN/Inf values: MXFP4 cannot encode them")
+        codes, exps = mx.quantize_mxfp4(w, scale_rule)
+        bias = None if linear.bias is None else linear.bias.detach()
+        return cls(torch.from_numpy(mx.pack_fp4(codes)), torch.from_numpy(mx.exps_to_e8m0(exps)), bias, scale_rule)
+
+    def twice_values(self) -> torch.Tensor:
+        """``2 · E2M1(code)`` as int8 ``[N, K]`` (integers in [−12, 12]), decoded arithmetically
+        (sign bit 3, exponent bits 1-2, mantissa bit 0; no lookup table, no shifts by tensors)."""
+        n, half = self.blocks.shape
+        i = unpack_int4(self.blocks, "pairs").to(torch.int32)  # int32: torch-mlir miscompiles some u8 math
+        mag = i & 7
+        e, m = mag >> 1, mag & 1
+        dbl = torch.where(e == 0, m, (m + 2) * torch.where(e == 3, 4, torch.where(e == 2, 2, 1)))
+        return torch.where(i >= 8, -dbl, dbl).to(torch.int8)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        n, k = self.out_features, self.in_features
+        half_scale = torch.exp2(self.scales.to(torch.float32) - 128.0)  # 2**(s-127) / 2: codes are doubled
+        return (self.twice_values().to(torch.float32).view(n, k // 32, 32) * half_scale.unsqueeze(-1)).view(n, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized_weight().to(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, weights=mxfp4"
+                f" ({self.scale_rule} scales)")
+
+
 def pack_int4(q: torch.Tensor, packing: str) -> torch.Tensor:
     """Pack 4-bit codes ``[N, K]`` (uint8 in [0, 15]) two per byte → ``[N, K/2]``."""
     n, k = q.shape
@@ -156,18 +218,28 @@ def unpack_int4(packed: torch.Tensor, packing: str) -> torch.Tensor:
 
 
 def quantize(model: nn.Module, weights: str = "int8", *, group_size: int | None = None,
-             packing: str = "pairs") -> nn.Module:
+             packing: str = "pairs", scale_rule: str = "ocp") -> nn.Module:
     """Return a copy of ``model`` with every ``nn.Linear`` replaced by a quantized layer.
 
     - ``weights="int8"``: symmetric int8, one f32 scale per output channel, or per
       (channel, group of ``group_size`` along K) when ``group_size`` is given;
     - ``weights="int4"``: asymmetric 4-bit codes with a scale and integer zero point per group
-      (``group_size`` default 128), packed two per byte (``packing="pairs"`` or ``"halves"``).
+      (``group_size`` default 128), packed two per byte (``packing="pairs"`` or ``"halves"``);
+    - ``weights="mxfp4"``: OCP MXFP4 (E2M1 codes two per byte, an E8M0 scale per 32 along K),
+      block scales by ``scale_rule`` ("ocp": ``floor(log2(amax)) − 2``, or "noclip").
     """
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weights={weights!r} is not supported (choose one of {', '.join(WEIGHT_FORMATS)})")
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize expects a torch.nn.Module, got {type(model).__name__}")
+    if weights == "mxfp4":
+        from .mx import RULES
+
+        if group_size not in (None, 32):
+            raise ValueError(f"MXFP4 blocks are 32 elements along K; group_size={group_size} is not possible")
+        if scale_rule not in RULES:
+            raise ValueError(f"scale_rule={scale_rule!r} is not supported (choose one of {', '.join(RULES)})")
+        return _quantized_copy(model, lambda lin: MXFP4Linear.from_linear(lin, scale_rule))
     if weights == "int4" and group_size is None:
         group_size = INT4_DEFAULT_GROUP
     if group_size is not None and (not isinstance(group_size, int) or group_size <= 0):
@@ -179,6 +251,12 @@ def quantize(model: nn.Module, weights: str = "int8", *, group_size: int | None 
         return GroupQuantizedLinear.from_linear(linear, bits=8 if weights == "int8" else 4,
                                                 group_size=group_size, packing=packing)
 
+    return _quantized_copy(model, convert)
+
+
+def _quantized_copy(model: nn.Module, convert) -> nn.Module:
+    if isinstance(model, nn.Linear):  # the model is a single layer
+        return convert(model)
     qmodel = copy.deepcopy(model)
     if _replace_linears(qmodel, convert) == 0:
         raise ValueError("the model has no nn.Linear layer to quantize")

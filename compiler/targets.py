@@ -5,6 +5,7 @@
     cuda                NVIDIA, default sm_80 (``cuda:sm_89``, ``cuda:sm_90`` via an explicit target attribute)
     rocm                AMD, default gfx942 (``rocm:gfx950``)
     vulkan-spirv        Vulkan/SPIR-V (``vulkan-spirv:rdna3`` names a Vulkan target)
+    npu                 an NPU HAL backend, when the installed compiler registers one (see ``_npu``)
 
 Facts behind the choices (IREE 3.13, ``../shared/docs/iree-notes.md`` §4): int8 matmuls reach the
 CPU ukernels only with data tiling; IREE 3.13's CUDA target table has no sm_90/sm_100 entry (sm_90 is
@@ -14,6 +15,7 @@ written into the module as a ``hal.device.targets`` attribute; sm_80 PTX also JI
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -46,8 +48,40 @@ _NV_TARGET = (
     'max_workgroup_memory_bytes = 101376, max_workgroup_counts = [2147483647, 65535, 65535]>>}}>]> : !hal.device'
 )
 ROCM_ARCHS = ("gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1201")
-DEFAULT_ARCH = {"llvm-cpu": "host", "cuda": "sm_80", "rocm": "gfx942", "vulkan-spirv": ""}
+DEFAULT_ARCH = {"llvm-cpu": "host", "cuda": "sm_80", "rocm": "gfx942", "vulkan-spirv": "", "npu": ""}
 BACKENDS = tuple(DEFAULT_ARCH)
+# NPU HAL target backends msd can drive: registered name -> (flags, runtime driver).  nod-ai/iree-amd-aie
+# (AMD XDNA) registers "amd-aie" with the "xrt" driver; untested here: no compiler with it is installed.
+NPU_BACKENDS = {"amd-aie": (("--iree-hal-target-backends=amd-aie",), "xrt")}
+
+
+@functools.cache
+def registered_backends() -> tuple[str, ...]:
+    """HAL target backends the installed compiler registers (``iree-compile --iree-hal-list-target-backends``)."""
+    from iree.compiler.tools import query_available_targets
+
+    return tuple(query_available_targets())
+
+
+def _npu(spec: str, arch: str) -> Target:
+    """The NPU target when the compiler has an NPU backend; otherwise a ValueError saying what is missing."""
+    registered = registered_backends()
+    for name, (flags, driver) in NPU_BACKENDS.items():
+        if name in registered and arch in ("", name):
+            return Target(spec, "npu", name, flags, driver)
+    try:
+        from importlib.metadata import version
+
+        compiler = f"iree-base-compiler {version('iree-base-compiler')}"
+    except Exception:  # only for the message
+        compiler = "iree-compile"
+    raise ValueError(
+        f"target {spec!r}: the installed {compiler} registers no NPU HAL target backend (registered: "
+        f"{', '.join(registered)}). Compiling for an NPU needs a compiler built with one (msd drives: "
+        f"{', '.join(NPU_BACKENDS)}); msd does not fall back to another target. The NPU cost model needs no "
+        "backend: msd.compile(..., decide='cost', hardware='npu-910b') or msd-opt "
+        "--msd-decompose-activations='target=npu'."
+    )
 
 
 def resolve(spec: str) -> Target:
@@ -58,6 +92,8 @@ def resolve(spec: str) -> Target:
     if backend not in BACKENDS:
         raise ValueError(f"target {spec!r} is not supported (supported: {', '.join(BACKENDS)}, optionally ':arch')")
     arch = arch or DEFAULT_ARCH[backend]
+    if backend == "npu":
+        return _npu(spec, arch)
     if backend == "llvm-cpu":
         cpu = (f"--iree-llvmcpu-target-cpu={arch}",)
         if arch == "aarch64":  # cross-compile for Arm with the int8 dot-product / matmul extensions

@@ -30,7 +30,9 @@ PASSES: dict[str, PassInfo] = {
     decompose_activations.NAME: PassInfo(
         decompose_activations.NAME,
         "rewrite dequantize-then-matmul into decomposed-activation int8 matmuls",
-        {"slices": (int, 2), "act-scale": (str, "group")},
+        {"slices": (int, 2), "act-scale": (str, "group"), "act-format": (str, "int8"), "mx-scale": (str, "ocp"),
+         "mx-lowering": (str, "int8"),
+         "target": (str, ""), "min-bits": (int, 0), "dynamic-m": (int, 0)},
         decompose_activations.run,
     ),
 }

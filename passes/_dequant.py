@@ -200,6 +200,7 @@ class WeightTrace:
     k_dim: int
     q_leaves: list[Leaf] = field(default_factory=list)
     leaves: list[Leaf] = field(default_factory=list)
+    k_leaves: list[Leaf] = field(default_factory=list)  # float tensors varying along K (checked by the plan)
     found_integer: bool = False  # an integer tensor varying along K was reached
     q_shift: int = 0  # the weight is read unsigned; the matmul uses q - q_shift
     notes: list[str] = field(default_factory=list)
@@ -215,10 +216,30 @@ class WeightTrace:
         name = owner.name if owner is not None else None
         if name == "linalg.generic":
             if not isinstance(_ir.elem_type(value), ir.IntegerType):
-                return self._generic(owner, value, amap)
+                if self.k_reach(amap) == "full":
+                    # Varying along K: evaluated, unless no integer is involved — then it is a float
+                    # tensor (a per-K scale computed by anything, e.g. a KV-cache update) and the
+                    # plan decides whether it can be folded into the activation.
+                    before = (len(self.q_leaves), self.found_integer)
+                    saved = (len(self.leaves), len(self.k_leaves))
+                    try:
+                        traced = self._generic(owner, value, amap)
+                    except NotHandled:
+                        if (len(self.q_leaves), self.found_integer) != before:
+                            raise
+                        traced = None
+                    if traced is not None and (len(self.q_leaves), self.found_integer) != before:
+                        return traced
+                    del self.leaves[saved[0]:], self.k_leaves[saved[1]:]
+                    return self._leaf(value, amap)
+                # A float tensor constant along K (a per-channel or per-group scale) may be computed
+                # by anything (e.g. ``2**(e - 127)`` from E8M0 bytes): if its body is beyond the
+                # evaluation, the tensor itself is the leaf, read by the epilogue as it is.
+                traced = self._try_generic(owner, value, amap)
+                return traced if traced is not None else self._leaf(value, amap)
             # Integer producers (e.g. an int4 unpack) the evaluation does not model are fine as
             # long as their result is an integer tensor: it becomes the leaf instead.
-            traced = self._try_integer_generic(owner, value, amap)
+            traced = self._try_generic(owner, value, amap)
             if traced is not None:
                 return traced
         if name == "linalg.transpose":
@@ -243,20 +264,21 @@ class WeightTrace:
             if inner is not None and (traceable or plain):
                 source_value = owner.operands[0]
                 if source.name == "linalg.generic" and isinstance(_ir.elem_type(source_value), ir.IntegerType):
-                    traced = self._try_integer_generic(source, source_value, inner)
+                    traced = self._try_generic(source, source_value, inner)
                     return traced if traced is not None else self._leaf(value, amap)
                 return self.tensor(source_value, inner)
         return self._leaf(value, amap)
 
-    def _try_integer_generic(self, op: ir.Operation, value: ir.Value, amap: ir.AffineMap):
-        """Evaluate an integer-producing generic, or None (and no trace of the attempt) if its
-        body is beyond the evaluation — the caller then takes a tensor as the leaf."""
-        saved = (len(self.q_leaves), len(self.leaves), self.found_integer)
+    def _try_generic(self, op: ir.Operation, value: ir.Value, amap: ir.AffineMap):
+        """Evaluate a generic (integer-producing, or a float one constant along K), or None (and
+        no trace of the attempt) if its body is beyond the evaluation — the caller then takes the
+        tensor as the leaf."""
+        saved = (len(self.q_leaves), len(self.leaves), len(self.k_leaves), self.found_integer)
         try:
             return self._generic(op, value, amap)
         except NotHandled:
-            del self.q_leaves[saved[0]:], self.leaves[saved[1]:]
-            self.found_integer = saved[2]
+            del self.q_leaves[saved[0]:], self.leaves[saved[1]:], self.k_leaves[saved[2]:]
+            self.found_integer = saved[3]
             return None
 
     def _clean(self, amap: ir.AffineMap) -> ir.AffineMap | None:
@@ -340,18 +362,17 @@ class WeightTrace:
                 raise NotHandled(
                     f"integer weight of type i{et.width}: only 8-bit weights fit the int8 matmul"
                 )
-            if any(_ir.k_usage(e, self.k_dim) in (None, ("const", 0)) for e in amap.results):
+            t = _ir.tensor_type(value)
+            if any(u is None or (u == ("const", 0) and t.get_dim_size(i) != 1)
+                   for i, u in enumerate(_ir.k_usage(e, self.k_dim) for e in amap.results)):
                 raise NotHandled("integer weight read through a non-trivial indexing map")
             self.q_leaves.append(leaf)
             return IntAffine(1, (), 8, raw=True, q_urange=_unsigned_range(value))
         if not _ir.is_float(et):
             raise NotHandled(f"weight chain reads a tensor of unsupported element type {et}")
-        if uses_k:
-            origin = _ir.producer(value).name if _ir.producer(value) is not None else "argument"
-            raise NotHandled(
-                f"float tensor varying along the reduction dim ({origin} {value.type}) in the"
-                " weight chain: a float weight or a scale varying along K"
-            )
+        if uses_k:  # a per-K scale can be folded into the activation; the plan checks it is one
+            self.k_leaves.append(leaf)
+            return FloatAffine(None, leaf)
         self.leaves.append(leaf)
         return FloatAffine(None, leaf)
 

@@ -21,6 +21,7 @@ tracked.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,8 +29,11 @@ from iree.compiler import ir, rewrite
 from iree.compiler.dialects import arith, linalg
 from iree.compiler.dialects import math as math_d
 
-from . import _ir
-from ._dequant import Const, Expr, FloatAffine, IntAffine, Leaf, NotHandled, Scalar, WeightTrace
+from msd.compiler.cost import DYNAMIC_M, Choice, Matmul, Policy, slices_for_bits
+from msd.compiler.hardware import profile_for
+
+from . import _ir, _mx, _scaled
+from ._dequant import Const, Expr, FloatAffine, IntAffine, Leaf, Node, NotHandled, Scalar, WeightTrace
 from ._fusion import fold_elementwise_consumers
 from .report import Decision, Report
 
@@ -128,6 +132,7 @@ class Plan:
     group: int | None = None  # K is split into groups of this size (group-wise scales, or overflow)
     k_size: int | None = None
     q_shift: int = 0  # q is read unsigned: the matmul uses q - q_shift (exact, fits int8)
+    k_scale: list[Leaf] | None = None  # per-K scale factors folded into the activation first
 
 
 def plan(c: Contraction) -> Plan:
@@ -209,6 +214,7 @@ def _plan_traced(c: Contraction, k: int, x: ir.Value, x_map: ir.AffineMap, trace
     if len(b_dims) > 1:
         raise NotHandled(f"{len(b_dims)} batch dims shared by weight and activation (at most one)")
     allowed = {*b_dims, *n_dims}
+    scale, k_scale = _split_k_scale(form, trace, k, {*b_dims, k}, n_dims[0])
     for leaf in trace.leaves:
         reach = trace.k_reach(leaf.map)
         if reach == "full":
@@ -228,9 +234,89 @@ def _plan_traced(c: Contraction, k: int, x: ir.Value, x_map: ir.AffineMap, trace
     if group is not None and b_dims:
         raise NotHandled("group-wise or K-split weights together with a batch dim are not supported")
     return Plan(
-        c, x, x_map, q_leaf.value, q_leaf.map, form.scale, form.offset, trace.leaves, k,
-        m_dims, n_dims[0], b_dims, trace.notes, group, k_size, trace.q_shift,
+        c, x, x_map, q_leaf.value, q_leaf.map, scale, form.offset, trace.leaves, k,
+        m_dims, n_dims[0], b_dims, trace.notes + (["per-K scale folded into the activation"] if k_scale else []),
+        group, k_size, trace.q_shift, k_scale,
     )
+
+
+def _factors(e: Expr) -> list[Expr]:
+    if isinstance(e, Node) and e.kind == "mul":
+        return [f for a in e.args for f in _factors(a)]
+    return [e]
+
+
+def _mentions(e: Expr, leaves: list[Leaf]) -> bool:
+    if isinstance(e, Leaf):
+        return any(e is leaf for leaf in leaves)
+    if isinstance(e, Node):
+        return any(_mentions(a, leaves) for a in e.args if isinstance(a, (Leaf, Node)))
+    return False
+
+
+def _split_k_scale(form: FloatAffine, trace: WeightTrace, k: int, x_side: set[int],
+                   n_dim: int) -> tuple[Expr, list[Leaf] | None]:
+    """``scale = s_k · rest`` where ``s_k`` varies along K only (e.g. a per-token V scale in
+    ``P·V``): since ``Σ_k x[k]·s_k[k]·q[k, n] = Σ_k (x[k]·s_k[k])·q[k, n]``, ``s_k`` is folded into
+    the activation and ``rest`` stays in the epilogue.  Anything else varying along K is refused."""
+    if not trace.k_leaves:
+        return form.scale, None
+    for leaf in trace.k_leaves:
+        if _ir.used_dims(leaf.map) - x_side or n_dim in _ir.used_dims(leaf.map):
+            origin = _ir.producer(leaf.value).name if _ir.producer(leaf.value) is not None else "argument"
+            raise NotHandled(f"float tensor varying along the reduction dim and the output channels ({origin}"
+                             f" {leaf.value.type}) in the weight chain: a float weight")
+    if form.offset is not None and _mentions(form.offset, trace.k_leaves):
+        raise NotHandled("a zero point or offset varies along the reduction dim")
+    factors = _factors(form.scale)
+    k_part = [f for f in factors if isinstance(f, Leaf) and any(f is leaf for leaf in trace.k_leaves)]
+    rest = [f for f in factors if not any(f is g for g in k_part)]
+    if any(_mentions(f, trace.k_leaves) for f in rest) or len(k_part) != len(trace.k_leaves):
+        raise NotHandled("a scale varying along the reduction dim enters the weight other than as a factor")
+    out: Expr = rest[0] if rest else Const(1.0)
+    for f in rest[1:]:
+        out = Node("mul", (out, f))
+    return out, k_part
+
+
+def _drop_unit_dims(value: ir.Value, amap: ir.AffineMap) -> tuple[ir.Value, ir.AffineMap]:
+    """Collapse the size-1 dims of ``value`` that ``amap`` reads at constant 0 (a weight sliced
+    out of a bigger tensor, e.g. one layer and batch of a KV cache) into a neighbour."""
+    t = _ir.tensor_type(value)
+    unit = [i for i, e in enumerate(amap.results)
+            if isinstance(e, ir.AffineConstantExpr) and e.value == 0 and t.get_dim_size(i) == 1]
+    if not unit or len(unit) == t.rank:
+        return value, amap
+    kept = [i for i in range(t.rank) if i not in unit]
+    groups: list[list[int]] = [[i] for i in kept]
+    for u in unit:  # join the next kept dim, or the last one
+        nxt = next((g for g in groups if g[0] > u), groups[-1])
+        nxt.append(u)
+        nxt.sort()
+    groups.sort()
+    return _ir.collapse(value, groups), ir.AffineMap.get(amap.n_dims, 0, [amap.results[i] for i in kept])
+
+
+def _fold_k_scale(p: Plan) -> None:
+    """Replace ``p.x`` by ``x · s_k`` (elementwise, in x's own layout)."""
+    if not p.k_scale:
+        return
+    x_dims = _ir.dim_positions(p.x_map)
+    rank = len(x_dims)
+    pos = {d: i for i, d in enumerate(x_dims)}
+    maps = [ir.AffineMap.get_identity(rank), *[_ir.reindex(leaf.map, pos, rank) for leaf in p.k_scale]]
+    xt = _ir.tensor_type(p.x)
+
+    def body(xv, *args):
+        v = _ir.to_f32(xv)
+        for s in args[:-1]:
+            v = arith.MulFOp(v, _ir.to_f32(s)).result
+        return [_ir.from_f32(v, xt.element_type)]
+
+    sizes = [_ir.size_of(p.x, i) for i in range(rank)]
+    p.x = _ir.generic([p.x, *[leaf.value for leaf in p.k_scale]], [_ir.empty(sizes, xt.element_type)],
+                      [*maps, ir.AffineMap.get_identity(rank)], ["parallel"] * rank, body)[0]
+    p.k_scale = None
 
 
 # |q_x| ≤ 127 and |q_w| ≤ 128: this many products always fit an int32 accumulator.
@@ -301,9 +387,20 @@ def _batch_first(q: ir.Value, q_map: ir.AffineMap, batch: int) -> tuple[ir.Value
     return qt, ir.AffineMap.get(q_map.n_dims, 0, [q_map.results[i] for i in perm])
 
 
-def rewrite_contraction(p: Plan, slices: int, act_scale: str = "group") -> ir.Value:
-    """Emit the MSD form of ``p.c`` at the current insertion point; return the new result."""
+def rewrite_contraction(p: Plan, slices: int, act_scale: str = "group", act_format: str = "int8",
+                        mx_rule: str = "ocp") -> ir.Value:
+    """Emit the MSD form of ``p.c`` at the current insertion point; return the new result.
+
+    ``act_format="mxfp4"``: the slices are MXFP4 (per row and 32-block of K, an E8M0 scale of its
+    own per slice, doubled E2M1 codes as int8) instead of int8 with scale ``s1/254**i``; ``p.group``
+    must be 32 (the MX block), ``mx_rule`` picks the block-exponent rule (``_mx.block_exponent``).
+    """
     c, k = p.c, p.k
+    mx = act_format == "mxfp4"
+    _fold_k_scale(p)
+    p.q, p.q_map = _drop_unit_dims(p.q, p.q_map)
+    if mx:
+        act_scale = "group"
     f32, i8, i32 = _ir.f32(), ir.IntegerType.get_signless(8), ir.IntegerType.get_signless(32)
     leaves = list(p.leaves)
     p_q = p.q
@@ -361,6 +458,22 @@ def rewrite_contraction(p: Plan, slices: int, act_scale: str = "group") -> ir.Va
         amax = row_reduction(amax_rows, amax_body, 1)[0]
         if p.offset is not None:
             sums = row_reduction(rows, lambda v, o: [arith.AddFOp(_ir.to_f32(v), o).result], 1)[0]
+    amaxes = [amax]  # MX: one block maximum per slice, each of the residual the slices before leave
+    if mx:
+        reduced = [d for d in range(n_all) if d in x_dims and d not in rows]
+        r_pos = {d: i for i, d in enumerate([*rows, *reduced])}
+        row_map = _ir.dims_map(len(r_pos), list(range(len(rows))))
+        for _ in range(1, slices):
+            def residual_amax(v, *args):
+                exps = [_mx.block_exponent(a, mx_rule) for a in args[:-1]]
+                r = _mx.residual(_ir.to_f32(v), exps)
+                return [arith.MaximumFOp(math_d.AbsFOp(r).result, args[-1]).result]
+
+            amaxes.append(_ir.generic(
+                [x, *amaxes], [_ir.filled([size(d) for d in rows], _ir.f32_const(0.0))],
+                [_ir.reindex(x_map, r_pos, len(r_pos)), *[row_map] * len(amaxes), row_map],
+                ["parallel"] * len(rows) + ["reduction"] * len(reduced), residual_amax,
+            )[0])
 
     # 2. the slices, stacked: [batch, p, M..., K] int8.
     s_pos = {d: i for i, d in enumerate(bt)}
@@ -369,14 +482,17 @@ def rewrite_contraction(p: Plan, slices: int, act_scale: str = "group") -> ir.Va
     n_s = nb + nm + 2
     amax_in_s = _ir.dims_map(n_s, [s_pos[d] for d in amax_rows])
 
-    def slice_body(xv, am, _out):
+    def slice_body(xv, *args):
         pi = linalg.IndexOp(ir.IntegerAttr.get(ir.IntegerType.get_signless(64), nb)).result if slices > 1 else None
+        am = args[0]
         t = arith.DivFOp(_ir.to_f32(xv), _row_scale(am)).result
         finite = arith.CmpFOp(
             arith.CmpFPredicate.OLT, math_d.AbsFOp(t).result, _ir.f32_const(float("inf"))
         ).result
         digits = []
-        for i in range(slices):
+        if mx:
+            digits = _mx.slice_chain(_ir.to_f32(xv), [_mx.block_exponent(a, mx_rule) for a in args[:-1]])
+        for i in range(0 if mx else slices):
             d = math_d.RoundEvenOp(t).result
             d = arith.MinimumFOp(arith.MaximumFOp(d, _ir.f32_const(-QMAX)).result, _ir.f32_const(QMAX)).result
             digits.append(d)
@@ -390,8 +506,8 @@ def rewrite_contraction(p: Plan, slices: int, act_scale: str = "group") -> ir.Va
         return [arith.FPToSIOp(i8, v).result]
 
     stacked = _ir.generic(
-        [x, amax], [_ir.empty([*bt_sz, slices, *m_sz, red_sz], i8)],
-        [_ir.reindex(x_map, s_pos, n_s), amax_in_s, _ir.dims_map(n_s, list(range(n_s)))],
+        [x, *amaxes], [_ir.empty([*bt_sz, slices, *m_sz, red_sz], i8)],
+        [_ir.reindex(x_map, s_pos, n_s), *[amax_in_s] * len(amaxes), _ir.dims_map(n_s, list(range(n_s)))],
         ["parallel"] * n_s, slice_body,
     )[0]
 
@@ -426,22 +542,31 @@ def rewrite_contraction(p: Plan, slices: int, act_scale: str = "group") -> ir.Va
             leaf_vals.append(leaf.value)
             leaf_e_maps.append(emap)
     env_keys = [(hash(v), str(m)) for v, m in zip(leaf_vals, leaf_e_maps)]
-    ins = [*[acc] * slices, amax, *([sums] if sums is not None else []), *leaf_vals]
-    maps = [*acc_maps, _ir.dims_map(n_e, [e_pos[d] for d in amax_rows]),
+    ins = [*[acc] * slices, *amaxes, *([sums] if sums is not None else []), *leaf_vals]
+    maps = [*acc_maps, *[_ir.dims_map(n_e, [e_pos[d] for d in amax_rows])] * len(amaxes),
             *([_ir.dims_map(n_e, [e_pos[d] for d in rows])] if sums is not None else []), *leaf_e_maps]
     out_map = _ir.reindex(c.maps[2], e_pos, n_e)
     out_t = _ir.elem_type(c.init)
 
     def contribution(args) -> ir.Value:
-        accs, am = args[:slices], args[slices]
-        rest = list(args[slices + 1:])
+        accs, ams = args[:slices], args[slices:slices + len(amaxes)]
+        am = ams[0]
+        rest = list(args[slices + len(amaxes):])
         rs = rest.pop(0) if sums is not None else None
         env = dict(zip(env_keys, rest))
-        total = arith.SIToFPOp(f32, accs[-1]).result
-        for a in reversed(accs[:-1]):
-            total = arith.DivFOp(total, _ir.f32_const(SLICE_RADIX)).result
-            total = arith.AddFOp(arith.SIToFPOp(f32, a).result, total).result
-        dot = arith.MulFOp(_row_scale(am), total).result
+        if mx:  # sum over slices of 2**(e_i - 1) · acc_i (the codes are doubled E2M1 values)
+            exps = [_mx.block_exponent(a, mx_rule) for a in ams]
+            terms = [arith.MulFOp(_mx.pow2(arith.SubIOp(e, _ir.int_const(i32, 1)).result),
+                                  arith.SIToFPOp(f32, a).result).result for e, a in zip(exps, accs)]
+            dot = terms[-1]
+            for t in reversed(terms[:-1]):
+                dot = arith.AddFOp(t, dot).result
+        else:
+            total = arith.SIToFPOp(f32, accs[-1]).result
+            for a in reversed(accs[:-1]):
+                total = arith.DivFOp(total, _ir.f32_const(SLICE_RADIX)).result
+                total = arith.AddFOp(arith.SIToFPOp(f32, a).result, total).result
+            dot = arith.MulFOp(_row_scale(am), total).result
 
         def leaf_arg(leaf: Leaf) -> ir.Value:
             lmap = leaf_maps[leaves.index(leaf)]
@@ -518,10 +643,15 @@ class DecomposeContraction:
     """Base of the patterns: turns one root op into a :class:`Contraction`, then rewrites it."""
 
     root: str = ""
+    policy: Policy | None = None  # set by run() for target=...: a cost model decides per contraction
 
-    def __init__(self, slices: int, act_scale: str, report: Report) -> None:
+    def __init__(self, slices: int, act_scale: str, report: Report, act_format: str = "int8",
+                 mx_rule: str = "ocp", mx_lowering: str = "int8") -> None:
         self.slices = slices
         self.act_scale = act_scale
+        self.act_format = act_format
+        self.mx_rule = mx_rule
+        self.mx_lowering = mx_lowering
         self.report = report
         self.seen: dict[int, int] = {}
 
@@ -533,14 +663,52 @@ class DecomposeContraction:
         c = self.contraction(op)
         if c is None or not _ir.is_float(_ir.elem_type(op.results[0])):
             return True  # not a float contraction: not a candidate, nothing to report
+        mx8_weight = None
         try:
             p = plan(c)
+            if self.act_format != "int8":
+                _mx_blocks(p, self.act_format)
+            if self.act_format == "mxfp8":
+                try:
+                    mx8_weight = _scaled.check_weight(p)
+                except NotHandled as e:
+                    raise NotHandled(f"act-format=mxfp8 is lowered as a block-scaled E4M3 matmul against an"
+                                     f" MXFP4 weight: {e}") from None
         except NotHandled as e:
             self._record(op, False, str(e))
             return True
+        slices, cost, note = self.slices, {}, ""
+        if self.policy is not None:
+            choice, cost = _consult(self.policy, p)
+            if choice is None:
+                note = "; not costed (N or K not static): rewritten with the requested slices"
+            elif not choice.rewrite:
+                self._record(op, False, choice.reason, **cost)
+                return True
+            else:
+                slices, note = choice.slices, "; " + choice.reason
+        scaled, why_not = (mx8_weight, "") if self.act_format == "mxfp8" else (None, "")
+        if self.act_format == "mxfp4" and self.mx_lowering == "scaled":
+            try:
+                scaled = _scaled.check_weight(p)
+            except NotHandled as e:
+                why_not = f"; block-scaled FP4 form not used ({e}): int8 emulation"
         with rewriter.ip, op.location:
-            y = rewrite_contraction(p, self.slices, self.act_scale)
-        what = f"{self.slices} int8 slice(s) x {p.q.type}"
+            if scaled is not None:
+                y = _scaled.rewrite_scaled(p, slices, self.mx_rule, scaled, self.act_format)
+            else:
+                y = rewrite_contraction(p, slices, self.act_scale, self.act_format, self.mx_rule)
+        if scaled is not None and self.act_format == "mxfp8":
+            what = (f"{slices} MXFP8 (E4M3) slice(s) ({self.mx_rule} scale rule) x MXFP4 weight {p.q.type} as E4M3,"
+                    " block-scaled FP8 matmul (scaling_extf)")
+        elif scaled is not None:
+            what = (f"{slices} MXFP4 slice(s) ({self.mx_rule} scale rule) x MXFP4 weight {p.q.type},"
+                    " block-scaled FP4 matmul (scaling_extf)")
+        elif self.act_format == "mxfp4":
+            what = (f"{slices} MXFP4 slice(s) ({self.mx_rule} scale rule, doubled E2M1 codes) x"
+                    f" {p.q.type}{why_not}")
+        else:
+            what = f"{slices} int8 slice(s) x {p.q.type}"
         if p.q_shift:
             what += f" (unsigned weight as q-{p.q_shift})"
         if p.group is not None:
@@ -549,20 +717,80 @@ class DecomposeContraction:
             what += " with zero-point/offset term"
         if p.notes:
             what += "; " + "; ".join(sorted(set(p.notes)))
-        self._record(op, True, what)
+        self._record(op, True, what + note, **cost)
         operands = list(op.operands)
         rewriter.replace_op(op, [y])
         _erase_dead_producers(operands, rewriter)
         return False
 
-    def _record(self, op: ir.Operation, rewritten: bool, reason: str) -> None:
-        d = Decision(op.name, _ir.location_text(op), rewritten, reason)
+    def _record(self, op: ir.Operation, rewritten: bool, reason: str, **cost: object) -> None:
+        d = Decision(op.name, _ir.location_text(op), rewritten, reason, **cost)
         key = hash(op)
         if key in self.seen:
             self.report.decisions[self.seen[key]] = d
         else:
             self.seen[key] = len(self.report.decisions)
             self.report.decisions.append(d)
+
+
+def _mx_blocks(p: Plan, fmt: str) -> None:
+    """MX activation slices have one scale per 32-block of K: K must split into the blocks, and
+    any group-wise weight scale must use the same blocks."""
+    if p.group is None:
+        if p.k_size is None or p.k_size % _mx.MX_BLOCK:
+            raise NotHandled(f"act-format={fmt} needs a static K that is a multiple of {_mx.MX_BLOCK}"
+                             f" (K = {p.k_size if p.k_size is not None else 'dynamic'})")
+        p.group = _mx.MX_BLOCK
+    elif p.group != _mx.MX_BLOCK:
+        raise NotHandled(f"act-format={fmt} needs weight groups of {_mx.MX_BLOCK} along K (the MX block);"
+                         f" the weight has groups of {p.group}")
+
+
+def _matmul_of(p: Plan, dynamic_m: int) -> Matmul | None:
+    """The cost model's view of ``p`` from the IR types; None when N or K is not static.
+
+    A dynamic M (batch x sequence) is taken as ``dynamic_m`` rows times its static part."""
+    x_t, q_t = _ir.tensor_type(p.x), _ir.tensor_type(p.q)
+    x_dims = _ir.dim_positions(p.x_map)
+
+    def x_size(d: int) -> int | None:
+        i = x_dims.index(d)
+        return None if x_t.is_dynamic_dim(i) else x_t.get_dim_size(i)
+
+    def q_size(d: int) -> int | None:
+        for i, e in enumerate(p.q_map.results):
+            if isinstance(e, ir.AffineDimExpr) and e.position == d:
+                return None if q_t.is_dynamic_dim(i) else q_t.get_dim_size(i)
+        return None
+
+    m, dynamic, batch = 1, False, 1
+    for d in p.m_dims:
+        size = x_size(d)
+        dynamic |= size is None
+        m *= size or 1
+    for d in p.b_dims:
+        size = x_size(d) or q_size(d)
+        if size is None:
+            return None
+        batch *= size
+    n, k, act = q_size(p.n_dim), p.k_size, str(_ir.elem_type(p.x))
+    if n is None or k is None or not q_t.has_static_shape or act not in ("f32", "bf16", "f16"):
+        return None
+    width = ir.IntegerType(_ir.elem_type(p.q)).width
+    bits = min(width, max(1, round(width * math.prod(q_t.shape) / (batch * n * k))))
+    return Matmul(m * dynamic_m if dynamic else m, n, k, batch, act, bits, p.group, p.offset is not None,
+                  m_assumed=dynamic)
+
+
+def _consult(policy: Policy, p: Plan) -> tuple[Choice | None, dict[str, object]]:
+    """Ask the cost model about ``p``; also return the decision fields for the report."""
+    mm = _matmul_of(p, policy.dynamic_m)
+    if mm is None:
+        return None, {}
+    choice = policy.decide(mm)
+    est = choice.estimate
+    return choice, {"shape": mm.shape, "format": mm.format, "slices": choice.slices if choice.rewrite else 0,
+                    "hardware": policy.hardware.name, "baseline_s": est.baseline.total_s, "msd_s": est.msd.total_s}
 
 
 PURE_DIALECTS = ("linalg.", "tensor.", "arith.", "math.")
@@ -627,20 +855,47 @@ PATTERNS = (DecomposeMatmul, DecomposeBatchMatmul, DecomposeContract, DecomposeG
 ACT_SCALES = ("row", "group")
 
 
-def run(module: ir.Operation, *, slices: int = 2, act_scale: str = "group") -> Report:
+def run(module: ir.Operation, *, slices: int = 2, act_scale: str = "group", act_format: str = "int8",
+        mx_scale: str = "ocp", target: str = "", min_bits: int = 0, dynamic_m: int = 0,
+        mx_lowering: str = "int8") -> Report:
     """Apply the pass to ``module`` in place; return what it decided for each float contraction.
+
+    ``target``: a hardware profile or target spec (``msd.targets``, e.g. "npu", "cuda:sm_80",
+    "cpu-host"): the cost model then decides per contraction whether to rewrite (default "": always
+    rewrite).  ``min_bits``: accuracy request in effective bits; the fewest slices reaching it
+    (8 -> 1, 16 -> 2, 24 -> 3) replace ``slices``.  ``dynamic_m``: rows assumed for a dynamic M
+    when costing (0: ``msd.compiler.cost.DYNAMIC_M``).
 
     ``act_scale``: where K is split into groups, one activation scale per row ("row") or per
     (row, group) ("group", default: smaller error for rows with outliers, same cost).
+    ``act_format``: "int8" slices (default), or "mxfp4" slices per 32-block (exact emulation with
+    int8 products; ``mx_scale`` = "ocp" or "noclip" block-exponent rule). ``mx_lowering``: "int8"
+    (exact emulation, any target) or "scaled" (block-scaled FP4 matmul for FP4 matrix units, used
+    where the weight is provably MXFP4, else the emulation with the reason in the report).
     """
     if slices not in SUPPORTED_SLICES:
         raise ValueError(f"{NAME}: slices={slices} is not supported (choose 1, 2 or 3)")
     if act_scale not in ACT_SCALES:
         raise ValueError(f"{NAME}: act-scale={act_scale} is not supported (choose row or group)")
+    if act_format not in _mx.ACT_FORMATS:
+        raise ValueError(f"{NAME}: act-format={act_format} is not supported (choose {', '.join(_mx.ACT_FORMATS)})")
+    if mx_lowering not in _mx.LOWERINGS:
+        raise ValueError(f"{NAME}: mx-lowering={mx_lowering} is not supported (choose {' or '.join(_mx.LOWERINGS)})")
+    if mx_scale not in _mx.SCALE_RULES:
+        raise ValueError(f"{NAME}: mx-scale={mx_scale} is not supported (choose {' or '.join(_mx.SCALE_RULES)})")
+    if min_bits < 0 or dynamic_m < 0:
+        raise ValueError(f"{NAME}: min-bits and dynamic-m must not be negative")
+    if min_bits and act_format != "int8":
+        raise ValueError(f"{NAME}: min-bits counts int8 slices; with act-format={act_format} give slices=")
+    if min_bits:
+        slices = slices_for_bits(min_bits)
+    policy = Policy(profile_for(target), slices, min_bits, dynamic_m or DYNAMIC_M) if target else None
     report = Report(NAME)
     patterns = rewrite.RewritePatternSet(module.context)
     for cls in PATTERNS:
-        patterns.add(cls.root, cls(slices, act_scale, report))
+        pattern = cls(slices, act_scale, report, act_format, mx_scale, mx_lowering)
+        pattern.policy = policy
+        patterns.add(cls.root, pattern)
     # One walk, no folding: only candidate contractions are touched (and each exactly once).
     rewrite.walk_and_apply_patterns(module, patterns.freeze())
     epilogues: list[ir.Operation] = []

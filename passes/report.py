@@ -13,10 +13,25 @@ class Decision:
     location: str  # where it came from (file:line of the torch source when known)
     rewritten: bool
     reason: str  # what was done, or why nothing was
+    # Filled in when a cost model decided (``target=`` on the pass, ``decide="cost"`` in msd.compile):
+    shape: str = ""  # "M=1 N=4096 K=4096" ("M=512?" when M was dynamic and assumed)
+    format: str = ""  # "i8 per-channel, f32 act"
+    slices: int = 0  # slices used (0: not rewritten)
+    hardware: str = ""  # the hardware profile the times are predicted for
+    baseline_s: float | None = None  # predicted time of IREE's own lowering
+    msd_s: float | None = None  # predicted time of MSD with the slices evaluated
 
     def line(self) -> str:
         verdict = "rewritten" if self.rewritten else "skipped"
         return f"{verdict}: {self.op} at {self.location}: {self.reason}"
+
+    def to_json(self) -> dict:
+        """The decision as the artifact manifest (msd.json) stores it."""
+        d = {"op": self.op, "location": self.location, "rewritten": self.rewritten, "reason": self.reason}
+        if self.hardware:
+            d.update(shape=self.shape, format=self.format, slices=self.slices, hardware=self.hardware,
+                     baseline_s=self.baseline_s, msd_s=self.msd_s)
+        return d
 
 
 @dataclass

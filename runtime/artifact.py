@@ -49,11 +49,14 @@ def _version(dist: str) -> str:
 
 def write_manifest(folder: Path, *, target: dict[str, str], slices: int,
                    functions: dict[str, dict[str, list[TensorSpec]]], decisions: Sequence[dict],
-                   msd_version: str, extra_files: Sequence[str] = (), metadata: dict | None = None) -> Path:
+                   msd_version: str, extra_files: Sequence[str] = (), metadata: dict | None = None,
+                   decide: dict | None = None) -> Path:
     """Write ``msd.json`` for the files already in ``folder``.
 
     ``extra_files``: more files of the artifact (a tokenizer, …), hashed and checked like the module;
     ``metadata``: what a caller needs to use the functions (e.g. generation settings), kept verbatim.
+    ``decide``: how the pass decided per matmul (``{"policy": "always" | "cost", "hardware", "min_bits"}``);
+    with "cost", each decision also has its shape, format, slices and predicted times.
     """
     manifest = {
         "format": FORMAT,
@@ -64,6 +67,7 @@ def write_manifest(folder: Path, *, target: dict[str, str], slices: int,
         "slices": slices,
         "functions": {name: {k: [s.to_json() for s in specs] for k, specs in f.items()}
                       for name, f in functions.items()},
+        "decide": decide or {"policy": "always", "hardware": None, "min_bits": None},
         "decisions": list(decisions),
         "files": {name: {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
                   for name in (MODULE_FILE, PARAMETERS_FILE, *extra_files)},

@@ -73,8 +73,10 @@ def test_unknown_targets_and_archs_are_named(model) -> None:
         msd.compile(model, (x,), target="cuda:sm_100")
     with pytest.raises(ValueError, match="ROCm arch 'gfx900' is not supported"):
         msd.compile(model, (x,), target="rocm:gfx900")
-    with pytest.raises(ValueError, match="target 'npu' is not supported"):
+    with pytest.raises(ValueError, match="target 'npu': the installed iree-base-compiler .* registers no NPU"):
         msd.compile(model, (x,), target="npu")
+    with pytest.raises(ValueError, match="target 'tpu' is not supported"):
+        msd.compile(model, (x,), target="tpu")
 
 
 def test_gpu_artifact_on_a_machine_without_that_device(model) -> None:
@@ -86,3 +88,21 @@ def test_gpu_artifact_on_a_machine_without_that_device(model) -> None:
     cm = msd.compile(model, (x,), target="cuda", slices=2)
     with pytest.raises(RuntimeError, match="does not have; save\\(\\) it and run it where that device is"):
         cm(x)
+
+
+@pytest.mark.parametrize(("act_format", "lowering", "instructions"), [
+    ("mxfp4", "auto", ("v_mfma_scale_f32_16x16x128_f8f6f4", "v_mfma_scale_f32_32x32x64_f8f6f4")),
+    ("mxfp4", "int8", ("v_mfma_i32_32x32x32_i8", "v_mfma_i32_16x16x64_i8")),
+    ("mxfp8", "auto", ("v_mfma_scale_f32_16x16x128_f8f6f4", "v_mfma_scale_f32_32x32x64_f8f6f4")),
+])
+def test_mx_slices_on_gfx950(act_format: str, lowering: str, instructions: tuple[str, ...], tmp_path: Path) -> None:
+    """MXFP4 weights with MX activation slices on gfx950: by default the block-scaled form, which
+    lands on the scaled FP4/FP8 MFMA; the exact int8 emulation of MXFP4 slices lands on the int8 MFMA."""
+    torch.manual_seed(0)
+    model = msd.quantize(nn.Sequential(nn.Linear(256, 128)), weights="mxfp4")
+    vmfb = msd.compile(model, (torch.randn(128, 256),), target="rocm:gfx950", slices=2, act_format=act_format,
+                       mx_lowering=lowering, emit="vmfb",
+                       extra_flags=[f"--iree-hal-dump-executable-files-to={tmp_path}"])
+    assert isinstance(vmfb, bytes)
+    asm = "\n".join(p.read_text(errors="ignore") for p in tmp_path.iterdir() if p.suffix == ".rocmasm")
+    assert any(i in asm for i in instructions), sorted(set(w for w in asm.split() if w.startswith("v_mfma")))

@@ -28,7 +28,7 @@
 
 // An option the pass does not have: the pass's options are listed.
 // OPTION-NOT:   Traceback
-// OPTION:       msd-opt: error: --msd-decompose-activations: unknown option 'foo=1' (options: slices, act-scale)
+// OPTION:       msd-opt: error: --msd-decompose-activations: unknown option 'foo=1' (options: slices, act-scale, act-format, mx-scale, mx-lowering{{.*}})
 // OPTION-NEXT:  usage: msd-opt
 // OPTION-NOT:   module
 
