@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 DEFAULT_MAX_CTX = 2048  # static KV-cache length of LlamaModel.step
+KV_CACHE_FORMATS = ("float", "int8")  # f32 K/V, or int8 codes with one f32 scale per (head, token)
 BLOCK = 32  # elements per Q8_0 / Q4_0 / Q4_1 block
 SUPPORTED_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
 # bytes per block: f16 d (+ f16 m) + codes
@@ -237,31 +238,57 @@ class Attention(nn.Module):
         out = torch.matmul(torch.softmax(scores, dim=-1), v)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * c.head_dim))
 
-    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-                       v_cache: torch.Tensor, src: torch.Tensor, written: torch.Tensor,
-                       hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Attention of the ``S`` new tokens over this layer's cache ``[B, n_kv_heads, max_ctx, D]``
-        → ``(output, new_k_cache, new_v_cache)``.
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, ...],
+                       src: torch.Tensor, written: torch.Tensor,
+                       hidden: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Attention of the ``S`` new tokens over this layer's cache → ``(output, new cache)``.
 
-        The new keys/values are placed functionally (no scatter, no in-place write): slot ``j`` of
-        the returned cache is ``old·(1 − w[j]) + new[src[j]]·w[j]``, exact for the 0/1 float weights
+        ``cache`` is ``(k, v)`` f32 ``[B, n_kv_heads, max_ctx, D]``, or for an int8 KV cache
+        ``(k_codes, k_scales, v_codes, v_scales)``: int8 codes with one f32 scale per (head, token)
+        ``[B, n_kv_heads, max_ctx]`` — the new keys/values are quantized symmetrically per token
+        (``amax/127``, round half to even) and attention reads ``codes · scale`` ("dequantize then
+        attend": the reference msd's pass rewrites into int8 ``q·Kᵀ`` and ``P·V``).
+
+        The new entries are placed functionally (no scatter, no in-place write): slot ``j`` of the
+        returned cache is ``old·(1 − w[j]) + new[src[j]]·w[j]``, exact for the 0/1 float weights
         ``written`` ``[max_ctx, 1]`` (1 where slot ``j`` receives new token ``src[j]``); then the queries
         attend over the whole updated cache.  ``hidden`` ``[B, 1, S, max_ctx]`` is an additive float
         mask: −inf where query ``s`` may not read slot ``j`` (``j > position of s``), which hides every
-        slot at or past the current length, and 0 elsewhere."""
+        slot at or past the current length, and 0 elsewhere.  Grouped-query heads are attended as
+        ``[B·n_kv_heads, group·S, ·]``: the query heads sharing a KV head stack along the rows."""
         c = self.cfg
         b, s, _ = x.shape
         q, k, v = self._qkv(x, cos, sin)
         keep = 1.0 - written
-        k_cache = k_cache * keep + k.index_select(2, src) * written
-        v_cache = v_cache * keep + v.index_select(2, src) * written
-        group = c.n_heads // c.n_kv_heads  # query head h reads kv head h // group
-        kk = k_cache.repeat_interleave(group, dim=1)
-        vv = v_cache.repeat_interleave(group, dim=1)
-        scores = torch.matmul(q, kk.transpose(-1, -2)) / math.sqrt(c.head_dim)
-        scores = scores + hidden
-        out = torch.matmul(torch.softmax(scores, dim=-1), vv)
-        return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * c.head_dim)), k_cache, v_cache
+        if len(cache) == 2:
+            k_cache, v_cache = cache
+            k_cache = k_cache * keep + k.index_select(2, src) * written
+            v_cache = v_cache * keep + v.index_select(2, src) * written
+            new_cache: tuple[torch.Tensor, ...] = (k_cache, v_cache)
+            kd, vd = k_cache, v_cache
+        else:
+            kc, ks, vc, vs = cache
+            (kq, kqs), (vq, vqs) = quantize_per_token(k), quantize_per_token(v)
+            w1, keep1 = written.squeeze(-1), keep.squeeze(-1)
+            kc = (kc.to(torch.float32) * keep + kq.to(torch.float32).index_select(2, src) * written).to(torch.int8)
+            vc = (vc.to(torch.float32) * keep + vq.to(torch.float32).index_select(2, src) * written).to(torch.int8)
+            ks = ks * keep1 + kqs.index_select(2, src) * w1
+            vs = vs * keep1 + vqs.index_select(2, src) * w1
+            new_cache = (kc, ks, vc, vs)
+            kd = kc.to(torch.float32) * ks.unsqueeze(-1)
+            vd = vc.to(torch.float32) * vs.unsqueeze(-1)
+        hkv, group, d = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
+        qg = q.unflatten(1, (hkv, group))  # query head h = kv·group + j reads kv head h // group
+        scores = torch.einsum("bhgsd,bhtd->bhgst", qg, kd) / math.sqrt(d) + hidden.unsqueeze(1)
+        out = torch.einsum("bhgst,bhtd->bhgsd", torch.softmax(scores, dim=-1), vd).flatten(1, 2)
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * d)), new_cache
+
+
+def quantize_per_token(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per vector along the last dim: ``(codes int8, scale f32 [...])`` with
+    ``t ≈ codes · scale``; an all-zero vector gets zero codes."""
+    scale = t.abs().amax(-1).clamp_min(1e-30) / 127.0
+    return torch.round(t / scale.unsqueeze(-1)).clamp(-127, 127).to(torch.int8), scale
 
 
 class MLP(nn.Module):
@@ -282,13 +309,12 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), cos, sin)
         return x + self.mlp(self.ffn_norm(x))
 
-    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-                       v_cache: torch.Tensor, src: torch.Tensor, written: torch.Tensor,
-                       hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h, k_cache, v_cache = self.attn.forward_cached(self.attn_norm(x), cos, sin, k_cache, v_cache, src, written,
-                                                       hidden)
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, ...],
+                       src: torch.Tensor, written: torch.Tensor,
+                       hidden: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        h, cache = self.attn.forward_cached(self.attn_norm(x), cos, sin, cache, src, written, hidden)
         x = x + h
-        return x + self.mlp(self.ffn_norm(x)), k_cache, v_cache
+        return x + self.mlp(self.ffn_norm(x)), cache
 
 
 class LlamaModel(nn.Module):
@@ -317,22 +343,33 @@ class LlamaModel(nn.Module):
             x = blk(x, cos, sin)
         return self.lm_head(self.norm(x))
 
-    def empty_cache(self, batch: int = 1, max_ctx: int = DEFAULT_MAX_CTX) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero key and value caches, each f32 ``[n_layers, batch, n_kv_heads, max_ctx, head_dim]``."""
+    def empty_cache(self, batch: int = 1, max_ctx: int = DEFAULT_MAX_CTX,
+                    kv_cache: str = "float") -> tuple[torch.Tensor, ...]:
+        """Zero caches: ``kv_cache="float"`` → key and value f32 ``[n_layers, batch, n_kv_heads,
+        max_ctx, head_dim]``; ``"int8"`` → ``(k_codes, k_scales, v_codes, v_scales)``, codes int8 of
+        that shape and scales f32 ``[n_layers, batch, n_kv_heads, max_ctx]``."""
         c = self.cfg
         shape = (c.n_layers, batch, c.n_kv_heads, max_ctx, c.head_dim)
-        return torch.zeros(shape), torch.zeros(shape)
+        if kv_cache == "float":
+            return torch.zeros(shape), torch.zeros(shape)
+        if kv_cache == "int8":
+            codes, scales = torch.zeros(shape, dtype=torch.int8), torch.zeros(shape[:-1])
+            return codes, scales, codes.clone(), scales.clone()
+        raise ValueError(f"kv_cache={kv_cache!r} is not supported (choose one of {', '.join(KV_CACHE_FORMATS)})")
 
-    def step(self, tokens: torch.Tensor, start_pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             last_only: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(self, tokens: torch.Tensor, start_pos: torch.Tensor, *caches: torch.Tensor,
+             last_only: bool = True) -> tuple[torch.Tensor, ...]:
         """Functional KV-cache forward: ``tokens [B, S]`` at positions ``start_pos .. start_pos+S-1``
-        (``start_pos``: int64 tensor with one element) against the caches ``[n_layers, B, n_kv_heads,
-        max_ctx, head_dim]`` → ``(logits, new_k_cache, new_v_cache)``; ``logits`` is ``[B, vocab]`` for
-        the last token (``last_only``) or ``[B, S, vocab]``.  Nothing is mutated and no tensor value
+        (``start_pos``: int64 tensor with one element) against the caches (:meth:`empty_cache`: f32
+        ``k, v`` ``[n_layers, B, n_kv_heads, max_ctx, head_dim]``, or the four tensors of an int8
+        cache) → ``(logits, *new_caches)``; ``logits`` is ``[B, vocab]`` for the last token
+        (``last_only``) or ``[B, S, vocab]``.  Nothing is mutated and no tensor value
         reaches Python control flow, so it exports with a dynamic ``S`` (prefill) or ``S = 1``
         (decode).  The caller keeps ``start_pos + S <= max_ctx``."""
+        if len(caches) not in (2, 4):
+            raise ValueError(f"step takes the 2 tensors of a float cache or the 4 of an int8 cache, got {len(caches)}")
         b, s = tokens.shape
-        max_ctx = k_cache.shape[3]
+        max_ctx = caches[0].shape[3]
         start = start_pos.reshape(-1)[:1].to(torch.long)  # [1]
         offs = torch.arange(s, device=tokens.device)
         positions = (start + offs).unsqueeze(0).expand(b, s)  # [B, S]
@@ -350,32 +387,33 @@ class LlamaModel(nn.Module):
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         x = self.embed(tokens)
-        new_k, new_v = [], []
+        new: list[list[torch.Tensor]] = [[] for _ in caches]
         for i, blk in enumerate(self.blocks):
-            x, k, v = blk.forward_cached(x, cos, sin, k_cache[i], v_cache[i], src, written, hidden)
-            new_k.append(k)
-            new_v.append(v)
+            x, layer = blk.forward_cached(x, cos, sin, tuple(t[i] for t in caches), src, written, hidden)
+            for acc, t in zip(new, layer):
+                acc.append(t)
         if last_only:
             x = x[:, -1, :]
-        return self.lm_head(self.norm(x)), torch.stack(new_k), torch.stack(new_v)
+        return (self.lm_head(self.norm(x)), *(torch.stack(ts) for ts in new))
 
     @torch.no_grad()
     def generate_cached(self, tokens: list[int] | torch.Tensor, max_new_tokens: int,
-                        eos: int | set[int] | None = None, max_ctx: int = DEFAULT_MAX_CTX) -> list[int]:
+                        eos: int | set[int] | None = None, max_ctx: int = DEFAULT_MAX_CTX,
+                        kv_cache: str = "float") -> list[int]:
         """Greedy decoding with the KV cache (:meth:`step`): one prefill, then one token per step."""
         ids = torch.as_tensor(tokens, dtype=torch.long).reshape(1, -1)
         stop = {eos} if isinstance(eos, int) else set(eos or ())
         if ids.shape[1] + max_new_tokens > max_ctx:
             raise ValueError(f"{ids.shape[1]} prompt + {max_new_tokens} new tokens exceed max_ctx={max_ctx}")
-        k, v = self.empty_cache(1, max_ctx)
-        logits, k, v = self.step(ids, torch.zeros(1, dtype=torch.long), k, v)
+        cache = self.empty_cache(1, max_ctx, kv_cache)
+        logits, *cache = self.step(ids, torch.zeros(1, dtype=torch.long), *cache)
         pos, out = ids.shape[1], []
         for i in range(max_new_tokens):
             nxt = int(logits[0].argmax())
             out.append(nxt)
             if nxt in stop or i == max_new_tokens - 1:
                 break
-            logits, k, v = self.step(torch.tensor([[nxt]]), torch.tensor([pos]), k, v)
+            logits, *cache = self.step(torch.tensor([[nxt]]), torch.tensor([pos]), *cache)
             pos += 1
         return out
 
@@ -528,7 +566,7 @@ def special_token_id(reader_or_path, key: str) -> int | None:
     return None if f is None else int(f.contents())
 
 
-__all__ = ["DEFAULT_MAX_CTX", "GGUFEmbedding", "GGUFLinear", "LlamaConfig", "LlamaModel", "SUPPORTED_TYPES",
-           "UnsupportedGGUFError",
+__all__ = ["DEFAULT_MAX_CTX", "KV_CACHE_FORMATS", "GGUFEmbedding", "GGUFLinear", "LlamaConfig", "LlamaModel",
+           "SUPPORTED_TYPES", "UnsupportedGGUFError", "quantize_per_token",
            "chat_prompt", "dequantize_codes", "load_gguf", "read_config", "read_tensors", "tokenizer_from_gguf",
            "unpack_blocks"]
