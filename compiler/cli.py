@@ -95,6 +95,8 @@ def cmd_compile(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     cm = msd.compile(model, inputs, target=args.target, slices=args.slices, act_scale=args.act_scale,
+                     act_format=args.act_format, mx_scale=args.mx_scale, mx_lowering=args.mx_lowering,
+                     decide=args.decide, min_bits=args.min_bits, hardware=args.hardware,
                      dynamic_shapes=dynamic[0] if dynamic else None, progress=_progress(args, start))
     folder = cm.save(args.output)
     _say(args, f"[{time.perf_counter() - start:6.1f}s] saved {folder}")
@@ -255,6 +257,15 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--target", default="llvm-cpu", help="llvm-cpu[:cpu] | cuda[:sm_XX] | rocm[:gfxXXX] | vulkan-spirv")
     c.add_argument("--slices", type=int, default=2, help="activation slices 1-3; 0 = IREE's own lowering")
     c.add_argument("--act-scale", default="group", choices=("row", "group"), help="for group-wise weights")
+    c.add_argument("--act-format", default="int8", choices=("int8", "mxfp4", "mxfp8"),
+                   help="activation slices: int8 (default), or MX slices per 32-block (MXFP4 weights)")
+    c.add_argument("--mx-scale", default="ocp", choices=("ocp", "noclip"), help="MX block-exponent rule")
+    c.add_argument("--mx-lowering", default="auto", choices=("auto", "int8", "scaled"),
+                   help="MXFP4 slices as exact int8 emulation or block-scaled FP4 (auto: scaled on rocm:gfx950)")
+    c.add_argument("--decide", default="always", choices=("always", "cost"),
+                   help="cost: a cost model of the target keeps IREE's lowering where MSD is not predicted faster")
+    c.add_argument("--min-bits", type=int, default=None, help="accuracy request instead of --slices (8, 16, 24)")
+    c.add_argument("--hardware", default=None, help="hardware profile for --decide cost (see msd.targets)")
     c.add_argument("--max-ctx", type=int, default=None, help=".gguf only: static KV-cache length (default 2048)")
     c.set_defaults(func=cmd_compile)
 

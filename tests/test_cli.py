@@ -130,3 +130,17 @@ def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path) -> None
     assert proc.returncode == 1 and "tokenizer.json was modified" in proc.stderr
     proc = _msd("compile", "my_models:build", "-o", "o", "--max-ctx", "8", cwd=tmp_path)
     assert proc.returncode == 1 and "--max-ctx applies to .gguf models only" in proc.stderr
+
+
+def test_compile_with_cost_decisions_and_mx_slices(tmp_path: Path) -> None:
+    """`--decide cost --min-bits 16` records the cost model's per-matmul table; `--act-format mxfp4`
+    takes MXFP4 slices on an MXFP4 model."""
+    (tmp_path / "mx_models.py").write_text(
+        "import torch, msd\nfrom torch import nn\n\ndef build():\n    torch.manual_seed(0)\n"
+        "    return msd.quantize(nn.Sequential(nn.Linear(128, 64)), weights='mxfp4'), (torch.randn(1, 128),)\n")
+    proc = _msd("compile", "mx_models:build", "-o", "cost", "--decide", "cost", "--min-bits", "16", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    shown = _msd("inspect", "cost", cwd=tmp_path).stdout
+    assert "decisions by the cost model" in shown and "M=1 N=64 K=128" in shown
+    proc = _msd("compile", "mx_models:build", "-o", "mx", "--act-format", "mxfp4", cwd=tmp_path)
+    assert proc.returncode == 0 and "2 MXFP4 slice(s)" in proc.stderr
