@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .quantize import unpack_int4
+
 DEFAULT_MAX_CTX = 2048  # static KV-cache length of LlamaModel.step
 KV_CACHE_FORMATS = ("float", "int8")  # f32 K/V, or int8 codes with one f32 scale per (head, token)
 BLOCK = 32  # elements per Q8_0 / Q4_0 / Q4_1 block
@@ -48,8 +50,9 @@ class UnsupportedGGUFError(ValueError):
 @dataclass
 class GGUFTensor:
     """One weight as stored in the file, unpacked to torch: ``codes`` int8 (Q8_0) or uint8 (Q4_*)
-    ``[N, K]``, ``scale`` f32 ``[N, K/32]``, ``offset`` f32 ``[N, K/32]`` (Q4_1 only); for F32/F16
-    only ``weight`` (``[N, K]`` or 1-D) is set."""
+    ``[N, K]``, ``scale`` f32 ``[N, K/32]``, ``offset`` f32 ``[N, K/32]`` (Q4_1 only); for Q4_*
+    also ``packed`` uint8 ``[N, K/2]``, the file's two codes per byte (per 32-block: elements 0..15 in
+    the low nibbles, 16..31 in the high ones); for F32/F16 only ``weight`` (``[N, K]`` or 1-D)."""
 
     name: str
     qtype: str
@@ -58,6 +61,7 @@ class GGUFTensor:
     scale: torch.Tensor | None = None
     offset: torch.Tensor | None = None
     weight: torch.Tensor | None = None
+    packed: torch.Tensor | None = None
 
 
 def unpack_blocks(name: str, qtype: str, raw: np.ndarray, shape: tuple[int, ...]) -> GGUFTensor:
@@ -79,7 +83,7 @@ def unpack_blocks(name: str, qtype: str, raw: np.ndarray, shape: tuple[int, ...]
     nb = k // BLOCK
     blocks = np.ascontiguousarray(raw).reshape(n, nb, _BLOCK_BYTES[qtype])
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-    offset = None
+    offset = packed_codes = None
     if qtype == "Q8_0":
         codes = blocks[..., 2:].copy().view(np.int8).reshape(n, k)
     else:
@@ -87,10 +91,11 @@ def unpack_blocks(name: str, qtype: str, raw: np.ndarray, shape: tuple[int, ...]
         packed = blocks[..., start:]  # [n, nb, 16]
         # low nibbles: elements 0..15 of the block, high nibbles: elements 16..31
         codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1).astype(np.uint8).reshape(n, k)
+        packed_codes = torch.from_numpy(np.ascontiguousarray(packed).reshape(n, k // 2))
         if qtype == "Q4_1":
             offset = torch.from_numpy(blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32))
     return GGUFTensor(name, qtype, (n, k), codes=torch.from_numpy(np.ascontiguousarray(codes)),
-                      scale=torch.from_numpy(d), offset=offset)
+                      scale=torch.from_numpy(d), offset=offset, packed=packed_codes)
 
 
 def dequantize_codes(qtype: str, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
@@ -109,9 +114,11 @@ def dequantize_codes(qtype: str, codes: torch.Tensor, scale: torch.Tensor, offse
 class GGUFLinear(nn.Module):
     """Bias-free linear layer whose weight is a GGUF tensor kept in its file format.
 
-    Buffers: ``codes`` (int8 for Q8_0, uint8 4-bit codes unpacked one per byte for Q4_0/Q4_1,
-    ``[N, K]``), ``scale`` (f32 ``[N, K/32]``), ``offset`` (f32 ``[N, K/32]``, Q4_1 only); or
-    ``weight`` (``[N, K]``, f32/f16) for float tensors.  ``forward`` = dequantize + ``F.linear``.
+    Buffers: ``codes`` (int8 ``[N, K]``, Q8_0) or ``packed`` (Q4_0/Q4_1: uint8 ``[N, K/2]``, the
+    file's two 4-bit codes per byte, unpacked in ``forward`` — so the codes' range [0, 15] is visible
+    to msd's pass, which then centres them exactly by 8), ``scale`` (f32 ``[N, K/32]``), ``offset``
+    (f32 ``[N, K/32]``, Q4_1 only); or ``weight`` (``[N, K]``, f32/f16) for float tensors.
+    ``forward`` = dequantize + ``F.linear``.
     """
 
     def __init__(self, t: GGUFTensor) -> None:
@@ -124,10 +131,25 @@ class GGUFLinear(nn.Module):
         if t.weight is not None:
             self.register_buffer("weight", t.weight)
         else:
-            self.register_buffer("codes", t.codes)
+            if t.packed is not None:
+                self.register_buffer("packed", t.packed)
+            else:
+                self.register_buffer("codes", t.codes)
             self.register_buffer("scale", t.scale)
             if t.offset is not None:
                 self.register_buffer("offset", t.offset)
+
+    def __getattr__(self, name: str):
+        if name == "codes" and "packed" in self._buffers:  # the 4-bit codes, one per byte [N, K]
+            return unpack_int4(self._buffers["packed"], "halves")
+        return super().__getattr__(name)
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The codes of the rows ``index`` (any shape) → ``[*index.shape, K]``, unpacking only those."""
+        if "packed" not in self._buffers:
+            return self.codes[index]
+        picked = self._buffers["packed"][index.reshape(-1)]
+        return unpack_int4(picked, "halves").reshape(*index.shape, self.in_features)
 
     def dequantized_weight(self) -> torch.Tensor:
         if self.qtype in ("F32", "F16"):
@@ -154,7 +176,7 @@ class GGUFEmbedding(nn.Module):
         if t.qtype in ("F32", "F16"):
             return t.weight[tokens].to(torch.float32)
         offset = t.offset[tokens] if t.qtype == "Q4_1" else None
-        return dequantize_codes(t.qtype, t.codes[tokens], t.scale[tokens], offset)
+        return dequantize_codes(t.qtype, t.rows(tokens), t.scale[tokens], offset)
 
 
 # ----------------------------------------------------------------------------------------------

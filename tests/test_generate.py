@@ -1,5 +1,6 @@
-"""KV-cache generation: ``LlamaModel.step`` against the stateless forward (tiny model and SmolLM2), and the
-compiled prefill/decode artifact (slices=2) against the eager cache path on SmolLM2-135M-Instruct Q4_1."""
+"""KV-cache generation: ``LlamaModel.step`` against the stateless forward (tiny model and SmolLM2), the
+compiled prefill/decode artifact (slices=2) against the eager cache path on SmolLM2-135M-Instruct Q4_1
+(greedy tokens, and teacher-forced next-token distributions over a fixed pydoc text), and ``msd.generate``."""
 
 from __future__ import annotations
 
@@ -12,12 +13,21 @@ pytest.importorskip("tokenizers", reason="the GGUF tokenizer needs the 'tokenize
 from test_gguf import _smollm2_path, write_tiny_gguf  # noqa: E402
 
 from msd.compiler import gguf as G  # noqa: E402
-from msd.compiler.generate import compile_generator, eager_generator  # noqa: E402
+from msd.compiler.generate import compile_generator, eager_generator, next_token_stats  # noqa: E402
 
 MAX_CTX = 256
 NEW_TOKENS = 32
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.",
            "List three uses of a paperclip, one per line."]
+TEXT_TOKENS = 160  # teacher-forced text: the first tokens of pydoc_data.topics.topics["exceptions"]
+# Mean KL(eager || compiled) in nats over those 159 positions.  With the Q4 codes kept packed as the
+# file stores them (the unpack shows the pass their range [0, 15], so it centres them exactly by 8):
+# slices=2 7.5e-8, slices=1 3.6e-3 (benchmarks/llm.py over 1535 tokens: 6.7e-8 / 3.2e-3).  Before, the
+# loader stored one code per uint8 byte, the pass could only centre by 128, and slices=2 measured 8.8e-5
+# (slices=1 8.5): this bound catches that regression too.  It also catches a wrong scale or offset on a
+# single layer (measured in eager torch on this text, block 10: down_proj scale x2 -> 0.98, x1.1 -> 6.6e-3,
+# q_proj scale x1.1 -> 2.5e-3, 1% -> 6.3e-5, Q4_1 mins dropped -> 0.79).
+MAX_MEAN_KL_SLICES_2 = 1e-6
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,6 +132,34 @@ def test_compiled_greedy_generation_equals_eager(smol, prompt) -> None:
     assert got == ref, _first_divergence(eager, prompt, ref, got)
 
 
+def _pydoc_text_ids(tokenizer, n: int = TEXT_TOKENS) -> list[int]:
+    import pydoc_data.topics
+
+    ids = tokenizer.encode(pydoc_data.topics.topics["exceptions"], add_special_tokens=False).ids
+    assert len(ids) >= n
+    return ids[:n]
+
+
+def test_teacher_forced_distributions_match_eager_and_slices_1_is_worse(smol) -> None:
+    """Next-token distributions over a fixed English text: the compiled slices=2 decode path (one
+    token at a time through the KV cache) against the eager float32 model, and a slices=1 build of the
+    stateless forward clearly worse than slices=2."""
+    import msd
+
+    _, model, compiled, _ = smol
+    ids = _pydoc_text_ids(compiled.tokenizer)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        ref = model(x)[0]
+    got = compiled.next_token_logits(ids)  # no `score` entry point: teacher forcing through `decode`
+    assert got.shape == ref.shape
+    two = next_token_stats(ref, got, ids)
+    assert two.mean_kl < MAX_MEAN_KL_SLICES_2, two
+    assert abs(two.ppl_rel) < 5e-3 and two.top1 > 0.95, two
+    one = next_token_stats(ref, msd.compile(model, (x,), slices=1)(x)[0], ids)
+    assert one.mean_kl > 10 * two.mean_kl, (one, two)
+
+
 def test_decode_with_cache_matches_stateless_last_token_logits(smol) -> None:
     _, model, compiled, eager = smol
     prompt = eager.encode(PROMPTS[0])
@@ -142,3 +180,45 @@ def test_decode_with_cache_matches_stateless_last_token_logits(smol) -> None:
     rel = float((c_logits[0] - full).norm() / full.norm())
     assert rel < 2e-2, rel
     assert int(c_logits[0].argmax()) == int(full.argmax())
+
+
+# ----------------------------------------------------------------------------------------------
+# msd.generate on the tiny model
+
+
+def test_msd_generate_streams_the_same_text_as_the_eager_generator(tmp_path) -> None:
+    import msd
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", seed=3)
+    pieces: list[str] = []
+    text = msd.generate(path, "hello", max_new_tokens=6, max_ctx=32, chat=False, stream=pieces.append)
+    assert "".join(pieces) == text
+    eager = eager_generator(path, 32)
+    ids = eager.generate_ids(eager.encode("hello", chat=False), 6)
+    assert text == eager.tokenizer.decode(ids, skip_special_tokens=True)
+    from msd.compiler.generate import _cached_generator
+
+    hits = _cached_generator.cache_info().hits
+    assert msd.generate(path, "hello", max_new_tokens=6, max_ctx=32, chat=False) == text
+    assert _cached_generator.cache_info().hits == hits + 1  # the same file and settings: not compiled again
+    with pytest.raises(FileNotFoundError, match="no such GGUF file"):
+        msd.generate(tmp_path / "missing.gguf", "hi")
+
+
+def test_eager_teacher_forcing_matches_the_stateless_forward(tiny_model) -> None:
+    """``next_token_logits`` through the cache in chunks (``score``) and one token at a time (no
+    ``score``: ``decode``) both equal the stateless forward's logits."""
+    from msd.compiler.generate import Generator
+
+    m = tiny_model
+    ids = [5, 200, 17, 262, 42, 99, 3, 150, 7, 11]
+    with torch.no_grad():
+        full = m(torch.tensor([ids]))[0]
+    gen = Generator(m.step, m.step, m, None, set(), 16, score=lambda *a: m.step(*a, last_only=False))
+    torch.testing.assert_close(gen.next_token_logits(ids, chunk=4), full, rtol=1e-5, atol=1e-5)
+    gen.score = None
+    torch.testing.assert_close(gen.next_token_logits(ids), full, rtol=1e-5, atol=1e-5)
+    stats = next_token_stats(full, full, ids)
+    assert stats.mean_kl == 0 and stats.top1 == 1 and stats.ppl == stats.ref_ppl
+    with pytest.raises(ValueError, match="max_ctx"):
+        gen.next_token_logits(list(range(17)))
