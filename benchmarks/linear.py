@@ -40,6 +40,7 @@ from _machine import cpu_model  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
 QUICK_OUTPUT = Path(tempfile.gettempdir()) / "msd-benchmarks-quick.md"
+BEGIN, END = "<!-- linear.py: begin -->", "<!-- linear.py: end -->"  # this script's block of the output file
 
 
 # ============================================================================= configuration
@@ -495,9 +496,11 @@ def render(
 ) -> str:
     ms = sorted({cr.m for cr in crs})
     lines = [
+        BEGIN,
         "# Linear-layer benchmark: MSD vs IREE baseline vs torch eager",
         "",
-        f"Produced by `{env.command}` (run from the repository root; the file is rewritten on every run).",
+        f"Produced by `{env.command}` (run from the repository root; this block of the file, between the "
+        "`linear.py` markers, is rewritten on every run).",
         "",
         f"- Date: {env.date}",
         f"- Machine: {env.cpu}, {env.cores} cores ({env.usable_cores} usable by this process), "
@@ -559,6 +562,7 @@ def render(
         *detail_table(crs),
         "",
         *bar_section(crs),
+        END,
     ]
     return "\n".join(lines)
 
@@ -643,7 +647,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     text = render(env, crs, cases, args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text + "\n")
+    old = args.output.read_text() if args.output.exists() else ""
+    i, j = old.find(BEGIN), old.find(END)
+    if i >= 0 and j > i:  # replace this script's block, keep the rest of the file
+        args.output.write_text(old[:i] + text + old[j + len(END):])
+    else:
+        args.output.write_text(old + ("\n" if old else "") + text + "\n")
     log("")
     log(text)
     log(f"\nwrote {args.output} in {env.total_s:.0f} s")

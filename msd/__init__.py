@@ -27,10 +27,12 @@ _EXPORTS = {
     "QuantizedLinear": "msd.compiler.quantize",
     "Report": "msd.passes.report",
     "ArtifactError": "msd.runtime.module",
+    "generate": "msd.compiler.generate",
 }
 
 if TYPE_CHECKING:
     from msd.compiler.driver import STAGES, TARGETS, CompiledModule, compile, compile_functions  # noqa: F401
+    from msd.compiler.generate import generate  # noqa: F401
     from msd.compiler.importer import ExportError  # noqa: F401
     from msd.compiler.iree_session import CompileError  # noqa: F401
     from msd.compiler.quantize import QuantizedLinear, quantize  # noqa: F401
