@@ -56,11 +56,12 @@ def _compile_gguf(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     max_ctx = args.max_ctx or G.DEFAULT_MAX_CTX
     gen = compile_generator(args.entry, slices=args.slices, max_ctx=max_ctx, target=args.target,
-                            progress=_progress(args, start))
-    k, _ = gen.model.empty_cache(1, max_ctx)
+                            progress=_progress(args, start), kv_cache=args.kv_cache)
+    cache = gen.model.empty_cache(1, max_ctx, args.kv_cache)
     marker = "\x00USER\x00"
     template = G.chat_prompt(marker).replace("{", "{{").replace("}", "}}").replace(marker, "{user}")
-    settings = {"max_ctx": max_ctx, "cache_shape": list(k.shape), "cache_dtype": "float32",
+    settings = {"max_ctx": max_ctx, "kv_cache": args.kv_cache,
+                "cache": [{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in cache],
                 "stop_ids": sorted(_stop_ids(args.entry, gen.tokenizer)), "chat_template": template,
                 "source": Path(args.entry).name}
     folder = gen.compiled.save(args.output, extra_files={TOKENIZER_FILE: gen.tokenizer.to_str().encode()},
@@ -77,8 +78,8 @@ def cmd_compile(args: argparse.Namespace) -> dict:
         if not Path(args.entry).is_file():
             raise CliError(f"no such GGUF file: {args.entry}")
         return _compile_gguf(args)
-    if args.max_ctx is not None:
-        raise CliError("--max-ctx applies to .gguf models only")
+    if args.max_ctx is not None or args.kv_cache != "float":
+        raise CliError("--max-ctx and --kv-cache apply to .gguf models only")
     module_name, _, func_name = args.entry.partition(":")
     if not func_name:
         raise CliError(f"entry point {args.entry!r} must be 'module:function'")
@@ -225,7 +226,8 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     elif Path(args.gguf).is_file():
         from msd.compiler.generate import compile_generator
 
-        gen = compile_generator(args.gguf, slices=args.slices, max_ctx=args.max_ctx, progress=_progress(args, start))
+        gen = compile_generator(args.gguf, slices=args.slices, max_ctx=args.max_ctx, progress=_progress(args, start),
+                                kv_cache=args.kv_cache)
         _say(args, f"[{time.perf_counter() - start:6.1f}s] compiled prefill + decode")
         slices = args.slices
     else:
@@ -267,6 +269,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--min-bits", type=int, default=None, help="accuracy request instead of --slices (8, 16, 24)")
     c.add_argument("--hardware", default=None, help="hardware profile for --decide cost (see msd.targets)")
     c.add_argument("--max-ctx", type=int, default=None, help=".gguf only: static KV-cache length (default 2048)")
+    c.add_argument("--kv-cache", default="float", choices=("float", "int8"),
+                   help=".gguf only: KV cache in f32, or int8 with a scale per head and token (MSD attention)")
     c.set_defaults(func=cmd_compile)
 
     for name, func, text in (("run", cmd_run, "run an artifact on .npy inputs"),
@@ -292,6 +296,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--slices", type=int, default=2)
     g.add_argument("--max-ctx", type=int, default=512, help="static KV-cache length (prompt + new tokens)")
     g.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
+    g.add_argument("--kv-cache", default="float", choices=("float", "int8"),
+                   help="KV cache in f32, or int8 with a scale per head and token (MSD attention)")
     g.add_argument("--device", default=None, help="artifact folders: IREE driver (default: the target's)")
     g.set_defaults(func=cmd_generate)
     for s in sub.choices.values():

@@ -4,10 +4,11 @@
     gen = TextGenerator.load("out/")
     print(gen.generate("What is the capital of France?", 32))
 
-The artifact holds ``prefill`` and ``decode`` (both ``(tokens, start_pos, k_cache, v_cache) →
-(last-token logits, k_cache, v_cache)``), the tokenizer (``tokenizer.json``, checked by sha256 like
-every file) and the generation settings in the manifest's ``metadata["generation"]``: cache shape
-and dtype, ``max_ctx``, stop token ids and the chat template.  Needs numpy, iree-base-runtime and
+The artifact holds ``prefill`` and ``decode`` (both ``(tokens, start_pos, *cache) → (last-token
+logits, *cache)``; the cache is ``k, v`` f32, or ``k_codes, k_scales, v_codes, v_scales`` for an int8
+KV cache), the tokenizer (``tokenizer.json``, checked by sha256 like every file) and the generation
+settings in the manifest's ``metadata["generation"]``: the cache tensors' shapes and dtypes,
+``max_ctx``, stop token ids and the chat template.  Needs numpy, iree-base-runtime and
 ``tokenizers``; no torch, no compiler.
 """
 
@@ -50,20 +51,20 @@ class GenerationStats:
                 f"decode {self.decode_tokens} tok in {self.decode_s:.3f} s ({self.decode_tok_s:.1f} tok/s)")
 
 
-StepFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+StepFn = Callable[..., tuple[np.ndarray, ...]]  # (tokens, start_pos, *cache) -> (logits, *cache)
 
 
-def greedy(prefill: StepFn, decode: StepFn, ids: list[int], k: np.ndarray, v: np.ndarray, max_new_tokens: int,
+def greedy(prefill: StepFn, decode: StepFn, ids: list[int], cache: tuple[np.ndarray, ...], max_new_tokens: int,
            stop_ids: set[int], on_token: Callable[[int], None] | None = None,
            stats: GenerationStats | None = None) -> list[int]:
     """Greedy ids after the prompt ``ids`` (stopping after a stop token, which is included), over numpy
-    step functions and the empty caches ``k``/``v``; timings go into ``stats``."""
+    step functions and the empty ``cache`` tensors; timings go into ``stats``."""
     stats = stats if stats is not None else GenerationStats()
     out: list[int] = []
     if max_new_tokens <= 0:
         return out
     t0 = time.perf_counter()
-    logits, k, v = prefill(np.asarray([ids], dtype=np.int64), np.zeros(1, dtype=np.int64), k, v)
+    logits, *cache = prefill(np.asarray([ids], dtype=np.int64), np.zeros(1, dtype=np.int64), *cache)
     nxt = int(np.argmax(logits[0]))
     stats.prefill_s, stats.prefill_tokens = time.perf_counter() - t0, len(ids)
     pos = len(ids)
@@ -74,7 +75,7 @@ def greedy(prefill: StepFn, decode: StepFn, ids: list[int], k: np.ndarray, v: np
             on_token(nxt)
         if nxt in stop_ids or len(out) >= max_new_tokens:
             break
-        logits, k, v = decode(np.asarray([[nxt]], dtype=np.int64), np.asarray([pos], dtype=np.int64), k, v)
+        logits, *cache = decode(np.asarray([[nxt]], dtype=np.int64), np.asarray([pos], dtype=np.int64), *cache)
         nxt = int(np.argmax(logits[0]))
         pos += 1
         stats.decode_tokens += 1
@@ -128,9 +129,8 @@ class TextGenerator:
         text = self.settings["chat_template"].format(user=prompt_text) if chat else prompt_text
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def empty_cache(self) -> tuple[np.ndarray, np.ndarray]:
-        shape, dtype = tuple(self.settings["cache_shape"]), np.dtype(self.settings["cache_dtype"])
-        return np.zeros(shape, dtype), np.zeros(shape, dtype)
+    def empty_cache(self) -> tuple[np.ndarray, ...]:
+        return tuple(np.zeros(tuple(t["shape"]), np.dtype(t["dtype"])) for t in self.settings["cache"])
 
     def generate_ids(self, ids: list[int], max_new_tokens: int,
                      on_token: Callable[[int], None] | None = None) -> list[int]:
@@ -139,9 +139,8 @@ class TextGenerator:
         if len(ids) + max_new_tokens > self.max_ctx:
             raise ValueError(f"{len(ids)} prompt + {max_new_tokens} new tokens exceed max_ctx={self.max_ctx}")
         self.last_stats = GenerationStats()
-        k, v = self.empty_cache()
-        return greedy(self.artifact.prefill, self.artifact.decode, ids, k, v, max_new_tokens, self.stop_ids,
-                      on_token, self.last_stats)
+        return greedy(self.artifact.prefill, self.artifact.decode, ids, self.empty_cache(), max_new_tokens,
+                      self.stop_ids, on_token, self.last_stats)
 
     def generate(self, prompt_text: str, max_new_tokens: int, chat: bool = True,
                  callback: Callable[[str], None] | None = None) -> str:

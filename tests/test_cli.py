@@ -114,7 +114,7 @@ def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path) -> None
     assert json.loads(proc.stdout)["max_ctx"] == 32
     manifest = json.loads((tmp_path / "llm" / "msd.json").read_text())
     assert set(manifest["functions"]) == {"prefill", "decode"} and "tokenizer.json" in manifest["files"]
-    assert manifest["metadata"]["generation"]["cache_shape"][3] == 32
+    assert manifest["metadata"]["generation"]["cache"][0]["shape"][3] == 32
     no_torch = ("import sys; sys.modules['torch'] = None; from msd.compiler.cli import main; "
                 "sys.exit(main(sys.argv[1:]))")
     run = subprocess.run([sys.executable, "-c", no_torch, "generate", "llm", "hello", "--max-new-tokens", "6",
@@ -129,7 +129,7 @@ def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path) -> None
     proc = _msd("generate", "llm", "hello", cwd=tmp_path)
     assert proc.returncode == 1 and "tokenizer.json was modified" in proc.stderr
     proc = _msd("compile", "my_models:build", "-o", "o", "--max-ctx", "8", cwd=tmp_path)
-    assert proc.returncode == 1 and "--max-ctx applies to .gguf models only" in proc.stderr
+    assert proc.returncode == 1 and "--max-ctx and --kv-cache apply to .gguf models only" in proc.stderr
 
 
 def test_compile_with_cost_decisions_and_mx_slices(tmp_path: Path) -> None:
