@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from msd.compiler import gguf as G
+from msd.runtime.generate import GenerationStats  # shared with the torch-free text generator
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 
@@ -48,27 +49,6 @@ class ScoreStep(CachedStep):
 
     def forward(self, tokens: torch.Tensor, start_pos: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.llama.step(tokens, start_pos, *cache, last_only=False)
-
-
-@dataclass
-class GenerationStats:
-    prefill_tokens: int = 0
-    prefill_s: float = 0.0
-    decode_tokens: int = 0  # decode calls (tokens fed back), not counting the prefill's token
-    decode_s: float = 0.0
-    new_tokens: int = 0
-
-    @property
-    def prefill_tok_s(self) -> float:
-        return self.prefill_tokens / self.prefill_s if self.prefill_s else 0.0
-
-    @property
-    def decode_tok_s(self) -> float:
-        return self.decode_tokens / self.decode_s if self.decode_s else 0.0
-
-    def format(self) -> str:
-        return (f"prefill {self.prefill_tokens} tok in {self.prefill_s:.3f} s ({self.prefill_tok_s:.1f} tok/s), "
-                f"decode {self.decode_tokens} tok in {self.decode_s:.3f} s ({self.decode_tok_s:.1f} tok/s)")
 
 
 @dataclass
