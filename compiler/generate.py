@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from msd.compiler import gguf as G
-from msd.runtime.generate import GenerationStats  # shared with the torch-free text generator
+from msd.runtime.generate import GenerationStats, TextStream  # shared with the torch-free text generator
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 
@@ -172,24 +172,9 @@ class Generator:
         """Greedy reply to ``prompt_text`` (wrapped in the chat template when ``chat``); ``callback``
         receives each new piece of text as it is produced (the pieces add up to the returned text).
         Stats are in :attr:`last_stats`."""
-        tok = self.tokenizer
-        done: list[int] = []
-        shown = ""
-
-        def on_token(t: int) -> None:
-            nonlocal shown
-            done.append(t)
-            if callback is not None:
-                text = tok.decode(done, skip_special_tokens=True)
-                if not text.endswith("\ufffd") and text.startswith(shown):  # wait for whole UTF-8 chars
-                    callback(text[len(shown):])
-                    shown = text
-
-        out = self.generate_ids(self.encode(prompt_text, chat), max_new_tokens, on_token)
-        text = tok.decode(out, skip_special_tokens=True)
-        if callback is not None and text != shown and text.startswith(shown):
-            callback(text[len(shown):])  # what was held back waiting for the rest of a UTF-8 character
-        return text
+        stream = TextStream(self.tokenizer, callback)
+        self.generate_ids(self.encode(prompt_text, chat), max_new_tokens, stream.on_token)
+        return stream.finish()
 
 
 def _stop_ids(path, tokenizer) -> set[int]:

@@ -84,22 +84,28 @@ def greedy(prefill: StepFn, decode: StepFn, ids: list[int], cache: tuple[np.ndar
     return out
 
 
-def stream_text(tokenizer, callback: Callable[[str], None] | None) -> tuple[list[int], Callable[[int], None]]:
-    """An ``on_token`` that decodes the ids so far and hands ``callback`` each new piece of text
-    (holding back incomplete UTF-8 characters); returns the id list it fills and the function."""
-    done: list[int] = []
-    shown = ""
+class TextStream:
+    """Hands ``callback`` each new piece of text as ids arrive (:meth:`on_token`), holding back
+    incomplete UTF-8 characters; :meth:`finish` sends what was held back and returns the whole text."""
 
-    def on_token(t: int) -> None:
-        nonlocal shown
-        done.append(t)
-        if callback is not None:
-            text = tokenizer.decode(done, skip_special_tokens=True)
-            if not text.endswith("\ufffd") and text.startswith(shown):
-                callback(text[len(shown):])
-                shown = text
+    def __init__(self, tokenizer, callback: Callable[[str], None] | None) -> None:
+        self.tokenizer, self.callback = tokenizer, callback
+        self.ids: list[int] = []
+        self.shown = ""
 
-    return done, on_token
+    def on_token(self, t: int) -> None:
+        self.ids.append(t)
+        if self.callback is not None:
+            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            if not text.endswith("\ufffd") and text.startswith(self.shown):
+                self.callback(text[len(self.shown):])
+                self.shown = text
+
+    def finish(self) -> str:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if self.callback is not None and text != self.shown and text.startswith(self.shown):
+            self.callback(text[len(self.shown):])
+        return text
 
 
 class TextGenerator:
@@ -145,9 +151,9 @@ class TextGenerator:
     def generate(self, prompt_text: str, max_new_tokens: int, chat: bool = True,
                  callback: Callable[[str], None] | None = None) -> str:
         """Greedy reply to ``prompt_text``; ``callback`` receives each new piece of text."""
-        _, on_token = stream_text(self.tokenizer, callback)
-        out = self.generate_ids(self.encode(prompt_text, chat), max_new_tokens, on_token)
-        return self.tokenizer.decode(out, skip_special_tokens=True)
+        stream = TextStream(self.tokenizer, callback)
+        self.generate_ids(self.encode(prompt_text, chat), max_new_tokens, stream.on_token)
+        return stream.finish()
 
 
-__all__ = ["GenerationStats", "TextGenerator", "greedy", "stream_text"]
+__all__ = ["GenerationStats", "TextGenerator", "TextStream", "greedy"]
