@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from msd.compiler import gguf as G
-from msd.runtime.generate import GenerationStats, TextStream  # shared with the torch-free text generator
+from msd.runtime.generate import GenerationStats, TextStream, check_prompt  # shared with the torch-free text generator
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 
@@ -112,10 +112,7 @@ class Generator:
     def generate_ids(self, ids: list[int], max_new_tokens: int,
                      on_token: Callable[[int], None] | None = None) -> list[int]:
         """Greedy token ids after the prompt ``ids``, stopping after a stop token (included)."""
-        if not ids:
-            raise ValueError("the prompt is empty")
-        if len(ids) + max_new_tokens > self.max_ctx:
-            raise ValueError(f"{len(ids)} prompt + {max_new_tokens} new tokens exceed max_ctx={self.max_ctx}")
+        check_prompt(ids, max_new_tokens, self.max_ctx)
         stats = self.last_stats = GenerationStats()
         out: list[int] = []
         if max_new_tokens <= 0:

@@ -84,6 +84,14 @@ def greedy(prefill: StepFn, decode: StepFn, ids: list[int], cache: tuple[np.ndar
     return out
 
 
+def check_prompt(ids: list[int], max_new_tokens: int, max_ctx: int) -> None:
+    """Refuse an empty prompt, or one that with ``max_new_tokens`` would overrun the static cache."""
+    if not ids:
+        raise ValueError("the prompt is empty")
+    if len(ids) + max_new_tokens > max_ctx:
+        raise ValueError(f"{len(ids)} prompt + {max_new_tokens} new tokens exceed max_ctx={max_ctx}")
+
+
 class TextStream:
     """Hands ``callback`` each new piece of text as ids arrive (:meth:`on_token`), holding back
     incomplete UTF-8 characters; :meth:`finish` sends what was held back and returns the whole text."""
@@ -140,10 +148,7 @@ class TextGenerator:
 
     def generate_ids(self, ids: list[int], max_new_tokens: int,
                      on_token: Callable[[int], None] | None = None) -> list[int]:
-        if not ids:
-            raise ValueError("the prompt is empty")
-        if len(ids) + max_new_tokens > self.max_ctx:
-            raise ValueError(f"{len(ids)} prompt + {max_new_tokens} new tokens exceed max_ctx={self.max_ctx}")
+        check_prompt(ids, max_new_tokens, self.max_ctx)
         self.last_stats = GenerationStats()
         return greedy(self.artifact.prefill, self.artifact.decode, ids, self.empty_cache(), max_new_tokens,
                       self.stop_ids, on_token, self.last_stats)
@@ -156,4 +161,4 @@ class TextGenerator:
         return stream.finish()
 
 
-__all__ = ["GenerationStats", "TextGenerator", "TextStream", "greedy"]
+__all__ = ["GenerationStats", "TextGenerator", "TextStream", "check_prompt", "greedy"]
