@@ -9,8 +9,9 @@ scale per head and token, "dequantize then attend" — the int8-KV reference), a
 and slices 1/2/3, where the pass rewrites both ``q·Kᵀ`` and ``P·V`` into int8 matmuls against the cached
 codes.  Mean KL to both references, perplexity, top-1 agreement.
 
-Speed: greedy decode tokens/s with max_ctx 256, 1024 and 2048 for msd slices=2 with the f32 cache and with
-the int8 cache (one compile each, interleaved timing rounds), and the KV bytes each decode token moves.
+Speed: greedy decode tokens/s at context 256, 1024 and 2048 (the cache holds that many tokens) for msd
+slices=2 with the f32 cache and with the int8 cache (one compile each, interleaved timing rounds), and the
+KV bytes each decode token reads.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ BEGIN, END = "<!-- kv_cache.py: begin -->", "<!-- kv_cache.py: end -->"
 
 
 def kv_bytes(cfg: G.LlamaConfig, ctx: int, fmt: str) -> int:
-    """Bytes of K and V that one decode token's attention reads (all ``ctx`` slots, every layer)."""
+    """Bytes of K and V that one decode token's attention reads (``ctx`` cached tokens, every layer)."""
     per_slot = cfg.head_dim * 4 if fmt == "float" else cfg.head_dim + 4  # int8 codes + one f32 scale
     return 2 * cfg.n_layers * cfg.n_kv_heads * ctx * per_slot
 
@@ -66,17 +67,24 @@ def accuracy(path: Path, model: G.LlamaModel, n_tokens: int, max_ctx: int, log) 
     return [[f"{len(ids) - 1}"], *rows]
 
 
+SPEED_TOPICS = ("execmodel", "import")  # the decode prompts: the first ctx - new_tokens tokens of this text
+
+
 def speed(path: Path, model: G.LlamaModel, ctxs: list[int], rounds: int, new_tokens: int, log) -> list[list[str]]:
+    """Decode tokens/s with the cache holding about ``ctx`` tokens (a prompt of ``ctx - new_tokens``
+    tokens, then ``new_tokens`` greedy steps): one compile per cache format (capacity ``max(ctxs)``),
+    interleaved timing rounds, median per token."""
     tok = G.tokenizer_from_gguf(path)
-    prompt = pydoc_ids(tok, ("execmodel",), 16)
+    gens = {}
+    for fmt in ("float", "int8"):
+        log(f"compile kv={fmt} (max_ctx {max(ctxs)})")
+        gens[fmt] = compile_generator(path, slices=2, max_ctx=max(ctxs), model=model, kv_cache=fmt)
     rows = []
     for ctx in ctxs:
-        gens = {}
-        for fmt in ("float", "int8"):
-            log(f"compile max_ctx={ctx} kv={fmt}")
-            gens[fmt] = compile_generator(path, slices=2, max_ctx=ctx, model=model, kv_cache=fmt)
-            gens[fmt].generate_ids(prompt, 2)  # warm up
+        prompt = pydoc_ids(tok, SPEED_TOPICS, ctx - new_tokens)
         times: dict[str, list[float]] = {f: [] for f in gens}
+        for gen in gens.values():
+            gen.generate_ids(prompt[:16], 2)  # warm up
         for _ in range(rounds):
             for fmt, gen in gens.items():
                 gen.generate_ids(prompt, new_tokens)
@@ -87,7 +95,6 @@ def speed(path: Path, model: G.LlamaModel, ctxs: list[int], rounds: int, new_tok
         rows.append([str(ctx), f"{1e3 / f_ms:.1f}", f"{1e3 / q_ms:.1f}", f"{f_ms / q_ms:.2f}x",
                      f"{fb / 2**20:.1f}", f"{qb / 2**20:.1f}", f"{fb / qb:.2f}x"])
         log(f"  ctx {ctx}: float {f_ms:.1f} ms, int8 {q_ms:.1f} ms per token")
-        del gens
     return rows
 
 
@@ -98,7 +105,7 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=1024, help="teacher-forced text length (default 1024)")
-    ap.add_argument("--ctx", default="256,1024,2048", help="decode max_ctx values (default 256,1024,2048)")
+    ap.add_argument("--ctx", default="256,1024,2048", help="decode context lengths (default 256,1024,2048)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
@@ -142,15 +149,16 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Decode speed and KV bytes per token",
         "",
-        f"msd slices=2, greedy decode of {args.new_tokens} tokens after a 16-token prompt, median of "
-        f"{args.rounds} interleaved rounds per max_ctx. Attention reads every slot up to max_ctx whatever "
-        "the current length (the cache is a static tensor passed in and returned), so decode cost depends "
-        "on max_ctx, not on how full the cache is. KV bytes: what one token's attention reads "
-        f"({c.n_layers} layers × {c.n_kv_heads} KV heads × max_ctx × (K and V), {c.head_dim} f32 or "
-        f"{c.head_dim} int8 + one f32 scale per slot); the cache also crosses the host boundary in and out "
-        "on every call (2× these bytes).",
+        f"msd slices=2, greedy decode of {args.new_tokens} tokens after a prompt of context − "
+        f"{args.new_tokens} tokens (pydoc topics {' + '.join(SPEED_TOPICS)}), so the cache holds about "
+        f"`context` tokens; median of {args.rounds} interleaved rounds, one compile per cache format. Each decode "
+        "call reads only the filled part of the host cache (passed in, token-major), and returns the new "
+        "token's entries, which the host appends. KV bytes: what one token's attention reads "
+        f"({c.n_layers} layers × {c.n_kv_heads} KV heads × context × (K and V), {c.head_dim} f32 or "
+        f"{c.head_dim} int8 + one f32 scale per token); the same bytes are also copied host → device on every "
+        "call.",
         "",
-        *table(["max_ctx", "f32 KV tok/s", "int8 KV tok/s", "speed-up", "f32 KV MiB/token",
+        *table(["context", "f32 KV tok/s", "int8 KV tok/s", "speed-up", "f32 KV MiB/token",
                 "int8 KV MiB/token", "bytes ratio"], spd),
         END,
     ]

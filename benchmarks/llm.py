@@ -41,6 +41,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,7 +52,6 @@ from msd.compiler import gguf as G  # noqa: E402
 from msd.compiler.generate import (  # noqa: E402
     Generator,
     NextTokenStats,
-    StepFn,
     compile_generator,
     eager_generator,
     next_token_stats,
@@ -210,32 +210,32 @@ def wait_for_idle(max_wait_s: float, log: Log, threshold: float = 0.25) -> None:
         time.sleep(10.0)
 
 
-def time_steps(label: str, prefill: StepFn, decode: StepFn, model: G.LlamaModel, max_ctx: int,
-               prompt: list[int], n_decode: int) -> SpeedRow:
+def time_steps(label: str, gen: Generator, prompt: list[int], n_decode: int) -> SpeedRow:
     """Warm up (8-token prefill, 2 decodes), then one timed prefill of ``prompt`` and ``n_decode``
-    greedy decode steps (stop tokens ignored), each call timed from Python (torch in, torch out)."""
+    greedy decode steps (stop tokens ignored), each call timed from Python (numpy in, numpy out, the new
+    cache entries appended to the host cache)."""
     row = SpeedRow(label, len(prompt), decode_tokens=n_decode)
-    zero = torch.zeros(1, dtype=torch.long)
-    with torch.no_grad():
-        k, v = model.empty_cache(1, max_ctx)
-        _, wk, wv = prefill(torch.tensor([prompt[:8]]), zero, k, v)
-        for j in range(2):
-            _, wk, wv = decode(torch.tensor([[prompt[8 + j]]]), torch.tensor([8 + j]), wk, wv)
-        del wk, wv
-        with OtherLoad() as other:
-            t0 = time.perf_counter()
-            logits, k, v = prefill(torch.tensor([prompt]), zero, k, v)
+    warm = gen.empty_cache()
+    _, *new = gen.prefill(np.asarray([prompt[:8]]))
+    warm.append(new)
+    for j in range(2):
+        _, *new = gen.decode(np.asarray([[prompt[8 + j]]]), *warm.past())
+        warm.append(new)
+    cache = gen.empty_cache()
+    with OtherLoad() as other:
+        t0 = time.perf_counter()
+        logits, *new = gen.prefill(np.asarray([prompt]))
+        cache.append(new)
+        nxt = int(logits[0].argmax())
+        row.prefill_s = time.perf_counter() - t0
+        row.tokens.append(nxt)
+        t0 = time.perf_counter()
+        for _ in range(n_decode):
+            logits, *new = gen.decode(np.asarray([[nxt]]), *cache.past())
+            cache.append(new)
             nxt = int(logits[0].argmax())
-            row.prefill_s = time.perf_counter() - t0
             row.tokens.append(nxt)
-            pos = len(prompt)
-            t0 = time.perf_counter()
-            for _ in range(n_decode):
-                logits, k, v = decode(torch.tensor([[nxt]]), torch.tensor([pos]), k, v)
-                nxt = int(logits[0].argmax())
-                row.tokens.append(nxt)
-                pos += 1
-            row.decode_s = time.perf_counter() - t0
+        row.decode_s = time.perf_counter() - t0
     row.other_cores = other.cores
     return row
 
@@ -579,10 +579,10 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
             f"**{p.gguf_bytes * p.decode_tok_s / 1e9:.2f} GB/s**. msd's own parameter archive (what its "
             f"kernels read: one byte per 4-bit code plus f32 scales/mins) is {p.irpa_bytes / 2**20:.1f} MiB "
             f"→ {p.irpa_bytes * p.decode_tok_s / 1e9:.2f} GB/s.",
-            f"- KV cache: K and V are f32 [layers, 1, kv heads, {args.max_ctx}, head dim], {kv_mib:.1f} MiB each; "
-            f"every decode call takes both in and returns both ({4 * kv_mib:.0f} MiB of host↔device copies "
-            "per token), and the step itself rewrites the whole cache (functional update) and reads all "
-            f"{args.max_ctx} slots in attention, whatever the current length.",
+            f"- KV cache: K and V are f32 [T, layers, 1, kv heads, head dim] on the host, {kv_mib:.1f} MiB each "
+            f"at T = {args.prompt_tokens} (the prompt); each decode call passes the T filled entries in "
+            f"({2 * kv_mib:.0f} MiB of host→device copies per token), gets only the new token's entries back, "
+            "and its attention reads T + 1 keys (capacity max_ctx only bounds T).",
         ]
         d = p.device
         if d is not None and not d.error:
@@ -735,11 +735,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in args.spd_slices:
             g = compiled[s].gen
             wait_for_idle(args.wait_idle, log)
-            speed.append(time_steps(f"msd slices={s}", g.prefill, g.decode, model, args.max_ctx, prompt,
-                                    args.decode_tokens))
+            speed.append(time_steps(f"msd slices={s}", g, prompt, args.decode_tokens))
         wait_for_idle(args.wait_idle, log)
-        speed.append(time_steps("eager torch f32", eager.prefill, eager.decode, model, args.max_ctx, prompt,
-                                args.decode_tokens))
+        speed.append(time_steps("eager torch f32", eager, prompt, args.decode_tokens))
         if args.no_llama_cpp:
             speed.append(SpeedRow("llama.cpp", note="skipped (--no-llama-cpp)"))
         else:
@@ -749,16 +747,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"  {r.label}: prefill {fmt(r.prefill_tok_s)} tok/s, decode {fmt(r.decode_tok_s)} tok/s, "
                 f"other load {fmt(r.other_cores, 2)} cores" + (f" ({r.note})" if r.note else ""))
         gguf_bytes, weights = gguf_bytes_per_token(model)
-        kv_bytes = cfg.n_layers * cfg.n_kv_heads * args.max_ctx * cfg.head_dim * 4
+        kv_bytes = cfg.n_layers * cfg.n_kv_heads * args.prompt_tokens * cfg.head_dim * 4
         for s in args.spd_slices:
             cm = compiled[s].gen.compiled
             per_call = dispatches_per_call(cm.vmfb, "decode")
             dev = pdev = None
             if not args.no_profile:
                 wait_for_idle(args.wait_idle, log)
-                inputs = input_flags(cm, "decode", ["5", str(args.prompt_tokens), "0", "0"])
+                # the cache holds the prompt: T = prompt tokens (zeros: the time does not depend on values)
+                inputs = input_flags(cm, "decode", ["5", "0", "0"], dynamic=args.prompt_tokens)
                 dev = device_profile(cm, "decode", inputs, args.threads, 20, per_call)
-                inputs = input_flags(cm, "prefill", ["5", "0", "0", "0"], dynamic=args.prompt_tokens)
+                inputs = input_flags(cm, "prefill", ["5"], dynamic=args.prompt_tokens)
                 pdev = device_profile(cm, "prefill", inputs, args.threads, 1, None)
             row = next(r for r in speed if r.label == f"msd slices={s}")
             irpa = (cm.workdir / "model.irpa").stat().st_size

@@ -57,11 +57,12 @@ def _compile_gguf(args: argparse.Namespace) -> dict:
     max_ctx = args.max_ctx or G.DEFAULT_MAX_CTX
     gen = compile_generator(args.entry, slices=args.slices, max_ctx=max_ctx, target=args.target,
                             progress=_progress(args, start), kv_cache=args.kv_cache)
-    cache = gen.model.empty_cache(1, max_ctx, args.kv_cache)
+    entries = gen.model.cache_entries(1, args.kv_cache)
     marker = "\x00USER\x00"
     template = G.chat_prompt(marker).replace("{", "{{").replace("}", "}}").replace(marker, "{user}")
     settings = {"max_ctx": max_ctx, "kv_cache": args.kv_cache,
-                "cache": [{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in cache],
+                # one token's entry of each cache tensor (the host cache is [max_ctx, *shape])
+                "cache": [{"shape": list(shape), "dtype": str(dt).removeprefix("torch.")} for shape, dt in entries],
                 "stop_ids": sorted(_stop_ids(args.entry, gen.tokenizer)), "chat_template": template,
                 "source": Path(args.entry).name}
     folder = gen.compiled.save(args.output, extra_files={TOKENIZER_FILE: gen.tokenizer.to_str().encode()},

@@ -2,53 +2,50 @@
 
 ``compile_generator(path)`` compiles two entry points into one artifact with shared weights:
 
-- ``prefill(tokens [1, S], start_pos [1], *cache)`` with a dynamic ``S`` (1..max_ctx);
-- ``decode(token [1, 1], start_pos [1], *cache)``;
+- ``prefill(tokens [1, S])`` with a dynamic ``S`` (1..max_ctx) and no cache;
+- ``decode(token [1, 1], *past)`` over the ``T`` cached tokens (dynamic ``T``);
 
-both are :meth:`msd.compiler.gguf.LlamaModel.step` (last-token logits and the new caches), so the
-caches live on the host between calls and the functions stay pure.  The cache is ``k, v`` (f32), or
-``k_codes, k_scales, v_codes, v_scales`` with ``kv_cache="int8"`` (``LlamaModel.empty_cache``).  With
-``score=True`` a third entry point ``score`` (dynamic ``S``, logits of every position) is compiled too,
-for teacher forcing (:meth:`Generator.next_token_logits`).  :func:`eager_generator` runs the same cache
-path in eager torch as the reference.  ``Generator.generate(text, n)`` returns the reply and records
-prefill/decode tokens per second in ``Generator.last_stats``; :func:`generate` is the one-call
-convenience (``msd.generate``).
+both are :meth:`msd.compiler.gguf.LlamaModel.step`: they return the last-token logits and the new tokens'
+cache entries, which the host appends to its :class:`msd.runtime.generate.KVCache` (token-major buffers
+of ``max_ctx`` tokens); a step reads only the filled part, so decode costs what the current length
+asks.  The cache is ``k, v`` (f32), or ``k_codes, k_scales, v_codes, v_scales`` with
+``kv_cache="int8"`` (``LlamaModel.cache_entries``).  With ``score=True`` a third entry point
+``score(tokens [1, S], *past)`` (logits of every position) is compiled too, for teacher forcing
+(:meth:`Generator.next_token_logits`).  :func:`eager_generator` runs the same steps in eager torch as the
+reference.  ``Generator.generate(text, n)`` returns the reply and records prefill/decode tokens per
+second in ``Generator.last_stats``; :func:`generate` is the one-call convenience (``msd.generate``).
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from msd.compiler import gguf as G
-from msd.runtime.generate import GenerationStats, TextStream, check_prompt  # shared with the torch-free text generator
+
+# shared with the torch-free text generator
+from msd.runtime.generate import GenerationStats, KVCache, StepFn, TextStream, check_prompt, greedy
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 
 
 class CachedStep(nn.Module):
-    """Thin wrapper exporting ``LlamaModel.step``; every instance holds the model as ``llama`` so the
-    weights of all entry points have the same torch names (and are stored once)."""
+    """``LlamaModel.step`` as a module to export: ``forward(tokens, *past)`` with the cache format and
+    ``last_only`` fixed.  Every instance holds the model as ``llama`` so the weights of all entry points
+    have the same torch names (and are stored once)."""
 
-    def __init__(self, llama: G.LlamaModel) -> None:
+    def __init__(self, llama: G.LlamaModel, kv_cache: str = "float", last_only: bool = True) -> None:
         super().__init__()
-        self.llama = llama
+        self.llama, self.kv_cache, self.last_only = llama, kv_cache, last_only
 
-    def forward(self, tokens: torch.Tensor, start_pos: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.llama.step(tokens, start_pos, *cache)
-
-
-class ScoreStep(CachedStep):
-    """``LlamaModel.step`` returning the logits of every position (``[B, S, vocab]``): teacher forcing."""
-
-    def forward(self, tokens: torch.Tensor, start_pos: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.llama.step(tokens, start_pos, *cache, last_only=False)
+    def forward(self, tokens: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.llama.step(tokens, *past, kv_cache=self.kv_cache, last_only=self.last_only)
 
 
 @dataclass
@@ -86,13 +83,27 @@ def next_token_stats(ref_logits: torch.Tensor, logits: torch.Tensor, ids: list[i
     )
 
 
-StepFn = Callable[..., tuple[torch.Tensor, ...]]  # (tokens, start_pos, *cache) -> (logits, *cache)
+def eager_steps(model: G.LlamaModel, kv_cache: str = "float") -> tuple[StepFn, StepFn, StepFn]:
+    """``(prefill, decode, score)`` numpy step functions (as the runtime's) over ``model.step`` in eager
+    torch: the reference the compiled ones are compared with."""
+    model.cache_entries(1, kv_cache)  # checks the format
+
+    def run(last_only: bool) -> StepFn:
+        def call(tokens: np.ndarray, *past: np.ndarray) -> tuple[np.ndarray, ...]:
+            with torch.no_grad():
+                out = model.step(torch.from_numpy(tokens), *(torch.from_numpy(p) for p in past),
+                                 kv_cache=kv_cache, last_only=last_only)
+            return tuple(o.numpy() for o in out)
+        return call
+
+    return run(True), run(True), run(False)
 
 
 class Generator:
-    """Greedy generation over a ``prefill`` and a ``decode`` step function (compiled or eager);
-    ``score`` (optional) is the all-positions step used by :meth:`next_token_logits`; ``kv_cache`` the
-    cache format the step functions take ("float" or "int8")."""
+    """Greedy generation over numpy step functions (compiled or eager): ``prefill(tokens)`` and
+    ``decode(token, *past)``, each returning the logits and the new tokens' cache entries; ``score``
+    (optional, ``(tokens, *past)`` → logits of every position) is used by :meth:`next_token_logits`;
+    ``kv_cache`` is the cache format ("float" or "int8") and ``max_ctx`` the host cache's capacity."""
 
     def __init__(self, prefill: StepFn, decode: StepFn, model: G.LlamaModel, tokenizer, stop_ids: set[int],
                  max_ctx: int, compiled=None, score: StepFn | None = None, kv_cache: str = "float") -> None:
@@ -105,6 +116,10 @@ class Generator:
         self.compiled = compiled  # the CompiledModule, when there is one
         self.last_stats = GenerationStats()
 
+    def empty_cache(self) -> KVCache:
+        entries = self.model.cache_entries(1, self.kv_cache)
+        return KVCache([(shape, torch.empty(0, dtype=dt).numpy().dtype) for shape, dt in entries], self.max_ctx)
+
     def encode(self, prompt_text: str, chat: bool = True) -> list[int]:
         text = G.chat_prompt(prompt_text) if chat else prompt_text
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -113,36 +128,15 @@ class Generator:
                      on_token: Callable[[int], None] | None = None) -> list[int]:
         """Greedy token ids after the prompt ``ids``, stopping after a stop token (included)."""
         check_prompt(ids, max_new_tokens, self.max_ctx)
-        stats = self.last_stats = GenerationStats()
-        out: list[int] = []
-        if max_new_tokens <= 0:
-            return out
-        cache = self.model.empty_cache(1, self.max_ctx, self.kv_cache)
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            logits, *cache = self.prefill(torch.tensor([ids]), torch.zeros(1, dtype=torch.long), *cache)
-            nxt = int(logits[0].argmax())
-            stats.prefill_s, stats.prefill_tokens = time.perf_counter() - t0, len(ids)
-            pos = len(ids)
-            t0 = time.perf_counter()
-            while True:
-                out.append(nxt)
-                if on_token is not None:
-                    on_token(nxt)
-                if nxt in self.stop_ids or len(out) >= max_new_tokens:
-                    break
-                logits, *cache = self.decode(torch.tensor([[nxt]]), torch.tensor([pos]), *cache)
-                nxt = int(logits[0].argmax())
-                pos += 1
-                stats.decode_tokens += 1
-            stats.decode_s = time.perf_counter() - t0
-        stats.new_tokens = len(out)
-        return out
+        self.last_stats = GenerationStats()
+        return greedy(self.prefill, self.decode, ids, self.empty_cache(), max_new_tokens, self.stop_ids,
+                      on_token, self.last_stats)
 
     def next_token_logits(self, ids: list[int], chunk: int = 256) -> torch.Tensor:
         """Teacher forcing: f32 ``[len(ids), vocab]`` whose row ``i`` is the logits of the token after
-        ``ids[:i + 1]``.  The text goes through the KV cache in chunks of ``chunk`` tokens with ``score``
-        (all-positions logits), or one token at a time with ``decode`` when there is no ``score``."""
+        ``ids[:i + 1]``.  The first token goes through ``prefill``, the rest through the KV cache in
+        chunks of ``chunk`` tokens with ``score`` (all-positions logits), or one token at a time with
+        ``decode`` when there is no ``score``."""
         if not ids:
             raise ValueError("the text is empty")
         if len(ids) > self.max_ctx:
@@ -150,19 +144,16 @@ class Generator:
         step = chunk if self.score is not None else 1
         if step < 1:
             raise ValueError(f"chunk={chunk} must be positive")
-        cache = self.model.empty_cache(1, self.max_ctx, self.kv_cache)
-        rows = []
-        with torch.no_grad():
-            for start in range(0, len(ids), step):
-                piece = torch.tensor([ids[start:start + step]])
-                pos = torch.tensor([start])
-                if self.score is not None:
-                    logits, *cache = self.score(piece, pos, *cache)
-                    rows.append(logits[0])
-                else:
-                    logits, *cache = self.decode(piece, pos, *cache)
-                    rows.append(logits)
-        return torch.cat(rows).to(torch.float32)
+        cache = self.empty_cache()
+        logits, *new = self.prefill(np.asarray([ids[:1]], dtype=np.int64))
+        cache.append(new)
+        rows = [logits]
+        for start in range(1, len(ids), step):
+            piece = np.asarray([ids[start:start + step]], dtype=np.int64)
+            logits, *new = (self.score or self.decode)(piece, *cache.past())
+            cache.append(new)
+            rows.append(logits[0] if self.score is not None else logits)
+        return torch.from_numpy(np.concatenate(rows)).to(torch.float32)
 
     def generate(self, prompt_text: str, max_new_tokens: int, chat: bool = True,
                  callback: Callable[[str], None] | None = None) -> str:
@@ -186,10 +177,10 @@ def eager_generator(gguf_path: str | Path, max_ctx: int = G.DEFAULT_MAX_CTX,
                     model: G.LlamaModel | None = None, kv_cache: str = "float") -> Generator:
     """The reference: the same cache path (``LlamaModel.step``) in eager torch."""
     model = model if model is not None else G.load_gguf(gguf_path)
-    model.empty_cache(1, 1, kv_cache)  # checks the format
+    prefill, decode, score = eager_steps(model, kv_cache)
     tok = G.tokenizer_from_gguf(gguf_path)
-    return Generator(model.step, model.step, model, tok, _stop_ids(gguf_path, tok), max_ctx,
-                     score=functools.partial(model.step, last_only=False), kv_cache=kv_cache)
+    return Generator(prefill, decode, model, tok, _stop_ids(gguf_path, tok), max_ctx, score=score,
+                     kv_cache=kv_cache)
 
 
 def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = G.DEFAULT_MAX_CTX,
@@ -205,22 +196,28 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = G.D
     if max_ctx < 3:
         raise ValueError(f"max_ctx={max_ctx} is too small")
     model = model if model is not None else G.load_gguf(gguf_path)
-    cache = model.empty_cache(1, max_ctx, kv_cache)
-    s_example = min(8, max_ctx - 1)
+    s_example, t_example = min(8, max_ctx - 1), min(5, max_ctx - 1)
+    past = model.empty_cache(1, kv_cache, length=t_example)
     seq = torch.export.Dim("S", min=1, max=max_ctx)
-    prefill_args = (torch.zeros(1, s_example, dtype=torch.long), torch.zeros(1, dtype=torch.long), *cache)
-    decode_args = (torch.zeros(1, 1, dtype=torch.long), torch.tensor([s_example]), *cache)
-    dynamic = ({1: seq}, None, tuple(None for _ in cache))  # forward's *cache: one entry
+    held = torch.export.Dim("T", min=1, max=max_ctx - 1)
+    tokens = torch.zeros(1, s_example, dtype=torch.long)
+    past_dims = tuple({0: held} for _ in past)  # forward's *past: one entry
     functions = {
-        "prefill": (CachedStep(model), prefill_args, dynamic),
-        "decode": (CachedStep(model), decode_args),
+        "prefill": (CachedStep(model, kv_cache), (tokens,), ({1: seq},)),
+        "decode": (CachedStep(model, kv_cache), (torch.zeros(1, 1, dtype=torch.long), *past), (None, past_dims)),
     }
     if score:
-        functions["score"] = (ScoreStep(model), prefill_args, dynamic)
-    cm = msd.compile_functions(functions, target=target, slices=slices, progress=progress)
+        functions["score"] = (CachedStep(model, kv_cache, last_only=False), (tokens, *past), ({1: seq}, past_dims))
+    # IREE 3.13's default data-tiling path (from dispatch creation) fails on a float P·V whose V is
+    # dequantized int8 with a dynamic reduction length ("'affine.delinearize_index' op no basis element
+    # may be statically non-positive"); the global-optimization path compiles it.  Only the IREE
+    # baseline (slices=0) of an int8 cache leaves that P·V in float: msd rewrites it into int8 matmuls.
+    flags = ["--iree-opt-data-tiling=false", "--iree-global-opt-data-tiling=true"] if (
+        kv_cache == "int8" and slices == 0) else []
+    cm = msd.compile_functions(functions, target=target, slices=slices, progress=progress, extra_flags=flags)
     tok = G.tokenizer_from_gguf(gguf_path)
-    return Generator(cm.prefill, cm.decode, model, tok, _stop_ids(gguf_path, tok), max_ctx, compiled=cm,
-                     score=cm.score if score else None, kv_cache=kv_cache)
+    return Generator(cm.function("prefill"), cm.function("decode"), model, tok, _stop_ids(gguf_path, tok), max_ctx,
+                     compiled=cm, score=cm.function("score") if score else None, kv_cache=kv_cache)
 
 
 @functools.lru_cache(maxsize=1)
@@ -242,5 +239,5 @@ def generate(gguf_path: str | Path, prompt: str, max_new_tokens: int = 64, slice
     return gen.generate(prompt, max_new_tokens, chat=chat, callback=stream)
 
 
-__all__ = ["CachedStep", "GenerationStats", "Generator", "NextTokenStats", "ScoreStep", "compile_generator",
-           "eager_generator", "generate", "next_token_stats"]
+__all__ = ["CachedStep", "GenerationStats", "Generator", "NextTokenStats", "compile_generator", "eager_generator",
+           "eager_steps", "generate", "next_token_stats"]

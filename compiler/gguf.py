@@ -31,7 +31,7 @@ from torch import nn
 
 from .quantize import unpack_int4
 
-DEFAULT_MAX_CTX = 2048  # static KV-cache length of LlamaModel.step
+DEFAULT_MAX_CTX = 2048  # KV-cache capacity (prompt + new tokens) of the generators
 KV_CACHE_FORMATS = ("float", "int8")  # f32 K/V, or int8 codes with one f32 scale per (head, token)
 BLOCK = 32  # elements per Q8_0 / Q4_0 / Q4_1 block
 SUPPORTED_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
@@ -260,50 +260,45 @@ class Attention(nn.Module):
         out = torch.matmul(torch.softmax(scores, dim=-1), v)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * c.head_dim))
 
-    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, ...],
-                       src: torch.Tensor, written: torch.Tensor,
-                       hidden: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Attention of the ``S`` new tokens over this layer's cache → ``(output, new cache)``.
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: tuple[torch.Tensor, ...],
+                       hidden: torch.Tensor | None,
+                       kv_cache: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Attention of the ``S`` new tokens over this layer's ``T`` past entries and themselves →
+        ``(output, new entries)``.
 
-        ``cache`` is ``(k, v)`` f32 ``[B, n_kv_heads, max_ctx, D]``, or for an int8 KV cache
-        ``(k_codes, k_scales, v_codes, v_scales)``: int8 codes with one f32 scale per (head, token)
-        ``[B, n_kv_heads, max_ctx]`` — the new keys/values are quantized symmetrically per token
-        (``amax/127``, round half to even) and attention reads ``codes · scale`` ("dequantize then
-        attend": the reference msd's pass rewrites into int8 ``q·Kᵀ`` and ``P·V``).
-
-        The new entries are placed functionally (no scatter, no in-place write): slot ``j`` of the
-        returned cache is ``old·(1 − w[j]) + new[src[j]]·w[j]``, exact for the 0/1 float weights
-        ``written`` ``[max_ctx, 1]`` (1 where slot ``j`` receives new token ``src[j]``); then the queries
-        attend over the whole updated cache.  ``hidden`` ``[B, 1, S, max_ctx]`` is an additive float
-        mask: −inf where query ``s`` may not read slot ``j`` (``j > position of s``), which hides every
-        slot at or past the current length, and 0 elsewhere.  Grouped-query heads are attended as
-        ``[B·n_kv_heads, group·S, ·]``: the query heads sharing a KV head stack along the rows."""
+        ``past`` is token-major: ``(k, v)`` f32 ``[T, B, n_kv_heads, D]``, or for ``kv_cache="int8"``
+        ``(k_codes, k_scales, v_codes, v_scales)``, int8 codes with one f32 scale per (head, token)
+        ``[T, B, n_kv_heads]``; ``()`` when nothing precedes the new tokens.  The new tokens' keys and
+        values are returned in the same form with ``B, n_kv_heads, S`` leading (int8: quantized
+        symmetrically per token, ``amax/127``, round half to even); the caller appends them.  Attention
+        reads ``codes · scale`` ("dequantize then attend": the reference msd's pass rewrites into int8
+        ``q·Kᵀ`` and ``P·V``) over the ``T + S`` keys: past, then new.  ``hidden`` ``[S, T + S]`` is an
+        additive float mask (−inf where key ``j`` lies after query ``s``, i.e. ``j > T + s``; None when
+        ``S = 1``).  Grouped-query heads are attended as ``[B·n_kv_heads, group·S, ·]``: the query heads
+        sharing a KV head stack along the rows."""
         c = self.cfg
         b, s, _ = x.shape
         q, k, v = self._qkv(x, cos, sin)
-        keep = 1.0 - written
-        if len(cache) == 2:
-            k_cache, v_cache = cache
-            k_cache = k_cache * keep + k.index_select(2, src) * written
-            v_cache = v_cache * keep + v.index_select(2, src) * written
-            new_cache: tuple[torch.Tensor, ...] = (k_cache, v_cache)
-            kd, vd = k_cache, v_cache
+        if kv_cache == "float":
+            new: tuple[torch.Tensor, ...] = (k, v)
         else:
-            kc, ks, vc, vs = cache
             (kq, kqs), (vq, vqs) = quantize_per_token(k), quantize_per_token(v)
-            w1, keep1 = written.squeeze(-1), keep.squeeze(-1)
-            kc = (kc.to(torch.float32) * keep + kq.to(torch.float32).index_select(2, src) * written).to(torch.int8)
-            vc = (vc.to(torch.float32) * keep + vq.to(torch.float32).index_select(2, src) * written).to(torch.int8)
-            ks = ks * keep1 + kqs.index_select(2, src) * w1
-            vs = vs * keep1 + vqs.index_select(2, src) * w1
-            new_cache = (kc, ks, vc, vs)
+            new = (kq, kqs, vq, vqs)
+        # past entries [T, B, H, ...] -> [B, H, T, ...], then the new ones after them
+        full = [torch.cat([p.movedim(0, 2), n], dim=2) for p, n in zip(past, new)] if past else list(new)
+        if kv_cache == "float":
+            kd, vd = full
+        else:
+            kc, ks, vc, vs = full
             kd = kc.to(torch.float32) * ks.unsqueeze(-1)
             vd = vc.to(torch.float32) * vs.unsqueeze(-1)
         hkv, group, d = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
         qg = q.unflatten(1, (hkv, group))  # query head h = kv·group + j reads kv head h // group
-        scores = torch.einsum("bhgsd,bhtd->bhgst", qg, kd) / math.sqrt(d) + hidden.unsqueeze(1)
+        scores = torch.einsum("bhgsd,bhtd->bhgst", qg, kd) / math.sqrt(d)
+        if hidden is not None:
+            scores = scores + hidden
         out = torch.einsum("bhgst,bhtd->bhgsd", torch.softmax(scores, dim=-1), vd).flatten(1, 2)
-        return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * d)), new_cache
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * d)), new
 
 
 def quantize_per_token(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,12 +326,11 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), cos, sin)
         return x + self.mlp(self.ffn_norm(x))
 
-    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[torch.Tensor, ...],
-                       src: torch.Tensor, written: torch.Tensor,
-                       hidden: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        h, cache = self.attn.forward_cached(self.attn_norm(x), cos, sin, cache, src, written, hidden)
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: tuple[torch.Tensor, ...],
+                       hidden: torch.Tensor | None, kv_cache: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        h, new = self.attn.forward_cached(self.attn_norm(x), cos, sin, past, hidden, kv_cache)
         x = x + h
-        return x + self.mlp(self.ffn_norm(x)), cache
+        return x + self.mlp(self.ffn_norm(x)), new
 
 
 class LlamaModel(nn.Module):
@@ -365,78 +359,79 @@ class LlamaModel(nn.Module):
             x = blk(x, cos, sin)
         return self.lm_head(self.norm(x))
 
-    def empty_cache(self, batch: int = 1, max_ctx: int = DEFAULT_MAX_CTX,
-                    kv_cache: str = "float") -> tuple[torch.Tensor, ...]:
-        """Zero caches: ``kv_cache="float"`` → key and value f32 ``[n_layers, batch, n_kv_heads,
-        max_ctx, head_dim]``; ``"int8"`` → ``(k_codes, k_scales, v_codes, v_scales)``, codes int8 of
-        that shape and scales f32 ``[n_layers, batch, n_kv_heads, max_ctx]``."""
+    def cache_entries(self, batch: int = 1, kv_cache: str = "float") -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of one token's entry in each cache tensor (the cache is token-major: a
+        tensor is ``[T, *shape]``): ``kv_cache="float"`` → keys and values, f32 ``[n_layers, batch,
+        n_kv_heads, head_dim]``; ``"int8"`` → ``k_codes, k_scales, v_codes, v_scales``, codes int8 of
+        that shape and scales f32 ``[n_layers, batch, n_kv_heads]``."""
         c = self.cfg
-        shape = (c.n_layers, batch, c.n_kv_heads, max_ctx, c.head_dim)
+        shape = (c.n_layers, batch, c.n_kv_heads, c.head_dim)
         if kv_cache == "float":
-            return torch.zeros(shape), torch.zeros(shape)
+            return [(shape, torch.float32)] * 2
         if kv_cache == "int8":
-            codes, scales = torch.zeros(shape, dtype=torch.int8), torch.zeros(shape[:-1])
-            return codes, scales, codes.clone(), scales.clone()
+            return [(shape, torch.int8), (shape[:-1], torch.float32)] * 2
         raise ValueError(f"kv_cache={kv_cache!r} is not supported (choose one of {', '.join(KV_CACHE_FORMATS)})")
 
-    def step(self, tokens: torch.Tensor, start_pos: torch.Tensor, *caches: torch.Tensor,
+    def empty_cache(self, batch: int = 1, kv_cache: str = "float", length: int = 0) -> tuple[torch.Tensor, ...]:
+        """Zero cache tensors of ``length`` tokens (:meth:`cache_entries`; 0: an empty cache)."""
+        return tuple(torch.zeros((length, *shape), dtype=dtype) for shape, dtype in self.cache_entries(batch, kv_cache))
+
+    def step(self, tokens: torch.Tensor, *past: torch.Tensor, kv_cache: str = "float",
              last_only: bool = True) -> tuple[torch.Tensor, ...]:
-        """Functional KV-cache forward: ``tokens [B, S]`` at positions ``start_pos .. start_pos+S-1``
-        (``start_pos``: int64 tensor with one element) against the caches (:meth:`empty_cache`: f32
-        ``k, v`` ``[n_layers, B, n_kv_heads, max_ctx, head_dim]``, or the four tensors of an int8
-        cache) → ``(logits, *new_caches)``; ``logits`` is ``[B, vocab]`` for the last token
-        (``last_only``) or ``[B, S, vocab]``.  Nothing is mutated and no tensor value
-        reaches Python control flow, so it exports with a dynamic ``S`` (prefill) or ``S = 1``
-        (decode).  The caller keeps ``start_pos + S <= max_ctx``."""
-        if len(caches) not in (2, 4):
-            raise ValueError(f"step takes the 2 tensors of a float cache or the 4 of an int8 cache, got {len(caches)}")
+        """KV-cache forward: ``tokens [B, S]`` at positions ``T .. T+S-1`` after the ``T`` tokens held in
+        ``past`` → ``(logits, *new)``.  ``past`` is the cache in ``kv_cache`` format, token-major (one
+        ``[T, *entry]`` tensor per :meth:`cache_entries` entry), or nothing at all for ``T = 0``
+        (prefill); ``new`` is the S new tokens' entries in the same form ``[S, *entry]``, for the caller
+        to append.  ``logits`` is ``[B, vocab]`` for the last token (``last_only``) or ``[B, S, vocab]``.
+        Attention reads only the ``T + S`` real entries, so a step costs what the current length asks,
+        whatever the capacity of the caller's cache.  Nothing is mutated and no tensor value reaches
+        Python control flow, so it exports with a dynamic ``S`` (prefill) or ``S = 1`` (decode) and a
+        dynamic ``T``."""
+        entries = self.cache_entries(tokens.shape[0], kv_cache)
+        if past and len(past) != len(entries):
+            raise ValueError(f"kv_cache={kv_cache!r} takes {len(entries)} cache tensors, got {len(past)}")
         b, s = tokens.shape
-        max_ctx = caches[0].shape[3]
-        start = start_pos.reshape(-1)[:1].to(torch.long)  # [1]
-        offs = torch.arange(s, device=tokens.device)
-        positions = (start + offs).unsqueeze(0).expand(b, s)  # [B, S]
-        slots = torch.arange(max_ctx, device=tokens.device)  # [max_ctx]
-        # additive mask [B, 1, S, max_ctx]: -inf on slots past each query's position, by a lookup
-        # (gather) in [0, -inf] rather than a bool select, so that msd's matmul pass sees a float
-        # operand for the attention matmuls (a bool mask reads to it as an i1 "integer weight")
-        later = (slots.view(1, 1, max_ctx) > positions.unsqueeze(-1)).unsqueeze(1).to(torch.long)
-        table = torch.cat([torch.zeros(1, device=tokens.device), torch.full((1,), float("-inf"), device=tokens.device)])
-        hidden = table[later]
-        # slot j receives new token src[j] where written[j] = 1 (a sum over a one-hot [max_ctx, S]
-        # float table, again no bool select in the attention operands)
-        src = (slots - start).clamp(0, s - 1)
-        written = (slots.view(max_ctx, 1) == (start + offs).view(1, s)).to(torch.float32).sum(-1, keepdim=True)
+        t = past[0].shape[0] if past else 0
+        positions = (torch.arange(s, device=tokens.device) + t).unsqueeze(0).expand(b, s)  # [B, S]
+        hidden = None
+        if not (isinstance(s, int) and s == 1):  # one new token sees every key: no mask
+            # additive mask [S, T + S]: -inf on keys after each query, by a lookup (gather) in [0, -inf]
+            # rather than a bool select, so that msd's matmul pass sees a float operand for the attention
+            # matmuls (a bool mask reads to it as an i1 "integer weight")
+            keys = torch.arange(t + s, device=tokens.device)
+            later = (keys.view(1, -1) > positions[0].view(-1, 1)).to(torch.long)
+            table = torch.cat([torch.zeros(1, device=tokens.device),
+                               torch.full((1,), float("-inf"), device=tokens.device)])
+            hidden = table[later]
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         x = self.embed(tokens)
-        new: list[list[torch.Tensor]] = [[] for _ in caches]
+        new: list[list[torch.Tensor]] = [[] for _ in entries]
         for i, blk in enumerate(self.blocks):
-            x, layer = blk.forward_cached(x, cos, sin, tuple(t[i] for t in caches), src, written, hidden)
-            for acc, t in zip(new, layer):
-                acc.append(t)
+            x, layer = blk.forward_cached(x, cos, sin, tuple(p[:, i] for p in past), hidden, kv_cache)
+            for acc, e in zip(new, layer):
+                acc.append(e)
         if last_only:
             x = x[:, -1, :]
-        return (self.lm_head(self.norm(x)), *(torch.stack(ts) for ts in new))
+        # per layer [B, H, S, ...] -> [n_layers, B, H, S, ...] -> token-major [S, n_layers, B, H, ...]
+        return (self.lm_head(self.norm(x)), *(torch.stack(es).movedim(3, 0) for es in new))
 
     @torch.no_grad()
     def generate_cached(self, tokens: list[int] | torch.Tensor, max_new_tokens: int,
-                        eos: int | set[int] | None = None, max_ctx: int = DEFAULT_MAX_CTX,
-                        kv_cache: str = "float") -> list[int]:
-        """Greedy decoding with the KV cache (:meth:`step`): one prefill, then one token per step."""
+                        eos: int | set[int] | None = None, kv_cache: str = "float") -> list[int]:
+        """Greedy decoding with the KV cache (:meth:`step`): one prefill, then one token per step,
+        each appending its entries to the cache."""
         ids = torch.as_tensor(tokens, dtype=torch.long).reshape(1, -1)
         stop = {eos} if isinstance(eos, int) else set(eos or ())
-        if ids.shape[1] + max_new_tokens > max_ctx:
-            raise ValueError(f"{ids.shape[1]} prompt + {max_new_tokens} new tokens exceed max_ctx={max_ctx}")
-        cache = self.empty_cache(1, max_ctx, kv_cache)
-        logits, *cache = self.step(ids, torch.zeros(1, dtype=torch.long), *cache)
-        pos, out = ids.shape[1], []
+        logits, *cache = self.step(ids, kv_cache=kv_cache)
+        out = []
         for i in range(max_new_tokens):
             nxt = int(logits[0].argmax())
             out.append(nxt)
             if nxt in stop or i == max_new_tokens - 1:
                 break
-            logits, *cache = self.step(torch.tensor([[nxt]]), torch.tensor([pos]), *cache)
-            pos += 1
+            logits, *new = self.step(torch.tensor([[nxt]]), *cache, kv_cache=kv_cache)
+            cache = [torch.cat([c, n]) for c, n in zip(cache, new)]
         return out
 
     @torch.no_grad()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from iree.compiler import ir, rewrite
-from iree.compiler.dialects import arith, linalg
+from iree.compiler.dialects import arith, cf, linalg
 from iree.compiler.dialects import math as math_d
 
 from msd.compiler.cost import DYNAMIC_M, Choice, Matmul, Policy, slices_for_bits
@@ -235,7 +235,8 @@ def _plan_traced(c: Contraction, k: int, x: ir.Value, x_map: ir.AffineMap, trace
         raise NotHandled("group-wise or K-split weights together with a batch dim are not supported")
     return Plan(
         c, x, x_map, q_leaf.value, q_leaf.map, scale, form.offset, trace.leaves, k,
-        m_dims, n_dims[0], b_dims, trace.notes + (["per-K scale folded into the activation"] if k_scale else []),
+        m_dims, n_dims[0], b_dims, trace.notes + (["per-K scale folded into the activation"] if k_scale else [])
+        + (["dynamic K, checked against the int32 bound at run time"] if k_size is None else []),
         group, k_size, trace.q_shift, k_scale,
     )
 
@@ -334,8 +335,8 @@ def _accumulation_chunk(k_size: int | None, group: int | None) -> int | None:
         if group > MAX_K_PER_ACCUMULATOR:
             raise NotHandled(f"group size {group} could overflow the int32 accumulator")
         return group if group < k_size else None
-    if k_size is None:
-        raise NotHandled("dynamic reduction size: cannot prove the int32 accumulation does not overflow")
+    if k_size is None:  # one accumulator; _guard_reduction_size checks K at run time
+        return None
     if k_size <= MAX_K_PER_ACCUMULATOR:
         return None
     for chunk in range(MAX_K_PER_ACCUMULATOR, MIN_K_CHUNK - 1, -1):
@@ -387,6 +388,17 @@ def _batch_first(q: ir.Value, q_map: ir.AffineMap, batch: int) -> tuple[ir.Value
     return qt, ir.AffineMap.get(q_map.n_dims, 0, [q_map.results[i] for i in perm])
 
 
+def _guard_reduction_size(p: Plan) -> None:
+    """A dynamic K is only known at run time: emit ``cf.assert K <= MAX_K_PER_ACCUMULATOR`` before the
+    rewrite, so a call whose int32 accumulation could overflow fails with this message instead of
+    returning a wrong answer (e.g. attention ``P·V`` over a cache of dynamic length)."""
+    k_size = _ir.size_of(p.x, _ir.dim_positions(p.x_map).index(p.k))
+    bound = _ir.index_const(MAX_K_PER_ACCUMULATOR)
+    ok = arith.CmpIOp(arith.CmpIPredicate.ule, k_size, bound).result
+    cf.AssertOp(ok, f"msd: reduction size above {MAX_K_PER_ACCUMULATOR} could overflow the int32 accumulator"
+                    " of an int8 matmul")
+
+
 def rewrite_contraction(p: Plan, slices: int, act_scale: str = "group", act_format: str = "int8",
                         mx_rule: str = "ocp") -> ir.Value:
     """Emit the MSD form of ``p.c`` at the current insertion point; return the new result.
@@ -397,6 +409,8 @@ def rewrite_contraction(p: Plan, slices: int, act_scale: str = "group", act_form
     """
     c, k = p.c, p.k
     mx = act_format == "mxfp4"
+    if p.k_size is None:
+        _guard_reduction_size(p)
     _fold_k_scale(p)
     p.q, p.q_map = _drop_unit_dims(p.q, p.q_map)
     if mx:

@@ -4,11 +4,13 @@
     gen = TextGenerator.load("out/")
     print(gen.generate("What is the capital of France?", 32))
 
-The artifact holds ``prefill`` and ``decode`` (both ``(tokens, start_pos, *cache) → (last-token
-logits, *cache)``; the cache is ``k, v`` f32, or ``k_codes, k_scales, v_codes, v_scales`` for an int8
-KV cache), the tokenizer (``tokenizer.json``, checked by sha256 like every file) and the generation
-settings in the manifest's ``metadata["generation"]``: the cache tensors' shapes and dtypes,
-``max_ctx``, stop token ids and the chat template.  Needs numpy, iree-base-runtime and
+The artifact holds ``prefill(tokens) → (last-token logits, *new entries)`` and ``decode(token, *past)
+→ (logits, *new entries)``; the cache is ``k, v`` f32, or ``k_codes, k_scales, v_codes, v_scales`` for
+an int8 KV cache, token-major (``[T, *entry]``), kept on the host in a :class:`KVCache` that each step's
+new entries are appended to; ``decode`` reads only the ``T`` filled entries.  The artifact also holds the
+tokenizer (``tokenizer.json``, checked by sha256 like every file) and the generation settings in the
+manifest's ``metadata["generation"]``: each cache tensor's per-token entry shape and dtype, ``max_ctx``
+(the cache capacity), stop token ids and the chat template.  Needs numpy, iree-base-runtime and
 ``tokenizers``; no torch, no compiler.
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,23 +53,53 @@ class GenerationStats:
                 f"decode {self.decode_tokens} tok in {self.decode_s:.3f} s ({self.decode_tok_s:.1f} tok/s)")
 
 
-StepFn = Callable[..., tuple[np.ndarray, ...]]  # (tokens, start_pos, *cache) -> (logits, *cache)
+StepFn = Callable[..., tuple[np.ndarray, ...]]  # (tokens, *past) -> (logits, *new entries)
 
 
-def greedy(prefill: StepFn, decode: StepFn, ids: list[int], cache: tuple[np.ndarray, ...], max_new_tokens: int,
+class KVCache:
+    """The host side of a KV cache: one preallocated token-major buffer ``[capacity, *entry]`` per
+    cache tensor, of which the first :attr:`length` tokens are filled.  :meth:`past` is what a step
+    function reads (views, no copy); :meth:`append` stores the entries a step returns."""
+
+    def __init__(self, entries: Sequence[tuple[Sequence[int], np.dtype | str]], capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"the cache capacity must be positive, got {capacity}")
+        self.buffers = [np.zeros((capacity, *shape), np.dtype(dtype)) for shape, dtype in entries]
+        self.capacity, self.length = capacity, 0
+
+    def past(self) -> tuple[np.ndarray, ...]:
+        return tuple(b[:self.length] for b in self.buffers)
+
+    def append(self, new: Sequence[np.ndarray]) -> None:
+        if len(new) != len(self.buffers):
+            raise ValueError(f"a step returned {len(new)} cache tensors, the cache has {len(self.buffers)}")
+        n = new[0].shape[0]
+        for i, (b, e) in enumerate(zip(self.buffers, new)):
+            if e.shape != (n, *b.shape[1:]) or e.dtype != b.dtype:
+                raise ValueError(f"cache tensor {i}: got {e.dtype} {list(e.shape)}, expected {b.dtype}"
+                                 f" {[n, *b.shape[1:]]}")
+        if self.length + n > self.capacity:
+            raise ValueError(f"{self.length} + {n} tokens exceed the cache capacity max_ctx={self.capacity}")
+        for b, e in zip(self.buffers, new):
+            b[self.length:self.length + n] = e
+        self.length += n
+
+
+def greedy(prefill: StepFn, decode: StepFn, ids: list[int], cache: KVCache, max_new_tokens: int,
            stop_ids: set[int], on_token: Callable[[int], None] | None = None,
            stats: GenerationStats | None = None) -> list[int]:
     """Greedy ids after the prompt ``ids`` (stopping after a stop token, which is included), over numpy
-    step functions and the empty ``cache`` tensors; timings go into ``stats``."""
+    step functions (``prefill(tokens)``, ``decode(token, *past)``, each returning the logits and the new
+    cache entries) and the empty ``cache``; timings go into ``stats``."""
     stats = stats if stats is not None else GenerationStats()
     out: list[int] = []
     if max_new_tokens <= 0:
         return out
     t0 = time.perf_counter()
-    logits, *cache = prefill(np.asarray([ids], dtype=np.int64), np.zeros(1, dtype=np.int64), *cache)
+    logits, *new = prefill(np.asarray([ids], dtype=np.int64))
+    cache.append(new)
     nxt = int(np.argmax(logits[0]))
     stats.prefill_s, stats.prefill_tokens = time.perf_counter() - t0, len(ids)
-    pos = len(ids)
     t0 = time.perf_counter()
     while True:
         out.append(nxt)
@@ -75,9 +107,9 @@ def greedy(prefill: StepFn, decode: StepFn, ids: list[int], cache: tuple[np.ndar
             on_token(nxt)
         if nxt in stop_ids or len(out) >= max_new_tokens:
             break
-        logits, *cache = decode(np.asarray([[nxt]], dtype=np.int64), np.asarray([pos], dtype=np.int64), *cache)
+        logits, *new = decode(np.asarray([[nxt]], dtype=np.int64), *cache.past())
+        cache.append(new)
         nxt = int(np.argmax(logits[0]))
-        pos += 1
         stats.decode_tokens += 1
     stats.decode_s = time.perf_counter() - t0
     stats.new_tokens = len(out)
@@ -85,7 +117,7 @@ def greedy(prefill: StepFn, decode: StepFn, ids: list[int], cache: tuple[np.ndar
 
 
 def check_prompt(ids: list[int], max_new_tokens: int, max_ctx: int) -> None:
-    """Refuse an empty prompt, or one that with ``max_new_tokens`` would overrun the static cache."""
+    """Refuse an empty prompt, or one that with ``max_new_tokens`` would overrun the cache capacity."""
     if not ids:
         raise ValueError("the prompt is empty")
     if len(ids) + max_new_tokens > max_ctx:
@@ -143,8 +175,8 @@ class TextGenerator:
         text = self.settings["chat_template"].format(user=prompt_text) if chat else prompt_text
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def empty_cache(self) -> tuple[np.ndarray, ...]:
-        return tuple(np.zeros(tuple(t["shape"]), np.dtype(t["dtype"])) for t in self.settings["cache"])
+    def empty_cache(self) -> KVCache:
+        return KVCache([(t["shape"], t["dtype"]) for t in self.settings["cache"]], self.max_ctx)
 
     def generate_ids(self, ids: list[int], max_new_tokens: int,
                      on_token: Callable[[int], None] | None = None) -> list[int]:
@@ -161,4 +193,4 @@ class TextGenerator:
         return stream.finish()
 
 
-__all__ = ["GenerationStats", "TextGenerator", "TextStream", "check_prompt", "greedy"]
+__all__ = ["GenerationStats", "KVCache", "TextGenerator", "TextStream", "check_prompt", "greedy"]

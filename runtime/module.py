@@ -169,6 +169,8 @@ class Module:
             for i, (spec, a) in enumerate(zip(self.inputs, arrays)):
                 spec.check(i, a, sig)
         result = self._fn(*arrays)
+        # copied out: an array that only maps the result's device memory can be overwritten by a later
+        # call once the result is released (measured: kept logits of earlier calls changed)
         if isinstance(result, (tuple, list)):
-            return tuple(r.to_host() for r in result)
-        return result.to_host()
+            return tuple(np.array(r.to_host()) for r in result)
+        return np.array(result.to_host())

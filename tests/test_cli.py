@@ -103,18 +103,26 @@ def test_generate_from_a_gguf_file(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "no such GGUF file" in proc.stderr
 
 
-def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kv_cache", ["float", "int8"])
+def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path, kv_cache: str) -> None:
     """`msd compile model.gguf` saves prefill + decode + tokenizer; `msd generate DIR` runs it torch-free
-    and says the same as compiling on the fly; a tampered tokenizer is refused."""
+    and says the same as compiling on the fly (f32 or int8 KV cache); a tampered tokenizer is refused."""
     from test_gguf import write_tiny_gguf
 
     path = write_tiny_gguf(tmp_path / "tiny.gguf")
-    proc = _msd("compile", str(path), "-o", "llm", "--max-ctx", "32", "--json", cwd=tmp_path)
+    proc = _msd("compile", str(path), "-o", "llm", "--max-ctx", "32", "--kv-cache", kv_cache, "--json",
+                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["max_ctx"] == 32
     manifest = json.loads((tmp_path / "llm" / "msd.json").read_text())
     assert set(manifest["functions"]) == {"prefill", "decode"} and "tokenizer.json" in manifest["files"]
-    assert manifest["metadata"]["generation"]["cache"][0]["shape"][3] == 32
+    settings = manifest["metadata"]["generation"]
+    assert settings["max_ctx"] == 32 and settings["kv_cache"] == kv_cache
+    dtypes = [t["dtype"] for t in settings["cache"]]
+    assert dtypes == (["float32"] * 2 if kv_cache == "float" else ["int8", "float32"] * 2)
+    if kv_cache == "int8":  # both attention contractions of both layers, in prefill and decode, are int8
+        decisions = [d for d in manifest["decisions"] if "per-K scale folded" in d.get("reason", "")]
+        assert len(decisions) == 2 * 2, manifest["decisions"]
     no_torch = ("import sys; sys.modules['torch'] = None; from msd.compiler.cli import main; "
                 "sys.exit(main(sys.argv[1:]))")
     run = subprocess.run([sys.executable, "-c", no_torch, "generate", "llm", "hello", "--max-new-tokens", "6",
@@ -122,7 +130,7 @@ def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path) -> None
     assert run.returncode == 0, run.stderr
     saved = json.loads(run.stdout)
     fresh = json.loads(_msd("generate", str(path), "hello", "--max-new-tokens", "6", "--max-ctx", "32", "--no-chat",
-                            "--json", cwd=tmp_path).stdout)
+                            "--kv-cache", kv_cache, "--json", cwd=tmp_path).stdout)
     assert saved["text"] == fresh["text"] and saved["decode_tokens"] == fresh["decode_tokens"]
     with open(tmp_path / "llm" / "tokenizer.json", "a") as f:
         f.write(" ")
