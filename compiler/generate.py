@@ -208,13 +208,7 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = G.D
     }
     if score:
         functions["score"] = (CachedStep(model, kv_cache, last_only=False), (tokens, *past), ({1: seq}, past_dims))
-    # IREE 3.13's default data-tiling path (from dispatch creation) fails on a float P·V whose V is
-    # dequantized int8 with a dynamic reduction length ("'affine.delinearize_index' op no basis element
-    # may be statically non-positive"); the global-optimization path compiles it.  Only the IREE
-    # baseline (slices=0) of an int8 cache leaves that P·V in float: msd rewrites it into int8 matmuls.
-    flags = ["--iree-opt-data-tiling=false", "--iree-global-opt-data-tiling=true"] if (
-        kv_cache == "int8" and slices == 0) else []
-    cm = msd.compile_functions(functions, target=target, slices=slices, progress=progress, extra_flags=flags)
+    cm = msd.compile_functions(functions, target=target, slices=slices, progress=progress)
     tok = G.tokenizer_from_gguf(gguf_path)
     return Generator(cm.function("prefill"), cm.function("decode"), model, tok, _stop_ids(gguf_path, tok), max_ctx,
                      compiled=cm, score=cm.function("score") if score else None, kv_cache=kv_cache)

@@ -52,6 +52,7 @@ DEFAULT_ARCH = {"llvm-cpu": "host", "cuda": "sm_80", "rocm": "gfx942", "vulkan-s
 BACKENDS = tuple(DEFAULT_ARCH)
 # NPU HAL target backends msd can drive: registered name -> (flags, runtime driver).  nod-ai/iree-amd-aie
 # (AMD XDNA) registers "amd-aie" with the "xrt" driver; untested here: no compiler with it is installed.
+DATA_TILING = ("--iree-opt-data-tiling=false", "--iree-global-opt-data-tiling=true")
 NPU_BACKENDS = {"amd-aie": (("--iree-hal-target-backends=amd-aie",), "xrt")}
 
 
@@ -100,8 +101,11 @@ def resolve(spec: str) -> Target:
             cpu = ("--iree-llvmcpu-target-triple=aarch64-unknown-linux-gnu", "--iree-llvmcpu-target-cpu=generic",
                    "--iree-llvmcpu-target-cpu-features=+dotprod,+i8mm")
         flags = ("--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu", *cpu,
-                 # int8 matmuls only reach the mmt4d ukernels with data tiling (2-5x, see docs).
-                 "--iree-opt-data-tiling")
+                 # int8 matmuls only reach the mmt4d ukernels with data tiling (2-5x, see docs), and
+                 # through the global-optimization path: IREE 3.13's default path (from dispatch
+                 # creation) miscompiles a batch matmul whose operand is normalized by its own
+                 # reduction, e.g. einsum(q, k / amax(|k|)) -- docs/pipeline.md, tests/test_targets.py
+                 *DATA_TILING)
         return Target(spec, backend, arch, flags, "local-task")
     if backend == "cuda":
         if arch in CUDA_EXPLICIT_ARCHS:

@@ -131,11 +131,16 @@ def test_dynamic_reduction_is_rewritten_and_checked_at_run_time() -> None:
         cm(*big)
 
 
-@pytest.mark.parametrize("slices", [0, 2])
+# max |compiled - eager| / max |eager| of the teacher-forced logits (tiny model, measured: slices=0 3e-7,
+# 1 1.1e-2, 2 4.1e-5); slices=1 measured 0.58 under IREE's dispatch-creation data tiling (a miscompile).
+TINY_INT8_TOL = {0: 1e-4, 1: 3e-2, 2: 1e-3}
+
+
+@pytest.mark.parametrize("slices", [0, 1, 2])
 def test_int8_kv_generator_compiles_and_follows_eager(tmp_path, slices: int) -> None:
-    """The compiled prefill/decode/score of an int8 cache (msd slices=2: both attention contractions
-    rewritten; the IREE baseline slices=0, which needs IREE's other data-tiling path) against the same
-    steps in eager torch, on the tiny GGUF model: teacher-forced logits and greedy tokens."""
+    """The compiled prefill/decode/score of an int8 cache (msd slices=1/2: both attention contractions
+    rewritten; the IREE baseline slices=0) against the same steps in eager torch, on the tiny GGUF
+    model: teacher-forced logits and greedy tokens."""
     pytest.importorskip("gguf", reason="the GGUF front end needs the 'gguf' package")
     from test_gguf import write_tiny_gguf
 
@@ -148,5 +153,6 @@ def test_int8_kv_generator_compiles_and_follows_eager(tmp_path, slices: int) -> 
     assert len(attention) == (0 if slices == 0 else 2 * 3)  # P·V of 2 layers in prefill, decode and score
     ids = [5, 200, 17, 262, 42, 99, 3, 150, 7, 11, 64, 9, 30]
     want, got = ref.next_token_logits(ids, chunk=5), gen.next_token_logits(ids, chunk=5)
-    assert float((got - want).abs().max() / want.abs().max()) < 2e-2
-    assert gen.generate_ids(ids[:4], 8) == ref.generate_ids(ids[:4], 8)
+    assert float((got - want).abs().max() / want.abs().max()) < TINY_INT8_TOL[slices]
+    if slices != 1:  # one slice moves logits by ~1%: near-ties may flip
+        assert gen.generate_ids(ids[:4], 8) == ref.generate_ids(ids[:4], 8)
