@@ -269,7 +269,9 @@ def parser() -> argparse.ArgumentParser:
                    help="cost: a cost model of the target keeps IREE's lowering where MSD is not predicted faster")
     c.add_argument("--min-bits", type=int, default=None, help="accuracy request instead of --slices (8, 16, 24)")
     c.add_argument("--hardware", default=None, help="hardware profile for --decide cost (see msd.targets)")
-    c.add_argument("--max-ctx", type=int, default=None, help=".gguf only: static KV-cache length (default 2048)")
+    c.add_argument("--max-ctx", type=int, default=None,
+                   help=".gguf only: KV-cache capacity in tokens, prompt + new (default 2048); decode cost follows the"
+                        " text, not this")
     c.add_argument("--kv-cache", default="float", choices=("float", "int8"),
                    help=".gguf only: KV cache in f32, or int8 with a scale per head and token (MSD attention)")
     c.set_defaults(func=cmd_compile)
@@ -295,7 +297,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("prompt")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--slices", type=int, default=2)
-    g.add_argument("--max-ctx", type=int, default=512, help="static KV-cache length (prompt + new tokens)")
+    g.add_argument("--max-ctx", type=int, default=2048,
+                   help="KV-cache capacity in tokens, prompt + new (default 2048); decode cost follows the text")
     g.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
     g.add_argument("--kv-cache", default="float", choices=("float", "int8"),
                    help="KV cache in f32, or int8 with a scale per head and token (MSD attention)")

@@ -52,7 +52,11 @@ DEFAULT_ARCH = {"llvm-cpu": "host", "cuda": "sm_80", "rocm": "gfx942", "vulkan-s
 BACKENDS = tuple(DEFAULT_ARCH)
 # NPU HAL target backends msd can drive: registered name -> (flags, runtime driver).  nod-ai/iree-amd-aie
 # (AMD XDNA) registers "amd-aie" with the "xrt" driver; untested here: no compiler with it is installed.
-DATA_TILING = ("--iree-opt-data-tiling=false", "--iree-global-opt-data-tiling=true")
+# Data tiling through IREE's global-optimization path (see resolve()).  That path tiles some dispatches
+# (measured: SmolLM2's MLP down projection, slices=1, dynamic length) into 35 KiB of stack, over the
+# 32 KiB default limit; 64 KiB stays well inside the runtime's 128 KiB task-worker stacks.
+DATA_TILING = ("--iree-opt-data-tiling=false", "--iree-global-opt-data-tiling=true",
+               "--iree-llvmcpu-stack-allocation-limit=65536")
 NPU_BACKENDS = {"amd-aie": (("--iree-hal-target-backends=amd-aie",), "xrt")}
 
 

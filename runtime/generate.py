@@ -169,6 +169,10 @@ class TextGenerator:
         missing = {"prefill", "decode"} - set(art.functions)
         if missing:
             raise ArtifactError(f"{path} lacks the function(s) {', '.join(sorted(missing))}")
+        n_cache = len(settings.get("cache", ()))
+        if len(art.functions["prefill"].inputs) != 1 or len(art.functions["decode"].inputs) != 1 + n_cache:
+            raise ArtifactError(f"{path} was compiled by an older msd (its steps take the whole KV cache and a"
+                                " start position); compile it again with 'msd compile model.gguf -o DIR'")
         return cls(art, Tokenizer.from_file(str(art.folder / TOKENIZER_FILE)), settings)
 
     def encode(self, prompt_text: str, chat: bool = True) -> list[int]:

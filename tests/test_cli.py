@@ -132,6 +132,14 @@ def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path, kv_cach
     fresh = json.loads(_msd("generate", str(path), "hello", "--max-new-tokens", "6", "--max-ctx", "32", "--no-chat",
                             "--kv-cache", kv_cache, "--json", cwd=tmp_path).stdout)
     assert saved["text"] == fresh["text"] and saved["decode_tokens"] == fresh["decode_tokens"]
+    import shutil
+
+    old = tmp_path / "old"  # the cache list of an artifact whose decode takes other inputs (an older msd's)
+    shutil.copytree(tmp_path / "llm", old)
+    manifest["metadata"]["generation"]["cache"].pop()
+    (old / "msd.json").write_text(json.dumps(manifest))
+    proc = _msd("generate", "old", "hello", cwd=tmp_path)
+    assert proc.returncode == 1 and "compiled by an older msd" in proc.stderr, proc.stderr
     with open(tmp_path / "llm" / "tokenizer.json", "a") as f:
         f.write(" ")
     proc = _msd("generate", "llm", "hello", cwd=tmp_path)
