@@ -371,12 +371,17 @@ class DeviceProfile:
     error: str = ""
 
 
+def _is_matmul(name: str) -> bool:
+    return "matmul" in name or "mmt4d" in name
+
+
 KINDS = (
-    ("int8 matmuls (MSD slices × weight codes)", lambda n: "matmul" in n and "i8xi8xi32" in n),
+    # data-tiled matmuls are named "mmt4d" (global-optimization path) or "matmul"
+    ("int8 matmuls (MSD slices × weight codes)", lambda n: _is_matmul(n) and "i8xi8xi32" in n),
     ("MSD rescale + sum of per-group int32 partials", lambda n: "reduction" in n and "_i32x" in n),
     ("activation slicing to int8", lambda n: n.endswith("xi8") or "xi8_to_" in n),
-    ("attention: f32 q·kᵀ, softmax, p·v", lambda n: "softmax" in n or ("matmul" in n and "_f32" in n)),
-    ("other: KV-cache update and re-layout, RoPE, norms, copies", lambda n: True),
+    ("attention: f32 q·kᵀ, softmax, p·v", lambda n: "softmax" in n or (_is_matmul(n) and "_f32" in n)),
+    ("other: KV-cache re-layout (encode) and copies, RoPE, norms", lambda n: True),
 )
 
 
@@ -530,8 +535,9 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
             f"{' + '.join(repr(t) for t in PROMPT_TOPICS)} (the same token ids for every engine), then "
             f"{args.decode_tokens} greedy decode steps (stop tokens ignored). One run per engine after a "
             "warm-up (an 8-token prefill and 2 decodes); each call timed from Python with "
-            "`time.perf_counter` (msd and eager: torch tensors in and out, the KV caches round-trip through "
-            "the host on every call; llama.cpp: `Llama.eval` of the whole prompt in one batch, then one "
+            "`time.perf_counter` (msd and eager: numpy in and out; the host KV cache's filled part goes in "
+            "and the new entries come back on every call; llama.cpp: `Llama.eval` of the whole prompt in "
+            "one batch, then one "
             "`eval` per token with a greedy argmax of the last logits). Greedy match: how many of the "
             f"{args.decode_tokens + 1} generated tokens agree with eager torch's before the first difference. "
             "Other load: CPU cores that other processes kept busy, on average, while the row was timed "
@@ -590,7 +596,7 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
             lines += [
                 f"- Device time (`iree-benchmark-module`, caches already on the device, HAL host-execution "
                 f"profiling on): **{d.call_ms:.1f} ms per call**, of which dispatches {d.dispatch_ms:.1f} ms; "
-                f"the same call from Python (`Generator` path, torch ↔ numpy ↔ device copies of the caches) "
+                f"the same call from Python (`Generator` path: the filled cache copied in, new entries out) "
                 f"took {fmt(host_ms)} ms per token.",
                 "",
             ]
