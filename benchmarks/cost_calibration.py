@@ -38,6 +38,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_block  # noqa: E402
+
 DOC = REPO / "docs" / "targets.md"
 BENCH_DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- cost_calibration.py: begin -->", "<!-- cost_calibration.py: end -->"
@@ -239,15 +241,6 @@ def table(points: Sequence[Point], hw=None) -> list[str]:
     return lines
 
 
-def write_block(text: str) -> None:
-    doc = DOC.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"{DOC} has no {BEGIN} … {END} block")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fit", nargs="?", const=str(BENCH_DOC), default=None, metavar="REPORT",
@@ -313,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = "\n".join(out)
     print(text)
     if not (args.quick or args.no_docs):
-        write_block(text)
+        write_block(DOC, f"{BEGIN}\n{text}\n{END}", BEGIN, END, must_exist=True)
         print(f"wrote the block in {DOC.relative_to(REPO)}")
     return 0 if not misses else 1
 

@@ -29,6 +29,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
+from _report import write_block  # noqa: E402
 from llm import load_avg, pydoc_ids, set_threads, smollm2_path  # noqa: E402
 
 import msd  # noqa: E402
@@ -137,12 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         END,
     ]
     block = "\n".join(lines)
-    text = args.output.read_text() if args.output.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    args.output.write_text(text)
+    write_block(args.output, block, BEGIN, END)
     print(block)
     return 0
 

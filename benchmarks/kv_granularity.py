@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
+from _report import write_block  # noqa: E402
 from llm import ACCURACY_TOPICS, load_avg, pydoc_ids, smollm2_path  # noqa: E402
 
 from msd.compiler import gguf as G  # noqa: E402
@@ -298,12 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         END,
     ]
     block = "\n".join(lines)
-    text = args.output.read_text() if args.output.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    args.output.write_text(text)
+    write_block(args.output, block, BEGIN, END)
     print(block)
     log("done")
     return 0

@@ -27,6 +27,9 @@ from pathlib import Path
 from msd.compiler.cost import Matmul, decide, estimate, fmt_time
 from msd.compiler.hardware import PROFILES, profile
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_block  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "targets.md"
 BEGIN, END = "<!-- npu_tables.py: begin -->", "<!-- npu_tables.py: end -->"
@@ -168,15 +171,6 @@ def render() -> str:
     ])
 
 
-def write_block(text: str) -> None:
-    doc = DOC.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"{DOC} has no {BEGIN} … {END} block")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--print", action="store_true", help="print the tables; do not touch docs/targets.md")
@@ -184,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = render()
     print(text)
     if not args.print:
-        write_block(text)
+        write_block(DOC, f"{BEGIN}\n{text}\n{END}", BEGIN, END, must_exist=True)
         print(f"\nwrote the block in {DOC.relative_to(REPO)}")
     return 0
 
