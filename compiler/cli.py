@@ -11,18 +11,24 @@
 ``compile`` takes a Python entry point ``module:function`` that returns ``(model, example_inputs)``
 or ``(model, example_inputs, dynamic_shapes)``.  ``run``, ``inspect`` and ``bench`` need only the
 runtime (no torch, no compiler).  Every command takes ``--json`` for scripts and exits non-zero
-with a one-line reason on failure.
+with a one-line reason on failure: 1 for a failure, 2 for arguments refused when parsed, 130 after
+Ctrl-C (``msd <command>: interrupted``; an interrupted compile leaves no output folder behind).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
+import shutil
+import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,45 @@ class CliError(Exception):
 def _say(args: argparse.Namespace, text: str) -> None:
     if not args.json:
         print(text, file=sys.stderr, flush=True)
+
+
+MANIFEST = "msd.json"  # msd.runtime.artifact.MANIFEST_FILE (not imported: the parser needs no runtime)
+
+
+# ----------------------------------------------------------------------------- argument types
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer in ``low..high`` (no upper bound when ``high`` is None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            wanted = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
+        return value
+
+    return parse
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """An argparse ``type=``: a shape such as ``16x4096`` (every dimension at least 1)."""
+    parts = text.lower().split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape such as 16x4096") from None
+    if any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"{text!r}: every dimension must be at least 1")
+    return dims
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a refused argument reported on one line (exit status 2) instead of usage + error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 # ----------------------------------------------------------------------------- compile
@@ -74,21 +119,118 @@ def _compile_gguf(args: argparse.Namespace) -> dict:
             "rewritten": len(report.rewritten), "skipped": len(report.skipped), "max_ctx": max_ctx}
 
 
-def cmd_compile(args: argparse.Namespace) -> dict:
-    if args.entry.endswith(".gguf"):
-        if not Path(args.entry).is_file():
-            raise CliError(f"no such GGUF file: {args.entry}")
-        return _compile_gguf(args)
-    if args.max_ctx is not None or args.kv_cache != "float":
-        raise CliError("--max-ctx and --kv-cache apply to .gguf models only")
-    module_name, _, func_name = args.entry.partition(":")
-    if not func_name:
-        raise CliError(f"entry point {args.entry!r} must be 'module:function'")
+def _check_output(out: str) -> None:
+    """Refuse ``-o OUT`` before the compile when the artifact could not be written there, or would
+    clobber a folder that is not an msd artifact."""
+    path = Path(out)
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise CliError(f"-o {out}: exists and is not a folder")
+        if (path / MANIFEST).is_file():  # an msd artifact: overwritten
+            pass
+        elif any(path.iterdir()):
+            raise CliError(f"-o {out}: a folder with other files in it and no {MANIFEST} (not an msd artifact);"
+                           " msd writes into a new or empty folder, or over an earlier artifact")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise CliError(f"-o {out}: the folder is not writable")
+        return
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CliError(f"-o {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"-o {out}: cannot create it, {parent} is not writable")
+
+
+def _check_target(target: str) -> None:
+    from msd.compiler.targets import resolve  # needs the compiler, not torch
+
+    resolve(target)  # TargetError names what is wrong
+
+
+@contextlib.contextmanager
+def _removed_if_unfinished(out: str) -> Iterator[None]:
+    """Remove the output folder when the command does not finish (Ctrl-C, a failure while saving) and
+    the folder did not exist before it: no partial artifact is left behind."""
+    path = Path(out)
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and path.is_dir():
+            previous = _ignore_sigint()
+            try:
+                shutil.rmtree(path, ignore_errors=True)
+            finally:
+                _restore_sigint(previous)
+        raise
+
+
+def _ignore_sigint():
+    try:
+        return signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _restore_sigint(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _load_entry(entry: str) -> tuple:
+    """Import ``module:function`` from the current folder and call it."""
+    module_name, _, func_name = entry.partition(":")
+    if not module_name or not func_name:
+        raise CliError(f"entry point {entry!r} must be 'module:function'")
     sys.path.insert(0, str(Path.cwd()))
     try:
-        built = getattr(importlib.import_module(module_name), func_name)()
+        func = getattr(importlib.import_module(module_name), func_name)
     except (ImportError, AttributeError) as e:
-        raise CliError(f"cannot load entry point {args.entry!r}: {e}") from None
+        raise CliError(f"cannot load entry point {entry!r}: {e}") from None
+    except Exception as e:  # an error in the module itself (a syntax error, a failing top-level statement)
+        raise CliError(f"cannot load entry point {entry!r}: {_raised(e)}") from None
+    if not callable(func):
+        raise CliError(f"entry point {entry!r} is not a function (it is a {type(func).__name__})")
+    try:
+        return func()
+    except Exception as e:
+        raise CliError(f"entry point {entry!r} raised {_raised(e)}") from None
+
+
+def _raised(e: BaseException) -> str:
+    """``Type: message (at file:line)``, the line being the innermost frame of the traceback."""
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    if isinstance(e, SyntaxError) and e.filename:
+        where = f" (at {e.filename}:{e.lineno})"
+        return f"SyntaxError: {e.msg}{where}"
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def cmd_compile(args: argparse.Namespace) -> dict:
+    # everything that can be checked is checked before the long work
+    gguf = args.entry.endswith(".gguf")
+    if gguf and not Path(args.entry).is_file():
+        raise CliError(f"no such GGUF file: {args.entry}")
+    if not gguf and (args.max_ctx is not None or args.kv_cache is not None):
+        raise CliError("--max-ctx and --kv-cache apply to .gguf models only")
+    _check_output(args.output)
+    _check_target(args.target)
+    with _removed_if_unfinished(args.output):
+        if gguf:
+            args.kv_cache = args.kv_cache or "float"
+            return _compile_gguf(args)
+        return _compile_entry(args)
+
+
+def _compile_entry(args: argparse.Namespace) -> dict:
+    from msd.compiler.driver import _cost_target
+
+    # the option pairings msd.compile refuses (--hardware without --decide cost, …), before the entry point runs
+    _cost_target(args.target, args.slices, args.decide, args.min_bits, args.hardware)
+    built = _load_entry(args.entry)
     if not isinstance(built, tuple) or len(built) not in (2, 3):
         got = type(built).__name__
         raise CliError(f"{args.entry} must return (model, example_inputs[, dynamic_shapes]), got {got}")
@@ -126,10 +268,23 @@ def _function(art, name: str | None):
 
 def cmd_run(args: argparse.Namespace) -> dict:
     fn = _function(_load(args), args.function)
-    try:
-        inputs = [np.load(p) for p in args.input]
-    except (OSError, ValueError) as e:
-        raise CliError(f"cannot read an input .npy: {e}") from None
+    if len(args.input) != len(fn.inputs):
+        raise CliError(f"{fn.signature} takes {len(fn.inputs)} input(s), got {len(args.input)} --input file(s)")
+    if args.output and len(args.output) != len(fn.outputs):
+        raise CliError(f"{fn.signature} has {len(fn.outputs)} output(s), got {len(args.output)} --output path(s)")
+    for path in args.output:
+        if not Path(path).absolute().parent.is_dir():
+            raise CliError(f"--output {path}: the folder {Path(path).absolute().parent} does not exist")
+    inputs = []
+    for path in args.input:
+        try:
+            inputs.append(np.load(path))
+        except OSError as e:
+            raise CliError(f"cannot read --input {path}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise CliError(f"cannot read --input {path} as a .npy array: {e}") from None
+        if not isinstance(inputs[-1], np.ndarray):  # an .npz archive
+            raise CliError(f"--input {path} is not a single .npy array")
     out = fn(*inputs)
     outs = out if isinstance(out, tuple) else (out,)
     if args.output:
@@ -185,9 +340,9 @@ def _decision_table(decisions: list[dict]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [head, *rows]]
 
 
-def _shape_for(spec, override: str | None) -> tuple[int, ...]:
+def _shape_for(spec, override: tuple[int, ...] | None) -> tuple[int, ...]:
     if override:
-        return tuple(int(v) for v in override.lower().split("x"))
+        return override
     dims = spec.dims or (None,) * len(spec.shape)
     return tuple(s if s is not None else max(1, (d[1] if d else 1)) for s, d in zip(spec.shape, dims))
 
@@ -218,6 +373,16 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- generate
 def cmd_generate(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
+    fixed = [f"--{name.replace('_', '-')}" for name in ("slices", "max_ctx", "kv_cache")
+             if getattr(args, name) is not None]
+    if Path(args.gguf).is_dir() and fixed:
+        raise CliError(f"{args.gguf} is a compiled artifact{_baked(Path(args.gguf))}: {', '.join(fixed)} "
+                       f"{'is' if len(fixed) == 1 else 'are'} fixed when compiling (msd compile model.gguf -o DIR"
+                       " --slices N --max-ctx N --kv-cache float|int8)")
+    if Path(args.gguf).is_file() and args.device is not None:
+        raise CliError("--device applies to artifact folders (a .gguf file is compiled for and run on this CPU)")
+    args.slices = 2 if args.slices is None else args.slices
+    args.kv_cache = args.kv_cache or "float"
     if Path(args.gguf).is_dir():  # a saved artifact: torch-free
         from msd.runtime.generate import TextGenerator
 
@@ -227,8 +392,9 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     elif Path(args.gguf).is_file():
         from msd.compiler.generate import compile_generator
 
-        gen = compile_generator(args.gguf, slices=args.slices, max_ctx=args.max_ctx, progress=_progress(args, start),
-                                kv_cache=args.kv_cache)
+        ctx = {"max_ctx": args.max_ctx} if args.max_ctx else {}  # default: compile_generator's (2048)
+        gen = compile_generator(args.gguf, slices=args.slices, progress=_progress(args, start), kv_cache=args.kv_cache,
+                                **ctx)
         _say(args, f"[{time.perf_counter() - start:6.1f}s] compiled prefill + decode")
         slices = args.slices
     else:
@@ -248,9 +414,22 @@ def cmd_generate(args: argparse.Namespace) -> dict:
             "decode_tokens": st.decode_tokens, "decode_s": st.decode_s, "slices": slices}
 
 
+def _baked(folder: Path) -> str:
+    """`` (slices=2, max_ctx=2048, kv_cache=float)``: the settings an artifact was compiled with ("" if unreadable)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        settings = manifest.get("metadata", {}).get("generation", {})
+        baked = {"slices": manifest.get("slices"), "max_ctx": settings.get("max_ctx"),
+                 "kv_cache": settings.get("kv_cache")}
+    except (OSError, ValueError, AttributeError):
+        return ""
+    shown = ", ".join(f"{k}={v}" for k, v in baked.items() if v is not None)
+    return f" ({shown})" if shown else ""
+
+
 # ----------------------------------------------------------------------------- main
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="msd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="msd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="compile a model (Python entry point or .gguf file) into an artifact folder")
@@ -258,7 +437,7 @@ def parser() -> argparse.ArgumentParser:
                                  " Llama file (prefill + decode + tokenizer; run it with 'msd generate DIR')")
     c.add_argument("-o", "--output", required=True, help="artifact folder to write")
     c.add_argument("--target", default="llvm-cpu", help="llvm-cpu[:cpu] | cuda[:sm_XX] | rocm[:gfxXXX] | vulkan-spirv")
-    c.add_argument("--slices", type=int, default=2, help="activation slices 1-3; 0 = IREE's own lowering")
+    c.add_argument("--slices", type=_int_range(0, 3), default=2, help="activation slices 1-3; 0 = IREE's own lowering")
     c.add_argument("--act-scale", default="group", choices=("row", "group"), help="for group-wise weights")
     c.add_argument("--act-format", default="int8", choices=("int8", "mxfp4", "mxfp8"),
                    help="activation slices: int8 (default), or MX slices per 32-block (MXFP4 weights)")
@@ -267,13 +446,15 @@ def parser() -> argparse.ArgumentParser:
                    help="MXFP4 slices as exact int8 emulation or block-scaled FP4 (auto: scaled on rocm:gfx950)")
     c.add_argument("--decide", default="always", choices=("always", "cost"),
                    help="cost: a cost model of the target keeps IREE's lowering where MSD is not predicted faster")
-    c.add_argument("--min-bits", type=int, default=None, help="accuracy request instead of --slices (8, 16, 24)")
+    c.add_argument("--min-bits", type=_int_range(1), default=None,
+                   help="accuracy request instead of --slices (8, 16, 24)")
     c.add_argument("--hardware", default=None, help="hardware profile for --decide cost (see msd.targets)")
-    c.add_argument("--max-ctx", type=int, default=None,
+    c.add_argument("--max-ctx", type=_int_range(3), default=None,
                    help=".gguf only: KV-cache capacity in tokens, prompt + new (default 2048); decode cost follows the"
                         " text, not this")
-    c.add_argument("--kv-cache", default="float", choices=("float", "int8"),
-                   help=".gguf only: KV cache in f32, or int8 with a scale per head and token (MSD attention)")
+    c.add_argument("--kv-cache", default=None, choices=("float", "int8"),
+                   help=".gguf only: KV cache in f32 (default), or int8 with a scale per head and token (MSD"
+                        " attention)")
     c.set_defaults(func=cmd_compile)
 
     for name, func, text in (("run", cmd_run, "run an artifact on .npy inputs"),
@@ -288,20 +469,24 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--input", action="append", default=[], help=".npy file, one per input, in order")
             s.add_argument("--output", action="append", default=[], help=".npy file to write, one per output")
         if name == "bench":
-            s.add_argument("--shape", action="append", help="input shape like 16x4096 (one per input; default:"
-                                                             " static dims, dynamic dims at their minimum)")
-            s.add_argument("--reps", type=int, default=50)
+            s.add_argument("--shape", action="append", type=_shape,
+                           help="input shape like 16x4096 (one per input; default: static dims, dynamic dims at"
+                                " their minimum)")
+            s.add_argument("--reps", type=_int_range(1), default=50, help="timed calls (default 50)")
     g = sub.add_parser("generate", help="generate text greedily from a GGUF Llama model (compiled on the fly) or"
                                         " from an artifact folder written by 'msd compile model.gguf'")
     g.add_argument("gguf", help="a .gguf file (Q8_0 / Q4_0 / Q4_1 / F16 / F32 tensors), or an artifact folder")
     g.add_argument("prompt")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--slices", type=int, default=2)
-    g.add_argument("--max-ctx", type=int, default=2048,
-                   help="KV-cache capacity in tokens, prompt + new (default 2048); decode cost follows the text")
+    g.add_argument("--max-new-tokens", type=_int_range(1), default=64, help="at most this many tokens (default 64)")
+    g.add_argument("--slices", type=_int_range(0, 3), default=None,
+                   help=".gguf files: activation slices 1-3 (default 2); 0 = IREE's own lowering")
+    g.add_argument("--max-ctx", type=_int_range(3), default=None,
+                   help=".gguf files: KV-cache capacity in tokens, prompt + new (default 2048); decode cost follows"
+                        " the text")
     g.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
-    g.add_argument("--kv-cache", default="float", choices=("float", "int8"),
-                   help="KV cache in f32, or int8 with a scale per head and token (MSD attention)")
+    g.add_argument("--kv-cache", default=None, choices=("float", "int8"),
+                   help=".gguf files: KV cache in f32 (default), or int8 with a scale per head and token (MSD"
+                        " attention)")
     g.add_argument("--device", default=None, help="artifact folders: IREE driver (default: the target's)")
     g.set_defaults(func=cmd_generate)
     for s in sub.choices.values():
@@ -313,15 +498,40 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         result: Any = args.func(args)
+        if args.json:
+            print(json.dumps(result, indent=2))
+    except KeyboardInterrupt:
+        return _interrupted(args)
     except CliError as e:
         print(f"msd {args.command}: error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # the library's own errors carry precise messages
         print(f"msd {args.command}: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(result, indent=2))
     return 0
+
+
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    """Ctrl-C: one line, status 130.  An IREE compile abandoned by the interrupt may still be running in a
+    worker thread (msd.compiler.iree_session); the process then leaves with os._exit, since tearing the
+    interpreter and LLVM down under it could crash.  msd has no temporary folder yet at that point (it
+    makes one after IREE's compile), and the output folder was removed by cmd_compile."""
+    previous = _ignore_sigint()  # a second Ctrl-C does not interrupt the way out
+    try:
+        if args.command == "generate" and not args.json:
+            print(flush=True)  # end the streamed text's line
+        print(f"msd {args.command}: interrupted", file=sys.stderr, flush=True)
+        session = sys.modules.get("msd.compiler.iree_session")
+        if session is not None and session.busy():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(INTERRUPTED)
+    finally:
+        _restore_sigint(previous)
+    return INTERRUPTED
 
 
 if __name__ == "__main__":

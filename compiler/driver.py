@@ -42,7 +42,9 @@ STAGES = ("torch", "linalg", "msd", "vmfb")
 
 
 TARGETS = BACKENDS  # target names; each takes an optional ":arch" (see compiler/targets.py)
-COMMON_FLAGS = ("--iree-input-type=torch",)
+# f64 stays f64: IREE demotes it to f32 by default, which left the module expecting f32 buffers while
+# the signature (and every caller) passes f64 -- each call then failed on the buffer length.
+COMMON_FLAGS = ("--iree-input-type=torch", "--iree-input-demote-f64-to-f32=false")
 
 POST_MSD_PIPELINE = "builtin.module(canonicalize, cse)"
 

@@ -65,6 +65,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from msd.errors import MsdError
 from msd.passes.report import Report
 
 from .importer import export
@@ -83,7 +84,7 @@ GRAD_POLICIES = ("error", "eager")
 COMPILE_OPTIONS = ("target", "slices", "act_scale", "extra_flags")  # passed on to msd.compile
 
 
-class MsdBackendError(RuntimeError):
+class MsdBackendError(MsdError, RuntimeError):
     """The msd dynamo backend cannot run this graph (needs autograd, or failed to compile)."""
 
 

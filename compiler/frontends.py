@@ -33,6 +33,8 @@ import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import ExportGraphSignature, InputKind, InputSpec
 
+from msd.errors import NormalizeError
+
 # Namespaces whose ops must not survive normalization (IREE cannot lower them).  ``mslk`` holds the
 # CUDA kernels of torchao's packed int4 layouts (``Int4WeightOnlyConfig``, plain/preshuffled).
 FOREIGN_NAMESPACES = ("torchao", "quantized_decomposed", "export", "mslk")
@@ -45,9 +47,6 @@ PACKED_INT4_KERNELS = (
     "aten._dyn_quant_matmul_4bit",
 )
 
-
-class NormalizeError(ValueError):
-    """The program still holds an op that msd's front end does not know how to rewrite."""
 
 
 # --- the decompositions ---------------------------------------------------------------------

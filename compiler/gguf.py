@@ -1,6 +1,8 @@
 """``msd.compiler.gguf``: a GGUF front end for Llama-architecture models.
 
-``load_gguf(path)`` reads a GGUF file with the ``gguf`` package and builds a plain-torch
+``load_gguf(path)`` reads a GGUF file with :class:`msd.compiler.gguf_file.GGUFFile` (a strict parser: a
+truncated, corrupted or inconsistent file raises :class:`msd.errors.GGUFError` naming the file and the
+problem) and builds a plain-torch
 :class:`LlamaModel` from its metadata, keeping the quantized tensors as the file stores them:
 
 - ``Q8_0``: blocks of 32 int8 codes + one f16 scale ``d``: ``w = d·q``;
@@ -21,15 +23,24 @@ stored in the file (``tokenizer.ggml.model == "gpt2"``).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msd.errors import GGUFError, UnsupportedGGUFError
+
+from .gguf_file import GGUFFile, GGUFTensorInfo, open_gguf
 from .quantize import unpack_int4
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 DEFAULT_MAX_CTX = 2048  # KV-cache capacity (prompt + new tokens) of the generators
 KV_CACHE_FORMATS = ("float", "int8")  # f32 K/V, or int8 codes with one f32 scale per (head, token)
@@ -37,11 +48,7 @@ BLOCK = 32  # elements per Q8_0 / Q4_0 / Q4_1 block
 SUPPORTED_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
 # bytes per block: f16 d (+ f16 m) + codes
 _BLOCK_BYTES = {"Q8_0": 2 + BLOCK, "Q4_0": 2 + BLOCK // 2, "Q4_1": 4 + BLOCK // 2}
-
-
-class UnsupportedGGUFError(ValueError):
-    """A GGUF file uses a tensor type, architecture or tokenizer this front end does not handle."""
-
+_FLOAT_BYTES = {"F32": 4, "F16": 2}
 
 # ----------------------------------------------------------------------------------------------
 # Quantized tensors
@@ -66,22 +73,34 @@ class GGUFTensor:
 
 def unpack_blocks(name: str, qtype: str, raw: np.ndarray, shape: tuple[int, ...]) -> GGUFTensor:
     """Split the raw bytes ``raw`` (uint8, ``[rows, bytes per row]``) of tensor ``name`` of GGML type
-    ``qtype`` into codes/scales/mins; ``shape`` is the logical torch shape ``(..., K)``."""
-    if qtype == "F32" or qtype == "F16":
-        dtype = np.float32 if qtype == "F32" else np.float16
-        arr = np.ascontiguousarray(raw).view(dtype).reshape(shape)
-        return GGUFTensor(name, qtype, shape, weight=torch.from_numpy(arr.copy()))
-    if qtype not in _BLOCK_BYTES:
+    ``qtype`` into codes/scales/mins; ``shape`` is the logical torch shape ``(..., K)``.  ``raw`` must
+    hold exactly the bytes ``shape`` needs in that type (else :class:`GGUFError`)."""
+    shape = tuple(int(d) for d in shape)
+    if not shape or any(d < 1 for d in shape):
+        raise GGUFError(f"tensor {name!r}: shape {shape} is not a non-empty tuple of positive sizes")
+    if qtype not in _FLOAT_BYTES and qtype not in _BLOCK_BYTES:
         raise UnsupportedGGUFError(
             f"tensor {name!r} has GGML type {qtype}, which msd's GGUF front end does not support"
             f" (supported: {', '.join(SUPPORTED_TYPES)})"
         )
     k = shape[-1]
     n = math.prod(shape[:-1])
-    if k % BLOCK:
-        raise ValueError(f"tensor {name!r}: row length {k} is not a multiple of {BLOCK}")
+    if qtype in _FLOAT_BYTES:
+        need = n * k * _FLOAT_BYTES[qtype]
+    else:
+        if k % BLOCK:
+            raise GGUFError(f"tensor {name!r}: row length {k} is not a multiple of {BLOCK}")
+        need = n * (k // BLOCK) * _BLOCK_BYTES[qtype]
+    raw = np.asarray(raw)
+    if raw.nbytes != need:
+        raise GGUFError(f"tensor {name!r} ({qtype}, shape {shape}) needs {need} bytes, got {raw.nbytes}")
+    raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    if qtype in _FLOAT_BYTES:
+        dtype = np.float32 if qtype == "F32" else np.float16
+        arr = raw.view(dtype).reshape(shape)
+        return GGUFTensor(name, qtype, shape, weight=torch.from_numpy(arr.copy()))
     nb = k // BLOCK
-    blocks = np.ascontiguousarray(raw).reshape(n, nb, _BLOCK_BYTES[qtype])
+    blocks = raw.reshape(n, nb, _BLOCK_BYTES[qtype])
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
     offset = packed_codes = None
     if qtype == "Q8_0":
@@ -452,68 +471,180 @@ class LlamaModel(nn.Module):
 # Loading
 
 
-def _reader(path):
-    import gguf
-
-    return gguf.GGUFReader(str(path))
-
-
-def _field(reader, key: str, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        if default is None:
-            raise UnsupportedGGUFError(f"GGUF metadata has no {key!r}")
-        return default
-    return f.contents()
+def _reader(path: str | Path | GGUFFile) -> GGUFFile:
+    """``path`` parsed and checked by :class:`GGUFFile` (a parsed file is returned as is)."""
+    return open_gguf(path)
 
 
-def read_config(reader) -> LlamaConfig:
-    arch = _field(reader, "general.architecture")
+@contextmanager
+def _opened(path: str | Path | GGUFFile) -> Iterator[GGUFFile]:
+    """:func:`_reader`, closing the file afterwards when it was opened here."""
+    f = open_gguf(path)
+    try:
+        yield f
+    finally:
+        if f is not path:
+            f.close()
+
+
+def _positive(f: GGUFFile, key: str, value: int) -> int:
+    if value < 1:
+        raise GGUFError(f"{f.path}: metadata key {key!r} is {value}, expected a positive integer")
+    return value
+
+
+def _finite(f: GGUFFile, key: str, value: float, low: float, strict: bool) -> float:
+    if not math.isfinite(value) or value < low or (strict and value == low):
+        bound = f"> {low}" if strict else f">= {low}"
+        raise GGUFError(f"{f.path}: metadata key {key!r} is {value}, expected a finite number {bound}")
+    return value
+
+
+def read_config(reader: str | Path | GGUFFile) -> LlamaConfig:
+    """The :class:`LlamaConfig` of a llama GGUF file, every value type-checked and sanity-checked (positive
+    counts, heads dividing the hidden size, ``vocab_size`` equal to the rows of ``token_embd.weight``)."""
+    with _opened(reader) as f:
+        return _read_config(f)
+
+
+def _read_config(f: GGUFFile) -> LlamaConfig:
+    p = f.path
+    arch = f.get_str("general.architecture")
     if arch != "llama":
-        raise UnsupportedGGUFError(f"GGUF architecture {arch!r} is not supported (only 'llama')")
-    n_heads = int(_field(reader, "llama.attention.head_count"))
-    hidden = int(_field(reader, "llama.embedding_length"))
-    head_dim = int(_field(reader, "llama.attention.key_length", hidden // n_heads))
-    rope_dim = int(_field(reader, "llama.rope.dimension_count", head_dim))
+        raise UnsupportedGGUFError(f"{p}: GGUF architecture {arch!r} is not supported (only 'llama')")
+    n_layers = _positive(f, "llama.block_count", f.get_int("llama.block_count"))
+    hidden = _positive(f, "llama.embedding_length", f.get_int("llama.embedding_length"))
+    n_heads = _positive(f, "llama.attention.head_count", f.get_int("llama.attention.head_count"))
+    n_kv_heads = _positive(f, "llama.attention.head_count_kv", f.get_int("llama.attention.head_count_kv", n_heads))
+    if n_heads % n_kv_heads:
+        raise GGUFError(f"{p}: llama.attention.head_count={n_heads} is not a multiple of"
+                        f" llama.attention.head_count_kv={n_kv_heads}")
+    if "llama.attention.key_length" in f.fields:
+        head_dim = _positive(f, "llama.attention.key_length", f.get_int("llama.attention.key_length"))
+    elif hidden % n_heads:
+        raise GGUFError(f"{p}: llama.embedding_length={hidden} is not divisible by"
+                        f" llama.attention.head_count={n_heads}")
+    else:
+        head_dim = hidden // n_heads
+    if head_dim % 2:
+        raise GGUFError(f"{p}: the head dimension {head_dim} is odd; RoPE rotates pairs of elements")
+    value_dim = f.get_int("llama.attention.value_length", head_dim)
+    if value_dim != head_dim:
+        raise UnsupportedGGUFError(f"{p}: value heads of {value_dim} elements differ from key heads of {head_dim};"
+                                   f" msd's llama reads equal key and value head sizes only")
+    rope_dim = f.get_int("llama.rope.dimension_count", head_dim)
     if rope_dim != head_dim:
         raise UnsupportedGGUFError(
-            f"partial RoPE (rope.dimension_count={rope_dim}, head dim {head_dim}) is not supported")
-    if "llama.rope.scaling.type" in reader.fields and _field(reader, "llama.rope.scaling.type") not in ("none", ""):
-        raise UnsupportedGGUFError(f"RoPE scaling {_field(reader, 'llama.rope.scaling.type')!r} is not supported")
-    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    vocab = int(_field(reader, "llama.vocab_size", int(embd.shape[1])))
+            f"{p}: partial RoPE (rope.dimension_count={rope_dim}, head dim {head_dim}) is not supported")
+    scaling = f.get_str("llama.rope.scaling.type", "none")
+    if scaling not in ("none", ""):
+        raise UnsupportedGGUFError(f"{p}: RoPE scaling {scaling!r} is not supported")
+    embd = f.tensor("token_embd.weight")
+    if embd is None:
+        raise GGUFError(f"{p}: the file has no tensor 'token_embd.weight'")
+    if len(embd.shape) != 2:
+        raise GGUFError(f"{p}: tensor 'token_embd.weight' has dims {list(embd.shape)}, expected 2 dims"
+                        f" [embedding_length, vocab_size]")
+    vocab = _positive(f, "llama.vocab_size", f.get_int("llama.vocab_size", embd.shape[1]))
+    if vocab != embd.shape[1]:
+        raise GGUFError(f"{p}: llama.vocab_size={vocab} but tensor 'token_embd.weight' has {embd.shape[1]} rows")
     return LlamaConfig(
-        n_layers=int(_field(reader, "llama.block_count")),
+        n_layers=n_layers,
         hidden=hidden,
         n_heads=n_heads,
-        n_kv_heads=int(_field(reader, "llama.attention.head_count_kv", n_heads)),
-        ffn=int(_field(reader, "llama.feed_forward_length")),
+        n_kv_heads=n_kv_heads,
+        ffn=_positive(f, "llama.feed_forward_length", f.get_int("llama.feed_forward_length")),
         vocab=vocab,
-        rope_base=float(_field(reader, "llama.rope.freq_base", 10000.0)),
-        rms_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_base=_finite(f, "llama.rope.freq_base", f.get_float("llama.rope.freq_base", 10000.0), 0.0, True),
+        rms_eps=_finite(f, "llama.attention.layer_norm_rms_epsilon",
+                        f.get_float("llama.attention.layer_norm_rms_epsilon", 1e-5), 0.0, False),
         head_dim=head_dim,
-        context_length=int(_field(reader, "llama.context_length", 2048)),
+        context_length=_positive(f, "llama.context_length", f.get_int("llama.context_length", 2048)),
     )
 
 
-def read_tensors(reader) -> dict[str, GGUFTensor]:
-    """All tensors of the file, unpacked (GGUF lists dims innermost first; torch order is reversed)."""
-    out = {}
-    for t in reader.tensors:
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        out[t.name] = unpack_blocks(t.name, t.tensor_type.name, np.asarray(t.data).view(np.uint8), shape)
+def llama_tensor_shapes(cfg: LlamaConfig, tied: bool) -> dict[str, tuple[int, ...]]:
+    """Every tensor a llama of ``cfg`` needs → its torch shape (rows first); ``output.weight`` only when
+    not ``tied``."""
+    h, q, kv = cfg.hidden, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (cfg.vocab, h)}
+    for i in range(cfg.n_layers):
+        b = f"blk.{i}."
+        shapes |= {b + "attn_norm.weight": (h,), b + "attn_q.weight": (q, h), b + "attn_k.weight": (kv, h),
+                   b + "attn_v.weight": (kv, h), b + "attn_output.weight": (h, q), b + "ffn_norm.weight": (h,),
+                   b + "ffn_gate.weight": (cfg.ffn, h), b + "ffn_up.weight": (cfg.ffn, h),
+                   b + "ffn_down.weight": (h, cfg.ffn)}
+    shapes["output_norm.weight"] = (h,)
+    if not tied:
+        shapes["output.weight"] = (cfg.vocab, h)
+    return shapes
+
+
+def check_llama_tensors(reader: str | Path | GGUFFile, cfg: LlamaConfig) -> dict[str, GGUFTensorInfo]:
+    """Check that every tensor ``cfg`` needs is present, of a supported type (norms: F32/F16) and of the
+    shape the config implies → those tensors by name.  Raises :class:`GGUFError` naming the tensor and
+    the expected and found dims (GGUF order: row length first)."""
+    f = _reader(reader)
+    p = f.path
+    if cfg.n_layers > len(f.tensors):  # checked up front: the shape table below grows with n_layers
+        raise GGUFError(f"{p}: llama.block_count={cfg.n_layers} but the file holds only {len(f.tensors)} tensors")
+    out: dict[str, GGUFTensorInfo] = {}
+    for name, shape in llama_tensor_shapes(cfg, tied=f.tensor("output.weight") is None).items():
+        t = f.tensor(name)
+        if t is None:
+            raise GGUFError(f"{p}: the file has no tensor {name!r} (needed by a llama with"
+                            f" llama.block_count={cfg.n_layers})")
+        if t.ggml_type not in SUPPORTED_TYPES:
+            raise UnsupportedGGUFError(
+                f"{p}: tensor {name!r} has GGML type {t.ggml_type}, which msd's GGUF front end does not support"
+                f" (supported: {', '.join(SUPPORTED_TYPES)})")
+        if len(shape) == 1 and t.ggml_type not in _FLOAT_BYTES:
+            raise UnsupportedGGUFError(f"{p}: norm tensor {name!r} has GGML type {t.ggml_type}; msd reads norm"
+                                       f" weights in F32 or F16 only")
+        if t.torch_shape != shape:
+            raise GGUFError(f"{p}: tensor {name!r} has dims {list(t.shape)}, expected {list(reversed(shape))}"
+                            f" for this config (GGUF order, row length first)")
+        out[name] = t
+    # A tensor the llama graph would not read changes the model it belongs to (attention biases of a
+    # Qwen-style file, Llama 3.1's rope_freqs factors): ignoring it would be a silently wrong model.
+    unused = [t.name for t in f.tensors if t.name not in out]
+    if unused:
+        shown = ", ".join(repr(n) for n in unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+        raise UnsupportedGGUFError(f"{p}: the file holds tensor(s) msd's llama does not use: {shown}; running"
+                                   " without them would compute another model, so msd refuses the file")
     return out
 
 
-def load_gguf(path: str | Path) -> LlamaModel:
-    """Build a :class:`LlamaModel` from a GGUF file (tensors kept in their stored formats)."""
-    reader = _reader(path)
-    cfg = read_config(reader)
-    tensors = read_tensors(reader)
+def read_tensors(reader: str | Path | GGUFFile, names: list[str] | None = None) -> dict[str, GGUFTensor]:
+    """The tensors ``names`` (default: all) of the file, unpacked (GGUF lists dims innermost first; torch
+    order is reversed).  A tensor of a type msd does not read raises :class:`UnsupportedGGUFError`."""
+    with _opened(reader) as f:
+        return _read_tensors(f, [t.name for t in f.tensors] if names is None else names)
+
+
+def _read_tensors(f: GGUFFile, names: list[str]) -> dict[str, GGUFTensor]:
+    out = {}
+    for name in names:
+        t = f.tensor(name)
+        if t is None:
+            raise GGUFError(f"{f.path}: the file has no tensor {name!r}")
+        if t.ggml_type not in SUPPORTED_TYPES:
+            raise UnsupportedGGUFError(
+                f"{f.path}: tensor {t.name!r} has GGML type {t.ggml_type}, which msd's GGUF front end does not"
+                f" support (supported: {', '.join(SUPPORTED_TYPES)})")
+        out[t.name] = unpack_blocks(t.name, t.ggml_type, t.data(), t.torch_shape)
+    return out
+
+
+def load_gguf(path: str | Path | GGUFFile) -> LlamaModel:
+    """Build a :class:`LlamaModel` from a GGUF file (tensors kept in their stored formats).  The file,
+    its config and the shapes of the tensors it needs are checked first: a bad file raises
+    :class:`GGUFError` (or :class:`UnsupportedGGUFError`) naming the file and the problem."""
+    with _opened(path) as f:
+        cfg = _read_config(f)
+        tensors = _read_tensors(f, list(check_llama_tensors(f, cfg)))
 
     def lin(name: str) -> GGUFLinear:
-        if name not in tensors:
-            raise UnsupportedGGUFError(f"GGUF file has no tensor {name!r}")
         return GGUFLinear(tensors[name])
 
     def norm(name: str) -> RMSNorm:
@@ -536,38 +667,82 @@ def load_gguf(path: str | Path) -> LlamaModel:
 # Tokenizer
 
 
-def tokenizer_from_gguf(path_or_reader):
+TOKEN_TYPES = range(0, 7)  # llama.cpp: undefined, normal, unknown, control, user defined, unused, byte
+
+
+def _special_ids(f: GGUFFile, n_tokens: int) -> dict[str, int]:
+    """Every ``tokenizer.ggml.*_token_id`` of the file, checked to be an integer id in ``[0, n_tokens)``."""
+    out = {}
+    for key in f.fields:
+        if key.startswith("tokenizer.ggml.") and key.endswith("_token_id"):
+            v = f.get_int(key)
+            if not 0 <= v < n_tokens:
+                raise GGUFError(f"{f.path}: metadata key {key!r} is {v}, outside the vocabulary of {n_tokens} tokens")
+            out[key] = v
+    return out
+
+
+def tokenizer_from_gguf(path_or_reader: str | Path | GGUFFile) -> Tokenizer:
     """A ``tokenizers.Tokenizer`` (byte-level BPE) built from ``tokenizer.ggml.tokens`` and
     ``tokenizer.ggml.merges``; control tokens (type 3) and user-defined tokens (type 4) are added
-    as special tokens so chat markers like ``<|im_start|>`` map to their single ids."""
+    as special tokens so chat markers like ``<|im_start|>`` map to their single ids.  Array types, token
+    types, special-token ids and every merge's tokens are checked (:class:`GGUFError` otherwise)."""
+    with _opened(path_or_reader) as f:
+        return _tokenizer(f)
+
+
+def _tokenizer(f: GGUFFile) -> Tokenizer:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    reader = path_or_reader if hasattr(path_or_reader, "fields") else _reader(path_or_reader)
-    kind = _field(reader, "tokenizer.ggml.model")
+    p = f.path
+    kind = f.get_str("tokenizer.ggml.model")
     if kind != "gpt2":
-        raise UnsupportedGGUFError(f"tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' byte-level BPE)")
-    tokens = list(_field(reader, "tokenizer.ggml.tokens"))
-    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
-    types = list(_field(reader, "tokenizer.ggml.token_type", [1] * len(tokens)))
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
-    pre = str(_field(reader, "tokenizer.ggml.pre", "default"))
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in ("smollm", "starcoder", "refact"):  # llama.cpp: split every digit, then the GPT-2 regex
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    elif pre in ("default", "gpt2", "gpt-2"):
-        tok.pre_tokenizer = byte_level
-    elif pre in ("llama3", "llama-bpe", "llama-v3"):
-        llama3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(llama3), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
-    else:
-        raise UnsupportedGGUFError(f"tokenizer.ggml.pre={pre!r} is not supported")
-    tok.decoder = decoders.ByteLevel()
-    special = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if int(ty) in (3, 4)]
-    tok.add_special_tokens(special)
+        raise UnsupportedGGUFError(f"{p}: tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' byte-level BPE)")
+    tokens = f.get_array("tokenizer.ggml.tokens", "str")
+    if not tokens:
+        raise GGUFError(f"{p}: tokenizer.ggml.tokens is empty")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for i, m in enumerate(f.get_array("tokenizer.ggml.merges", "str")):
+        a, sep, b = m.partition(" ")
+        if not sep or not a or not b:
+            raise GGUFError(f"{p}: tokenizer.ggml.merges[{i}] = {m!r} is not two tokens separated by a space")
+        for t in (a, b, a + b):
+            if t not in vocab:
+                raise GGUFError(f"{p}: tokenizer.ggml.merges[{i}] = {m!r} uses {t!r}, which is not in"
+                                f" tokenizer.ggml.tokens")
+        merges.append((a, b))
+    types = f.get_array("tokenizer.ggml.token_type", "int", [1] * len(tokens))
+    if len(types) != len(tokens):
+        raise GGUFError(f"{p}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+    bad = next((i for i, ty in enumerate(types) if ty not in TOKEN_TYPES), None)
+    if bad is not None:
+        raise GGUFError(f"{p}: tokenizer.ggml.token_type[{bad}] is {types[bad]}, not a llama token type (0..6)")
+    _special_ids(f, len(tokens))
+    pre = f.get_str("tokenizer.ggml.pre", "default")
+    try:
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        if pre in ("smollm", "starcoder", "refact"):  # llama.cpp: split every digit, then the GPT-2 regex
+            tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        elif pre in ("default", "gpt2", "gpt-2"):
+            tok.pre_tokenizer = byte_level
+        elif pre in ("llama3", "llama-bpe", "llama-v3"):
+            llama3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                      r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(llama3), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ])
+        else:
+            raise UnsupportedGGUFError(f"{p}: tokenizer.ggml.pre={pre!r} is not supported")
+        tok.decoder = decoders.ByteLevel()
+        special = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty in (3, 4)]
+        tok.add_special_tokens(special)
+    except GGUFError:
+        raise
+    except Exception as e:  # the tokenizers library's own refusal, e.g. of a token it cannot add
+        raise GGUFError(f"{p}: the tokenizer stored in the file could not be built: {e}") from e
     return tok
 
 
@@ -577,13 +752,17 @@ def chat_prompt(user: str, system: str = "You are a helpful AI assistant named S
             f"<|im_start|>assistant\n")
 
 
-def special_token_id(reader_or_path, key: str) -> int | None:
-    reader = reader_or_path if hasattr(reader_or_path, "fields") else _reader(reader_or_path)
-    f = reader.fields.get(f"tokenizer.ggml.{key}_token_id")
-    return None if f is None else int(f.contents())
+def special_token_id(reader_or_path: str | Path | GGUFFile, key: str) -> int | None:
+    """The id in ``tokenizer.ggml.{key}_token_id`` (e.g. ``key="eos"``), or None when the file has none;
+    an id that is not an integer or lies outside ``tokenizer.ggml.tokens`` raises :class:`GGUFError`."""
+    with _opened(reader_or_path) as f:
+        name = f"tokenizer.ggml.{key}_token_id"
+        if name not in f.fields:
+            return None
+        return _special_ids(f, len(f.get_array("tokenizer.ggml.tokens", "str")))[name]
 
 
-__all__ = ["DEFAULT_MAX_CTX", "KV_CACHE_FORMATS", "GGUFEmbedding", "GGUFLinear", "LlamaConfig", "LlamaModel",
-           "SUPPORTED_TYPES", "UnsupportedGGUFError", "quantize_per_token",
-           "chat_prompt", "dequantize_codes", "load_gguf", "read_config", "read_tensors", "tokenizer_from_gguf",
-           "unpack_blocks"]
+__all__ = ["DEFAULT_MAX_CTX", "KV_CACHE_FORMATS", "GGUFEmbedding", "GGUFError", "GGUFFile", "GGUFLinear",
+           "LlamaConfig", "LlamaModel", "SUPPORTED_TYPES", "UnsupportedGGUFError", "check_llama_tensors",
+           "quantize_per_token", "chat_prompt", "dequantize_codes", "llama_tensor_shapes", "load_gguf", "read_config",
+           "read_tensors", "special_token_id", "tokenizer_from_gguf", "unpack_blocks"]

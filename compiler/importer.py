@@ -16,6 +16,7 @@ from iree.compiler import ir
 from iree.compiler.extras.fx_importer import FxImporter, FxImporterHooks
 from iree.runtime import ParameterIndex
 
+from msd.errors import ExportError
 from msd.runtime.module import PARAMETER_SCOPE, TensorSpec
 
 # torch dtype → (builtin MLIR element type, runtime dtype name)
@@ -34,9 +35,6 @@ ELEMENT_TYPES: dict[torch.dtype, str] = {
 RUNTIME_DTYPES = {**ELEMENT_TYPES, torch.uint8: "ui8"}
 
 
-class ExportError(ValueError):
-    """The model could not be captured with ``torch.export``."""
-
 
 def element_type(dtype: torch.dtype) -> str:
     try:
@@ -46,41 +44,78 @@ def element_type(dtype: torch.dtype) -> str:
 
 
 class ParameterHooks(FxImporterHooks):
-    """Turns each parameter/buffer input into a load of a named IREE parameter."""
+    """Turns each parameter/buffer input into a load of a named IREE parameter.
+
+    Programs imported together share a parameter only when it has the same torch name *and* the same
+    bytes (dtype, shape and contents); a same-named tensor with other contents (a second model's
+    ``weight``) is kept as its own parameter under ``name#2``, ``name#3``, …"""
 
     def __init__(self) -> None:
-        self.tensors: dict[str, torch.Tensor] = {}
+        self.tensors: dict[str, torch.Tensor] = {}  # archive key -> tensor
+        self._symbols: dict[str, str] = {}  # archive key -> util.global symbol
         self._module: ir.Operation | None = None
 
     def prepare_module(self, module_op: ir.Operation) -> None:
         self._module = module_op
 
     def resolve_input(self, gni, value, info):  # noqa: ANN001 (FxImporter's signature)
-        key = info.input_spec.target
-        if key is None or not isinstance(value, torch.Tensor):
+        name = info.input_spec.target
+        if name is None or not isinstance(value, torch.Tensor):
             return None
         et = element_type(value.dtype)
         shape = "x".join(str(d) for d in value.shape)
         ttype = f"tensor<{shape + 'x' if shape else ''}{et}>"
-        sym = "__param_" + "".join(c if c.isalnum() else "_" for c in key)
-        if key not in self.tensors:
+        key = self._key_for(name, value)
+        if key not in self._symbols:
             self.tensors[key] = value.detach().cpu().contiguous()
+            self._symbols[key] = sym = self._new_symbol(key)
             ref = f'#stream.parameter.named<"{PARAMETER_SCOPE}"::"{key}">'
             glob = ir.Operation.parse(f"util.global private @{sym} = {ref} : {ttype}")
             ir.InsertionPoint.at_block_begin(self._module.regions[0].blocks[0]).insert(glob)
         load = ir.Operation.create(
             "util.global.load", results=[ir.Type.parse(ttype)],
-            attributes={"global": ir.FlatSymbolRefAttr.get(sym)},
+            attributes={"global": ir.FlatSymbolRefAttr.get(self._symbols[key])},
         )
         return ir.Operation.create(
             "torch_c.from_builtin_tensor", results=[info.ir_type], operands=[load.result]
         ).result
+
+    def _key_for(self, name: str, value: torch.Tensor) -> str:
+        """The archive key of ``value``: ``name`` unless that key holds other bytes already."""
+        if '"' in name or "\\" in name:
+            raise ExportError(f"parameter name {name!r} contains a quote or backslash")
+        key, n = name, 1
+        while key in self.tensors:
+            if same_bytes(self.tensors[key], value):
+                return key
+            n += 1
+            key = f"{name}#{n}"
+        return key
+
+    def _new_symbol(self, key: str) -> str:
+        base = "__param_" + "".join(c if c.isalnum() else "_" for c in key)
+        used = set(self._symbols.values())
+        sym, n = base, 1
+        while sym in used:  # "a.b" and "a_b" sanitize alike
+            n += 1
+            sym = f"{base}_{n}"
+        return sym
 
     def write_archive(self, path: Path) -> None:
         index = ParameterIndex()
         for key, t in self.tensors.items():
             index.add_buffer(key, _raw_bytes(t))
         index.create_archive_file(str(path))
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors have the same dtype, shape and bytes (NaNs and -0.0 compared as bits)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    b = b.detach().cpu().contiguous()
+    if a.data_ptr() == b.data_ptr():
+        return True
+    return bool(np.array_equal(_raw_bytes(a), _raw_bytes(b)))
 
 
 def _raw_bytes(t: torch.Tensor) -> np.ndarray:

@@ -59,6 +59,17 @@ class QuantizedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, weights=int8"
 
 
+def constant_group_scale(c: torch.Tensor) -> torch.Tensor:
+    """The int4 scale of a group whose values all equal ``c``: with codes 8 and :func:`constant_group_zero`,
+    ``s·(8 − z) = c`` (``c/8`` for c > 0, ``−c/7`` for c < 0, 1 for c = 0)."""
+    return torch.where(c > 0, c / 8.0, torch.where(c < 0, -c / 7.0, torch.ones_like(c)))
+
+
+def constant_group_zero(c: torch.Tensor) -> torch.Tensor:
+    """The zero point that goes with :func:`constant_group_scale`: 0 for c > 0, 15 for c < 0, 8 for c = 0."""
+    return torch.where(c > 0, 0.0, torch.where(c < 0, 15.0, 8.0))
+
+
 class GroupQuantizedLinear(nn.Module):
     """``nn.Linear`` with group-wise weights along K: ``w[n, k] = s[n, g] · (q[n, k] − z[n, g])``.
 
@@ -100,9 +111,16 @@ class GroupQuantizedLinear(nn.Module):
             q = torch.clamp(torch.round(wg / scale[..., None]), -127, 127).to(torch.int8).view(n, k)
             return cls(q, scale, None, bias, bits=8, group_size=group_size)
         lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
-        scale = torch.where(hi > lo, (hi - lo) / 15.0, torch.ones_like(hi))
+        spread = hi > lo
+        scale = torch.where(spread, (hi - lo) / 15.0, torch.ones_like(hi))
         zero = torch.clamp(torch.round(-lo / scale), 0, 15)
-        q = torch.clamp(torch.round(wg / scale[..., None]) + zero[..., None], 0, 15).to(torch.uint8).view(n, k)
+        q = torch.clamp(torch.round(wg / scale[..., None]) + zero[..., None], 0, 15)
+        # A constant group c (an all-zero row, a constant bias-like column): codes at the midpoint 8 and
+        # s·(8 − z) = c, so the group dequantizes to c and its codes cancel the MSD centring by 8 (a
+        # scale of 1 there made the zero-point term cost the channel ~0.9 at slices=1).
+        scale = torch.where(spread, scale, constant_group_scale(lo))
+        zero = torch.where(spread, zero, constant_group_zero(lo))
+        q = torch.where(spread[..., None], q, 8.0).to(torch.uint8).view(n, k)
         return cls(pack_int4(q, packing), scale, zero.to(torch.uint8), bias, bits=4, group_size=group_size,
                    packing=packing)
 

@@ -15,8 +15,14 @@ written into the module as a ``hal.device.targets`` attribute; sm_80 PTX also JI
 
 from __future__ import annotations
 
+import difflib
 import functools
+import os
+import re
+import subprocess
 from dataclasses import dataclass
+
+from msd.errors import TargetError
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,14 @@ BACKENDS = tuple(DEFAULT_ARCH)
 DATA_TILING = ("--iree-opt-data-tiling=false", "--iree-global-opt-data-tiling=true",
                "--iree-llvmcpu-stack-allocation-limit=65536")
 NPU_BACKENDS = {"amd-aie": (("--iree-hal-target-backends=amd-aie",), "xrt")}
+# ``llvm-cpu:aarch64``: the cross-compile msd spells out (triple, CPU, the int8 dot-product / matmul features).
+AARCH64_TRIPLE = "aarch64-unknown-linux-gnu"
+AARCH64_FEATURES = ("dotprod", "i8mm")
+# Vulkan target names the installed compiler accepts (checked by tests/test_reliability_cli.py); IREE has
+# more (product names such as rx7900xtx or rtx4090), but no way to list them.
+VULKAN_EXAMPLES = ("rdna3", "rdna2", "cdna3", "ampere", "ada", "turing", "pascal", "valhall", "adreno",
+                   "vp_android_baseline_2022")
+PROBE_TIMEOUT_S = 60
 
 
 @functools.cache
@@ -68,19 +82,130 @@ def registered_backends() -> tuple[str, ...]:
     return tuple(query_available_targets())
 
 
+def _compiler_name() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"iree-base-compiler {version('iree-base-compiler')}"
+    except Exception:  # only for messages
+        return "iree-compile"
+
+
+def _iree_compile(flags: list[str], source: str) -> subprocess.CompletedProcess | None:
+    """Run ``iree-compile`` on ``source`` in a child process; None when it cannot be run.  A child, because
+    LLVM aborts the whole process on some bad targets (an unknown CPU, an unknown Vulkan target): the probe
+    may die, the caller may not."""
+    try:
+        from iree.compiler.tools.binaries import find_tool
+
+        cmd = [find_tool("iree-compile"), *flags, "-", "-o", os.devnull]
+        return subprocess.run(cmd, input=source.encode(), capture_output=True, timeout=PROBE_TIMEOUT_S, check=False)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass(frozen=True)
+class LlvmCpuInfo:
+    """What the installed compiler's LLVM knows for one target triple."""
+
+    arch: str  # LLVM's name of the architecture, e.g. "x86_64" ("" when LLVM did not say)
+    cpus: tuple[str, ...]  # CPU names accepted for this triple, in LLVM's order
+    features: frozenset[str]  # feature names (without +/-)
+
+
+_SECTION = re.compile(r"^Available (CPUs|features) for this target:\s*$")
+_ENTRY = re.compile(r"^\s+([A-Za-z0-9_.+-]+)\s+- ")
+
+
+@functools.cache
+def llvm_cpu_info(triple: str = "") -> LlvmCpuInfo | None:
+    """The CPU names and features the installed compiler's LLVM accepts for ``triple`` ("" = the host's),
+    read from one ``iree-compile --iree-llvmcpu-target-cpu=help`` child process (about 0.2 s, once per
+    process and triple); None when that probe gives no list (the caller then does not check).
+
+    For a 64-bit triple, LLVM's CPU table also lists 32-bit CPUs (``i386``, ``pentium4`` …) that abort
+    the compiler ("64-bit code requested on a subtarget that doesn't support it"); IREE prints the ones
+    it accepts ("List of accepted CPUs: …"), and that list is used when present."""
+    flags = ["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
+             "--iree-llvmcpu-target-cpu=help"]
+    if triple:
+        flags.append(f"--iree-llvmcpu-target-triple={triple}")
+    proc = _iree_compile(flags, "module {}")
+    if proc is None:
+        return None
+    text = (proc.stdout + proc.stderr).decode(errors="replace")
+    arch = (re.search(r"Unknown CPU for target architecture ([\w.-]+)\.", text) or [None, ""])[1]
+    accepted: list[str] = []
+    sections: dict[str, list[str]] = {"CPUs": [], "features": []}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("List of accepted CPUs:"):
+            accepted = [c.strip() for c in line.split(":", 1)[1].split(",") if c.strip()]
+            continue
+        head = _SECTION.match(line)
+        if head:
+            current = head[1]
+            continue
+        entry = _ENTRY.match(line)
+        if entry and current:
+            sections[current].append(entry[1])
+        elif line.strip() and not line.startswith(" "):
+            current = None
+    available = sections["CPUs"]
+    cpus = accepted or available
+    if not cpus:
+        return None
+    if "generic" in available and "generic" not in cpus:
+        cpus = [*cpus, "generic"]  # not in IREE's list for x86_64, but LLVM's baseline CPU compiles
+    return LlvmCpuInfo(arch, tuple(dict.fromkeys(cpus)), frozenset(sections["features"]))
+
+
+def _names(names: list[str] | tuple[str, ...], limit: int = 200) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, … ({len(names)} in all)"
+
+
+def _check_llvm_cpu(spec: str, cpu: str, triple: str = "", features: tuple[str, ...] = ()) -> None:
+    """Raise TargetError unless the installed LLVM accepts ``cpu`` (and ``features``) for ``triple``."""
+    info = llvm_cpu_info(triple)
+    if info is None:  # no list to check against: let the compile say what it will
+        return
+    where = f"{info.arch or triple or 'this host'}"
+    if cpu not in info.cpus:
+        close = difflib.get_close_matches(cpu, info.cpus, n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise TargetError(
+            f"target {spec!r}: CPU {cpu!r} is not known to the LLVM of the installed {_compiler_name()} for"
+            f" {where} (known: {_names(sorted(info.cpus))}).{hint} 'llvm-cpu' (or 'llvm-cpu:host') compiles"
+            " for this machine's CPU; 'llvm-cpu:aarch64' cross-compiles for Arm."
+        )
+    missing = [f for f in features if f not in info.features]
+    if missing and info.features:
+        raise TargetError(f"target {spec!r}: the LLVM of the installed {_compiler_name()} has no CPU feature(s)"
+                          f" {', '.join(missing)} for {where}")
+
+
+@functools.cache
+def _vulkan_target_known(arch: str) -> bool | None:
+    """Whether IREE accepts ``--iree-vulkan-target=arch`` (a probe compile in a child process, since an
+    unknown name aborts the compiler); None when the probe fails for another reason."""
+    proc = _iree_compile(["--iree-hal-target-device=vulkan", f"--iree-vulkan-target={arch}"],
+                         "func.func @f(%a: tensor<4xf32>) -> tensor<4xf32> { return %a : tensor<4xf32> }")
+    if proc is None:
+        return None
+    if proc.returncode == 0:
+        return True
+    return False if b"Unknown Vulkan target" in proc.stderr else None
+
+
 def _npu(spec: str, arch: str) -> Target:
-    """The NPU target when the compiler has an NPU backend; otherwise a ValueError saying what is missing."""
+    """The NPU target when the compiler has an NPU backend; otherwise a TargetError saying what is missing."""
     registered = registered_backends()
     for name, (flags, driver) in NPU_BACKENDS.items():
         if name in registered and arch in ("", name):
             return Target(spec, "npu", name, flags, driver)
-    try:
-        from importlib.metadata import version
-
-        compiler = f"iree-base-compiler {version('iree-base-compiler')}"
-    except Exception:  # only for the message
-        compiler = "iree-compile"
-    raise ValueError(
+    compiler = _compiler_name()
+    raise TargetError(
         f"target {spec!r}: the installed {compiler} registers no NPU HAL target backend (registered: "
         f"{', '.join(registered)}). Compiling for an NPU needs a compiler built with one (msd drives: "
         f"{', '.join(NPU_BACKENDS)}); msd does not fall back to another target. The NPU cost model needs no "
@@ -90,20 +215,28 @@ def _npu(spec: str, arch: str) -> Target:
 
 
 def resolve(spec: str) -> Target:
-    """Parse ``name[:arch]``; raise ValueError naming what is supported."""
+    """Parse ``name[:arch]``; raise :class:`~msd.errors.TargetError` (a ValueError) naming what is supported.
+
+    An ``llvm-cpu`` CPU name and a ``vulkan-spirv`` target name are checked against the installed
+    compiler here, before any compile: for an unknown one LLVM / IREE would abort the whole process.
+    Each check runs ``iree-compile`` once in a child process (about 0.2 s) and is cached per process;
+    ``llvm-cpu`` / ``llvm-cpu:host`` (the default) and the fixed-table backends need no probe."""
     if not isinstance(spec, str):
-        raise ValueError(f"target must be a string such as 'llvm-cpu' or 'cuda:sm_89', got {spec!r}")
+        raise TargetError(f"target must be a string such as 'llvm-cpu' or 'cuda:sm_89', got {spec!r}")
     backend, _, arch = spec.partition(":")
     if backend not in BACKENDS:
-        raise ValueError(f"target {spec!r} is not supported (supported: {', '.join(BACKENDS)}, optionally ':arch')")
+        raise TargetError(f"target {spec!r} is not supported (supported: {', '.join(BACKENDS)}, optionally ':arch')")
     arch = arch or DEFAULT_ARCH[backend]
     if backend == "npu":
         return _npu(spec, arch)
     if backend == "llvm-cpu":
         cpu = (f"--iree-llvmcpu-target-cpu={arch}",)
         if arch == "aarch64":  # cross-compile for Arm with the int8 dot-product / matmul extensions
-            cpu = ("--iree-llvmcpu-target-triple=aarch64-unknown-linux-gnu", "--iree-llvmcpu-target-cpu=generic",
-                   "--iree-llvmcpu-target-cpu-features=+dotprod,+i8mm")
+            _check_llvm_cpu(spec, "generic", AARCH64_TRIPLE, AARCH64_FEATURES)
+            cpu = (f"--iree-llvmcpu-target-triple={AARCH64_TRIPLE}", "--iree-llvmcpu-target-cpu=generic",
+                   "--iree-llvmcpu-target-cpu-features=" + ",".join(f"+{f}" for f in AARCH64_FEATURES))
+        elif arch != "host":
+            _check_llvm_cpu(spec, arch)
         flags = ("--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu", *cpu,
                  # int8 matmuls only reach the mmt4d ukernels with data tiling (2-5x, see docs), and
                  # through the global-optimization path: IREE 3.13's default path (from dispatch
@@ -119,11 +252,14 @@ def resolve(spec: str) -> Target:
             known = ", ".join((*CUDA_ARCHS, *CUDA_EXPLICIT_ARCHS))
             hint = " (Blackwell datacenter: compile for sm_90 or sm_89; the driver JIT-compiles the PTX)" \
                 if arch.startswith("sm_10") or arch.startswith("sm_11") else ""
-            raise ValueError(f"CUDA arch {arch!r} is not known to IREE 3.13 (known: {known}){hint}")
+            raise TargetError(f"CUDA arch {arch!r} is not known to IREE 3.13 (known: {known}){hint}")
         return Target(spec, backend, arch, ("--iree-hal-target-device=cuda", f"--iree-cuda-target={arch}"), "cuda")
     if backend == "rocm":
         if arch not in ROCM_ARCHS:
-            raise ValueError(f"ROCm arch {arch!r} is not supported (known: {', '.join(ROCM_ARCHS)})")
+            raise TargetError(f"ROCm arch {arch!r} is not supported (known: {', '.join(ROCM_ARCHS)})")
         return Target(spec, backend, arch, ("--iree-hal-target-device=hip", f"--iree-rocm-target={arch}"), "hip")
+    if arch and _vulkan_target_known(arch) is False:
+        raise TargetError(f"target {spec!r}: Vulkan target {arch!r} is not known to the installed {_compiler_name()}"
+                          f" (known, e.g.: {', '.join(VULKAN_EXAMPLES)}; or plain 'vulkan-spirv')")
     flags = ("--iree-hal-target-device=vulkan",) + ((f"--iree-vulkan-target={arch}",) if arch else ())
     return Target(spec, backend, arch, flags, "vulkan")

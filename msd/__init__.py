@@ -21,23 +21,35 @@ _EXPORTS = {
     "CompiledModule": "msd.compiler.driver",
     "STAGES": "msd.compiler.driver",
     "TARGETS": "msd.compiler.driver",
-    "CompileError": "msd.compiler.iree_session",
-    "ExportError": "msd.compiler.importer",
+    "MsdError": "msd.errors",
+    "OptionError": "msd.errors",
+    "TargetError": "msd.errors",
+    "CompileError": "msd.errors",
+    "ExportError": "msd.errors",
+    "GGUFError": "msd.errors",
+    "UnsupportedGGUFError": "msd.errors",
     "quantize": "msd.compiler.quantize",
     "QuantizedLinear": "msd.compiler.quantize",
     "Report": "msd.passes.report",
-    "ArtifactError": "msd.runtime.module",
+    "ArtifactError": "msd.errors",
     "generate": "msd.compiler.generate",
 }
 
 if TYPE_CHECKING:
     from msd.compiler.driver import STAGES, TARGETS, CompiledModule, compile, compile_functions  # noqa: F401
     from msd.compiler.generate import generate  # noqa: F401
-    from msd.compiler.importer import ExportError  # noqa: F401
-    from msd.compiler.iree_session import CompileError  # noqa: F401
     from msd.compiler.quantize import QuantizedLinear, quantize  # noqa: F401
+    from msd.errors import (  # noqa: F401
+        ArtifactError,
+        CompileError,
+        ExportError,
+        GGUFError,
+        MsdError,
+        OptionError,
+        TargetError,
+        UnsupportedGGUFError,
+    )
     from msd.passes.report import Report  # noqa: F401
-    from msd.runtime.module import ArtifactError  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from iree.compiler import ir
 
+from msd.errors import OptionError
+
 from . import decompose_activations
 from .report import Decision, Report
 
@@ -38,7 +40,7 @@ PASSES: dict[str, PassInfo] = {
 }
 
 
-class PassOptionError(ValueError):
+class PassOptionError(OptionError):
     """A pass name or option that does not exist or does not parse."""
 
 

@@ -16,6 +16,8 @@ import iree.runtime as rt
 import ml_dtypes
 import numpy as np
 
+from msd.errors import ArtifactError
+
 PARAMETER_SCOPE = "model"  # the scope every msd parameter key lives in (#stream.parameter.named<"model"::…>)
 
 DTYPES: dict[str, np.dtype] = {
@@ -31,9 +33,6 @@ DTYPES: dict[str, np.dtype] = {
     "i1": np.dtype(np.bool_),
 }
 
-
-class ArtifactError(RuntimeError):
-    """A compiled artifact that cannot be loaded, or a call it cannot take."""
 
 
 @dataclass(frozen=True)
