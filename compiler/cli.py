@@ -95,23 +95,13 @@ def _compile_gguf(args: argparse.Namespace) -> dict:
     """``msd compile model.gguf -o DIR``: prefill + decode, the tokenizer and the generation settings
     in one artifact that ``msd generate DIR`` (or ``msd.runtime.generate``) runs without torch."""
     from msd.compiler import gguf as G
-    from msd.compiler.generate import _stop_ids, compile_generator
-    from msd.runtime.generate import METADATA_KEY, TOKENIZER_FILE
+    from msd.compiler.generate import compile_generator
 
     start = time.perf_counter()
     max_ctx = args.max_ctx or G.DEFAULT_MAX_CTX
     gen = compile_generator(args.entry, slices=args.slices, max_ctx=max_ctx, target=args.target,
                             progress=_progress(args, start), kv_cache=args.kv_cache)
-    entries = gen.model.cache_entries(1, args.kv_cache)
-    marker = "\x00USER\x00"
-    template = G.chat_prompt(marker).replace("{", "{{").replace("}", "}}").replace(marker, "{user}")
-    settings = {"max_ctx": max_ctx, "kv_cache": args.kv_cache,
-                # one token's entry of each cache tensor (the host cache is [max_ctx, *shape])
-                "cache": [{"shape": list(shape), "dtype": str(dt).removeprefix("torch.")} for shape, dt in entries],
-                "stop_ids": sorted(_stop_ids(args.entry, gen.tokenizer)), "chat_template": template,
-                "source": Path(args.entry).name}
-    folder = gen.compiled.save(args.output, extra_files={TOKENIZER_FILE: gen.tokenizer.to_str().encode()},
-                               metadata={METADATA_KEY: settings})
+    folder = gen.save(args.output)
     report = gen.compiled.report
     _say(args, f"[{time.perf_counter() - start:6.1f}s] saved {folder} (run it: msd generate {folder} \"prompt\")")
     _say(args, report.format())

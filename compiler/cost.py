@@ -33,6 +33,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from msd.errors import OptionError
+
 from .hardware import ELEMENT_BYTES, Hardware, profile_for
 
 # Vector work, in lane operations per element (what the emitted code does per element).
@@ -53,18 +55,18 @@ DYNAMIC_M = 512  # rows assumed for a dynamic M (batch x sequence): prefill-size
 def bits_of(slices: int) -> int:
     """Effective bits (vs the row maximum) of ``slices`` int8 activation slices."""
     if slices not in SLICE_BITS:
-        raise ValueError(f"slices={slices!r} is not supported (1, 2 or 3)")
+        raise OptionError(f"slices={slices!r} is not supported (1, 2 or 3)")
     return SLICE_BITS[slices]
 
 
 def slices_for_bits(min_bits: int) -> int:
     """The fewest slices that reach ``min_bits`` effective bits (8 → 1, 16 → 2, 24 → 3)."""
     if min_bits < 1:
-        raise ValueError(f"min_bits={min_bits} must be positive")
+        raise OptionError(f"min_bits={min_bits} must be positive")
     for p, bits in SLICE_BITS.items():
         if min_bits <= bits:
             return p
-    raise ValueError(f"min_bits={min_bits} is more than 3 int8 slices give (about 24 bits)")
+    raise OptionError(f"min_bits={min_bits} is more than 3 int8 slices give (about 24 bits)")
 
 
 @dataclass(frozen=True)
@@ -85,11 +87,11 @@ class Matmul:
     def __post_init__(self) -> None:
         for name in ("m", "n", "k", "batch", "chain"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+                raise OptionError(f"{name}={getattr(self, name)} must be positive")
         if self.act not in ELEMENT_BYTES:
-            raise ValueError(f"activation type {self.act!r} is not one of {', '.join(ELEMENT_BYTES)}")
+            raise OptionError(f"activation type {self.act!r} is not one of {', '.join(ELEMENT_BYTES)}")
         if self.group is not None and (self.group < 1 or self.k % self.group):
-            raise ValueError(f"group {self.group} does not divide K={self.k}")
+            raise OptionError(f"group {self.group} does not divide K={self.k}")
 
     @property
     def groups(self) -> int:

@@ -65,7 +65,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from msd.errors import MsdError
+from msd.errors import MsdError, OptionError
 from msd.passes.report import Report
 
 from .importer import export
@@ -147,16 +147,16 @@ def _resolve_options(options: dict | None) -> dict[str, Any]:
     opts = dict(DEFAULT_OPTIONS)
     for key, value in (options or {}).items():
         if key not in DEFAULT_OPTIONS:
-            raise ValueError(f"unknown msd backend option {key!r} (known: {', '.join(DEFAULT_OPTIONS)})")
+            raise OptionError(f"unknown msd backend option {key!r} (known: {', '.join(DEFAULT_OPTIONS)})")
         opts[key] = value
     if opts["grad"] not in GRAD_POLICIES:
-        raise ValueError(f"grad={opts['grad']!r} is not supported (choose one of {', '.join(GRAD_POLICIES)})")
+        raise OptionError(f"grad={opts['grad']!r} is not supported (choose one of {', '.join(GRAD_POLICIES)})")
     if not isinstance(opts["cache_size"], int) or opts["cache_size"] < 1:
-        raise ValueError(f"cache_size must be a positive int, got {opts['cache_size']!r}")
+        raise OptionError(f"cache_size must be a positive int, got {opts['cache_size']!r}")
     from .driver import SUPPORTED_SLICES  # (checked here so that a bad value fails at once)
 
     if opts["slices"] != 0 and opts["slices"] not in SUPPORTED_SLICES:
-        raise ValueError(f"slices={opts['slices']!r} is not supported (0, or one of {list(SUPPORTED_SLICES)})")
+        raise OptionError(f"slices={opts['slices']!r} is not supported (0, or one of {list(SUPPORTED_SLICES)})")
     opts["extra_flags"] = tuple(opts["extra_flags"])
     return opts
 

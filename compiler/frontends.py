@@ -33,7 +33,7 @@ import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import ExportGraphSignature, InputKind, InputSpec
 
-from msd.errors import NormalizeError
+from msd.errors import NormalizeError, OptionError
 
 # Namespaces whose ops must not survive normalization (IREE cannot lower them).  ``mslk`` holds the
 # CUDA kernels of torchao's packed int4 layouts (``Int4WeightOnlyConfig``, plain/preshuffled).
@@ -231,7 +231,7 @@ def normalize(program: ExportedProgram) -> ExportedProgram:
     access survives (an op this front end does not know, e.g. a packed int4 matmul kernel).
     """
     if not isinstance(program, ExportedProgram):
-        raise TypeError(f"normalize expects a torch.export.ExportedProgram, got {type(program).__name__}")
+        raise OptionError(f"normalize expects a torch.export.ExportedProgram, got {type(program).__name__}")
     table = decomposition_table()
     plain = (torch.Tensor, torch.nn.Parameter)
     needed = any(_foreign(n.target) or n.target in table for n in program.graph.nodes) or any(

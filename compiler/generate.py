@@ -28,9 +28,21 @@ import torch
 from torch import nn
 
 from msd.compiler import gguf as G
+from msd.errors import OptionError
 
 # shared with the torch-free text generator
-from msd.runtime.generate import GenerationStats, KVCache, StepFn, TextStream, check_prompt, greedy
+from msd.runtime.generate import (
+    METADATA_KEY,
+    TOKENIZER_FILE,
+    USER_MARKER,
+    GenerationSettings,
+    GenerationStats,
+    GreedyGenerator,
+    StepFn,
+)
+from msd.runtime.module import DTYPES
+
+from .importer import RUNTIME_DTYPES
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 
@@ -71,7 +83,7 @@ def next_token_stats(ref_logits: torch.Tensor, logits: torch.Tensor, ids: list[i
     positions that have a next token."""
     n = len(ids) - 1
     if n < 1 or ref_logits.shape[0] < n or logits.shape[0] < n:
-        raise ValueError(f"need logits for at least {max(n, 1)} positions")
+        raise OptionError(f"need logits for at least {max(n, 1)} positions")
     ref = torch.log_softmax(ref_logits[:n].double(), -1)
     got = torch.log_softmax(logits[:n].double(), -1)
     kl = (ref.exp() * (ref - got)).sum(-1)
@@ -99,38 +111,41 @@ def eager_steps(model: G.LlamaModel, kv_cache: str = "float") -> tuple[StepFn, S
     return run(True), run(True), run(False)
 
 
-class Generator:
+class Generator(GreedyGenerator):
     """Greedy generation over numpy step functions (compiled or eager): ``prefill(tokens)`` and
     ``decode(token, *past)``, each returning the logits and the new tokens' cache entries; ``score``
     (optional, ``(tokens, *past)`` → logits of every position) is used by :meth:`next_token_logits`;
-    ``kv_cache`` is the cache format ("float" or "int8") and ``max_ctx`` the host cache's capacity."""
+    ``kv_cache`` is the cache format ("float" or "int8") and ``max_ctx`` the host cache's capacity.
+    ``source`` is the GGUF file it was built from."""
 
     def __init__(self, prefill: StepFn, decode: StepFn, model: G.LlamaModel, tokenizer, stop_ids: set[int],
-                 max_ctx: int, compiled=None, score: StepFn | None = None, kv_cache: str = "float") -> None:
-        self.prefill, self.decode, self.score = prefill, decode, score
-        self.kv_cache = kv_cache
-        self.model = model
-        self.tokenizer = tokenizer
-        self.stop_ids = stop_ids
-        self.max_ctx = max_ctx
+                 max_ctx: int, compiled=None, score: StepFn | None = None, kv_cache: str = "float",
+                 source: str | Path = "") -> None:
+        super().__init__(prefill, decode, tokenizer, stop_ids, max_ctx)
+        self.score, self.kv_cache, self.model, self.source = score, kv_cache, model, str(source)
         self.compiled = compiled  # the CompiledModule, when there is one
-        self.last_stats = GenerationStats()
 
-    def empty_cache(self) -> KVCache:
-        entries = self.model.cache_entries(1, self.kv_cache)
-        return KVCache([(shape, torch.empty(0, dtype=dt).numpy().dtype) for shape, dt in entries], self.max_ctx)
+    def render(self, prompt_text: str) -> str:
+        return G.chat_prompt(prompt_text)
 
-    def encode(self, prompt_text: str, chat: bool = True) -> list[int]:
-        text = G.chat_prompt(prompt_text) if chat else prompt_text
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+    def cache_entries(self) -> list[tuple[tuple[int, ...], np.dtype]]:
+        return [(shape, DTYPES[RUNTIME_DTYPES[dt]]) for shape, dt in self.model.cache_entries(1, self.kv_cache)]
 
-    def generate_ids(self, ids: list[int], max_new_tokens: int,
-                     on_token: Callable[[int], None] | None = None) -> list[int]:
-        """Greedy token ids after the prompt ``ids``, stopping after a stop token (included)."""
-        check_prompt(ids, max_new_tokens, self.max_ctx)
-        self.last_stats = GenerationStats()
-        return greedy(self.prefill, self.decode, ids, self.empty_cache(), max_new_tokens, self.stop_ids,
-                      on_token, self.last_stats)
+    def settings(self) -> GenerationSettings:
+        """What the torch-free :class:`msd.runtime.generate.TextGenerator` needs to drive the artifact."""
+        return GenerationSettings(
+            max_ctx=self.max_ctx, kv_cache=self.kv_cache,
+            cache=tuple((tuple(shape), RUNTIME_DTYPES[dt]) for shape, dt in self.model.cache_entries(1, self.kv_cache)),
+            stop_ids=tuple(sorted(self.stop_ids)), chat_template=G.chat_prompt(USER_MARKER),
+            source=Path(self.source).name)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the compiled prefill + decode, the tokenizer and :meth:`settings` as one artifact that
+        ``msd generate DIR`` (``msd.runtime.generate.TextGenerator``) runs without torch."""
+        if self.compiled is None:
+            raise OptionError("an eager generator has nothing to save: build one with compile_generator")
+        return self.compiled.save(folder, extra_files={TOKENIZER_FILE: self.tokenizer.to_str().encode()},
+                                  metadata={METADATA_KEY: self.settings().to_json()})
 
     def next_token_logits(self, ids: list[int], chunk: int = 256) -> torch.Tensor:
         """Teacher forcing: f32 ``[len(ids), vocab]`` whose row ``i`` is the logits of the token after
@@ -138,12 +153,12 @@ class Generator:
         chunks of ``chunk`` tokens with ``score`` (all-positions logits), or one token at a time with
         ``decode`` when there is no ``score``."""
         if not ids:
-            raise ValueError("the text is empty")
+            raise OptionError("the text is empty")
         if len(ids) > self.max_ctx:
-            raise ValueError(f"{len(ids)} tokens exceed max_ctx={self.max_ctx}")
+            raise OptionError(f"{len(ids)} tokens exceed max_ctx={self.max_ctx}")
         step = chunk if self.score is not None else 1
         if step < 1:
-            raise ValueError(f"chunk={chunk} must be positive")
+            raise OptionError(f"chunk={chunk} must be positive")
         cache = self.empty_cache()
         logits, *new = self.prefill(np.asarray([ids[:1]], dtype=np.int64))
         cache.append(new)
@@ -154,15 +169,6 @@ class Generator:
             cache.append(new)
             rows.append(logits[0] if self.score is not None else logits)
         return torch.from_numpy(np.concatenate(rows)).to(torch.float32)
-
-    def generate(self, prompt_text: str, max_new_tokens: int, chat: bool = True,
-                 callback: Callable[[str], None] | None = None) -> str:
-        """Greedy reply to ``prompt_text`` (wrapped in the chat template when ``chat``); ``callback``
-        receives each new piece of text as it is produced (the pieces add up to the returned text).
-        Stats are in :attr:`last_stats`."""
-        stream = TextStream(self.tokenizer, callback)
-        self.generate_ids(self.encode(prompt_text, chat), max_new_tokens, stream.on_token)
-        return stream.finish()
 
 
 def _stop_ids(path, tokenizer) -> set[int]:
@@ -180,7 +186,7 @@ def eager_generator(gguf_path: str | Path, max_ctx: int = G.DEFAULT_MAX_CTX,
     prefill, decode, score = eager_steps(model, kv_cache)
     tok = G.tokenizer_from_gguf(gguf_path)
     return Generator(prefill, decode, model, tok, _stop_ids(gguf_path, tok), max_ctx, score=score,
-                     kv_cache=kv_cache)
+                     kv_cache=kv_cache, source=gguf_path)
 
 
 def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = G.DEFAULT_MAX_CTX,
@@ -194,7 +200,7 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = G.D
     import msd
 
     if max_ctx < 3:
-        raise ValueError(f"max_ctx={max_ctx} is too small")
+        raise OptionError(f"max_ctx={max_ctx} is too small")
     model = model if model is not None else G.load_gguf(gguf_path)
     s_example, t_example = min(8, max_ctx - 1), min(5, max_ctx - 1)
     past = model.empty_cache(1, kv_cache, length=t_example)
@@ -211,7 +217,8 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = G.D
     cm = msd.compile_functions(functions, target=target, slices=slices, progress=progress)
     tok = G.tokenizer_from_gguf(gguf_path)
     return Generator(cm.function("prefill"), cm.function("decode"), model, tok, _stop_ids(gguf_path, tok), max_ctx,
-                     compiled=cm, score=cm.function("score") if score else None, kv_cache=kv_cache)
+                     compiled=cm, score=cm.function("score") if score else None, kv_cache=kv_cache,
+                     source=gguf_path)
 
 
 @functools.lru_cache(maxsize=1)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msd.errors import GGUFError, UnsupportedGGUFError
+from msd.errors import GGUFError, OptionError, UnsupportedGGUFError
 
 from .gguf_file import GGUFFile, GGUFTensorInfo, open_gguf
 from .quantize import unpack_int4
@@ -389,7 +389,7 @@ class LlamaModel(nn.Module):
             return [(shape, torch.float32)] * 2
         if kv_cache == "int8":
             return [(shape, torch.int8), (shape[:-1], torch.float32)] * 2
-        raise ValueError(f"kv_cache={kv_cache!r} is not supported (choose one of {', '.join(KV_CACHE_FORMATS)})")
+        raise OptionError(f"kv_cache={kv_cache!r} is not supported (choose one of {', '.join(KV_CACHE_FORMATS)})")
 
     def empty_cache(self, batch: int = 1, kv_cache: str = "float", length: int = 0) -> tuple[torch.Tensor, ...]:
         """Zero cache tensors of ``length`` tokens (:meth:`cache_entries`; 0: an empty cache)."""
@@ -408,7 +408,7 @@ class LlamaModel(nn.Module):
         dynamic ``T``."""
         entries = self.cache_entries(tokens.shape[0], kv_cache)
         if past and len(past) != len(entries):
-            raise ValueError(f"kv_cache={kv_cache!r} takes {len(entries)} cache tensors, got {len(past)}")
+            raise OptionError(f"kv_cache={kv_cache!r} takes {len(entries)} cache tensors, got {len(past)}")
         b, s = tokens.shape
         t = past[0].shape[0] if past else 0
         positions = (torch.arange(s, device=tokens.device) + t).unsqueeze(0).expand(b, s)  # [B, S]

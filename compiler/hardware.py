@@ -21,6 +21,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from msd.errors import OptionError
+
 ELEMENT_BYTES: dict[str, float] = {"f32": 4.0, "bf16": 2.0, "f16": 2.0, "fp8": 1.0, "i8": 1.0, "i4": 0.5, "fp4": 0.5}
 KINDS = ("cpu", "gpu", "npu")
 
@@ -54,10 +56,10 @@ class Hardware:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"{self.name}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+            raise OptionError(f"{self.name}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
         for t in (*self.peak, *self.matrix):
             if t not in ELEMENT_BYTES:
-                raise ValueError(f"{self.name}: unknown element type {t!r}")
+                raise OptionError(f"{self.name}: unknown element type {t!r}")
 
     def rows(self, m: int, element_type: str) -> int:
         """``m`` rows as the matrix unit computes them for ``element_type`` (padded to ``m_tile``)."""
@@ -71,7 +73,7 @@ class Hardware:
             return self.matrix[element_type]
         if element_type in ("bf16", "f16") and "f32" in self.matrix:  # no 16-bit unit: computed in f32
             return self.matrix["f32"]
-        raise ValueError(f"hardware profile {self.name} has no matrix rate for {element_type}")
+        raise OptionError(f"hardware profile {self.name} has no matrix rate for {element_type}")
 
 
 # ----------------------------------------------------------------------------- CPUs
@@ -250,7 +252,7 @@ AVX512_CPUS = ("x86-64-v4", "icelake-server", "icelake-client", "sapphirerapids"
 def profile(name: str) -> Hardware:
     """A profile by name; raise ValueError listing the known ones."""
     if name not in PROFILES:
-        raise ValueError(f"unknown hardware profile {name!r} (known: {', '.join(PROFILES)})")
+        raise OptionError(f"unknown hardware profile {name!r} (known: {', '.join(PROFILES)})")
     return PROFILES[name]
 
 
@@ -275,7 +277,7 @@ def profile_for(spec: str) -> Hardware:
         return ROCM_GFX950
     if backend == "npu":
         return NPU_910B
-    raise ValueError(f"no hardware profile for {spec!r}: name one of {', '.join(PROFILES)}")
+    raise OptionError(f"no hardware profile for {spec!r}: name one of {', '.join(PROFILES)}")
 
 
 __all__ = ["ELEMENT_BYTES", "PROFILES", "Hardware", "profile", "profile_for"]

@@ -16,7 +16,7 @@ from iree.compiler import ir
 from iree.compiler.extras.fx_importer import FxImporter, FxImporterHooks
 from iree.runtime import ParameterIndex
 
-from msd.errors import ExportError
+from msd.errors import ExportError, OptionError
 from msd.runtime.module import PARAMETER_SCOPE, TensorSpec
 
 # torch dtype → (builtin MLIR element type, runtime dtype name)
@@ -128,13 +128,13 @@ def _raw_bytes(t: torch.Tensor) -> np.ndarray:
 def export(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], dynamic_shapes=None):
     """``torch.export`` with errors that name what went wrong."""
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise OptionError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     for i, x in enumerate(example_inputs):
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"example input {i} must be a torch.Tensor, got {type(x).__name__}")
+            raise OptionError(f"example input {i} must be a torch.Tensor, got {type(x).__name__}")
         element_type(x.dtype)
     try:
         return torch.export.export(model.eval(), example_inputs, dynamic_shapes=dynamic_shapes)

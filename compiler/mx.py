@@ -42,6 +42,8 @@ from typing import Literal
 
 import numpy as np
 
+from msd.errors import OptionError
+
 Rule = Literal["ocp", "noclip"]
 RULES: tuple[str, ...] = ("ocp", "noclip")
 
@@ -82,7 +84,7 @@ def encode_e2m1(v: np.ndarray | float) -> np.ndarray:
     """
     v = np.asarray(v, dtype=np.float64)
     if np.isnan(v).any():
-        raise ValueError("E2M1 has no NaN encoding")
+        raise OptionError("E2M1 has no NaN encoding")
     mag = np.abs(v)
     code = np.zeros(v.shape, dtype=np.uint8)
     for i, t in enumerate(_E2M1_MIDPOINTS):
@@ -96,7 +98,7 @@ def decode_e2m1(codes: np.ndarray) -> np.ndarray:
     """Decode 4-bit E2M1 codes (0..15) to float64 values (exact)."""
     codes = np.asarray(codes)
     if codes.size and (codes.min() < 0 or codes.max() > 15):
-        raise ValueError("E2M1 codes must lie in 0..15")
+        raise OptionError("E2M1 codes must lie in 0..15")
     return E2M1_VALUES[codes.astype(np.intp)]
 
 
@@ -152,11 +154,11 @@ def block_exponents(amax: np.ndarray, rule: Rule = "ocp", fmt: Literal["fp4", "f
     ``log2``).  ``amax == 0`` gives ``-127``; results are clamped to ``[-127, 127]``.
     """
     if rule not in RULES:
-        raise ValueError(f"unknown scale rule {rule!r}; expected one of {RULES}")
+        raise OptionError(f"unknown scale rule {rule!r}; expected one of {RULES}")
     emax, max_elem = (E2M1_EMAX, E2M1_MAX) if fmt == "fp4" else (E4M3_EMAX, E4M3_MAX)
     amax = np.asarray(amax, dtype=np.float64)
     if not np.isfinite(amax).all() or (amax < 0).any():
-        raise ValueError("block maxima must be finite and non-negative")
+        raise OptionError("block maxima must be finite and non-negative")
     pos = amax > 0
     a = np.where(pos, amax, 1.0)
     if rule == "ocp":
@@ -177,7 +179,7 @@ def exps_to_e8m0(exps: np.ndarray) -> np.ndarray:
     exps = np.asarray(exps).astype(np.int64)
     ok = ((exps >= E8M0_MIN) & (exps <= E8M0_MAX)) | (exps == E8M0_NAN)
     if not ok.all():
-        raise ValueError("E8M0 exponents must lie in [-127, 127] or be E8M0_NAN")
+        raise OptionError("E8M0 exponents must lie in [-127, 127] or be E8M0_NAN")
     return (exps + E8M0_BIAS).astype(np.uint8)
 
 
@@ -200,7 +202,7 @@ def e8m0_scale(exps: np.ndarray) -> np.ndarray:
 def _blocks(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 0 or x.shape[-1] % BLOCK:
-        raise ValueError(f"last dimension must be a multiple of {BLOCK}, got shape {x.shape}")
+        raise OptionError(f"last dimension must be a multiple of {BLOCK}, got shape {x.shape}")
     return x.reshape(*x.shape[:-1], x.shape[-1] // BLOCK, BLOCK)
 
 
@@ -225,7 +227,7 @@ def _dequantize_blocks(codes: np.ndarray, exps: np.ndarray, fmt: Literal["fp4", 
     vals = decode_e2m1(codes) if fmt == "fp4" else decode_e4m3(codes)
     vb = _blocks(vals)
     if vb.shape[:-1] != exps.shape:
-        raise ValueError(f"exps shape {exps.shape} does not match codes shape {codes.shape}")
+        raise OptionError(f"exps shape {exps.shape} does not match codes shape {codes.shape}")
     nan = exps == E8M0_NAN
     out = np.ldexp(vb, np.where(nan, 0, exps)[..., None])
     out = np.where(nan[..., None], np.nan, out)
@@ -268,7 +270,7 @@ def decompose_mxfp4(x: np.ndarray, slices: int = 2, rule: Rule = "ocp") -> list[
     (computed in float64) with its own block scales by the same ``rule``.  ``x ≈ reconstruct(result)``.
     """
     if slices < 1:
-        raise ValueError("slices must be >= 1")
+        raise OptionError("slices must be >= 1")
     residual = _blocks(x).reshape(np.shape(x))
     out: list[tuple[np.ndarray, np.ndarray]] = []
     for _ in range(slices):
@@ -282,7 +284,7 @@ def decompose_mxfp4(x: np.ndarray, slices: int = 2, rule: Rule = "ocp") -> list[
 def reconstruct(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Sum of the dequantized MXFP4 slices returned by :func:`decompose_mxfp4` (float64)."""
     if not parts:
-        raise ValueError("no slices")
+        raise OptionError("no slices")
     total = dequantize_mxfp4(*parts[0])
     for codes, exps in parts[1:]:
         total = total + dequantize_mxfp4(codes, exps)
@@ -314,12 +316,12 @@ def block_dot_exact(
     cx, cw = np.atleast_2d(cx), np.atleast_2d(cw)
     ex, ew = np.atleast_2d(ex), np.atleast_2d(ew)
     if cx.ndim != 2 or cw.ndim != 2 or cx.shape[1] != cw.shape[1] or cx.shape[1] % BLOCK:
-        raise ValueError(f"codes must be [M, K] and [N, K] with K a multiple of {BLOCK}: {cx.shape}, {cw.shape}")
+        raise OptionError(f"codes must be [M, K] and [N, K] with K a multiple of {BLOCK}: {cx.shape}, {cw.shape}")
     m, k = cx.shape
     n = cw.shape[0]
     nb = k // BLOCK
     if ex.shape != (m, nb) or ew.shape != (n, nb):
-        raise ValueError("exps shapes do not match the codes")
+        raise OptionError("exps shapes do not match the codes")
     qx = E2M1_TWICE_INT8[cx.astype(np.intp)].reshape(m, nb, BLOCK)  # int8
     qw = E2M1_TWICE_INT8[cw.astype(np.intp)].reshape(n, nb, BLOCK)  # int8
     # int8 x int8 products widened to int32 and accumulated in int32, one accumulator per block.
@@ -350,9 +352,9 @@ def pack_fp4(codes: np.ndarray) -> np.ndarray:
     low nibble, element ``2i+1`` in the high nibble.  Shape ``[..., K] -> [..., K // 2]`` (``uint8``)."""
     c = np.asarray(codes, dtype=np.uint8)
     if c.shape[-1] % 2:
-        raise ValueError("last dimension must be even to pack two FP4 codes per byte")
+        raise OptionError("last dimension must be even to pack two FP4 codes per byte")
     if c.size and c.max() > 15:
-        raise ValueError("E2M1 codes must lie in 0..15")
+        raise OptionError("E2M1 codes must lie in 0..15")
     return (c[..., 0::2] | (c[..., 1::2] << 4)).astype(np.uint8)
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msd.errors import OptionError
+
 WEIGHT_FORMATS = ("int8", "int4", "mxfp4")
 PACKINGS = ("pairs", "halves")  # int4 nibble orders: torchao-style adjacent pairs, GGUF-style block halves
 INT4_DEFAULT_GROUP = 128
@@ -28,9 +30,9 @@ class QuantizedLinear(nn.Module):
     def __init__(self, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
         if qweight.dtype != torch.int8 or qweight.dim() != 2:
-            raise ValueError(f"qweight must be a 2-D int8 tensor, got {qweight.dtype} {tuple(qweight.shape)}")
+            raise OptionError(f"qweight must be a 2-D int8 tensor, got {qweight.dtype} {tuple(qweight.shape)}")
         if weight_scale.shape != (qweight.shape[0],):
-            raise ValueError(
+            raise OptionError(
                 f"weight_scale must have shape ({qweight.shape[0]},), got {tuple(weight_scale.shape)}"
             )
         self.in_features = qweight.shape[1]
@@ -87,9 +89,9 @@ class GroupQuantizedLinear(nn.Module):
         n = qweight.shape[0]
         k = qweight.shape[1] * (2 if bits == 4 else 1)
         if k % group_size or scale.shape != (n, k // group_size):
-            raise ValueError(f"scale must have shape ({n}, {k // group_size}) for K={k}, group {group_size}")
+            raise OptionError(f"scale must have shape ({n}, {k // group_size}) for K={k}, group {group_size}")
         if packing not in PACKINGS or (bits == 4 and packing == "halves" and k % 32):
-            raise ValueError(f"packing={packing!r} is not supported (choose one of {', '.join(PACKINGS)})")
+            raise OptionError(f"packing={packing!r} is not supported (choose one of {', '.join(PACKINGS)})")
         self.in_features, self.out_features = k, n
         self.bits, self.group_size, self.packing = bits, group_size, packing
         self.register_buffer("qweight", qweight)
@@ -102,7 +104,7 @@ class GroupQuantizedLinear(nn.Module):
         w = linear.weight.detach().to(torch.float32)
         n, k = w.shape
         if k % group_size:
-            raise ValueError(f"in_features={k} is not a multiple of group_size={group_size}")
+            raise OptionError(f"in_features={k} is not a multiple of group_size={group_size}")
         wg = w.view(n, k // group_size, group_size)
         bias = None if linear.bias is None else linear.bias.detach()
         if bits == 8:
@@ -160,9 +162,9 @@ class MXFP4Linear(nn.Module):
         super().__init__()
         n, half = blocks.shape
         if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8:
-            raise ValueError(f"blocks and scales must be uint8, got {blocks.dtype} and {scales.dtype}")
+            raise OptionError(f"blocks and scales must be uint8, got {blocks.dtype} and {scales.dtype}")
         if (2 * half) % 32 or scales.shape != (n, 2 * half // 32):
-            raise ValueError(f"scales must have shape ({n}, {2 * half // 32}) for blocks {tuple(blocks.shape)}"
+            raise OptionError(f"scales must have shape ({n}, {2 * half // 32}) for blocks {tuple(blocks.shape)}"
                              " (K a multiple of 32)")
         self.in_features, self.out_features, self.scale_rule = 2 * half, n, scale_rule
         self.register_buffer("blocks", blocks)
@@ -175,9 +177,9 @@ class MXFP4Linear(nn.Module):
 
         w = linear.weight.detach().to(torch.float64).numpy()
         if w.shape[1] % mx.BLOCK:
-            raise ValueError(f"in_features={w.shape[1]} is not a multiple of the MX block ({mx.BLOCK})")
+            raise OptionError(f"in_features={w.shape[1]} is not a multiple of the MX block ({mx.BLOCK})")
         if not np.isfinite(w).all():
-            raise ValueError("the weight has NaN/Inf values: MXFP4 cannot encode them")
+            raise OptionError("the weight has NaN/Inf values: MXFP4 cannot encode them")
         codes, exps = mx.quantize_mxfp4(w, scale_rule)
         bias = None if linear.bias is None else linear.bias.detach()
         return cls(torch.from_numpy(mx.pack_fp4(codes)), torch.from_numpy(mx.exps_to_e8m0(exps)), bias, scale_rule)
@@ -247,21 +249,21 @@ def quantize(model: nn.Module, weights: str = "int8", *, group_size: int | None 
       block scales by ``scale_rule`` ("ocp": ``floor(log2(amax)) − 2``, or "noclip").
     """
     if weights not in WEIGHT_FORMATS:
-        raise ValueError(f"weights={weights!r} is not supported (choose one of {', '.join(WEIGHT_FORMATS)})")
+        raise OptionError(f"weights={weights!r} is not supported (choose one of {', '.join(WEIGHT_FORMATS)})")
     if not isinstance(model, nn.Module):
-        raise TypeError(f"quantize expects a torch.nn.Module, got {type(model).__name__}")
+        raise OptionError(f"quantize expects a torch.nn.Module, got {type(model).__name__}")
     if weights == "mxfp4":
         from .mx import RULES
 
         if group_size not in (None, 32):
-            raise ValueError(f"MXFP4 blocks are 32 elements along K; group_size={group_size} is not possible")
+            raise OptionError(f"MXFP4 blocks are 32 elements along K; group_size={group_size} is not possible")
         if scale_rule not in RULES:
-            raise ValueError(f"scale_rule={scale_rule!r} is not supported (choose one of {', '.join(RULES)})")
+            raise OptionError(f"scale_rule={scale_rule!r} is not supported (choose one of {', '.join(RULES)})")
         return _quantized_copy(model, lambda lin: MXFP4Linear.from_linear(lin, scale_rule))
     if weights == "int4" and group_size is None:
         group_size = INT4_DEFAULT_GROUP
     if group_size is not None and (not isinstance(group_size, int) or group_size <= 0):
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+        raise OptionError(f"group_size must be a positive int, got {group_size!r}")
 
     def convert(linear: nn.Linear) -> nn.Module:
         if group_size is None:
@@ -277,7 +279,7 @@ def _quantized_copy(model: nn.Module, convert) -> nn.Module:
         return convert(model)
     qmodel = copy.deepcopy(model)
     if _replace_linears(qmodel, convert) == 0:
-        raise ValueError("the model has no nn.Linear layer to quantize")
+        raise OptionError("the model has no nn.Linear layer to quantize")
     return qmodel
 
 

@@ -17,14 +17,19 @@ class MsdError(Exception):
     """The root of msd's errors: the message says what is wrong and what the user can change."""
 
 
-class OptionError(MsdError, ValueError):
-    """An option or argument msd does not accept (a value out of range, an unknown name, a pairing
-    of options that contradict each other)."""
+class OptionError(MsdError, ValueError, TypeError):
+    """An option or argument msd does not accept (a value out of range or of the wrong type, an unknown
+    name, a pairing of options that contradict each other); a ``ValueError`` and a ``TypeError``."""
 
 
 class TargetError(OptionError):
     """A compile target (backend, CPU, GPU architecture) that msd or the installed IREE cannot
     compile for."""
+
+
+class InputError(MsdError, TypeError, ValueError):
+    """An input a compiled function cannot take: the wrong count, dtype or shape, or a dynamic size
+    outside its compiled range (a ``TypeError`` and a ``ValueError``, as numpy and torch would raise)."""
 
 
 class ExportError(MsdError, ValueError):
@@ -52,5 +57,5 @@ class UnsupportedGGUFError(GGUFError):
     """A well-formed GGUF file that uses a tensor type, architecture or tokenizer msd does not handle."""
 
 
-__all__ = ["ArtifactError", "CompileError", "ExportError", "GGUFError", "MsdError", "NormalizeError",
+__all__ = ["ArtifactError", "CompileError", "ExportError", "GGUFError", "InputError", "MsdError", "NormalizeError",
            "OptionError", "TargetError", "UnsupportedGGUFError"]

@@ -31,6 +31,7 @@ from iree.compiler.dialects import math as math_d
 
 from msd.compiler.cost import DYNAMIC_M, Choice, Matmul, Policy, slices_for_bits
 from msd.compiler.hardware import profile_for
+from msd.errors import OptionError
 
 from . import _ir, _mx, _scaled
 from ._dequant import Const, Expr, FloatAffine, IntAffine, Leaf, Node, NotHandled, Scalar, WeightTrace
@@ -888,19 +889,19 @@ def run(module: ir.Operation, *, slices: int = 2, act_scale: str = "group", act_
     where the weight is provably MXFP4, else the emulation with the reason in the report).
     """
     if slices not in SUPPORTED_SLICES:
-        raise ValueError(f"{NAME}: slices={slices} is not supported (choose 1, 2 or 3)")
+        raise OptionError(f"{NAME}: slices={slices} is not supported (choose 1, 2 or 3)")
     if act_scale not in ACT_SCALES:
-        raise ValueError(f"{NAME}: act-scale={act_scale} is not supported (choose row or group)")
+        raise OptionError(f"{NAME}: act-scale={act_scale} is not supported (choose row or group)")
     if act_format not in _mx.ACT_FORMATS:
-        raise ValueError(f"{NAME}: act-format={act_format} is not supported (choose {', '.join(_mx.ACT_FORMATS)})")
+        raise OptionError(f"{NAME}: act-format={act_format} is not supported (choose {', '.join(_mx.ACT_FORMATS)})")
     if mx_lowering not in _mx.LOWERINGS:
-        raise ValueError(f"{NAME}: mx-lowering={mx_lowering} is not supported (choose {' or '.join(_mx.LOWERINGS)})")
+        raise OptionError(f"{NAME}: mx-lowering={mx_lowering} is not supported (choose {' or '.join(_mx.LOWERINGS)})")
     if mx_scale not in _mx.SCALE_RULES:
-        raise ValueError(f"{NAME}: mx-scale={mx_scale} is not supported (choose {' or '.join(_mx.SCALE_RULES)})")
+        raise OptionError(f"{NAME}: mx-scale={mx_scale} is not supported (choose {' or '.join(_mx.SCALE_RULES)})")
     if min_bits < 0 or dynamic_m < 0:
-        raise ValueError(f"{NAME}: min-bits and dynamic-m must not be negative")
+        raise OptionError(f"{NAME}: min-bits and dynamic-m must not be negative")
     if min_bits and act_format != "int8":
-        raise ValueError(f"{NAME}: min-bits counts int8 slices; with act-format={act_format} give slices=")
+        raise OptionError(f"{NAME}: min-bits counts int8 slices; with act-format={act_format} give slices=")
     if min_bits:
         slices = slices_for_bits(min_bits)
     policy = Policy(profile_for(target), slices, min_bits, dynamic_m or DYNAMIC_M) if target else None

@@ -9,7 +9,6 @@ when torch happens to be installed).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -20,24 +19,25 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from .module import ArtifactError, Module, TensorSpec
+from msd.errors import ArtifactError, OptionError
 
-FORMAT = "msd-artifact"
-FORMAT_VERSION = 1
-MODULE_FILE = "module.vmfb"
-PARAMETERS_FILE = "model.irpa"
-MANIFEST_FILE = "msd.json"
-DEVICES_FOR = {"llvm-cpu": ("local-task", "local-sync"), "cuda": ("cuda",), "rocm": ("hip",),
-               "vulkan-spirv": ("vulkan",)}  # runtime drivers that can run each backend; first = default
-DEVICES = ("local-task", "local-sync", "cuda", "hip", "vulkan")
+from .manifest import (
+    DEVICES,
+    DEVICES_FOR,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MODULE_FILE,
+    PARAMETERS_FILE,
+    artifact_file,
+    build_manifest,
+    parse_manifest,
+    verify_files,
+)
+from .module import Module, TensorSpec
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["DEVICES", "DEVICES_FOR", "FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "MODULE_FILE", "PARAMETERS_FILE",
+           "Artifact", "Function", "load", "write_manifest"]
 
 
 def _version(dist: str) -> str:
@@ -51,29 +51,21 @@ def write_manifest(folder: Path, *, target: dict[str, str], slices: int,
                    functions: dict[str, dict[str, list[TensorSpec]]], decisions: Sequence[dict],
                    msd_version: str, extra_files: Sequence[str] = (), metadata: dict | None = None,
                    decide: dict | None = None) -> Path:
-    """Write ``msd.json`` for the files already in ``folder``.
+    """Write ``msd.json`` for the files already in ``folder`` (schema: ``msd.runtime.manifest``).
 
     ``extra_files``: more files of the artifact (a tokenizer, …), hashed and checked like the module;
-    ``metadata``: what a caller needs to use the functions (e.g. generation settings), kept verbatim.
-    ``decide``: how the pass decided per matmul (``{"policy": "always" | "cost", "hardware", "min_bits"}``);
-    with "cost", each decision also has its shape, format, slices and predicted times.
+    ``metadata``: what a caller needs to use the functions (e.g. generation settings), checked against
+    the schema too.  ``decide``: how the pass decided per matmul (``{"policy": "always" | "cost",
+    "hardware", "min_bits"}``); with "cost", each decision also has its shape, format, slices and
+    predicted times.
     """
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "msd_version": msd_version,
-        "iree_version": _version("iree-base-compiler"),
-        "target": target,
-        "slices": slices,
-        "functions": {name: {k: [s.to_json() for s in specs] for k, specs in f.items()}
-                      for name, f in functions.items()},
-        "decide": decide or {"policy": "always", "hardware": None, "min_bits": None},
-        "decisions": list(decisions),
-        "files": {name: {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
-                  for name in (MODULE_FILE, PARAMETERS_FILE, *extra_files)},
-    }
-    if metadata:
-        manifest["metadata"] = metadata
+    manifest = build_manifest(
+        folder, msd_version=msd_version, iree_version=_version("iree-base-compiler"), target=target,
+        slices=slices,
+        functions={name: {k: [s.to_json() for s in specs] for k, specs in f.items()} for name, f in functions.items()},
+        decide=decide or {"policy": "always", "hardware": None, "min_bits": None},
+        decisions=decisions, files=(MODULE_FILE, PARAMETERS_FILE, *extra_files), metadata=metadata,
+    )
     path = folder / MANIFEST_FILE
     path.write_text(json.dumps(manifest, indent=2))
     return path
@@ -111,6 +103,10 @@ class Artifact:
     def __init__(self, folder: Path, manifest: dict, functions: dict[str, Function], device: str) -> None:
         self.folder, self.manifest, self.functions, self.device = folder, manifest, functions, device
 
+    def file(self, name: str) -> Path:
+        """The path of a file the manifest lists (and :func:`load` checked); any other name is refused."""
+        return artifact_file(self.folder, self.manifest, name)
+
     @property
     def metadata(self) -> dict:
         """What the compiler recorded for using the functions (``{}`` when nothing)."""
@@ -124,44 +120,34 @@ class Artifact:
 
     def __call__(self, *args: Any) -> Any:
         if len(self.functions) != 1:
-            raise TypeError(f"the artifact has several functions ({', '.join(self.functions)}): call one by name")
+            raise OptionError(f"the artifact has several functions ({', '.join(self.functions)}): call one by name")
         return next(iter(self.functions.values()))(*args)
 
 
 def load(path: str | os.PathLike, device: str | None = None, *, verify: bool = True) -> Artifact:
     """Load an artifact folder saved by ``CompiledModule.save``.
 
-    ``device``: an IREE runtime driver (``local-task``, ``cuda``, ``hip``, ``vulkan``); by default
-    the one the target needs.  ``verify``: check every file's sha256 against the manifest.
+    ``msd.json`` is checked against the format's schema before anything else is read, then every file
+    it lists (plain names inside the folder only) against its size and sha256; only listed files are
+    ever opened.  ``device``: an IREE runtime driver (``local-task``, ``cuda``, ``hip``, ``vulkan``); by
+    default the one the target needs.  ``verify=False`` skips the sha256 (sizes are still checked).
+    Every refusal is an :class:`~msd.errors.ArtifactError` naming the file and the problem.
     """
     folder = Path(path)
-    mpath = folder / MANIFEST_FILE
-    if not mpath.is_file():
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is not a folder"
+        raise ArtifactError(f"{folder} {what}: an msd artifact is a folder with {MANIFEST_FILE}")
+    if not (folder / MANIFEST_FILE).exists():
         raise ArtifactError(f"{folder} is not an msd artifact: {MANIFEST_FILE} is missing")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{mpath} is not valid JSON: {e}") from None
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("format_version"), int):
-        raise ArtifactError(f"{mpath} is not an msd artifact manifest")
-    if manifest["format_version"] > FORMAT_VERSION:
-        raise ArtifactError(
-            f"artifact format {manifest['format_version']} is newer than this msd runtime understands"
-            f" ({FORMAT_VERSION}): upgrade msd"
-        )
-    built, have = manifest.get("iree_version", "unknown"), _version("iree-base-runtime")
+    manifest = parse_manifest(folder)
+    built, have = manifest["iree_version"], _version("iree-base-runtime")
     if built.split(".")[:2] != have.split(".")[:2]:
         raise ArtifactError(f"artifact built with IREE {built}, but iree-base-runtime {have} is installed:"
                             " module bytecode is only compatible within one IREE release")
-    for name, info in manifest.get("files", {}).items():
-        f = folder / name
-        if not f.is_file():
-            raise ArtifactError(f"artifact file missing: {f}")
-        if f.stat().st_size != info["bytes"] or (verify and _sha256(f) != info["sha256"]):
-            raise ArtifactError(f"{f} was modified after the artifact was saved (sha256 mismatch)")
+    verify_files(folder, manifest, hashes=verify)
     target = manifest["target"]
     allowed = DEVICES_FOR[target["backend"]]
-    device = device or allowed[0]
+    device = device or target["driver"]
     if device not in DEVICES:
         raise ArtifactError(f"unknown device {device!r} (known: {', '.join(DEVICES)})")
     if device not in allowed:
@@ -172,7 +158,8 @@ def load(path: str | os.PathLike, device: str | None = None, *, verify: bool = T
         inputs = [TensorSpec.from_json(s) for s in f["inputs"]]
         outputs = [TensorSpec.from_json(s) for s in f["outputs"]]
         if module is None:  # load once; every function shares the weights
-            module = Module.load(folder / MODULE_FILE, folder / PARAMETERS_FILE, driver=device,
+            module = Module.load(artifact_file(folder, manifest, MODULE_FILE),
+                                 artifact_file(folder, manifest, PARAMETERS_FILE), driver=device,
                                  function=fname, inputs=inputs)
         functions[fname] = Function(module.bind(fname, inputs), fname, inputs, outputs)
     return Artifact(folder, manifest, functions, device)

@@ -9,22 +9,27 @@ The artifact holds ``prefill(tokens) → (last-token logits, *new entries)`` and
 an int8 KV cache, token-major (``[T, *entry]``), kept on the host in a :class:`KVCache` that each step's
 new entries are appended to; ``decode`` reads only the ``T`` filled entries.  The artifact also holds the
 tokenizer (``tokenizer.json``, checked by sha256 like every file) and the generation settings in the
-manifest's ``metadata["generation"]``: each cache tensor's per-token entry shape and dtype, ``max_ctx``
-(the cache capacity), stop token ids and the chat template.  Needs numpy, iree-base-runtime and
+manifest's ``metadata["generation"]`` (:class:`GenerationSettings`, schema ``msd.runtime.manifest.GENERATION``,
+written and read through this one class): each cache tensor's per-token entry shape and dtype,
+``max_ctx`` (the cache capacity), stop token ids and the chat template.  Needs numpy, iree-base-runtime and
 ``tokenizers``; no torch, no compiler.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from msd.errors import ArtifactError, OptionError
+
 from .artifact import Artifact, load
-from .module import ArtifactError
+from .manifest import GENERATION, check
+from .module import DTYPES
 
 TOKENIZER_FILE = "tokenizer.json"
 METADATA_KEY = "generation"
@@ -63,7 +68,7 @@ class KVCache:
 
     def __init__(self, entries: Sequence[tuple[Sequence[int], np.dtype | str]], capacity: int) -> None:
         if capacity < 1:
-            raise ValueError(f"the cache capacity must be positive, got {capacity}")
+            raise OptionError(f"the cache capacity must be positive, got {capacity}")
         self.buffers = [np.zeros((capacity, *shape), np.dtype(dtype)) for shape, dtype in entries]
         self.capacity, self.length = capacity, 0
 
@@ -119,9 +124,9 @@ def greedy(prefill: StepFn, decode: StepFn, ids: list[int], cache: KVCache, max_
 def check_prompt(ids: list[int], max_new_tokens: int, max_ctx: int) -> None:
     """Refuse an empty prompt, or one that with ``max_new_tokens`` would overrun the cache capacity."""
     if not ids:
-        raise ValueError("the prompt is empty")
+        raise OptionError("the prompt is empty")
     if len(ids) + max_new_tokens > max_ctx:
-        raise ValueError(f"{len(ids)} prompt + {max_new_tokens} new tokens exceed max_ctx={max_ctx}")
+        raise OptionError(f"{len(ids)} prompt + {max_new_tokens} new tokens exceed max_ctx={max_ctx}")
 
 
 class TextStream:
@@ -148,53 +153,146 @@ class TextStream:
         return text
 
 
-class TextGenerator:
+USER_MARKER = "{user}"  # where a chat template puts the user's text
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How a text-generation artifact is driven; stored as ``metadata["generation"]`` in ``msd.json``.
+    The compiler writes it and the runtime reads it through this class (``to_json``/``from_json``), and
+    both check it against the schema ``msd.runtime.manifest.GENERATION``."""
+
+    max_ctx: int  # the host cache's capacity (prompt + new tokens)
+    kv_cache: str  # "float" | "int8"
+    cache: tuple[tuple[tuple[int, ...], str], ...]  # per cache tensor: one token's entry shape, dtype
+    stop_ids: tuple[int, ...]
+    chat_template: str  # the prompt text around USER_MARKER (which occurs once)
+    source: str = ""  # the file it was compiled from (a name, for people)
+
+    def to_json(self) -> dict:
+        d = {"max_ctx": self.max_ctx, "kv_cache": self.kv_cache,
+             "cache": [{"shape": list(shape), "dtype": dtype} for shape, dtype in self.cache],
+             "stop_ids": sorted(self.stop_ids), "chat_template": self.chat_template, "source": self.source}
+        return check(GENERATION, d, "generation settings")
+
+    @classmethod
+    def from_json(cls, d: object, where: str = "generation settings") -> GenerationSettings:
+        d = check(GENERATION, d, where)
+        return cls(d["max_ctx"], d["kv_cache"], tuple((tuple(t["shape"]), t["dtype"]) for t in d["cache"]),
+                   tuple(d["stop_ids"]), d["chat_template"], d["source"])
+
+    def render(self, user: str) -> str:
+        """The chat prompt for ``user``'s text (plain substitution: the text is never interpreted)."""
+        before, after = self.chat_template.split(USER_MARKER)
+        return before + user + after
+
+
+class GreedyGenerator:
+    """Greedy generation over numpy step functions ``prefill(tokens)`` and ``decode(token, *past)`` (each
+    returning the logits and the new tokens' cache entries) with a host :class:`KVCache` of ``max_ctx``
+    tokens.  Subclasses say how a prompt is rendered (:meth:`render`) and what a cache entry is
+    (:meth:`cache_entries`).  One generator may serve several threads: each call keeps its own cache and
+    stats, and :attr:`last_stats` is the calling thread's last generation."""
+
+    def __init__(self, prefill: StepFn, decode: StepFn, tokenizer, stop_ids: set[int], max_ctx: int) -> None:
+        self.prefill, self.decode = prefill, decode
+        self.tokenizer, self.stop_ids, self.max_ctx = tokenizer, set(stop_ids), max_ctx
+        self._local = threading.local()
+
+    @property
+    def last_stats(self) -> GenerationStats:
+        """Token counts and times of this thread's last :meth:`generate_ids` / :meth:`generate`."""
+        return getattr(self._local, "stats", None) or GenerationStats()
+
+    def render(self, prompt_text: str) -> str:
+        raise NotImplementedError
+
+    def cache_entries(self) -> list[tuple[Sequence[int], np.dtype | str]]:
+        raise NotImplementedError
+
+    def encode(self, prompt_text: str, chat: bool = True) -> list[int]:
+        text = self.render(prompt_text) if chat else prompt_text
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def empty_cache(self) -> KVCache:
+        return KVCache(self.cache_entries(), self.max_ctx)
+
+    def generate_ids(self, ids: list[int], max_new_tokens: int,
+                     on_token: Callable[[int], None] | None = None) -> list[int]:
+        """Greedy token ids after the prompt ``ids``, stopping after a stop token (included)."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise OptionError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        check_prompt(ids, max_new_tokens, self.max_ctx)
+        stats = self._local.stats = GenerationStats()
+        return greedy(self.prefill, self.decode, ids, self.empty_cache(), max_new_tokens, self.stop_ids,
+                      on_token, stats)
+
+    def generate(self, prompt_text: str, max_new_tokens: int, chat: bool = True,
+                 callback: Callable[[str], None] | None = None) -> str:
+        """Greedy reply to ``prompt_text`` (in the chat template when ``chat``); ``callback`` receives each
+        new piece of text as it is produced (the pieces add up to the returned text)."""
+        stream = TextStream(self.tokenizer, callback)
+        self.generate_ids(self.encode(prompt_text, chat), max_new_tokens, stream.on_token)
+        return stream.finish()
+
+
+class TextGenerator(GreedyGenerator):
     """Greedy generation over a loaded GGUF artifact (see the module docstring)."""
 
-    def __init__(self, artifact: Artifact, tokenizer, settings: dict) -> None:
-        self.artifact, self.tokenizer, self.settings = artifact, tokenizer, settings
-        self.max_ctx = int(settings["max_ctx"])
-        self.stop_ids = {int(i) for i in settings["stop_ids"]}
-        self.last_stats = GenerationStats()
+    def __init__(self, artifact: Artifact, tokenizer, settings: GenerationSettings) -> None:
+        super().__init__(artifact.prefill, artifact.decode, tokenizer, set(settings.stop_ids), settings.max_ctx)
+        self.artifact, self.settings = artifact, settings
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None) -> TextGenerator:
         from tokenizers import Tokenizer
 
         art = load(path, device)
-        settings = art.metadata.get(METADATA_KEY)
-        if settings is None or TOKENIZER_FILE not in art.manifest.get("files", {}):
+        if METADATA_KEY not in art.metadata:
             raise ArtifactError(f"{path} is not a text-generation artifact (compile one with"
                                 " 'msd compile model.gguf -o DIR')")
-        missing = {"prefill", "decode"} - set(art.functions)
-        if missing:
-            raise ArtifactError(f"{path} lacks the function(s) {', '.join(sorted(missing))}")
-        n_cache = len(settings.get("cache", ()))
-        if len(art.functions["prefill"].inputs) != 1 or len(art.functions["decode"].inputs) != 1 + n_cache:
-            raise ArtifactError(f"{path} was compiled by an older msd (its steps take the whole KV cache and a"
-                                " start position); compile it again with 'msd compile model.gguf -o DIR'")
-        return cls(art, Tokenizer.from_file(str(art.folder / TOKENIZER_FILE)), settings)
+        settings = GenerationSettings.from_json(art.metadata[METADATA_KEY], f"{art.folder / 'msd.json'} metadata")
+        _check_steps(art, settings)
+        tok_path = art.file(TOKENIZER_FILE)
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_path))
+        except Exception as e:  # the tokenizers library raises its own exception type
+            raise ArtifactError(f"{tok_path} is not a tokenizer the tokenizers library reads: {e}") from None
+        return cls(art, tokenizer, settings)
 
-    def encode(self, prompt_text: str, chat: bool = True) -> list[int]:
-        text = self.settings["chat_template"].format(user=prompt_text) if chat else prompt_text
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+    def render(self, prompt_text: str) -> str:
+        return self.settings.render(prompt_text)
 
-    def empty_cache(self) -> KVCache:
-        return KVCache([(t["shape"], t["dtype"]) for t in self.settings["cache"]], self.max_ctx)
-
-    def generate_ids(self, ids: list[int], max_new_tokens: int,
-                     on_token: Callable[[int], None] | None = None) -> list[int]:
-        check_prompt(ids, max_new_tokens, self.max_ctx)
-        self.last_stats = GenerationStats()
-        return greedy(self.artifact.prefill, self.artifact.decode, ids, self.empty_cache(), max_new_tokens,
-                      self.stop_ids, on_token, self.last_stats)
-
-    def generate(self, prompt_text: str, max_new_tokens: int, chat: bool = True,
-                 callback: Callable[[str], None] | None = None) -> str:
-        """Greedy reply to ``prompt_text``; ``callback`` receives each new piece of text."""
-        stream = TextStream(self.tokenizer, callback)
-        self.generate_ids(self.encode(prompt_text, chat), max_new_tokens, stream.on_token)
-        return stream.finish()
+    def cache_entries(self) -> list[tuple[Sequence[int], np.dtype | str]]:
+        return [(shape, DTYPES[dtype]) for shape, dtype in self.settings.cache]
 
 
-__all__ = ["GenerationStats", "KVCache", "TextGenerator", "TextStream", "check_prompt", "greedy"]
+def _check_steps(art: Artifact, settings: GenerationSettings) -> None:
+    """The prefill/decode signatures must be the ones the settings drive: tokens in, cache tensors whose
+    per-token entries have the recorded shapes and dtypes."""
+    where = art.folder / "msd.json"
+    prefill, decode = art.functions["prefill"], art.functions["decode"]
+    if len(prefill.inputs) != 1 or len(decode.inputs) != 1 + len(settings.cache):
+        raise ArtifactError(f"{where}: prefill takes {len(prefill.inputs)} and decode {len(decode.inputs)} inputs;"
+                            f" a generator with {len(settings.cache)} cache tensors needs 1 and"
+                            f" {1 + len(settings.cache)}")
+    for fn in (prefill, decode):
+        tok = fn.inputs[0]
+        if tok.dtype != "i64" or len(tok.shape) != 2:
+            raise ArtifactError(f"{where}: {fn.name}'s first input is {tok.describe()}, not i64 token ids [1, S]")
+        if len(fn.outputs) != 1 + len(settings.cache):
+            raise ArtifactError(f"{where}: {fn.name} returns {len(fn.outputs)} outputs, expected logits and"
+                                f" {len(settings.cache)} cache tensors")
+    for i, ((shape, dtype), spec) in enumerate(zip(settings.cache, decode.inputs[1:])):
+        if spec.dtype != dtype or tuple(spec.shape[1:]) != tuple(shape):
+            raise ArtifactError(f"{where}: cache tensor {i} is {dtype}{list(shape)} per token in the settings, but"
+                                f" decode takes {spec.describe()}")
+        for fn in (prefill, decode):
+            out = fn.outputs[1 + i]
+            if out.dtype != dtype or tuple(out.shape[1:]) != tuple(shape):
+                raise ArtifactError(f"{where}: {fn.name} returns {out.describe()} for cache tensor {i}, but the"
+                                    f" settings say {dtype}{list(shape)} per token")
+
+
+__all__ = ["GenerationSettings", "GenerationStats", "GreedyGenerator", "KVCache", "TextGenerator", "TextStream",
+           "check_prompt", "greedy"]

@@ -16,7 +16,7 @@ import iree.runtime as rt
 import ml_dtypes
 import numpy as np
 
-from msd.errors import ArtifactError
+from msd.errors import ArtifactError, InputError
 
 PARAMETER_SCOPE = "model"  # the scope every msd parameter key lives in (#stream.parameter.named<"model"::…>)
 
@@ -62,14 +62,14 @@ class TensorSpec:
         hint = f"; expected {signature}" if signature else ""
         want = DTYPES[self.dtype]
         if a.dtype != want:
-            raise TypeError(f"{where}: dtype {a.dtype} does not match the compiled {self.dtype}{hint}")
+            raise InputError(f"{where}: dtype {a.dtype} does not match the compiled {self.dtype}{hint}")
         shown = "x".join("?" if s is None else str(s) for s in self.shape)
         if len(a.shape) != len(self.shape) or any(s is not None and s != d for s, d in zip(self.shape, a.shape)):
-            raise ValueError(f"{where}: shape {tuple(a.shape)} does not match the compiled [{shown}]{hint}")
+            raise InputError(f"{where}: shape {tuple(a.shape)} does not match the compiled [{shown}]{hint}")
         for i, dim in enumerate(self.dims):
             if dim is not None and (a.shape[i] < dim[1] or (dim[2] is not None and a.shape[i] > dim[2])):
                 hi = "" if dim[2] is None else dim[2]
-                raise ValueError(
+                raise InputError(
                     f"{where}: dim {i} = {a.shape[i]} is outside the compiled range of {dim[0]}"
                     f" [{dim[1]}..{hi}]{hint}"
                 )
@@ -104,7 +104,7 @@ class Module:
         self.function = function
         try:
             self._config = rt.Config(driver)
-        except (ValueError, RuntimeError) as e:
+        except (ValueError, RuntimeError, IndexError, OSError) as e:
             raise ArtifactError(f"cannot open IREE driver '{driver}': {e}") from None
         instance = self._config.vm_instance
         modules = []
@@ -123,12 +123,12 @@ class Module:
         modules.append(rt.create_hal_module(instance, self._config.device))
         try:
             vm = rt.VmModule.copy_buffer(instance, vmfb)
-        except (ValueError, RuntimeError) as e:
+        except (ValueError, RuntimeError, IndexError, OSError) as e:
             raise ArtifactError(f"not a valid IREE module (.vmfb): {e}") from None
         modules.append(vm)
         try:
             loaded = rt.load_vm_modules(*modules, config=self._config)
-        except (ValueError, RuntimeError) as e:
+        except (ValueError, RuntimeError, IndexError, OSError) as e:
             raise ArtifactError(f"cannot load the module: {e}") from None
         self._vm = loaded[-1]
         self._fn = self._lookup(function)
@@ -164,10 +164,13 @@ class Module:
         if self.inputs is not None:
             sig = signature(self.function, self.inputs)
             if len(arrays) != len(self.inputs):
-                raise TypeError(f"expected {len(self.inputs)} input(s), got {len(arrays)}; expected {sig}")
+                raise InputError(f"expected {len(self.inputs)} input(s), got {len(arrays)}; expected {sig}")
             for i, (spec, a) in enumerate(zip(self.inputs, arrays)):
                 spec.check(i, a, sig)
-        result = self._fn(*arrays)
+        try:
+            result = self._fn(*arrays)
+        except (RuntimeError, ValueError, IndexError, TypeError) as e:  # the IREE runtime's own errors
+            raise ArtifactError(f"the IREE runtime refused the call to {self.function}: {e}") from None
         # copied out: an array that only maps the result's device memory can be overwritten by a later
         # call once the result is released (measured: kept logits of earlier calls changed)
         if isinstance(result, (tuple, list)):
