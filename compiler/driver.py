@@ -9,10 +9,14 @@ Stages, each of which ``emit=`` can stop after (returning MLIR text):
 
 Without ``emit`` the result is a :class:`CompiledModule`: the module plus its parameter archive,
 callable with torch tensors.
+
+Everything after the import runs in a worker process (:mod:`msd.compiler.worker`), so that a crash in
+IREE or LLVM becomes a :class:`CompileError` instead of ending the caller's process.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 import weakref
@@ -22,14 +26,15 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import torch
-from iree.compiler import ir, passmanager
+from iree.compiler import ir
 
-from msd.passes import Report, run_pass
+from msd.passes import Report
 from msd.passes.decompose_activations import NAME as DECOMPOSE
 from msd.passes.decompose_activations import SUPPORTED_SLICES
 from msd.runtime.artifact import MODULE_FILE, PARAMETERS_FILE, write_manifest
 from msd.runtime.module import Module, TensorSpec
 
+from . import worker
 from .cost import slices_for_bits
 from .frontends import normalize
 from .hardware import profile_for
@@ -125,6 +130,8 @@ def compile_functions(
         raise ValueError(f"emit={emit!r} is not a stage (choose one of {', '.join(STAGES)})")
     if not functions or not all(isinstance(n, str) and n.isidentifier() for n in functions):
         raise ValueError(f"function names must be Python identifiers, got {list(functions)}")
+    if emit != "torch":
+        worker.prewarm()  # IREE runs in a worker process (compiler/worker.py): it starts while we export
     step("export")
     programs = {}
     for name, spec in functions.items():
@@ -137,43 +144,56 @@ def compile_functions(
             program = export(model, example_inputs, dyn[0] if dyn else None)
         # torchao / PT2E dequantize ops → plain torch arithmetic on the untouched integer tensors.
         programs[name] = normalize(program)
-    session = IreeSession([*COMMON_FLAGS, *tgt.flags, *extra_flags])
+    # This process only imports (torch → torch MLIR, in a context of IREE's); the flags go to the worker.
+    session = IreeSession(())
     module, params = import_programs(programs, session.context)
     if emit == "torch":
         return _asm(module)
     if tgt.device_targets:  # a target IREE's flags cannot name (cuda:sm_90): spelled out in the module
         with session.context:
             module.attributes["hal.device.targets"] = ir.Attribute.parse(tgt.device_targets)
-    session.load(module)
     step("import")
-    session.run_phases("start", "input")
-    if emit == "linalg":
-        return _asm(module)
-    report = Report(DECOMPOSE)
+    flags = [*COMMON_FLAGS, *tgt.flags, *extra_flags]
+    request = worker.Request(flags=flags, module=_bytecode(module), stop=emit or "vmfb")
     if slices:
-        step("msd passes")
-        with session.context, ir.Location.unknown():
-            report = run_pass(module, DECOMPOSE, slices=slices, act_scale=act_scale, act_format=act_format,
-                              mx_scale=mx_scale, target=cost_target, min_bits=min_bits or 0,
-                              mx_lowering=_mx_lowering(mx_lowering, tgt))
-            passmanager.PassManager.parse(POST_MSD_PIPELINE).run(module)
-    if emit == "msd":
-        return _asm(module)
-    step("IREE compile")
-    session.run_phases("input", "end")
-    vmfb = session.vm_bytecode()
+        request.pass_name = DECOMPOSE
+        request.pass_options = dict(slices=slices, act_scale=act_scale, act_format=act_format, mx_scale=mx_scale,
+                                    target=cost_target, min_bits=min_bits or 0,
+                                    mx_lowering=_mx_lowering(mx_lowering, tgt))
+        request.post_pipeline = POST_MSD_PIPELINE
+        if cost_target:  # the profile as this process has it (PROFILES may have been extended)
+            hw = profile_for(cost_target)
+            request.profiles = {hw.name: hw}
+            request.pass_options["target"] = hw.name
+    result = worker.compile_module(
+        request, step,
+        lambda crash: worker.advice_for(crash, lambda: _asm(module), extra_flags, target))
+    if emit in ("linalg", "msd"):
+        return result["text"]
+    report = result["report"] or Report(DECOMPOSE)
+    vmfb = result["vmfb"]
     if emit == "vmfb":
         return vmfb
     workdir = Path(tempfile.mkdtemp(prefix="msd-"))
-    step("weights")
-    params.write_archive(workdir / PARAMETERS_FILE)
-    (workdir / MODULE_FILE).write_bytes(vmfb)
-    signatures = {name: (input_specs(p), output_specs(p)) for name, p in programs.items()}
-    chosen = {"policy": decide, "hardware": profile_for(cost_target).name if cost_target else None,
-              "min_bits": min_bits}
-    compiled = CompiledModule(workdir, tgt, signatures, report, slices, decide=chosen)
-    weakref.finalize(compiled, shutil.rmtree, workdir, True)
+    try:  # until the CompiledModule owns it, an exception (or Ctrl-C) must not leave the folder behind
+        step("weights")
+        params.write_archive(workdir / PARAMETERS_FILE)
+        (workdir / MODULE_FILE).write_bytes(vmfb)
+        signatures = {name: (input_specs(p), output_specs(p)) for name, p in programs.items()}
+        chosen = {"policy": decide, "hardware": profile_for(cost_target).name if cost_target else None,
+                  "min_bits": min_bits}
+        compiled = CompiledModule(workdir, tgt, signatures, report, slices, decide=chosen)
+        weakref.finalize(compiled, shutil.rmtree, workdir, True)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     return compiled
+
+
+def _bytecode(module: ir.Operation) -> bytes:
+    buffer = io.BytesIO()
+    module.write_bytecode(buffer)
+    return buffer.getvalue()
 
 
 DECIDE = ("always", "cost")
@@ -208,7 +228,7 @@ def _mx_lowering(choice: str, tgt: Target) -> str:
 
 
 def _asm(module: ir.Operation) -> str:
-    return module.get_asm(large_elements_limit=16)
+    return module.get_asm(large_elements_limit=worker.LARGE_ELEMENTS_LIMIT)
 
 
 class CompiledModule:

@@ -141,7 +141,8 @@ def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path, kv_cach
     (old / "msd.json").write_text(json.dumps(manifest))
     proc = _msd("generate", "old", "hello", cwd=tmp_path)
     n = len(manifest["metadata"]["generation"]["cache"])
-    assert proc.returncode == 1 and f"a generator with {n} cache tensors needs 1 and {n + 1}" in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert f"a generator with {n} cache tensors needs 1 and {n + 1}" in proc.stderr, proc.stderr
     with open(tmp_path / "llm" / "tokenizer.json", "a") as f:
         f.write(" ")
     proc = _msd("generate", "llm", "hello", cwd=tmp_path)
