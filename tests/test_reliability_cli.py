@@ -297,7 +297,7 @@ def test_run_bench_inspect_failures_are_one_line(capsys, in_work: Path) -> None:
         (["run", "art", "--input", "not_npy.npy"], "cannot read --input not_npy.npy as a .npy array"),
         (["run", "art"], "main(input: f32[2, 32]) -> (linear: f32[2, 16]) takes 1 input(s), got 0 --input file(s)"),
         (["run", "art", "--input", "x.npy", "--input", "x.npy"], "takes 1 input(s), got 2 --input file(s)"),
-        (["run", "art", "--input", "x64.npy"], "TypeError: input 0"),
+        (["run", "art", "--input", "x64.npy"], "InputError: input 0"),
         (["run", "art", "--input", "wide.npy"], "ValueError: input 0"),
         (["run", "art", "--input", "x.npy", "--output", "a.npy", "--output", "b.npy"], "has 1 output(s), got 2"),
         (["run", "art", "--input", "x.npy", "--output", "nowhere/y.npy"], "nowhere does not exist"),
