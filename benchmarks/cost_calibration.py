@@ -9,12 +9,12 @@ The shapes are those of ``benchmarks/linear.py`` (4096x4096 as a chain of 4 laye
 11008→4096; M = 1, 16, 128), built with its ``make_layers`` and timed with its ``time_calls``/``warm_up``:
 IREE's own lowering (``slices=0``) and MSD with 1, 2 and 3 slices, interleaved round-robin, per-layer
 median.  For each (shape, M, p) the measured ratio time(MSD p) / time(baseline) is compared with
-``msd.compiler.cost.estimate(cpu-host, ...)``; a prediction passes within ±30 % of the measured ratio.
+``msd.cost.model.estimate(cpu-host, ...)``; a prediction passes within ±30 % of the measured ratio.
 
 ``--fit`` reads the per-layer medians of the linear.py run recorded in docs/benchmarks.md and fits the
 seven constants of the ``cpu-host`` profile (bandwidth, f32 and int8 matrix rates, vector rate, dispatch
 cost, memory/compute overlap, page-fault cost) by least squares on log time (Nelder-Mead); it prints
-them for ``compiler/hardware.py`` and the residuals.  The profile in hardware.py holds the fitted values;
+them for ``msd/cost/hardware.py`` and the residuals.  The profile in hardware.py holds the fitted values;
 the default run then checks them against a fresh measurement.
 """
 
@@ -66,7 +66,7 @@ class Point:
 # ============================================================================= the model side
 def hardware(values: dict[str, float] | None = None):
     """The cpu-host profile, or a copy with ``values`` (FIT_PARAMS names) replaced."""
-    from msd.compiler.hardware import CPU_HOST
+    from msd.cost.hardware import CPU_HOST
 
     if not values:
         return CPU_HOST
@@ -77,7 +77,7 @@ def hardware(values: dict[str, float] | None = None):
 
 def predict(hw, pt: Point, p: int) -> tuple[float, float]:
     """(baseline ms, MSD p ms) per layer."""
-    from msd.compiler.cost import Matmul, estimate
+    from msd.cost.model import Matmul, estimate
 
     k, n, layers = pt.kn
     est = estimate(hw, Matmul(pt.m, n, k, chain=layers), p)
@@ -260,11 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k in FIT_PARAMS:
             print(f"  {k:10s} {values[k]:.4g}")
         print("\n".join(table(points, hardware(values))))
-        print("\nwith the constants now in compiler/hardware.py:")
+        print("\nwith the constants now in msd/cost/hardware.py:")
         print("\n".join(table(points)))
         return 0
 
-    from msd.compiler.hardware import CPU_HOST
+    from msd.cost.hardware import CPU_HOST
 
     shapes = ["4096→11008"] if args.quick else list(SHAPES)
     ms = (1, 16) if args.quick else MS
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Produced by `python benchmarks/cost_calibration.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
         f"({elapsed:.0f} s, {rounds} interleaved rounds; load average {load_start} at start, {load_end} at end). "
         f"Measured: the **{args.stat}** per-layer time of each variant's calls. Predictions: profile "
-        f"`{CPU_HOST.name}` as in `compiler/hardware.py`.",
+        f"`{CPU_HOST.name}` as in `msd/cost/hardware.py`.",
         "",
         *table(points),
         "",

@@ -3,7 +3,7 @@
     python benchmarks/npu_tables.py            # → the "npu_tables.py" block of docs/targets.md
     python benchmarks/npu_tables.py --print    # print only
 
-Three tables, all from ``msd.compiler.cost`` with the ``npu-910b`` profile (numbers and sources in
+Three tables, all from ``msd.cost.model`` with the ``npu-910b`` profile (numbers and sources in
 docs/targets.md), bf16 activations, int8 per-channel weights and an int8 KV cache:
 
 1. decode (M=1): the vector unit's dequantization time against the cube's matmul time per linear
@@ -24,8 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from msd.compiler.cost import Matmul, decide, estimate, fmt_time
-from msd.compiler.hardware import PROFILES, profile
+from msd.cost.hardware import PROFILES, profile
+from msd.cost.model import Matmul, decide, estimate, fmt_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_block  # noqa: E402

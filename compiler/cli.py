@@ -438,7 +438,7 @@ def parser() -> argparse.ArgumentParser:
                    help="cost: a cost model of the target keeps IREE's lowering where MSD is not predicted faster")
     c.add_argument("--min-bits", type=_int_range(1), default=None,
                    help="accuracy request instead of --slices (8, 16, 24)")
-    c.add_argument("--hardware", default=None, help="hardware profile for --decide cost (see msd.targets)")
+    c.add_argument("--hardware", default=None, help="hardware profile for --decide cost (see msd.cost)")
     c.add_argument("--max-ctx", type=_int_range(3), default=None,
                    help=".gguf only: KV-cache capacity in tokens, prompt + new (default 2048); decode cost follows the"
                         " text, not this")

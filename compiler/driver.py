@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from iree.compiler import ir
 
+from msd.cost import profile_for, slices_for_bits
 from msd.passes import Report
 from msd.passes.decompose_activations import NAME as DECOMPOSE
 from msd.passes.decompose_activations import SUPPORTED_SLICES
@@ -35,9 +36,7 @@ from msd.runtime.artifact import MODULE_FILE, PARAMETERS_FILE, write_manifest
 from msd.runtime.module import Module, TensorSpec
 
 from . import worker
-from .cost import slices_for_bits
 from .frontends import normalize
-from .hardware import profile_for
 from .importer import export, import_programs, input_specs, output_specs
 from .iree_session import CompileError, IreeSession
 from .targets import BACKENDS, Target
@@ -88,7 +87,7 @@ def compile(  # noqa: A001 - the public name is msd.compile
     ``progress``: called with the name of each stage as it starts (the CLI shows it).
 
     ``decide``: "always" (default) rewrites every matmul the pass can handle; "cost" lets the cost
-    model of ``hardware`` (a profile of ``msd.targets``; default: the one for ``target``) keep IREE's
+    model of ``hardware`` (a profile of ``msd.cost``; default: the one for ``target``) keep IREE's
     own lowering for a matmul where MSD is not predicted faster (see docs/targets.md).
     ``min_bits``: the accuracy request in effective bits instead of ``slices``: the fewest slices
     that reach it (8 → 1, 16 → 2, 24 → 3).

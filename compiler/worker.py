@@ -155,8 +155,8 @@ def _portable(e: BaseException) -> BaseException:
 def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     from iree.compiler import ir, passmanager
 
-    from msd.compiler.hardware import PROFILES
     from msd.compiler.iree_session import IreeSession
+    from msd.cost.hardware import PROFILES
     from msd.passes import run_pass
 
     stage("setup")

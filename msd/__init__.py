@@ -57,8 +57,8 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    if name == "targets":  # hardware profiles and the cost model: a submodule, loaded on first use
-        return importlib.import_module("msd.targets")
+    if name == "cost":  # hardware profiles and the cost model: a submodule, loaded on first use
+        return importlib.import_module("msd.cost")
     raise AttributeError(f"module 'msd' has no attribute {name!r}")
 
 

@@ -29,8 +29,8 @@ from iree.compiler import ir, rewrite
 from iree.compiler.dialects import arith, cf, linalg
 from iree.compiler.dialects import math as math_d
 
-from msd.compiler.cost import DYNAMIC_M, Choice, Matmul, Policy, slices_for_bits
-from msd.compiler.hardware import profile_for
+from msd.cost.hardware import profile_for
+from msd.cost.model import DYNAMIC_M, Choice, Matmul, Policy, slices_for_bits
 from msd.errors import OptionError
 
 from . import _ir, _mx, _scaled
@@ -875,11 +875,11 @@ def run(module: ir.Operation, *, slices: int = 2, act_scale: str = "group", act_
         mx_lowering: str = "int8") -> Report:
     """Apply the pass to ``module`` in place; return what it decided for each float contraction.
 
-    ``target``: a hardware profile or target spec (``msd.targets``, e.g. "npu", "cuda:sm_80",
+    ``target``: a hardware profile or target spec (``msd.cost``, e.g. "npu", "cuda:sm_80",
     "cpu-host"): the cost model then decides per contraction whether to rewrite (default "": always
     rewrite).  ``min_bits``: accuracy request in effective bits; the fewest slices reaching it
     (8 -> 1, 16 -> 2, 24 -> 3) replace ``slices``.  ``dynamic_m``: rows assumed for a dynamic M
-    when costing (0: ``msd.compiler.cost.DYNAMIC_M``).
+    when costing (0: ``msd.cost.model.DYNAMIC_M``).
 
     ``act_scale``: where K is split into groups, one activation scale per row ("row") or per
     (row, group) ("group", default: smaller error for rows with outliers, same cost).

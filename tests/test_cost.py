@@ -1,4 +1,4 @@
-"""The cost model (msd.targets): hand-computed cases, decisions per shape and target, and the pass,
+"""The cost model (msd.cost): hand-computed cases, decisions per shape and target, and the pass,
 compiler and artifact honouring them."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import msd
-import msd.targets as mt
-from msd.compiler.hardware import Hardware
+import msd.cost as mt
+from msd.cost.hardware import Hardware
 
 REPO = Path(__file__).resolve().parent.parent
 

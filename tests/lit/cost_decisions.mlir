@@ -8,8 +8,8 @@
 // RUN: not msd-opt %s --msd-decompose-activations="target=tpu" 2>&1 | FileCheck %s --check-prefix=BAD
 // RUN: not msd-opt %s --msd-decompose-activations="min-bits=32 target=npu" 2>&1 | FileCheck %s --check-prefix=BITS
 
-// The pass honours the cost model's decision per matmul (compiler/cost.py, profiles in
-// compiler/hardware.py, docs/targets.md): a rewritten matmul becomes the int8 form, a kept one is
+// The pass honours the cost model's decision per matmul (msd/cost/model.py, profiles in
+// msd/cost/hardware.py, docs/targets.md): a rewritten matmul becomes the int8 form, a kept one is
 // left exactly as it was (dequantize + float matmul).  One Llama-7B q_proj layer (4096 -> 4096,
 // int8 per channel) in five calls: bf16 decode (M=1), bf16 prefill (M=2048), bf16 with a dynamic M
 // (costed as 512 rows, shown as "M=512?"), and f32 decode/prefill.

@@ -1,6 +1,6 @@
 """A closed-form cost model per contraction: IREE's dequantize-then-matmul vs MSD with p slices.
 
-For a weight-quantized contraction ``y[B,M,N] = x[B,M,K] · W[B,N,K]`` on a :class:`~msd.targets.Hardware`
+For a weight-quantized contraction ``y[B,M,N] = x[B,M,K] · W[B,N,K]`` on a :class:`~msd.cost.Hardware`
 the model adds up, per dispatch, the bytes it moves through global memory, the matrix-unit time and the
 vector-unit time, and combines them the way the machine overlaps them:
 
@@ -24,7 +24,7 @@ that reads ``p·M·N`` int32 accumulators (per K group for group-wise weights). 
 ``O(p·M·K + p·M·N)`` instead of the baseline's ``O(N·K)``.
 
 The constants below are operation counts of the generics the pass emits; the hardware rates are in
-:mod:`msd.compiler.hardware`.  Nothing here reads IR: the pass turns a matched contraction into a
+:mod:`msd.cost.hardware`.  Nothing here reads IR: the pass turns a matched contraction into a
 :class:`Matmul` and asks :func:`decide`.
 """
 

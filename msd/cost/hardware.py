@@ -1,10 +1,10 @@
-"""Hardware profiles for msd's cost model (public as ``msd.targets``).
+"""Hardware profiles for msd's cost model (public as ``msd.cost``).
 
 A :class:`Hardware` says what one machine does per second: the matrix unit's rate per element type
 (the peak, and the rate IREE 3.13's generated code can reach on it), the vector unit's rate, the
 memory bandwidth, whether IREE fuses weight dequantization into the matmul there, and whether the
 matrix and vector units are decoupled engines that exchange data through global memory (Ascend's
-AIC/AIV split).  :mod:`msd.compiler.cost` turns a profile and a matmul shape into predicted times.
+AIC/AIV split).  :mod:`msd.cost.model` turns a profile and a matmul shape into predicted times.
 
 Every number and where it comes from is listed in docs/targets.md ("Hardware profiles").  Only
 ``cpu-host`` is fitted to measurements on this machine (``benchmarks/cost_calibration.py --fit``);
