@@ -3,7 +3,7 @@
     python benchmarks/data_tiling.py      # rewrites its block of docs/benchmarks.md (~8 min on 2 cores)
 
 msd's ``llvm-cpu`` target uses IREE's global-optimization data-tiling path
-(``compiler.targets.DATA_TILING``) because the default path (``--iree-opt-data-tiling``, from dispatch
+(``compiler/pipeline/targets.py``, ``DATA_TILING``) because the default path (``--iree-opt-data-tiling``, from dispatch
 creation) miscompiles a batch matmul whose operand is normalized by its own reduction (see
 docs/pipeline.md and tests/test_targets.py).  This script measures what that choice costs: each case is
 compiled both ways in one process and timed in interleaved rounds (best of 5 rounds of 10 calls for the
@@ -33,7 +33,7 @@ from _report import write_block  # noqa: E402
 from llm import load_avg, pydoc_ids, set_threads, smollm2_path  # noqa: E402
 
 import msd  # noqa: E402
-import msd.compiler.targets as targets  # noqa: E402
+import msd.compiler.pipeline.targets as targets  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- data_tiling.py: begin -->", "<!-- data_tiling.py: end -->"
@@ -81,8 +81,8 @@ def linears(log) -> list[list[str]]:
 
 
 def decode(log) -> list[list[str]]:
-    from msd.compiler import gguf as G
-    from msd.compiler.generate import compile_generator
+    from msd.compiler.llm.generate import compile_generator
+    from msd.compiler.models import gguf as G
 
     path = smollm2_path()
     if path is None:

@@ -34,7 +34,7 @@ def prepare(out: Path) -> None:
     import torch
 
     import msd
-    from msd.compiler.quantize import QuantizedLinear
+    from msd.compiler.quant.quantize import QuantizedLinear
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

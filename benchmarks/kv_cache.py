@@ -30,20 +30,21 @@ from _machine import cpu_model  # noqa: E402
 from _report import write_block  # noqa: E402
 from llm import ACCURACY_TOPICS, load_avg, pydoc_ids, set_threads, smollm2_path  # noqa: E402
 
-from msd.compiler import gguf as G  # noqa: E402
-from msd.compiler.generate import compile_generator, eager_generator, next_token_stats  # noqa: E402
+from msd.compiler.llm.generate import compile_generator, eager_generator, next_token_stats  # noqa: E402
+from msd.compiler.models import gguf as G  # noqa: E402
+from msd.compiler.models.llama import LlamaConfig, LlamaModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- kv_cache.py: begin -->", "<!-- kv_cache.py: end -->"
 
 
-def kv_bytes(cfg: G.LlamaConfig, ctx: int, fmt: str) -> int:
+def kv_bytes(cfg: LlamaConfig, ctx: int, fmt: str) -> int:
     """Bytes of K and V that one decode token's attention reads (``ctx`` cached tokens, every layer)."""
     per_slot = cfg.head_dim * 4 if fmt == "float" else cfg.head_dim + 4  # int8 codes + one f32 scale
     return 2 * cfg.n_layers * cfg.n_kv_heads * ctx * per_slot
 
 
-def accuracy(path: Path, model: G.LlamaModel, n_tokens: int, max_ctx: int, log) -> list[list[str]]:
+def accuracy(path: Path, model: LlamaModel, n_tokens: int, max_ctx: int, log) -> list[list[str]]:
     tok = G.tokenizer_from_gguf(path)
     ids = pydoc_ids(tok, ACCURACY_TOPICS, n_tokens)
     ref = eager_generator(path, max_ctx=max_ctx, model=model).next_token_logits(ids)
@@ -71,7 +72,7 @@ def accuracy(path: Path, model: G.LlamaModel, n_tokens: int, max_ctx: int, log) 
 SPEED_TOPICS = ("execmodel", "import")  # the decode prompts: the first ctx - new_tokens tokens of this text
 
 
-def speed(path: Path, model: G.LlamaModel, ctxs: list[int], rounds: int, new_tokens: int, log) -> list[list[str]]:
+def speed(path: Path, model: LlamaModel, ctxs: list[int], rounds: int, new_tokens: int, log) -> list[list[str]]:
     """Decode tokens/s with the cache holding about ``ctx`` tokens (a prompt of ``ctx - new_tokens``
     tokens, then ``new_tokens`` greedy steps): one compile per cache format (capacity ``max(ctxs)``),
     interleaved timing rounds, median per token."""

@@ -44,8 +44,9 @@ from _machine import cpu_model  # noqa: E402
 from _report import write_block  # noqa: E402
 from llm import ACCURACY_TOPICS, load_avg, pydoc_ids, smollm2_path  # noqa: E402
 
-from msd.compiler import gguf as G  # noqa: E402
-from msd.compiler.generate import NextTokenStats, next_token_stats  # noqa: E402
+from msd.compiler.llm.generate import NextTokenStats, next_token_stats  # noqa: E402
+from msd.compiler.models import gguf as G  # noqa: E402
+from msd.compiler.models.llama import LlamaModel, quantize_per_token  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- kv_granularity.py: begin -->", "<!-- kv_granularity.py: end -->"
@@ -107,7 +108,7 @@ def quantize_k(tap: Tap, layer: int, k: torch.Tensor) -> torch.Tensor:
     if tap.k_scheme == "token":
         kq = per_token(k, qmax)
         if tap.bits == 8:  # the built scheme, exactly
-            codes, scale = G.quantize_per_token(k)
+            codes, scale = quantize_per_token(k)
             assert torch.equal(kq, codes.to(torch.float32) * scale.unsqueeze(-1)), "per-token != quantize_per_token"
         return kq
     if tap.k_scheme == "channel-calib":
@@ -133,7 +134,7 @@ def score_rel_error(q: torch.Tensor, k: torch.Tensor, kq: torch.Tensor, group: i
     return (diff.sqrt() / norm.sqrt()).tolist()
 
 
-def install(model: G.LlamaModel, tap: Tap) -> None:
+def install(model: LlamaModel, tap: Tap) -> None:
     """Wrap every layer's bound ``Attention._qkv`` so that it applies ``tap``'s K/V fake quantization."""
     for i, blk in enumerate(model.blocks):
         attn = blk.attn

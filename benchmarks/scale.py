@@ -11,7 +11,7 @@ point of the compile.  Each block is RMSNorm → q/k/v → a per-head sigmoid ga
 in for softmax attention, see below) → o → residual → RMSNorm → SwiGLU MLP → residual.  Embedding,
 rotary embedding, KV cache and lm_head are left out: the bar is about the 7·L big matmuls.
 
-The compile runs the same sequence as ``msd.compiler.driver.compile`` (export, normalize, IREE session,
+The compile runs the same sequence as ``msd.compiler.pipeline.driver.compile`` (export, normalize, IREE session,
 import, IREE start→input, msd pass + canonicalize/cse, IREE input→end, VM bytecode, parameter archive),
 one stage at a time, so that each stage's wall time and peak RSS can be measured on its own.
 
@@ -52,12 +52,12 @@ import torch.nn.functional as F
 from iree.compiler import ir, passmanager
 from torch import nn
 
-from msd.compiler.driver import COMMON_FLAGS, MODULE_FILE, PARAMETERS_FILE, POST_MSD_PIPELINE
-from msd.compiler.frontends import normalize
-from msd.compiler.importer import export, import_program, input_specs
-from msd.compiler.iree_session import IreeSession
-from msd.compiler.quantize import GroupQuantizedLinear
-from msd.compiler.targets import resolve as resolve_target
+from msd.compiler.frontends.thirdparty import normalize
+from msd.compiler.pipeline.driver import COMMON_FLAGS, MODULE_FILE, PARAMETERS_FILE, POST_MSD_PIPELINE
+from msd.compiler.pipeline.importer import export, import_program, input_specs
+from msd.compiler.pipeline.iree_session import IreeSession
+from msd.compiler.pipeline.targets import resolve as resolve_target
+from msd.compiler.quant.quantize import GroupQuantizedLinear
 from msd.passes import Report, run_pass
 from msd.passes.decompose_activations import NAME as DECOMPOSE
 from msd.runtime.module import Module, TensorSpec
@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     archive_bytes = vmfb_bytes = 0
     try:
         # --- the compile, stage by stage, in driver.compile's order ---------------------------------
-        with meter.stage("torch.export (msd.compiler.importer.export)"):
+        with meter.stage("torch.export (msd.compiler.pipeline.importer.export)"):
             program = export(model, (x,))
         with meter.stage("frontends.normalize"):
             program = normalize(program)
@@ -680,7 +680,7 @@ def render(args, meter: Meter, ir_checks: list[IrCheck], report: Report, run: Ru
         "",
         "## Stages",
         "",
-        f"The compile runs `msd.compiler.driver.compile`'s sequence one step at a time (target `llvm-cpu`, "
+        f"The compile runs `msd.compiler.pipeline.driver.compile`'s sequence one step at a time (target `llvm-cpu`, "
         f"host CPU, data tiling; `slices={args.slices}`). RSS in GB (10^9 bytes); {peak_note}. "
         "\"Running peak\" is the process-lifetime peak after the stage; \"+peak\" how much the stage raised it. "
         "Rows marked *check* are not part of the compile; the one-call check runs in its own process (below).",

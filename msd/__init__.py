@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "compile": "msd.compiler.driver",
-    "compile_functions": "msd.compiler.driver",
-    "CompiledModule": "msd.compiler.driver",
-    "STAGES": "msd.compiler.driver",
-    "TARGETS": "msd.compiler.driver",
+    "compile": "msd.compiler.pipeline.driver",
+    "compile_functions": "msd.compiler.pipeline.driver",
+    "CompiledModule": "msd.compiler.pipeline.driver",
+    "STAGES": "msd.compiler.pipeline.driver",
+    "TARGETS": "msd.compiler.pipeline.driver",
     "MsdError": "msd.errors",
     "OptionError": "msd.errors",
     "TargetError": "msd.errors",
@@ -29,17 +29,17 @@ _EXPORTS = {
     "GGUFError": "msd.errors",
     "InputError": "msd.errors",
     "UnsupportedGGUFError": "msd.errors",
-    "quantize": "msd.compiler.quantize",
-    "QuantizedLinear": "msd.compiler.quantize",
+    "quantize": "msd.compiler.quant.quantize",
+    "QuantizedLinear": "msd.compiler.quant.quantize",
     "Report": "msd.passes.report",
     "ArtifactError": "msd.errors",
-    "generate": "msd.compiler.generate",
+    "generate": "msd.compiler.llm.generate",
 }
 
 if TYPE_CHECKING:
-    from msd.compiler.driver import STAGES, TARGETS, CompiledModule, compile, compile_functions  # noqa: F401
-    from msd.compiler.generate import generate  # noqa: F401
-    from msd.compiler.quantize import QuantizedLinear, quantize  # noqa: F401
+    from msd.compiler.llm.generate import generate  # noqa: F401
+    from msd.compiler.pipeline.driver import STAGES, TARGETS, CompiledModule, compile, compile_functions  # noqa: F401
+    from msd.compiler.quant.quantize import QuantizedLinear, quantize  # noqa: F401
     from msd.errors import (  # noqa: F401
         ArtifactError,
         CompileError,

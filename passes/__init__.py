@@ -1,8 +1,9 @@
 """msd's MLIR passes, written on the Python bindings that ship with iree-base-compiler.
 
-One pass per module, named like its flag: ``decompose_activations`` ↔
-``--msd-decompose-activations``.  :data:`PASSES` is the registry ``msd-opt`` and the compiler
-driver read.
+One pass per package, named like its flag: ``decompose_activations`` ↔
+``--msd-decompose-activations``; its options are one frozen dataclass (:mod:`.pass_options`).
+:data:`PASSES` is the registry ``msd-opt`` and the compiler driver read; option names, types and
+defaults come from that dataclass.  Analyses more than one pass may ask live in :mod:`.analysis`.
 """
 
 from __future__ import annotations
@@ -12,63 +13,63 @@ from dataclasses import dataclass
 
 from iree.compiler import ir
 
-from msd.errors import OptionError
-
 from . import decompose_activations
+from .pass_options import OptionSpec, PassOptionError, PassOptions
 from .report import Decision, Report
 
 
 @dataclass(frozen=True)
 class PassInfo:
-    """A registered pass: its flag, options (name → type, default) and entry point."""
+    """A registered pass: its flag, a one-line summary, its options type and its entry point."""
 
     name: str
     summary: str
-    options: dict[str, tuple[type, object]]
-    run: Callable[..., Report]
+    options_type: type[PassOptions]
+    run: Callable[[ir.Operation, PassOptions], Report]
+
+    @property
+    def specs(self) -> list[OptionSpec]:
+        return self.options_type.specs()
+
+    @property
+    def options(self) -> dict[str, tuple[type, object]]:
+        """Command-line option name → (type, default)."""
+        return {s.cli: (s.type, s.default) for s in self.specs}
 
 
 PASSES: dict[str, PassInfo] = {
-    decompose_activations.NAME: PassInfo(
-        decompose_activations.NAME,
-        "rewrite dequantize-then-matmul into decomposed-activation int8 matmuls",
-        {"slices": (int, 2), "act-scale": (str, "group"), "act-format": (str, "int8"), "mx-scale": (str, "ocp"),
-         "mx-lowering": (str, "int8"),
-         "target": (str, ""), "min-bits": (int, 0), "dynamic-m": (int, 0)},
-        decompose_activations.run,
-    ),
+    info.name: info for info in [
+        PassInfo(decompose_activations.NAME, decompose_activations.SUMMARY, decompose_activations.DecomposeOptions,
+                 decompose_activations.run),
+    ]
 }
 
 
-class PassOptionError(OptionError):
-    """A pass name or option that does not exist or does not parse."""
+def _pass(name: str) -> PassInfo:
+    if name not in PASSES:
+        raise PassOptionError(f"unknown pass '--{name}' (known: {', '.join(PASSES)})")
+    return PASSES[name]
 
 
 def parse_options(name: str, text: str) -> dict[str, object]:
-    """Parse ``"a=1 b=2"`` for pass ``name`` into typed options (defaults filled in)."""
-    info = PASSES[name]
-    values = {k: default for k, (_, default) in info.options.items()}
-    for item in text.replace(",", " ").split():
-        key, sep, raw = item.partition("=")
-        if not sep or key not in info.options:
-            known = ", ".join(info.options) or "none"
-            raise PassOptionError(f"--{name}: unknown option '{item}' (options: {known})")
-        typ = info.options[key][0]
-        try:
-            values[key] = typ(raw)
-        except ValueError:
-            raise PassOptionError(f"--{name}: option {key}={raw!r} is not a {typ.__name__}") from None
-    return {k.replace("-", "_"): v for k, v in values.items()}
+    """Parse ``"a=1 b=2"`` for pass ``name`` into typed keyword options (defaults filled in); the
+    values are checked when the pass runs (:func:`run_pass`)."""
+    return _pass(name).options_type.parse_text(text)
 
 
 def run_pass(module: ir.Operation, name: str, **options: object) -> Report:
-    """Run one registered pass on ``module`` (an ``ir.Operation``, usually ``builtin.module``)."""
-    if name not in PASSES:
-        raise PassOptionError(f"unknown pass '--{name}' (known: {', '.join(PASSES)})")
+    """Run one registered pass on ``module`` (an ``ir.Operation``, usually ``builtin.module``) with its
+    options as keyword arguments (Python spelling: ``act_scale="row"``)."""
+    info = _pass(name)
+    known = [s.name for s in info.specs]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise PassOptionError(f"--{name}: unknown option(s) {', '.join(unknown)} (options: {', '.join(known)})")
     try:
-        return PASSES[name].run(module, **options)
+        opts = info.options_type(**options)
     except ValueError as e:
         raise PassOptionError(str(e)) from None
+    return info.run(module, opts)
 
 
-__all__ = ["PASSES", "Decision", "PassInfo", "PassOptionError", "Report", "parse_options", "run_pass"]
+__all__ = ["PASSES", "Decision", "PassInfo", "PassOptionError", "PassOptions", "Report", "parse_options", "run_pass"]

@@ -26,7 +26,7 @@ def _sole_elementwise_user(op: ir.Operation) -> ir.Operation | None:
     user = user.operation if isinstance(user, ir.OpView) else user
     if user.name != "linalg.generic" or len(user.results) != 1 or user.block != op.block:
         return None
-    if any("parallel" not in str(t) for t in ir.ArrayAttr(user.attributes["iterator_types"])):
+    if not _ir.is_elementwise(user):
         return None
     n_in = len(user.operands) - 1
     positions = [i for i, v in enumerate(user.operands) if v == op.results[0]]

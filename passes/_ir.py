@@ -15,6 +15,9 @@ from iree.compiler.dialects import arith, linalg, tensor
 
 Size = int | ir.Value  # a static extent or an ``index`` value
 
+PARALLEL, REDUCTION = "parallel", "reduction"  # linalg iterator types, as the builders below take them
+_ITERATOR = re.compile(r"#linalg\.iterator_type<(\w+)>")
+
 
 # ----------------------------------------------------------------------------- affine maps
 def maps_of(op: ir.Operation) -> list[ir.AffineMap]:
@@ -71,6 +74,16 @@ def used_dims(amap: ir.AffineMap) -> set[int]:
     for e in amap.results:
         walk(e)
     return used
+
+
+def iterator_types(op: ir.Operation) -> list[str]:
+    """The ``iterator_types`` of a linalg op: ``PARALLEL`` or ``REDUCTION`` per loop dim."""
+    return [_ITERATOR.fullmatch(str(a)).group(1) for a in ir.ArrayAttr(op.attributes["iterator_types"])]
+
+
+def is_elementwise(op: ir.Operation) -> bool:
+    """A linalg op all of whose loops are parallel (no reduction)."""
+    return all(t == PARALLEL for t in iterator_types(op))
 
 
 # ----------------------------------------------------------------------------- types, values
@@ -190,7 +203,11 @@ def collapse(v: ir.Value, groups: Sequence[Sequence[int]]) -> ir.Value:
     """``tensor.collapse_shape`` (nothing when every group is a single dim)."""
     if all(len(g) == 1 for g in groups):
         return v
-    t = tensor_type(v)
+    return tensor.CollapseShapeOp(collapsed_type(tensor_type(v), groups), v, _reassoc(groups)).result
+
+
+def collapsed_type(t: ir.RankedTensorType, groups: Sequence[Sequence[int]]) -> ir.RankedTensorType:
+    """The type of ``t`` with each group of dims collapsed into one."""
     shape = []
     for g in groups:
         sizes = [t.get_dim_size(i) for i in g]
@@ -199,8 +216,19 @@ def collapse(v: ir.Value, groups: Sequence[Sequence[int]]) -> ir.Value:
         for s in sizes:
             n *= s
         shape.append(ir.ShapedType.get_dynamic_size() if dyn else n)
-    rtype = ir.RankedTensorType.get(shape, t.element_type)
-    return tensor.CollapseShapeOp(rtype, v, _reassoc(groups)).result
+    return ir.RankedTensorType.get(shape, t.element_type)
+
+
+def unit_dim_groups(rank: int, unit: Sequence[int]) -> list[list[int]]:
+    """Reassociation groups that fold each dim in ``unit`` (size-1 dims) into the next other dim, or
+    the last one."""
+    groups: list[list[int]] = [[i] for i in range(rank) if i not in unit]
+    for u in unit:
+        nxt = next((g for g in groups if g[0] > u), groups[-1])
+        nxt.append(u)
+        nxt.sort()
+    groups.sort()
+    return groups
 
 
 def expand(v: ir.Value, groups: Sequence[Sequence[int]], sizes: Sequence[Size]) -> ir.Value:

@@ -6,8 +6,9 @@ units stores ``2·value`` (an integer in [−12, 12]) as int8, so the block prod
 doubled codes is an exact int8 dot product and the epilogue scales it by ``2**(e − 1)``.
 
 Everything here is exact: the exponent comes from the float's bits (no ``log2``), powers of two are
-built from bits, rounding is ties-to-even on the E2M1 grid (``compiler/mx.py`` is the numpy
-reference these formulas reproduce).
+built from bits, rounding is ties-to-even on the E2M1 grid (``compiler/quant/mx.py`` is the numpy
+reference these formulas reproduce).  The formats' constants and msd's MX options (block size, E8M0
+range, element maxima, scale rules, activation formats, lowerings) are :mod:`msd.mx_format`'s.
 """
 
 from __future__ import annotations
@@ -16,18 +17,9 @@ from iree.compiler import ir
 from iree.compiler.dialects import arith
 from iree.compiler.dialects import math as math_d
 
-from . import _ir
+from msd.mx_format import ACT_FORMATS, E2M1_MAX, E4M3_MAX, E8M0_MAX, E8M0_MIN, ELEMENT, LOWERINGS, MX_BLOCK, SCALE_RULES
 
-E2M1_EMAX = 2  # OCP rule: e = floor(log2(amax)) − emax
-E2M1_MAX = 6.0
-E4M3_EMAX = 8
-E4M3_MAX = 448.0
-ELEMENT = {"mxfp4": (E2M1_EMAX, E2M1_MAX), "mxfp8": (E4M3_EMAX, E4M3_MAX)}
-E8M0_MIN, E8M0_MAX = -127, 127
-ACT_FORMATS = ("int8", "mxfp4", "mxfp8")
-SCALE_RULES = ("ocp", "noclip")
-LOWERINGS = ("int8", "scaled")  # exact emulation on int8 units / block-scaled FP4 (gfx950)
-MX_BLOCK = 32
+from . import _ir
 
 
 def _i32() -> ir.Type:

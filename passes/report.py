@@ -5,6 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+class NotHandled(Exception):
+    """A candidate the pass leaves alone; the message is the reason the report gives.
+
+    Raised by analyses and planning, never after IR was created.  ``fields`` are extra
+    :class:`Decision` fields (the cost model's numbers when it is what declined).
+    ``found_integer`` is set when the operand did come from an integer tensor (so the reason is
+    about an unsupported dequantization rather than a plain float operand).
+    """
+
+    found_integer = False
+
+    def __init__(self, reason: str, **fields: object) -> None:
+        super().__init__(reason)
+        self.fields = fields
+
+
 @dataclass(frozen=True)
 class Decision:
     """One candidate op and what the pass did with it."""
@@ -57,3 +73,6 @@ class Report:
 
     def __str__(self) -> str:
         return self.format()
+
+
+__all__ = ["Decision", "NotHandled", "Report"]

@@ -37,7 +37,7 @@ from .manifest import (
 from .module import Module, TensorSpec
 
 __all__ = ["DEVICES", "DEVICES_FOR", "FORMAT", "FORMAT_VERSION", "MANIFEST_FILE", "MODULE_FILE", "PARAMETERS_FILE",
-           "Artifact", "Function", "load", "write_manifest"]
+           "Artifact", "Function", "load", "to_numpy", "to_torch", "write_manifest"]
 
 
 def _version(dist: str) -> str:
@@ -86,12 +86,12 @@ class Function:
 
     def __call__(self, *args: Any) -> Any:
         torch_in = any(type(a).__module__.startswith("torch") for a in args)
-        result = self._module(*[_to_numpy(a) for a in args])
+        result = self._module(*[to_numpy(a) for a in args])
         if not torch_in:
             return result
         if isinstance(result, tuple):
-            return tuple(_to_torch(r) for r in result)
-        return _to_torch(result)
+            return tuple(to_torch(r) for r in result)
+        return to_torch(result)
 
     def __repr__(self) -> str:
         return f"<msd function {self.signature}>"
@@ -165,7 +165,9 @@ def load(path: str | os.PathLike, device: str | None = None, *, verify: bool = T
     return Artifact(folder, manifest, functions, device)
 
 
-def _to_numpy(a: Any) -> np.ndarray:
+def to_numpy(a: Any) -> np.ndarray:
+    """A torch tensor (detached, on the CPU; bf16 through an int16 view, as numpy has no bf16 of its own) or
+    anything array-like → numpy.  torch is not imported here unless a tensor is passed."""
     if type(a).__module__.startswith("torch"):
         t = a.detach().cpu().contiguous()
         if str(t.dtype) == "torch.bfloat16":
@@ -176,7 +178,9 @@ def _to_numpy(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-def _to_torch(a: np.ndarray) -> Any:
+def to_torch(a: np.ndarray) -> Any:
+    """numpy → a torch tensor sharing its memory when contiguous (``ml_dtypes.bfloat16`` → ``torch.bfloat16``);
+    imports torch."""
     import torch
 
     if a.dtype == ml_dtypes.bfloat16:

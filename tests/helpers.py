@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from msd.compiler.quantize import GroupQuantizedLinear, QuantizedLinear
+from msd.compiler.quant.quantize import GroupQuantizedLinear, QuantizedLinear
 
 GELU_LIPSCHITZ = 1.13  # max |d gelu(x)/dx| ≈ 1.1289
 F32_EPS = 2.0**-24

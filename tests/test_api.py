@@ -14,7 +14,7 @@ from torch import nn
 
 import msd
 from helpers import mlp
-from msd.compiler.quantize import QuantizedLinear
+from msd.compiler.quant.quantize import QuantizedLinear
 
 
 @pytest.fixture(scope="module")

@@ -120,7 +120,7 @@ def test_gpu_artifact_names_its_device(tmp_path: Path) -> None:
     folder = msd.compile(model, (torch.randn(2, 64),), target="cuda", slices=2).save(tmp_path / "cuda")
     with pytest.raises(ArtifactError, match="compiled for cuda, which runs on cuda, not on 'local-task'"):
         msd.runtime.load(folder, device="local-task")
-    from msd.compiler.driver import device_present
+    from msd.compiler.pipeline.driver import device_present
 
     if not device_present("cuda"):
         with pytest.raises(ArtifactError, match="cannot open IREE driver 'cuda'"):

@@ -124,7 +124,7 @@ def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path, kv_cach
     if kv_cache == "int8":  # both attention contractions of both layers, in prefill and decode, are int8
         decisions = [d for d in manifest["decisions"] if "per-K scale folded" in d.get("reason", "")]
         assert len(decisions) == 2 * 2, manifest["decisions"]
-    no_torch = ("import sys; sys.modules['torch'] = None; from msd.compiler.cli import main; "
+    no_torch = ("import sys; sys.modules['torch'] = None; from msd.compiler.tools.cli import main; "
                 "sys.exit(main(sys.argv[1:]))")
     run = subprocess.run([sys.executable, "-c", no_torch, "generate", "llm", "hello", "--max-new-tokens", "6",
                           "--no-chat", "--json"], cwd=tmp_path, capture_output=True, text=True)

@@ -174,7 +174,7 @@ def test_profiles_for_targets() -> None:
 
 # ------------------------------------------------------------------------------ the NPU target
 def test_npu_target_needs_a_registered_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    from msd.compiler import targets
+    from msd.compiler.pipeline import targets
 
     registered = targets.registered_backends()
     assert "llvm-cpu" in registered  # the list really comes from the installed compiler
@@ -201,7 +201,7 @@ def test_pass_records_the_cost_fields() -> None:
     from msd.passes import run_pass
     from msd.passes.decompose_activations import NAME
 
-    text = (REPO / "tests" / "lit" / "cost_decisions.mlir").read_text()
+    text = (REPO / "tests" / "lit" / "decompose_activations" / "cost_decisions.mlir").read_text()
     with ir.Context(), ir.Location.unknown():
         module = ir.Module.parse(text)
         report = run_pass(module.operation, NAME, slices=2, target="npu")

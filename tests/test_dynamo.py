@@ -1,4 +1,4 @@
-"""``torch.compile(model, backend="msd")`` (``msd.compiler.dynamo``): numerics, the MSD rewrite,
+"""``torch.compile(model, backend="msd")`` (``msd.compiler.frontends.dynamo``): numerics, the MSD rewrite,
 compile caching per shape, weights as IREE parameters, and the inference-only rule."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import msd
-import msd.compiler.dynamo as dynamo
-from msd.compiler.dynamo import MsdBackendError, stats
+import msd.compiler.frontends.dynamo as dynamo
+from msd.compiler.frontends.dynamo import MsdBackendError, stats
 
 
 def qmlp() -> nn.Module:

@@ -12,7 +12,7 @@ from torch import nn
 
 import msd
 from helpers import error_bound, mlp, reference64
-from msd.compiler.quantize import GroupQuantizedLinear, QuantizedLinear
+from msd.compiler.quant.quantize import GroupQuantizedLinear, QuantizedLinear
 from msd.passes.decompose_activations import MAX_K_PER_ACCUMULATOR
 
 FORMATS = {
@@ -62,7 +62,7 @@ def test_int4_is_packed_and_never_dequantized_in_the_module() -> None:
 
 
 def test_both_nibble_orders_round_trip() -> None:
-    from msd.compiler.quantize import pack_int4, unpack_int4
+    from msd.compiler.quant.quantize import pack_int4, unpack_int4
 
     q = torch.randint(0, 16, (4, 64), dtype=torch.uint8)
     for packing in ("pairs", "halves"):
@@ -221,10 +221,10 @@ def test_int4_unpack_runs_once_at_load_not_per_call() -> None:
     live in initializers (run once when the module loads), never in the per-call function."""
     from iree.compiler import ir
 
-    from msd.compiler.driver import COMMON_FLAGS
-    from msd.compiler.importer import export, import_program
-    from msd.compiler.iree_session import IreeSession
-    from msd.compiler.targets import resolve
+    from msd.compiler.pipeline.driver import COMMON_FLAGS
+    from msd.compiler.pipeline.importer import export, import_program
+    from msd.compiler.pipeline.iree_session import IreeSession
+    from msd.compiler.pipeline.targets import resolve
     from msd.passes import run_pass
 
     model = msd.quantize(nn.Sequential(nn.Linear(512, 256)), weights="int4", group_size=128)

@@ -1,4 +1,4 @@
-"""Front ends (``msd.compiler.frontends``): torchao and PT2E quantized graphs → plain torch → IREE.
+"""Front ends (``msd.compiler.frontends.thirdparty``): torchao and PT2E quantized graphs → plain torch → IREE.
 
 For each front end: the normalized program is pure ATen, keeps the integer weight as a program
 input (never a float weight), equals the eager quantized model, and IREE's own lowering of it
@@ -17,7 +17,7 @@ from torch.export.graph_signature import InputKind
 
 import msd
 from helpers import mlp
-from msd.compiler.frontends import NormalizeError, as_module, decomposition_table, normalize
+from msd.compiler.frontends.thirdparty import NormalizeError, as_module, decomposition_table, normalize
 
 qd = torch.ops.quantized_decomposed
 

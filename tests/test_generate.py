@@ -13,8 +13,9 @@ pytest.importorskip("tokenizers", reason="the GGUF tokenizer needs the 'tokenize
 
 from test_gguf import _smollm2_path, write_tiny_gguf  # noqa: E402
 
-from msd.compiler import gguf as G  # noqa: E402
-from msd.compiler.generate import compile_generator, eager_generator, next_token_stats  # noqa: E402
+from msd.compiler.llm.generate import compile_generator, eager_generator, next_token_stats  # noqa: E402
+from msd.compiler.models import gguf as G  # noqa: E402
+from msd.compiler.models.llama import LlamaModel  # noqa: E402
 
 MAX_CTX = 256
 NEW_TOKENS = 32
@@ -36,7 +37,7 @@ MAX_MEAN_KL_SLICES_2 = 1e-6
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> G.LlamaModel:
+def tiny_model(tmp_path_factory) -> LlamaModel:
     return G.load_gguf(write_tiny_gguf(tmp_path_factory.mktemp("gen") / "tiny.gguf", seed=3))
 
 
@@ -238,7 +239,7 @@ def test_msd_generate_streams_the_same_text_as_the_eager_generator(tmp_path) -> 
     eager = eager_generator(path, 32)
     ids = eager.generate_ids(eager.encode("hello", chat=False), 6)
     assert text == eager.tokenizer.decode(ids, skip_special_tokens=True)
-    from msd.compiler.generate import _cached_generator
+    from msd.compiler.llm.generate import _cached_generator
 
     hits = _cached_generator.cache_info().hits
     assert msd.generate(path, "hello", max_new_tokens=6, max_ctx=32, chat=False) == text
@@ -250,7 +251,7 @@ def test_msd_generate_streams_the_same_text_as_the_eager_generator(tmp_path) -> 
 def test_eager_teacher_forcing_matches_the_stateless_forward(tiny_model) -> None:
     """``next_token_logits`` through the cache in chunks (``score``) and one token at a time (no
     ``score``: ``decode``) both equal the stateless forward's logits."""
-    from msd.compiler.generate import Generator, eager_steps
+    from msd.compiler.llm.generate import Generator, eager_steps
 
     m = tiny_model
     ids = [5, 200, 17, 262, 42, 99, 3, 150, 7, 11]

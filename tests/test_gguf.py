@@ -13,7 +13,7 @@ import torch
 gguf = pytest.importorskip("gguf", reason="the GGUF front end needs the 'gguf' package")
 pytest.importorskip("tokenizers", reason="the GGUF tokenizer needs the 'tokenizers' package")
 
-from msd.compiler import gguf as G  # noqa: E402
+from msd.compiler.models import gguf as G  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 64, 4, 2, 96, 2

@@ -85,7 +85,7 @@ def test_gguf_int8_kv_cache_tracks_the_float_cache(tmp_path) -> None:
     pytest.importorskip("gguf", reason="the GGUF front end needs the 'gguf' package")
     from test_gguf import write_tiny_gguf
 
-    from msd.compiler import gguf as G_
+    from msd.compiler.models import gguf as G_
 
     model = G_.load_gguf(write_tiny_gguf(tmp_path / "tiny.gguf", seed=5))
     tokens = torch.tensor([[5, 200, 17, 262, 42, 99]])
@@ -144,7 +144,7 @@ def test_int8_kv_generator_compiles_and_follows_eager(tmp_path, slices: int) -> 
     pytest.importorskip("gguf", reason="the GGUF front end needs the 'gguf' package")
     from test_gguf import write_tiny_gguf
 
-    from msd.compiler.generate import compile_generator, eager_generator
+    from msd.compiler.llm.generate import compile_generator, eager_generator
 
     path = write_tiny_gguf(tmp_path / "tiny.gguf", seed=5)
     gen = compile_generator(path, slices=slices, max_ctx=32, score=True, kv_cache="int8")

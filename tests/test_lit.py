@@ -1,10 +1,13 @@
-"""Runs the lit + FileCheck tests under tests/lit once, and reports each file as a pytest test."""
+"""Runs the lit + FileCheck tests under tests/lit once, and reports each file as a pytest test.
+
+The tests mirror the code: ``tests/lit/decompose_activations/`` for ``--msd-decompose-activations``
+(its fixtures beside them), ``tests/lit/msd_opt/`` for the driver's command line."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -15,20 +18,17 @@ LIT_TESTS = sorted(p.relative_to(LIT_DIR).as_posix() for p in LIT_DIR.rglob("*.m
 
 @pytest.fixture(scope="session")
 def lit_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[bool, str]]:
-    xml = tmp_path_factory.mktemp("lit") / "results.xml"
+    out = tmp_path_factory.mktemp("lit") / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-c", "import lit.main; lit.main.main()", "-q", "-j", "2",
-         f"--xunit-xml-output={xml}", str(LIT_DIR)],
+        [sys.executable, "-c", "import lit.main; lit.main.main()", "-q", "-j", "2", f"--output={out}", str(LIT_DIR)],
         capture_output=True, text=True,
     )
-    if not xml.exists():
+    if not out.exists():
         pytest.fail(f"lit did not run:\n{proc.stdout}\n{proc.stderr}")
     results = {}
-    for case in ET.parse(xml).getroot().iter("testcase"):
-        name = case.get("name")
-        failure = case.find("failure")
-        results[name] = (failure is None and case.find("skipped") is None,
-                         failure.text if failure is not None else "")
+    for test in json.loads(out.read_text())["tests"]:
+        name = test["name"].split(" :: ", 1)[1]  # "msd :: decompose_activations/slices.mlir"
+        results[name] = (test["code"] in ("PASS", "XFAIL"), test["output"])
     return results
 
 
@@ -41,3 +41,4 @@ def test_lit(test: str, lit_results: dict[str, tuple[bool, str]]) -> None:
 
 def test_lit_found_tests() -> None:
     assert len(LIT_TESTS) >= 10, "the lit suite has gone missing"
+    assert any(t.startswith("decompose_activations/") for t in LIT_TESTS)

@@ -29,9 +29,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msd.compiler import mx
+from msd.compiler.quant import mx
+from msd.mx_format import E2M1_MAGNITUDES
 
-GRID = mx.E2M1_MAGNITUDES
+GRID = np.array(E2M1_MAGNITUDES)
 # Worst-case block error after p slices, in units of 2**e1 (see module docstring); ocp bounds are strict.
 BOUND = {"noclip": {1: 1.0, 2: 1 / 8, 3: 1 / 64}, "ocp": {1: 2.0, 2: 1 / 2, 3: 1 / 8}}
 
@@ -174,7 +175,7 @@ def test_nan_and_inf_blocks_decode_to_nan(bad: float) -> None:
     assert np.isnan(y[1]).all() and np.isfinite(y[0]).all()
 
 
-@pytest.mark.parametrize("rule", mx.RULES)
+@pytest.mark.parametrize("rule", mx.SCALE_RULES)
 def test_subnormal_range_inputs(rule: str) -> None:
     rng = np.random.default_rng(3)
     x = (rng.uniform(-1, 1, (4, 64)) * 1e-40).astype(np.float32)  # float32 subnormals
@@ -209,7 +210,7 @@ def _data(vals: list[float], shift: int) -> np.ndarray:
 
 
 @settings(max_examples=200, deadline=None)
-@given(_blocks, st.sampled_from(mx.RULES))
+@given(_blocks, st.sampled_from(mx.SCALE_RULES))
 def test_one_slice_error_per_element(data: tuple[list[float], int], rule: str) -> None:
     """Per element: |x - q(x)| <= halfstep(t)·2**e for t = |x|/2**e <= 6 (0.25 / 0.5 / 1 by binade);
     with the OCP rule elements with t > 6 clip, and their error is exactly (t - 6)·2**e < 2·2**e."""
@@ -228,7 +229,7 @@ def test_one_slice_error_per_element(data: tuple[list[float], int], rule: str) -
 
 
 @settings(max_examples=200, deadline=None)
-@given(_blocks, st.sampled_from(mx.RULES), st.sampled_from([2, 3]))
+@given(_blocks, st.sampled_from(mx.SCALE_RULES), st.sampled_from([2, 3]))
 def test_multi_slice_error_bound(data: tuple[list[float], int], rule: str, slices: int) -> None:
     """Block error after p slices, in units of 2**e1: noclip <= 1/8 (p=2), <= 1/64 (p=3);
     ocp < 1/2 (p=2), < 1/8 (p=3) — derivation in the module docstring.
@@ -261,7 +262,7 @@ def test_two_slice_bounds_are_attained() -> None:
     assert parts[0][1][0] == 0 and np.isclose(np.abs(mx.reconstruct(parts) - x).max(), 0.4)
 
 
-@pytest.mark.parametrize("rule", mx.RULES)
+@pytest.mark.parametrize("rule", mx.SCALE_RULES)
 def test_mxfp8_error_bound(rule: str) -> None:
     """E4M3 top binade [256, 448] has step 32: error <= 16·2**e in range; ocp clips (448, 512) -> < 64·2**e."""
     rng = np.random.default_rng(4)

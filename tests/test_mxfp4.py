@@ -1,6 +1,6 @@
 """MXFP4 weights end to end: ``msd.quantize(weights="mxfp4")`` and the pass's MXFP4 activation slices
 (``act_format="mxfp4"``, exact emulation with int8 products) compiled for llvm-cpu, against the numpy
-MX reference (``msd.compiler.mx``) and float64."""
+MX reference (``msd.compiler.quant.mx``) and float64."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from test_mx import BOUND
 from torch import nn
 
 import msd
-from msd.compiler import mx
-from msd.compiler.quantize import MXFP4Linear
+from msd.compiler.quant import mx
+from msd.compiler.quant.quantize import MXFP4Linear
 
 K, N, M = 128, 48, 4
 
@@ -35,7 +35,7 @@ def _emulation(x: np.ndarray, w64: np.ndarray, slices: int, rule: str) -> np.nda
     return mx.reconstruct(mx.decompose_mxfp4(x.astype(np.float64), slices, rule)) @ w64.T
 
 
-@pytest.mark.parametrize("rule", mx.RULES)
+@pytest.mark.parametrize("rule", mx.SCALE_RULES)
 def test_quantize_mxfp4_stores_the_ocp_layout(rule: str) -> None:
     lin = nn.Linear(K, N)
     q = msd.quantize(nn.Sequential(lin), weights="mxfp4", scale_rule=rule)[0]
@@ -60,7 +60,7 @@ def test_quantize_mxfp4_refuses_what_it_cannot_encode() -> None:
         msd.quantize(nn.Linear(64, 8), weights="mxfp4", scale_rule="even")
 
 
-@pytest.mark.parametrize("rule", mx.RULES)
+@pytest.mark.parametrize("rule", mx.SCALE_RULES)
 @pytest.mark.parametrize("slices", [1, 2, 3])
 def test_mxfp4_slices_compute_exactly_the_mx_emulation(rule: str, slices: int) -> None:
     """The compiled MXFP4-slice GEMM equals the float64 GEMM of the decomposed activation (integer
@@ -108,7 +108,7 @@ def test_block_scaled_form_only_for_provable_fp4_weights() -> None:
     assert "int8 emulation" in d.reason
 
 
-@pytest.mark.parametrize("rule", mx.RULES)
+@pytest.mark.parametrize("rule", mx.SCALE_RULES)
 def test_one_mxfp8_slice_is_the_mxfp8_quantizer(rule: str) -> None:
     """The comparison point: ``act_format="mxfp8"`` quantizes each 32-block to E4M3 with an E8M0
     scale (``mx.quantize_mxfp8``) and multiplies it with the MXFP4 weight as E4M3 in the block-scaled

@@ -336,7 +336,7 @@ def test_f64_models_run_in_f64() -> None:
 def llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from test_gguf import write_tiny_gguf
 
-    from msd.compiler.generate import compile_generator
+    from msd.compiler.llm.generate import compile_generator
 
     root = tmp_path_factory.mktemp("llm")
     path = write_tiny_gguf(root / "tiny.gguf")

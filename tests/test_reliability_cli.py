@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import msd
-from msd.compiler import targets as T
-from msd.compiler.cli import main
+from msd.compiler.pipeline import targets as T
+from msd.compiler.tools.cli import main
 from msd.errors import TargetError
 
 MSD = str(Path(sys.executable).with_name("msd"))
@@ -143,7 +143,7 @@ def test_compile_command_refuses_a_bad_target_first(capsys, in_work: Path) -> No
 def test_interrupted_wait_returns_at_once_and_the_call_finishes_in_the_background() -> None:
     import _thread
 
-    from msd.compiler import iree_session
+    from msd.compiler.pipeline import iree_session
 
     finished = threading.Event()
 
@@ -298,12 +298,12 @@ def test_run_bench_inspect_failures_are_one_line(capsys, in_work: Path) -> None:
         (["run", "art"], "main(input: f32[2, 32]) -> (linear: f32[2, 16]) takes 1 input(s), got 0 --input file(s)"),
         (["run", "art", "--input", "x.npy", "--input", "x.npy"], "takes 1 input(s), got 2 --input file(s)"),
         (["run", "art", "--input", "x64.npy"], "InputError: input 0"),
-        (["run", "art", "--input", "wide.npy"], "ValueError: input 0"),
+        (["run", "art", "--input", "wide.npy"], "InputError: input 0"),
         (["run", "art", "--input", "x.npy", "--output", "a.npy", "--output", "b.npy"], "has 1 output(s), got 2"),
         (["run", "art", "--input", "x.npy", "--output", "nowhere/y.npy"], "nowhere does not exist"),
         (["run", "art", "--function", "decode", "--input", "x.npy"], "no function 'decode' (the artifact has: main)"),
         (["bench", "art", "--shape", "2x32", "--shape", "2x32"], "1 input(s) but 2 --shape value(s)"),
-        (["bench", "art", "--shape", "2x33", "--reps", "1"], "ValueError: input 0"),
+        (["bench", "art", "--shape", "2x33", "--reps", "1"], "InputError: input 0"),
         (["inspect", "plain"], "plain is not an msd artifact: msd.json is missing"),
         (["inspect", "x.npy"], "is not an msd artifact: msd.json is missing"),
     ):

@@ -1,4 +1,4 @@
-"""A compile never takes the user's process down: IREE runs in a worker process (msd.compiler.worker), and
+"""A compile never takes the user's process down: IREE runs in a worker process (msd.compiler.pipeline.worker), and
 a crash there (segfault, abort, LLVM's exit()) becomes a CompileError naming the phase and the signal."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 
 import msd
 from helpers import error_bound, mlp
-from msd.compiler import worker
+from msd.compiler.pipeline import worker
 from msd.errors import CompileError
 
 X86_64 = platform.machine() in ("x86_64", "AMD64")
@@ -116,7 +116,7 @@ def test_ctrl_c_kills_the_worker_and_leaves_no_temporary_folder(tmpdir_for_msd: 
 WORKER_WITHOUT_TORCH = '''
 import sys
 sys.modules["torch"] = None  # importing it fails
-from msd.compiler import worker
+from msd.compiler.pipeline import worker
 text = b"""module { func.func @main(%x: !torch.vtensor<[3,4],f32>) -> !torch.vtensor<[3,4],f32> {
   %two = torch.constant.int 2
   %0 = torch.aten.mul.Scalar %x, %two : !torch.vtensor<[3,4],f32>, !torch.int -> !torch.vtensor<[3,4],f32>
@@ -141,7 +141,7 @@ def test_the_worker_needs_no_torch() -> None:
 SCRIPT = '''
 import sys, time, torch, msd
 from torch import nn
-from msd.compiler import worker
+from msd.compiler.pipeline import worker
 
 def progress(step):
     if step == "IREE compile":

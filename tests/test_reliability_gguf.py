@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from test_gguf import write_tiny_gguf  # noqa: E402
 
-from msd.compiler import gguf as G  # noqa: E402
-from msd.compiler.gguf_file import GGML_TYPES, GGUFFile  # noqa: E402
+from msd.compiler.models import gguf as G  # noqa: E402
+from msd.compiler.models.gguf_file import GGML_TYPES, GGUFFile  # noqa: E402
+from msd.compiler.models.llama import LlamaModel  # noqa: E402
 from msd.errors import GGUFError, MsdError, UnsupportedGGUFError  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
@@ -434,7 +435,7 @@ def _try(fn: Any, path: Path) -> MsdError | None:
     except MsdError as e:
         assert str(path) in str(e), f"{type(e).__name__} does not name the file: {e}"
         return e
-    if isinstance(out, G.LlamaModel):  # a file that loads also runs
+    if isinstance(out, LlamaModel):  # a file that loads also runs
         with torch.no_grad():
             logits = out(torch.tensor([[1, 2, 3]]))
         assert logits.shape == (1, 3, out.cfg.vocab)

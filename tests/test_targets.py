@@ -48,7 +48,7 @@ def test_nvidia_mma_intrinsics_have_no_int8_entry() -> None:
     for NVIDIA (AMD's has MFMA/WMMA I8).  When an IREE upgrade adds one, this fails: revisit docs/targets.md."""
     from iree.compiler import ir
 
-    from msd.compiler.targets import resolve
+    from msd.compiler.pipeline.targets import resolve
 
     attr = resolve("cuda:sm_90").device_targets
     with ir.Context():
@@ -80,7 +80,7 @@ def test_unknown_targets_and_archs_are_named(model) -> None:
 
 
 def test_gpu_artifact_on_a_machine_without_that_device(model) -> None:
-    from msd.compiler.driver import device_present
+    from msd.compiler.pipeline.driver import device_present
 
     if device_present("cuda"):
         pytest.skip("this machine has a CUDA device: the artifact would run")
@@ -120,7 +120,7 @@ def test_llvm_cpu_data_tiling_path_compiles_normalized_operands_correctly() -> N
     """With IREE's default data-tiling path (from dispatch creation) this gives the wrong scores for the
     second head (measured: 1.2 relative error); msd's llvm-cpu target uses the global-optimization path,
     which gets it right at the same int8 matmul speed (docs/pipeline.md)."""
-    from msd.compiler.targets import DATA_TILING, resolve
+    from msd.compiler.pipeline.targets import DATA_TILING, resolve
 
     assert all(f in resolve("llvm-cpu").flags for f in DATA_TILING)
     g = torch.Generator().manual_seed(0)

@@ -4,7 +4,8 @@
 bodies, transposes, broadcasts and reshapes — and evaluates them into ``W = a·q + b``: ``q`` one
 8-bit integer tensor read along the reduction dim, ``a`` and ``b`` expressions that do not vary
 along it (or only per group).  Integer values carry the range of their mathematical value so that
-wrap-around is refused, never assumed away.  Used by ``--msd-decompose-activations``.
+wrap-around is refused, never assumed away (the bits an unsigned weight can hold come from
+:func:`.values.unsigned_range`).  Used by ``--msd-decompose-activations``.
 """
 
 from __future__ import annotations
@@ -13,17 +14,9 @@ from dataclasses import dataclass, field
 
 from iree.compiler import ir
 
-from . import _ir
-
-
-class NotHandled(Exception):
-    """The candidate is not something the pass can rewrite exactly; the message says why.
-
-    ``found_integer`` is set when the operand did come from an integer tensor (so the reason is
-    about an unsupported dequantization rather than a plain float operand).
-    """
-
-    found_integer = False
+from .. import _ir
+from ..report import NotHandled
+from .values import unsigned_range
 
 
 @dataclass(frozen=True)
@@ -149,47 +142,6 @@ def _div(a: Expr | None, b: Expr) -> Expr | None:
     return None if a is None else Node("div", (a, b))
 
 
-def _unsigned_range(value: ir.Value, depth: int = 0) -> tuple[int, int]:
-    """A proven range of an i8 tensor's elements read as unsigned: through reshapes, concats and
-    elementwise bodies built from ``andi`` with a constant mask, ``shrui`` by a constant and
-    ``select`` (int4 unpacking); anything else is the full [0, 255]."""
-    full = (0, 255)
-    op = _ir.producer(value)
-    if op is None or depth > 16:
-        return full
-    if op.name in ("tensor.collapse_shape", "tensor.expand_shape", "tensor.cast"):
-        return _unsigned_range(op.operands[0], depth + 1)
-    if op.name == "tensor.concat":
-        ranges = [_unsigned_range(v, depth + 1) for v in op.operands]
-        return min(r[0] for r in ranges), max(r[1] for r in ranges)
-    if op.name == "linalg.generic" and len(op.results) == 1:
-        block = op.regions[0].blocks[0]
-        args, n_in = list(block.arguments), len(op.operands) - 1
-
-        def scalar(v: ir.Value, d: int) -> tuple[int, int]:
-            for i, a in enumerate(args[:n_in]):
-                if a == v:
-                    return _unsigned_range(op.operands[i], depth + 1)
-            p = _ir.producer(v)
-            if p is None or d > 16:
-                return full
-            if p.name == "arith.constant" and isinstance(p.attributes["value"], ir.IntegerAttr):
-                c = ir.IntegerAttr(p.attributes["value"]).value % 256
-                return (c, c)
-            if p.name == "arith.select":
-                a, b = scalar(p.operands[1], d + 1), scalar(p.operands[2], d + 1)
-                return min(a[0], b[0]), max(a[1], b[1])
-            if p.name in ("arith.andi", "arith.shrui"):
-                c = _ir.producer(p.operands[1])
-                if c is not None and c.name == "arith.constant":
-                    k = ir.IntegerAttr(c.attributes["value"]).value % 256
-                    return (0, k) if p.name == "arith.andi" else (0, 255 >> min(k, 8))
-            return full
-
-        return scalar(list(block.operations)[-1].operands[0], 0)
-    return full
-
-
 TRACED_OPS = ("linalg.generic", "linalg.transpose", "linalg.broadcast", "tensor.collapse_shape", "tensor.expand_shape")
 
 
@@ -263,7 +215,8 @@ class WeightTrace:
                                               for e in inner.results)
             if inner is not None and (traceable or plain):
                 source_value = owner.operands[0]
-                if source.name == "linalg.generic" and isinstance(_ir.elem_type(source_value), ir.IntegerType):
+                is_int = isinstance(_ir.elem_type(source_value), ir.IntegerType)
+                if source is not None and source.name == "linalg.generic" and is_int:
                     traced = self._try_generic(source, source_value, inner)
                     return traced if traced is not None else self._leaf(value, amap)
                 return self.tensor(source_value, inner)
@@ -367,7 +320,7 @@ class WeightTrace:
                    for i, u in enumerate(_ir.k_usage(e, self.k_dim) for e in amap.results)):
                 raise NotHandled("integer weight read through a non-trivial indexing map")
             self.q_leaves.append(leaf)
-            return IntAffine(1, (), 8, raw=True, q_urange=_unsigned_range(value))
+            return IntAffine(1, (), 8, raw=True, q_urange=unsigned_range(value))
         if not _ir.is_float(et):
             raise NotHandled(f"weight chain reads a tensor of unsupported element type {et}")
         if uses_k:  # a per-K scale can be folded into the activation; the plan checks it is one
@@ -377,8 +330,7 @@ class WeightTrace:
         return FloatAffine(None, leaf)
 
     def _generic(self, op: ir.Operation, value: ir.Value, amap: ir.AffineMap):
-        iters = [str(a) for a in ir.ArrayAttr(op.attributes["iterator_types"])]
-        if any("parallel" not in t for t in iters):
+        if not _ir.is_elementwise(op):
             raise NotHandled("weight produced by a reduction (not an elementwise dequantization)")
         n_in = len(op.operands) - len(op.results)
         res_idx = list(op.results).index(value)
@@ -483,3 +435,24 @@ class WeightTrace:
             (x,) = a
             return FloatAffine(_neg(x.scale), _neg(x.offset))
         raise NotHandled(f"unknown op {name} in the dequantization chain")
+
+
+# --- reading the K-invariant expressions ----------------------------------------------------
+def factors(e: Expr) -> list[Expr]:
+    """The factors of a product ``a·b·…`` (``[e]`` for anything else)."""
+    if isinstance(e, Node) and e.kind == "mul":
+        return [f for a in e.args for f in factors(a)]
+    return [e]
+
+
+def mentions(e: Expr, leaves: list[Leaf]) -> bool:
+    """Whether ``e`` reads one of ``leaves`` (by identity)."""
+    if isinstance(e, Leaf):
+        return any(e is leaf for leaf in leaves)
+    if isinstance(e, Node):
+        return any(mentions(a, leaves) for a in e.args if isinstance(a, (Leaf, Node)))
+    return False
+
+
+__all__ = ["Const", "Expr", "FloatAffine", "IntAffine", "IntTerm", "Leaf", "Node", "Scalar", "WeightTrace", "factors",
+           "mentions"]

@@ -3,7 +3,7 @@
 Numpy only.  Conventions used throughout:
 
 * Blocks are 32 consecutive elements along the **last** axis (the K axis of a matmul); the last
-  dimension must be a multiple of :data:`BLOCK`.
+  dimension must be a multiple of :data:`~msd.mx_format.MX_BLOCK`.
 * ``codes`` are ``uint8`` arrays with one element code per entry and the same shape as the input:
   4-bit E2M1 codes ``s·ee·m`` (0..15) for MXFP4, 8-bit E4M3 codes ``s·eeee·mmm`` for MXFP8.
 * ``exps`` are ``int16`` arrays of shape ``x.shape[:-1] + (K // 32,)`` holding the *unbiased* E8M0
@@ -43,28 +43,30 @@ from typing import Literal
 import numpy as np
 
 from msd.errors import OptionError
+from msd.mx_format import (
+    E2M1_EMAX,
+    E2M1_MAGNITUDES,
+    E2M1_MAX,
+    E4M3_EMAX,
+    E4M3_MAX,
+    E4M3_NAN_CODE,
+    E8M0_BIAS,
+    E8M0_MAX,
+    E8M0_MIN,
+    E8M0_NAN,
+    MX_BLOCK,
+    SCALE_RULES,
+)
 
-Rule = Literal["ocp", "noclip"]
-RULES: tuple[str, ...] = ("ocp", "noclip")
+Rule = Literal["ocp", "noclip"]  # one of SCALE_RULES
 
-BLOCK = 32
-E8M0_BIAS = 127
-E8M0_MIN = -127
-E8M0_MAX = 127
-E8M0_NAN = 128  # unbiased sentinel; + bias = 0xFF, the OCP E8M0 NaN byte
-
-#: E2M1 magnitudes for codes 0..7; codes 8..15 are the negatives (code 8 is -0).
-E2M1_MAGNITUDES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
-E2M1_VALUES = np.concatenate([E2M1_MAGNITUDES, -E2M1_MAGNITUDES])  # indexed by code, float64
-E2M1_MAX = 6.0
-E2M1_EMAX = 2
+#: E2M1 values as float64, indexed by code (0..7: :data:`~msd.mx_format.E2M1_MAGNITUDES`, 8..15: their negatives).
+E2M1_VALUES = np.concatenate([np.array(E2M1_MAGNITUDES), -np.array(E2M1_MAGNITUDES)])
 #: Twice each E2M1 value, as int8 in [-12, 12] (indexed by code): the exact-emulation integers.
 E2M1_TWICE_INT8 = (2 * E2M1_VALUES).astype(np.int8)
-_E2M1_MIDPOINTS = (E2M1_MAGNITUDES[:-1] + E2M1_MAGNITUDES[1:]) / 2  # 0.25 .75 1.25 1.75 2.5 3.5 5
+_E2M1_GRID = np.array(E2M1_MAGNITUDES)
+_E2M1_MIDPOINTS = (_E2M1_GRID[:-1] + _E2M1_GRID[1:]) / 2  # 0.25 .75 1.25 1.75 2.5 3.5 5
 
-E4M3_MAX = 448.0
-E4M3_EMAX = 8
-E4M3_NAN_CODE = 0x7F
 _E4M3_MIN_NORMAL_EXP = -6
 
 
@@ -153,8 +155,8 @@ def block_exponents(amax: np.ndarray, rule: Rule = "ocp", fmt: Literal["fp4", "f
     smallest scale at which nothing clips.  Both are computed exactly (``frexp``/``ldexp``, no float
     ``log2``).  ``amax == 0`` gives ``-127``; results are clamped to ``[-127, 127]``.
     """
-    if rule not in RULES:
-        raise OptionError(f"unknown scale rule {rule!r}; expected one of {RULES}")
+    if rule not in SCALE_RULES:
+        raise OptionError(f"unknown scale rule {rule!r}; expected one of {SCALE_RULES}")
     emax, max_elem = (E2M1_EMAX, E2M1_MAX) if fmt == "fp4" else (E4M3_EMAX, E4M3_MAX)
     amax = np.asarray(amax, dtype=np.float64)
     if not np.isfinite(amax).all() or (amax < 0).any():
@@ -201,9 +203,9 @@ def e8m0_scale(exps: np.ndarray) -> np.ndarray:
 
 def _blocks(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 0 or x.shape[-1] % BLOCK:
-        raise OptionError(f"last dimension must be a multiple of {BLOCK}, got shape {x.shape}")
-    return x.reshape(*x.shape[:-1], x.shape[-1] // BLOCK, BLOCK)
+    if x.ndim == 0 or x.shape[-1] % MX_BLOCK:
+        raise OptionError(f"last dimension must be a multiple of {MX_BLOCK}, got shape {x.shape}")
+    return x.reshape(*x.shape[:-1], x.shape[-1] // MX_BLOCK, MX_BLOCK)
 
 
 def _quantize_blocks(x: np.ndarray, rule: Rule, fmt: Literal["fp4", "fp8"]) -> tuple[np.ndarray, np.ndarray]:
@@ -315,15 +317,15 @@ def block_dot_exact(
     x1, w1 = cx.ndim == 1, cw.ndim == 1
     cx, cw = np.atleast_2d(cx), np.atleast_2d(cw)
     ex, ew = np.atleast_2d(ex), np.atleast_2d(ew)
-    if cx.ndim != 2 or cw.ndim != 2 or cx.shape[1] != cw.shape[1] or cx.shape[1] % BLOCK:
-        raise OptionError(f"codes must be [M, K] and [N, K] with K a multiple of {BLOCK}: {cx.shape}, {cw.shape}")
+    if cx.ndim != 2 or cw.ndim != 2 or cx.shape[1] != cw.shape[1] or cx.shape[1] % MX_BLOCK:
+        raise OptionError(f"codes must be [M, K] and [N, K] with K a multiple of {MX_BLOCK}: {cx.shape}, {cw.shape}")
     m, k = cx.shape
     n = cw.shape[0]
-    nb = k // BLOCK
+    nb = k // MX_BLOCK
     if ex.shape != (m, nb) or ew.shape != (n, nb):
         raise OptionError("exps shapes do not match the codes")
-    qx = E2M1_TWICE_INT8[cx.astype(np.intp)].reshape(m, nb, BLOCK)  # int8
-    qw = E2M1_TWICE_INT8[cw.astype(np.intp)].reshape(n, nb, BLOCK)  # int8
+    qx = E2M1_TWICE_INT8[cx.astype(np.intp)].reshape(m, nb, MX_BLOCK)  # int8
+    qw = E2M1_TWICE_INT8[cw.astype(np.intp)].reshape(n, nb, MX_BLOCK)  # int8
     # int8 x int8 products widened to int32 and accumulated in int32, one accumulator per block.
     acc = np.matmul(qx.transpose(1, 0, 2).astype(np.int32), qw.transpose(1, 2, 0).astype(np.int32))  # [nb, m, n]
     acc = acc.transpose(1, 2, 0)  # [m, n, nb] int32

@@ -1,7 +1,7 @@
 """The in-process IREE compiler: one session, its MLIR context, and phase-by-phase execution.
 
 ``msd.compile`` uses it in two processes: the caller only imports into a session's context (no flags,
-no phases), and the compile worker (:mod:`msd.compiler.worker`) runs the phases, so that a crash in IREE
+no phases), and the compile worker (:mod:`msd.compiler.pipeline.worker`) runs the phases, so that a crash in IREE
 ends the worker rather than the caller.  Used directly (tests, benchmarks, ``MSD_COMPILE_IN_PROCESS=1``)
 it runs in the calling process, with the Ctrl-C handling below.
 

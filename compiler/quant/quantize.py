@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msd.errors import OptionError
+from msd.mx_format import E8M0_BIAS, MX_BLOCK, SCALE_RULES
 
 WEIGHT_FORMATS = ("int8", "int4", "mxfp4")
 PACKINGS = ("pairs", "halves")  # int4 nibble orders: torchao-style adjacent pairs, GGUF-style block halves
@@ -154,7 +155,7 @@ class MXFP4Linear(nn.Module):
     nibble) and ``scales`` (uint8 ``[N, K/32]``, E8M0: ``2**(s − 127)``).  ``forward`` decodes in
     plain torch — twice each E2M1 value as an int8 in [−12, 12] (exact), times ``2**(s − 128)`` —
     then runs ``F.linear``: the reference semantics.  ``scale_rule`` records how the block scales
-    were chosen (``compiler/mx.py``: "ocp" = ``floor(log2(amax)) − 2``, "noclip" = no element clips).
+    were chosen (``compiler/quant/mx.py``: "ocp" = ``floor(log2(amax)) − 2``, "noclip" = no element clips).
     """
 
     def __init__(self, blocks: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
@@ -163,9 +164,9 @@ class MXFP4Linear(nn.Module):
         n, half = blocks.shape
         if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8:
             raise OptionError(f"blocks and scales must be uint8, got {blocks.dtype} and {scales.dtype}")
-        if (2 * half) % 32 or scales.shape != (n, 2 * half // 32):
-            raise OptionError(f"scales must have shape ({n}, {2 * half // 32}) for blocks {tuple(blocks.shape)}"
-                             " (K a multiple of 32)")
+        if (2 * half) % MX_BLOCK or scales.shape != (n, 2 * half // MX_BLOCK):
+            raise OptionError(f"scales must have shape ({n}, {2 * half // MX_BLOCK}) for blocks {tuple(blocks.shape)}"
+                             f" (K a multiple of {MX_BLOCK})")
         self.in_features, self.out_features, self.scale_rule = 2 * half, n, scale_rule
         self.register_buffer("blocks", blocks)
         self.register_buffer("scales", scales)
@@ -176,8 +177,8 @@ class MXFP4Linear(nn.Module):
         from . import mx
 
         w = linear.weight.detach().to(torch.float64).numpy()
-        if w.shape[1] % mx.BLOCK:
-            raise OptionError(f"in_features={w.shape[1]} is not a multiple of the MX block ({mx.BLOCK})")
+        if w.shape[1] % MX_BLOCK:
+            raise OptionError(f"in_features={w.shape[1]} is not a multiple of the MX block ({MX_BLOCK})")
         if not np.isfinite(w).all():
             raise OptionError("the weight has NaN/Inf values: MXFP4 cannot encode them")
         codes, exps = mx.quantize_mxfp4(w, scale_rule)
@@ -196,8 +197,10 @@ class MXFP4Linear(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         n, k = self.out_features, self.in_features
-        half_scale = torch.exp2(self.scales.to(torch.float32) - 128.0)  # 2**(s-127) / 2: codes are doubled
-        return (self.twice_values().to(torch.float32).view(n, k // 32, 32) * half_scale.unsqueeze(-1)).view(n, k)
+        # 2**(s - 127) / 2: the codes are doubled
+        half_scale = torch.exp2(self.scales.to(torch.float32) - float(E8M0_BIAS + 1))
+        blocks = self.twice_values().to(torch.float32).view(n, k // MX_BLOCK, MX_BLOCK)
+        return (blocks * half_scale.unsqueeze(-1)).view(n, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -253,12 +256,10 @@ def quantize(model: nn.Module, weights: str = "int8", *, group_size: int | None 
     if not isinstance(model, nn.Module):
         raise OptionError(f"quantize expects a torch.nn.Module, got {type(model).__name__}")
     if weights == "mxfp4":
-        from .mx import RULES
-
-        if group_size not in (None, 32):
-            raise OptionError(f"MXFP4 blocks are 32 elements along K; group_size={group_size} is not possible")
-        if scale_rule not in RULES:
-            raise OptionError(f"scale_rule={scale_rule!r} is not supported (choose one of {', '.join(RULES)})")
+        if group_size not in (None, MX_BLOCK):
+            raise OptionError(f"MXFP4 blocks are {MX_BLOCK} elements along K; group_size={group_size} is not possible")
+        if scale_rule not in SCALE_RULES:
+            raise OptionError(f"scale_rule={scale_rule!r} is not supported (choose one of {', '.join(SCALE_RULES)})")
         return _quantized_copy(model, lambda lin: MXFP4Linear.from_linear(lin, scale_rule))
     if weights == "int4" and group_size is None:
         group_size = INT4_DEFAULT_GROUP

@@ -1,11 +1,14 @@
-"""The set of values an integer tensor can hold, when the ops that produce it bound it to a few.
+"""Value-range analysis of integer tensors: the set of values the ops that produce one bound it to.
 
 ``value_set(v)`` follows elementwise ``linalg.generic`` bodies and reshapes back to their sources and
 returns a superset of the mathematical values (signed reading at the element width) of every element
 of ``v``, or ``None`` when it cannot bound them to at most :data:`MAX_VALUES` values (a weight read
 from a parameter, an op it does not model).  Operands are treated as independent, so the result is
-a superset: sound for proving "every element is one of these", which is all it is used for (an int8
-decode of MXFP4 codes holds only twice the E2M1 values, so it converts to FP4 exactly).
+a superset: sound for proving "every element is one of these".
+
+Two questions are asked of it: is every element twice an E2M1 value (an int8 decode of MXFP4 codes,
+so it converts to FP4 exactly), and :func:`unsigned_range` — which bits an unsigned weight can hold
+(int4 codes unpacked with ``andi 15`` / ``shrui 4`` are in [0, 15], so they are centred at 8).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from itertools import product
 
 from iree.compiler import ir
 
-from . import _ir
+from .. import _ir
 
 MAX_VALUES = 256
 MAX_DEPTH = 48
@@ -55,7 +58,7 @@ def value_set(v: ir.Value, depth: int = 0) -> Values | None:
         return None
     if op.name != "linalg.generic" or len(op.results) != 1:
         return None
-    if any("parallel" not in str(t) for t in ir.ArrayAttr(op.attributes["iterator_types"])):
+    if not _ir.is_elementwise(op):
         return None
     n_in = len(op.operands) - len(op.results)
     block = op.regions[0].blocks[0]
@@ -76,6 +79,17 @@ def value_set(v: ir.Value, depth: int = 0) -> Values | None:
 
     yielded = list(block.operations)[-1].operands[0]
     return scalar(yielded)
+
+
+def unsigned_range(v: ir.Value) -> tuple[int, int]:
+    """``(lo, hi)`` bounding the elements of the integer tensor ``v`` read as unsigned: the range of
+    :func:`value_set`, or the full ``[0, 2**width - 1]`` when it has no bound."""
+    width = _width(_ir.elem_type(v))
+    values = value_set(v)
+    if values is None:
+        return 0, (1 << width) - 1
+    bits = [x & ((1 << width) - 1) for x in values]
+    return min(bits), max(bits)
 
 
 def _constant(s: ir.Value) -> Values | None:
@@ -144,12 +158,14 @@ def _scalar_op(op: ir.Operation, scalar) -> Values | None:
         if name == "arith.shrsi":
             return _bounded({x >> c for x, c in product(a, s)})
         return _bounded({_wrap(x << c, width) for x, c in product(a, s)})
-    if name == "arith.andi":  # a non-negative mask bounds the result whatever the other side holds
+    if name == "arith.andi":  # a constant mask bounds the result whatever the other side holds
         a, b = scalar(op.operands[0]), scalar(op.operands[1])
         for known, other in ((a, b), (b, a)):
-            if other is None and known is not None and len(known) == 1 and min(known) >= 0:
-                (mask,) = known
-                return _bounded({x for x in range(mask + 1) if x & mask == x})
+            if other is None and known is not None and len(known) == 1:
+                mask = min(known) & ((1 << width) - 1)
+                if 1 << mask.bit_count() > MAX_VALUES:
+                    return None
+                return _bounded({_wrap(x, width) for x in _submasks(mask)})
     if name in BINARY:
         a, b = scalar(op.operands[0]), scalar(op.operands[1])
         if a is None or b is None or len(a) * len(b) > MAX_VALUES * MAX_VALUES:
@@ -164,4 +180,14 @@ def _scalar_op(op: ir.Operation, scalar) -> Values | None:
     return None
 
 
-__all__ = ["MAX_VALUES", "value_set"]
+def _submasks(mask: int) -> list[int]:
+    """Every value whose set bits are a subset of ``mask``'s."""
+    out, sub = [], mask
+    while True:
+        out.append(sub)
+        if sub == 0:
+            return out
+        sub = (sub - 1) & mask
+
+
+__all__ = ["MAX_VALUES", "unsigned_range", "value_set"]

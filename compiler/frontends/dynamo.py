@@ -1,6 +1,6 @@
 """``torch.compile(model, backend="msd")``: msd as a TorchDynamo backend, for inference.
 
-    import msd.compiler.dynamo  # registers the backend under the name "msd"
+    import msd.compiler.frontends.dynamo  # registers the backend under the name "msd"
     fast = torch.compile(msd.quantize(model), backend="msd", options={"slices": 2, "target": "llvm-cpu"})
     with torch.no_grad():
         y = fast(x)
@@ -65,10 +65,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from msd.compiler.pipeline.importer import export
 from msd.errors import MsdError, OptionError
 from msd.passes.report import Report
-
-from .importer import export
 
 NAME = "msd"
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -153,7 +152,7 @@ def _resolve_options(options: dict | None) -> dict[str, Any]:
         raise OptionError(f"grad={opts['grad']!r} is not supported (choose one of {', '.join(GRAD_POLICIES)})")
     if not isinstance(opts["cache_size"], int) or opts["cache_size"] < 1:
         raise OptionError(f"cache_size must be a positive int, got {opts['cache_size']!r}")
-    from .driver import SUPPORTED_SLICES  # (checked here so that a bad value fails at once)
+    from msd.compiler.pipeline.driver import SUPPORTED_SLICES  # (checked here so that a bad value fails at once)
 
     if opts["slices"] != 0 and opts["slices"] not in SUPPORTED_SLICES:
         raise OptionError(f"slices={opts['slices']!r} is not supported (0, or one of {list(SUPPORTED_SLICES)})")
@@ -325,7 +324,7 @@ class MsdGraph:
     # -- compiling
     def _compile(self, sig: tuple, weights: list[torch.Tensor], acts: list[torch.Tensor],
                  values: tuple) -> _Entry:
-        from .driver import compile as msd_compile  # (the driver imports IREE)
+        from msd.compiler.pipeline.driver import compile as msd_compile  # (the driver imports IREE)
 
         try:
             lifted = _Lifted(self.gm, self.kinds, self.names, weights, values)

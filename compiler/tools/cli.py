@@ -34,6 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from msd.cost.model import fmt_time
+from msd.mx_format import ACT_FORMATS, LOWERINGS, SCALE_RULES
+
 
 class CliError(Exception):
     """A failure the user can act on: printed as one line, exit status 1."""
@@ -94,11 +97,10 @@ def _progress(args: argparse.Namespace, start: float) -> Callable[[str], None]:
 def _compile_gguf(args: argparse.Namespace) -> dict:
     """``msd compile model.gguf -o DIR``: prefill + decode, the tokenizer and the generation settings
     in one artifact that ``msd generate DIR`` (or ``msd.runtime.generate``) runs without torch."""
-    from msd.compiler import gguf as G
-    from msd.compiler.generate import compile_generator
+    from msd.compiler.llm.generate import DEFAULT_MAX_CTX, compile_generator
 
     start = time.perf_counter()
-    max_ctx = args.max_ctx or G.DEFAULT_MAX_CTX
+    max_ctx = args.max_ctx or DEFAULT_MAX_CTX
     gen = compile_generator(args.entry, slices=args.slices, max_ctx=max_ctx, target=args.target,
                             progress=_progress(args, start), kv_cache=args.kv_cache)
     folder = gen.save(args.output)
@@ -134,7 +136,7 @@ def _check_output(out: str) -> None:
 
 
 def _check_target(target: str) -> None:
-    from msd.compiler.targets import resolve  # needs the compiler, not torch
+    from msd.compiler.pipeline.targets import resolve  # needs the compiler, not torch
 
     resolve(target)  # TargetError names what is wrong
 
@@ -216,7 +218,7 @@ def cmd_compile(args: argparse.Namespace) -> dict:
 
 
 def _compile_entry(args: argparse.Namespace) -> dict:
-    from msd.compiler.driver import _cost_target
+    from msd.compiler.pipeline.driver import _cost_target
 
     # the option pairings msd.compile refuses (--hardware without --decide cost, …), before the entry point runs
     _cost_target(args.target, args.slices, args.decide, args.min_bits, args.hardware)
@@ -310,12 +312,6 @@ def cmd_inspect(args: argparse.Namespace) -> dict:
     return m
 
 
-def _fmt_s(s: float | None) -> str:
-    if s is None:
-        return "-"
-    return f"{s * 1e6:.3g} us" if s < 1e-3 else f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
-
-
 def _decision_table(decisions: list[dict]) -> list[str]:
     """One row per matmul: shape, format, decision, slices, predicted baseline and MSD times."""
     head = ["#", "op", "shape", "format", "decision", "slices", "baseline", "MSD", "MSD speedup"]
@@ -325,7 +321,7 @@ def _decision_table(decisions: list[dict]) -> list[str]:
         speedup = f"{base / msd_s:.2f}x" if base and msd_s else "-"
         rows.append([str(i), d["op"], d.get("shape") or "-", d.get("format") or "-",
                      "rewrite" if d["rewritten"] else "keep baseline", str(d.get("slices") or "-"),
-                     _fmt_s(base), _fmt_s(msd_s), speedup])
+                     *("-" if t is None else fmt_time(t) for t in (base, msd_s)), speedup])
     widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [head, *rows]]
 
@@ -380,7 +376,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
         _say(args, f"[{time.perf_counter() - start:6.1f}s] loaded {args.gguf}")
         slices = gen.artifact.manifest.get("slices")
     elif Path(args.gguf).is_file():
-        from msd.compiler.generate import compile_generator
+        from msd.compiler.llm.generate import compile_generator
 
         ctx = {"max_ctx": args.max_ctx} if args.max_ctx else {}  # default: compile_generator's (2048)
         gen = compile_generator(args.gguf, slices=args.slices, progress=_progress(args, start), kv_cache=args.kv_cache,
@@ -429,10 +425,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--target", default="llvm-cpu", help="llvm-cpu[:cpu] | cuda[:sm_XX] | rocm[:gfxXXX] | vulkan-spirv")
     c.add_argument("--slices", type=_int_range(0, 3), default=2, help="activation slices 1-3; 0 = IREE's own lowering")
     c.add_argument("--act-scale", default="group", choices=("row", "group"), help="for group-wise weights")
-    c.add_argument("--act-format", default="int8", choices=("int8", "mxfp4", "mxfp8"),
+    c.add_argument("--act-format", default="int8", choices=ACT_FORMATS,
                    help="activation slices: int8 (default), or MX slices per 32-block (MXFP4 weights)")
-    c.add_argument("--mx-scale", default="ocp", choices=("ocp", "noclip"), help="MX block-exponent rule")
-    c.add_argument("--mx-lowering", default="auto", choices=("auto", "int8", "scaled"),
+    c.add_argument("--mx-scale", default="ocp", choices=SCALE_RULES, help="MX block-exponent rule")
+    c.add_argument("--mx-lowering", default="auto", choices=("auto", *LOWERINGS),
                    help="MXFP4 slices as exact int8 emulation or block-scaled FP4 (auto: scaled on rocm:gfx950)")
     c.add_argument("--decide", default="always", choices=("always", "cost"),
                    help="cost: a cost model of the target keeps IREE's lowering where MSD is not predicted faster")
@@ -506,7 +502,7 @@ INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 def _interrupted(args: argparse.Namespace) -> int:
     """Ctrl-C: one line, status 130.  An IREE compile abandoned by the interrupt may still be running in a
-    worker thread (msd.compiler.iree_session); the process then leaves with os._exit, since tearing the
+    worker thread (msd.compiler.pipeline.iree_session); the process then leaves with os._exit, since tearing the
     interpreter and LLVM down under it could crash.  msd has no temporary folder yet at that point (it
     makes one after IREE's compile), and the output folder was removed by cmd_compile."""
     previous = _ignore_sigint()  # a second Ctrl-C does not interrupt the way out
@@ -514,7 +510,7 @@ def _interrupted(args: argparse.Namespace) -> int:
         if args.command == "generate" and not args.json:
             print(flush=True)  # end the streamed text's line
         print(f"msd {args.command}: interrupted", file=sys.stderr, flush=True)
-        session = sys.modules.get("msd.compiler.iree_session")
+        session = sys.modules.get("msd.compiler.pipeline.iree_session")
         if session is not None and session.busy():
             sys.stdout.flush()
             sys.stderr.flush()

@@ -1,11 +1,11 @@
-"""``msd.compiler.generate``: greedy text generation from a GGUF Llama with a KV cache.
+"""``msd.compiler.llm.generate``: greedy text generation from a GGUF Llama with a KV cache.
 
 ``compile_generator(path)`` compiles two entry points into one artifact with shared weights:
 
 - ``prefill(tokens [1, S])`` with a dynamic ``S`` (1..max_ctx) and no cache;
 - ``decode(token [1, 1], *past)`` over the ``T`` cached tokens (dynamic ``T``);
 
-both are :meth:`msd.compiler.gguf.LlamaModel.step`: they return the last-token logits and the new tokens'
+both are :meth:`msd.compiler.models.llama.LlamaModel.step`: they return the last-token logits and the new tokens'
 cache entries, which the host appends to its :class:`msd.runtime.generate.KVCache` (token-major buffers
 of ``max_ctx`` tokens); a step reads only the filled part, so decode costs what the current length
 asks.  The cache is ``k, v`` (f32), or ``k_codes, k_scales, v_codes, v_scales`` with
@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from msd.compiler import gguf as G
+from msd.compiler.models import gguf as G
+from msd.compiler.models.llama import LlamaModel
+from msd.compiler.pipeline.importer import RUNTIME_DTYPES
 from msd.errors import OptionError
 
 # shared with the torch-free text generator
@@ -42,8 +44,7 @@ from msd.runtime.generate import (
 )
 from msd.runtime.module import DTYPES
 
-from .importer import RUNTIME_DTYPES
-
+DEFAULT_MAX_CTX = 2048  # KV-cache capacity (prompt + new tokens) of the generators
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 
 
@@ -52,7 +53,7 @@ class CachedStep(nn.Module):
     ``last_only`` fixed.  Every instance holds the model as ``llama`` so the weights of all entry points
     have the same torch names (and are stored once)."""
 
-    def __init__(self, llama: G.LlamaModel, kv_cache: str = "float", last_only: bool = True) -> None:
+    def __init__(self, llama: LlamaModel, kv_cache: str = "float", last_only: bool = True) -> None:
         super().__init__()
         self.llama, self.kv_cache, self.last_only = llama, kv_cache, last_only
 
@@ -95,7 +96,7 @@ def next_token_stats(ref_logits: torch.Tensor, logits: torch.Tensor, ids: list[i
     )
 
 
-def eager_steps(model: G.LlamaModel, kv_cache: str = "float") -> tuple[StepFn, StepFn, StepFn]:
+def eager_steps(model: LlamaModel, kv_cache: str = "float") -> tuple[StepFn, StepFn, StepFn]:
     """``(prefill, decode, score)`` numpy step functions (as the runtime's) over ``model.step`` in eager
     torch: the reference the compiled ones are compared with."""
     model.cache_entries(1, kv_cache)  # checks the format
@@ -118,7 +119,7 @@ class Generator(GreedyGenerator):
     ``kv_cache`` is the cache format ("float" or "int8") and ``max_ctx`` the host cache's capacity.
     ``source`` is the GGUF file it was built from."""
 
-    def __init__(self, prefill: StepFn, decode: StepFn, model: G.LlamaModel, tokenizer, stop_ids: set[int],
+    def __init__(self, prefill: StepFn, decode: StepFn, model: LlamaModel, tokenizer, stop_ids: set[int],
                  max_ctx: int, compiled=None, score: StepFn | None = None, kv_cache: str = "float",
                  source: str | Path = "") -> None:
         super().__init__(prefill, decode, tokenizer, stop_ids, max_ctx)
@@ -179,8 +180,8 @@ def _stop_ids(path, tokenizer) -> set[int]:
     return ids
 
 
-def eager_generator(gguf_path: str | Path, max_ctx: int = G.DEFAULT_MAX_CTX,
-                    model: G.LlamaModel | None = None, kv_cache: str = "float") -> Generator:
+def eager_generator(gguf_path: str | Path, max_ctx: int = DEFAULT_MAX_CTX,
+                    model: LlamaModel | None = None, kv_cache: str = "float") -> Generator:
     """The reference: the same cache path (``LlamaModel.step``) in eager torch."""
     model = model if model is not None else G.load_gguf(gguf_path)
     prefill, decode, score = eager_steps(model, kv_cache)
@@ -189,8 +190,8 @@ def eager_generator(gguf_path: str | Path, max_ctx: int = G.DEFAULT_MAX_CTX,
                      kv_cache=kv_cache, source=gguf_path)
 
 
-def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = G.DEFAULT_MAX_CTX,
-                      target: str = "llvm-cpu", model: G.LlamaModel | None = None,
+def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEFAULT_MAX_CTX,
+                      target: str = "llvm-cpu", model: LlamaModel | None = None,
                       progress: Callable[[str], None] | None = None, score: bool = False,
                       kv_cache: str = "float") -> Generator:
     """Compile ``prefill`` (dynamic prompt length) and ``decode`` into one msd artifact with shared
@@ -227,7 +228,7 @@ def _cached_generator(path: str, mtime_ns: int, slices: int, max_ctx: int, targe
 
 
 def generate(gguf_path: str | Path, prompt: str, max_new_tokens: int = 64, slices: int = 2,
-             max_ctx: int = G.DEFAULT_MAX_CTX, target: str = "llvm-cpu", chat: bool = True,
+             max_ctx: int = DEFAULT_MAX_CTX, target: str = "llvm-cpu", chat: bool = True,
              stream: Callable[[str], None] | None = None) -> str:
     """Greedy reply of the GGUF model at ``gguf_path`` to ``prompt`` (in its chat template when
     ``chat``), compiled with msd (``slices`` activation slices, KV cache of ``max_ctx`` tokens);
@@ -240,5 +241,5 @@ def generate(gguf_path: str | Path, prompt: str, max_new_tokens: int = 64, slice
     return gen.generate(prompt, max_new_tokens, chat=chat, callback=stream)
 
 
-__all__ = ["CachedStep", "GenerationStats", "Generator", "NextTokenStats", "compile_generator", "eager_generator",
-           "eager_steps", "generate", "next_token_stats"]
+__all__ = ["DEFAULT_MAX_CTX", "CachedStep", "GenerationStats", "Generator", "NextTokenStats", "compile_generator",
+           "eager_generator", "eager_steps", "generate", "next_token_stats"]

@@ -2,7 +2,7 @@
 // RUN: msd-opt %s --msd-decompose-activations="slices=2" --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=REPORT
 
 // Decode attention over an int8 KV cache (one f32 scale per head and token), the form
-// msd.compiler.gguf writes for kv_cache="int8": grouped-query heads stacked along the rows
+// msd.compiler.models.gguf writes for kv_cache="int8": grouped-query heads stacked along the rows
 // ([kv_heads, group·S, ·]). Both contractions become int8 matmuls against the cached codes:
 // - q·Kᵀ: the K scale varies along the tokens (N here): an epilogue factor;
 // - P·V: the V scale varies along the tokens (K here): folded into P before the slices.

@@ -8,7 +8,7 @@ phases start→input, msd's passes, IREE's phases input→end and the VM bytecod
 crash there kills only the worker; the caller gets a :class:`~msd.errors.CompileError` naming the
 phase, the signal (or exit status), what to change when that is known, and IREE's last stderr lines.
 
-The worker (``python -m msd.compiler.worker``) needs iree.compiler and msd.passes, not torch.  One is
+The worker (``python -m msd.compiler.pipeline.worker``) needs iree.compiler and msd.passes, not torch.  One is
 kept per process and reused across compiles (importing IREE takes ~0.5 s); :func:`prewarm` starts it
 early so that it imports while the caller exports its model.  The protocol, over the worker's
 stdin/stdout: length-prefixed pickles.  The caller sends one request (flags, the module as MLIR
@@ -118,7 +118,7 @@ def _serve(parent: int) -> int:
     inp = os.fdopen(os.dup(0), "rb")
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     threading.Thread(target=_watch_parent, args=(parent,), name="msd-worker-parent", daemon=True).start()
-    from msd.compiler.iree_session import IreeSession  # noqa: F401 - imported before "ready"
+    from msd.compiler.pipeline.iree_session import IreeSession  # noqa: F401 - imported before "ready"
     from msd.passes import run_pass  # noqa: F401
 
     _send(out, ("ready", os.getpid()))
@@ -155,7 +155,7 @@ def _portable(e: BaseException) -> BaseException:
 def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     from iree.compiler import ir, passmanager
 
-    from msd.compiler.iree_session import IreeSession
+    from msd.compiler.pipeline.iree_session import IreeSession
     from msd.cost.hardware import PROFILES
     from msd.passes import run_pass
 
@@ -227,7 +227,7 @@ class _Worker:
             fcntl.fcntl(self.stderr.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
         # -P: the caller's working directory must not shadow a module the worker imports.
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", "-m", "msd.compiler.worker", str(os.getpid())],
+            [sys.executable, "-P", "-m", "msd.compiler.pipeline.worker", str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, close_fds=True,
         )
 
@@ -432,7 +432,7 @@ def small_int_scalar_ops(torch_asm: str) -> list[str]:
 def advice_for(crash: WorkerCrash, torch_asm: Callable[[], str], extra_flags: Sequence[str], target: str) -> str:
     """What the user can change, for a crash in ``crash.stage``."""
     if crash.stage is None:
-        return (f"Check that `{sys.executable} -P -m msd.compiler.worker` runs in this environment,"
+        return (f"Check that `{sys.executable} -P -m msd.compiler.pipeline.worker` runs in this environment,"
                 f" or set {IN_PROCESS_ENV}=1 to compile in this process (unprotected).")
     if crash.stage == "input":
         ops = small_int_scalar_ops(torch_asm())
@@ -456,6 +456,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # run the module's own copy, not __main__'s: requests unpickle into it
-    from msd.compiler import worker as _module
+    from msd.compiler.pipeline import worker as _module
 
     raise SystemExit(_module.main())

@@ -1,4 +1,4 @@
-"""``msd.compiler.gguf_file``: a strict reader of the GGUF container (versions 2 and 3, little-endian).
+"""``msd.compiler.models.gguf_file``: a strict reader of the GGUF container (versions 2 and 3, little-endian).
 
 ``GGUFFile(path)`` parses the header, every metadata key/value and the tensor table, and checks them
 before any tensor data is touched:

@@ -1,9 +1,10 @@
-"""``msd.compiler.gguf``: a GGUF front end for Llama-architecture models.
+"""``msd.compiler.models.gguf``: a GGUF front end for Llama-architecture models.
 
-``load_gguf(path)`` reads a GGUF file with :class:`msd.compiler.gguf_file.GGUFFile` (a strict parser: a
-truncated, corrupted or inconsistent file raises :class:`msd.errors.GGUFError` naming the file and the
-problem) and builds a plain-torch
-:class:`LlamaModel` from its metadata, keeping the quantized tensors as the file stores them:
+``load_gguf(path)`` reads a GGUF file with :class:`msd.compiler.models.gguf_file.GGUFFile` (a strict
+parser: a truncated, corrupted or inconsistent file raises :class:`msd.errors.GGUFError` naming the file
+and the problem), reads its :class:`~msd.compiler.models.llama.LlamaConfig` and builds a plain-torch
+:class:`~msd.compiler.models.llama.LlamaModel` from it, keeping the quantized tensors as the file stores
+them (:class:`GGUFLinear`, :class:`GGUFEmbedding`):
 
 - ``Q8_0``: blocks of 32 int8 codes + one f16 scale ``d``: ``w = d·q``;
 - ``Q4_0``: blocks of 32 4-bit codes + f16 ``d``: ``w = d·(q − 8)``;
@@ -34,16 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msd.errors import GGUFError, OptionError, UnsupportedGGUFError
+from msd.compiler.quant.quantize import unpack_int4
+from msd.errors import GGUFError, UnsupportedGGUFError
 
 from .gguf_file import GGUFFile, GGUFTensorInfo, open_gguf
-from .quantize import unpack_int4
+from .llama import MLP, Attention, Block, LlamaConfig, LlamaModel, RMSNorm
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-DEFAULT_MAX_CTX = 2048  # KV-cache capacity (prompt + new tokens) of the generators
-KV_CACHE_FORMATS = ("float", "int8")  # f32 K/V, or int8 codes with one f32 scale per (head, token)
 BLOCK = 32  # elements per Q8_0 / Q4_0 / Q4_1 block
 SUPPORTED_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
 # bytes per block: f16 d (+ f16 m) + codes
@@ -196,275 +196,6 @@ class GGUFEmbedding(nn.Module):
             return t.weight[tokens].to(torch.float32)
         offset = t.offset[tokens] if t.qtype == "Q4_1" else None
         return dequantize_codes(t.qtype, t.rows(tokens), t.scale[tokens], offset)
-
-
-# ----------------------------------------------------------------------------------------------
-# Llama
-
-
-@dataclass
-class LlamaConfig:
-    n_layers: int
-    hidden: int
-    n_heads: int
-    n_kv_heads: int
-    ffn: int
-    vocab: int
-    rope_base: float = 10000.0
-    rms_eps: float = 1e-5
-    head_dim: int = 0
-    context_length: int = 2048
-
-    def __post_init__(self) -> None:
-        if not self.head_dim:
-            self.head_dim = self.hidden // self.n_heads
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, weight: torch.Tensor, eps: float) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight.to(torch.float32))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin ``[..., S, head_dim/2]`` for pair ``i`` rotated by ``pos · base^(−2i/head_dim)``."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    ang = positions.to(torch.float32).unsqueeze(-1) * inv_freq
-    return torch.cos(ang), torch.sin(ang)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """llama.cpp "normal" RoPE: rotates adjacent pairs ``(x[2i], x[2i+1])``.
-
-    This is the pairing that applies to GGUF llama q/k weights: llama.cpp's converter permutes the
-    rows of HF's ``q_proj``/``k_proj`` (which HF rotates as halves ``(x[i], x[i+d/2])``) back into
-    the interleaved Meta layout.  ``x``: ``[B, H, S, D]``; ``cos``/``sin``: ``[B, 1, S, D/2]``.
-    """
-    xp = x.reshape(*x.shape[:-1], -1, 2)
-    x0, x1 = xp[..., 0], xp[..., 1]
-    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).reshape(x.shape)
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: LlamaConfig, q: GGUFLinear, k: GGUFLinear, v: GGUFLinear, o: GGUFLinear) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = q, k, v, o
-
-    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Projected heads ``[B, heads, S, D]`` with RoPE applied to q and k."""
-        c = self.cfg
-        b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, c.n_heads, c.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, s, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        c = self.cfg
-        b, s, _ = x.shape
-        q, k, v = self._qkv(x, cos, sin)
-        group = c.n_heads // c.n_kv_heads  # query head h reads kv head h // group
-        k = k.repeat_interleave(group, dim=1)
-        v = v.repeat_interleave(group, dim=1)
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(c.head_dim)
-        causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
-        out = torch.matmul(torch.softmax(scores, dim=-1), v)
-        return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * c.head_dim))
-
-    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: tuple[torch.Tensor, ...],
-                       hidden: torch.Tensor | None,
-                       kv_cache: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Attention of the ``S`` new tokens over this layer's ``T`` past entries and themselves →
-        ``(output, new entries)``.
-
-        ``past`` is token-major: ``(k, v)`` f32 ``[T, B, n_kv_heads, D]``, or for ``kv_cache="int8"``
-        ``(k_codes, k_scales, v_codes, v_scales)``, int8 codes with one f32 scale per (head, token)
-        ``[T, B, n_kv_heads]``; ``()`` when nothing precedes the new tokens.  The new tokens' keys and
-        values are returned in the same form with ``B, n_kv_heads, S`` leading (int8: quantized
-        symmetrically per token, ``amax/127``, round half to even); the caller appends them.  Attention
-        reads ``codes · scale`` ("dequantize then attend": the reference msd's pass rewrites into int8
-        ``q·Kᵀ`` and ``P·V``) over the ``T + S`` keys: past, then new.  ``hidden`` ``[S, T + S]`` is an
-        additive float mask (−inf where key ``j`` lies after query ``s``, i.e. ``j > T + s``; None when
-        ``S = 1``).  Grouped-query heads are attended as ``[B·n_kv_heads, group·S, ·]``: the query heads
-        sharing a KV head stack along the rows."""
-        c = self.cfg
-        b, s, _ = x.shape
-        q, k, v = self._qkv(x, cos, sin)
-        if kv_cache == "float":
-            new: tuple[torch.Tensor, ...] = (k, v)
-        else:
-            (kq, kqs), (vq, vqs) = quantize_per_token(k), quantize_per_token(v)
-            new = (kq, kqs, vq, vqs)
-        # past entries [T, B, H, ...] -> [B, H, T, ...], then the new ones after them
-        full = [torch.cat([p.movedim(0, 2), n], dim=2) for p, n in zip(past, new)] if past else list(new)
-        if kv_cache == "float":
-            kd, vd = full
-        else:
-            kc, ks, vc, vs = full
-            kd = kc.to(torch.float32) * ks.unsqueeze(-1)
-            vd = vc.to(torch.float32) * vs.unsqueeze(-1)
-        hkv, group, d = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
-        qg = q.unflatten(1, (hkv, group))  # query head h = kv·group + j reads kv head h // group
-        scores = torch.einsum("bhgsd,bhtd->bhgst", qg, kd) / math.sqrt(d)
-        if hidden is not None:
-            scores = scores + hidden
-        out = torch.einsum("bhgst,bhtd->bhgsd", torch.softmax(scores, dim=-1), vd).flatten(1, 2)
-        return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * d)), new
-
-
-def quantize_per_token(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per vector along the last dim: ``(codes int8, scale f32 [...])`` with
-    ``t ≈ codes · scale``; an all-zero vector gets zero codes."""
-    scale = t.abs().amax(-1).clamp_min(1e-30) / 127.0
-    return torch.round(t / scale.unsqueeze(-1)).clamp(-127, 127).to(torch.int8), scale
-
-
-class MLP(nn.Module):
-    def __init__(self, gate: GGUFLinear, up: GGUFLinear, down: GGUFLinear) -> None:
-        super().__init__()
-        self.gate_proj, self.up_proj, self.down_proj = gate, up, down
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: LlamaConfig, attn_norm: RMSNorm, attn: Attention, ffn_norm: RMSNorm, mlp: MLP) -> None:
-        super().__init__()
-        self.attn_norm, self.attn, self.ffn_norm, self.mlp = attn_norm, attn, ffn_norm, mlp
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.ffn_norm(x))
-
-    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: tuple[torch.Tensor, ...],
-                       hidden: torch.Tensor | None, kv_cache: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        h, new = self.attn.forward_cached(self.attn_norm(x), cos, sin, past, hidden, kv_cache)
-        x = x + h
-        return x + self.mlp(self.ffn_norm(x)), new
-
-
-class LlamaModel(nn.Module):
-    """Stateless full-sequence Llama: ``forward(tokens [B, S], positions [B, S] | None) → logits
-    [B, S, vocab]`` (f32).  ``positions`` defaults to ``0..S-1``.  :meth:`step` is the functional
-    KV-cache path (caches passed in and returned) used for prefill/decode."""
-
-    def __init__(self, cfg: LlamaConfig, embed: GGUFLinear, blocks: list[Block], norm: RMSNorm,
-                 lm_head: GGUFLinear) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.embed = GGUFEmbedding(embed)
-        self.blocks = nn.ModuleList(blocks)
-        self.norm = norm
-        self.lm_head = lm_head  # the embedding table itself when tied
-        self.tied = lm_head is embed
-
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        b, s = tokens.shape
-        if positions is None:
-            positions = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        x = self.embed(tokens)
-        for blk in self.blocks:
-            x = blk(x, cos, sin)
-        return self.lm_head(self.norm(x))
-
-    def cache_entries(self, batch: int = 1, kv_cache: str = "float") -> list[tuple[tuple[int, ...], torch.dtype]]:
-        """Shape and dtype of one token's entry in each cache tensor (the cache is token-major: a
-        tensor is ``[T, *shape]``): ``kv_cache="float"`` → keys and values, f32 ``[n_layers, batch,
-        n_kv_heads, head_dim]``; ``"int8"`` → ``k_codes, k_scales, v_codes, v_scales``, codes int8 of
-        that shape and scales f32 ``[n_layers, batch, n_kv_heads]``."""
-        c = self.cfg
-        shape = (c.n_layers, batch, c.n_kv_heads, c.head_dim)
-        if kv_cache == "float":
-            return [(shape, torch.float32)] * 2
-        if kv_cache == "int8":
-            return [(shape, torch.int8), (shape[:-1], torch.float32)] * 2
-        raise OptionError(f"kv_cache={kv_cache!r} is not supported (choose one of {', '.join(KV_CACHE_FORMATS)})")
-
-    def empty_cache(self, batch: int = 1, kv_cache: str = "float", length: int = 0) -> tuple[torch.Tensor, ...]:
-        """Zero cache tensors of ``length`` tokens (:meth:`cache_entries`; 0: an empty cache)."""
-        return tuple(torch.zeros((length, *shape), dtype=dtype) for shape, dtype in self.cache_entries(batch, kv_cache))
-
-    def step(self, tokens: torch.Tensor, *past: torch.Tensor, kv_cache: str = "float",
-             last_only: bool = True) -> tuple[torch.Tensor, ...]:
-        """KV-cache forward: ``tokens [B, S]`` at positions ``T .. T+S-1`` after the ``T`` tokens held in
-        ``past`` → ``(logits, *new)``.  ``past`` is the cache in ``kv_cache`` format, token-major (one
-        ``[T, *entry]`` tensor per :meth:`cache_entries` entry), or nothing at all for ``T = 0``
-        (prefill); ``new`` is the S new tokens' entries in the same form ``[S, *entry]``, for the caller
-        to append.  ``logits`` is ``[B, vocab]`` for the last token (``last_only``) or ``[B, S, vocab]``.
-        Attention reads only the ``T + S`` real entries, so a step costs what the current length asks,
-        whatever the capacity of the caller's cache.  Nothing is mutated and no tensor value reaches
-        Python control flow, so it exports with a dynamic ``S`` (prefill) or ``S = 1`` (decode) and a
-        dynamic ``T``."""
-        entries = self.cache_entries(tokens.shape[0], kv_cache)
-        if past and len(past) != len(entries):
-            raise OptionError(f"kv_cache={kv_cache!r} takes {len(entries)} cache tensors, got {len(past)}")
-        b, s = tokens.shape
-        t = past[0].shape[0] if past else 0
-        positions = (torch.arange(s, device=tokens.device) + t).unsqueeze(0).expand(b, s)  # [B, S]
-        hidden = None
-        if not (isinstance(s, int) and s == 1):  # one new token sees every key: no mask
-            # additive mask [S, T + S]: -inf on keys after each query, by a lookup (gather) in [0, -inf]
-            # rather than a bool select, so that msd's matmul pass sees a float operand for the attention
-            # matmuls (a bool mask reads to it as an i1 "integer weight")
-            keys = torch.arange(t + s, device=tokens.device)
-            later = (keys.view(1, -1) > positions[0].view(-1, 1)).to(torch.long)
-            table = torch.cat([torch.zeros(1, device=tokens.device),
-                               torch.full((1,), float("-inf"), device=tokens.device)])
-            hidden = table[later]
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        x = self.embed(tokens)
-        new: list[list[torch.Tensor]] = [[] for _ in entries]
-        for i, blk in enumerate(self.blocks):
-            x, layer = blk.forward_cached(x, cos, sin, tuple(p[:, i] for p in past), hidden, kv_cache)
-            for acc, e in zip(new, layer):
-                acc.append(e)
-        if last_only:
-            x = x[:, -1, :]
-        # per layer [B, H, S, ...] -> [n_layers, B, H, S, ...] -> token-major [S, n_layers, B, H, ...]
-        return (self.lm_head(self.norm(x)), *(torch.stack(es).movedim(3, 0) for es in new))
-
-    @torch.no_grad()
-    def generate_cached(self, tokens: list[int] | torch.Tensor, max_new_tokens: int,
-                        eos: int | set[int] | None = None, kv_cache: str = "float") -> list[int]:
-        """Greedy decoding with the KV cache (:meth:`step`): one prefill, then one token per step,
-        each appending its entries to the cache."""
-        ids = torch.as_tensor(tokens, dtype=torch.long).reshape(1, -1)
-        stop = {eos} if isinstance(eos, int) else set(eos or ())
-        logits, *cache = self.step(ids, kv_cache=kv_cache)
-        out = []
-        for i in range(max_new_tokens):
-            nxt = int(logits[0].argmax())
-            out.append(nxt)
-            if nxt in stop or i == max_new_tokens - 1:
-                break
-            logits, *new = self.step(torch.tensor([[nxt]]), *cache, kv_cache=kv_cache)
-            cache = [torch.cat([c, n]) for c, n in zip(cache, new)]
-        return out
-
-    @torch.no_grad()
-    def generate(self, tokens: list[int] | torch.Tensor, max_new_tokens: int, eos: int | None = None) -> list[int]:
-        """Greedy decoding, recomputing the whole sequence each step (no KV cache)."""
-        ids = torch.as_tensor(tokens, dtype=torch.long).reshape(1, -1)
-        out: list[int] = []
-        for _ in range(max_new_tokens):
-            nxt = int(self(ids)[0, -1].argmax())
-            out.append(nxt)
-            if eos is not None and nxt == eos:
-                break
-            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -659,7 +390,7 @@ def load_gguf(path: str | Path | GGUFFile) -> LlamaModel:
         mlp = MLP(lin(p + "ffn_gate.weight"), lin(p + "ffn_up.weight"), lin(p + "ffn_down.weight"))
         blocks.append(Block(cfg, norm(p + "attn_norm.weight"), attn, norm(p + "ffn_norm.weight"), mlp))
     lm_head = lin("output.weight") if "output.weight" in tensors else embed
-    model = LlamaModel(cfg, embed, blocks, norm("output_norm.weight"), lm_head)
+    model = LlamaModel(cfg, GGUFEmbedding(embed), blocks, norm("output_norm.weight"), lm_head, tied=lm_head is embed)
     return model.eval()
 
 
@@ -762,7 +493,6 @@ def special_token_id(reader_or_path: str | Path | GGUFFile, key: str) -> int | N
         return _special_ids(f, len(f.get_array("tokenizer.ggml.tokens", "str")))[name]
 
 
-__all__ = ["DEFAULT_MAX_CTX", "KV_CACHE_FORMATS", "GGUFEmbedding", "GGUFError", "GGUFFile", "GGUFLinear",
-           "LlamaConfig", "LlamaModel", "SUPPORTED_TYPES", "UnsupportedGGUFError", "check_llama_tensors",
-           "quantize_per_token", "chat_prompt", "dequantize_codes", "llama_tensor_shapes", "load_gguf", "read_config",
-           "read_tensors", "special_token_id", "tokenizer_from_gguf", "unpack_blocks"]
+__all__ = ["SUPPORTED_TYPES", "GGUFEmbedding", "GGUFError", "GGUFFile", "GGUFLinear", "GGUFTensor",
+           "UnsupportedGGUFError", "chat_prompt", "check_llama_tensors", "dequantize_codes", "llama_tensor_shapes",
+           "load_gguf", "read_config", "read_tensors", "special_token_id", "tokenizer_from_gguf", "unpack_blocks"]

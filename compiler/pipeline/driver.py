@@ -10,7 +10,7 @@ Stages, each of which ``emit=`` can stop after (returning MLIR text):
 Without ``emit`` the result is a :class:`CompiledModule`: the module plus its parameter archive,
 callable with torch tensors.
 
-Everything after the import runs in a worker process (:mod:`msd.compiler.worker`), so that a crash in
+Everything after the import runs in a worker process (:mod:`msd.compiler.pipeline.worker`), so that a crash in
 IREE or LLVM becomes a :class:`CompileError` instead of ending the caller's process.
 """
 
@@ -23,20 +23,18 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import ml_dtypes
-import numpy as np
 import torch
 from iree.compiler import ir
 
+from msd.compiler.frontends.thirdparty import normalize
 from msd.cost import profile_for, slices_for_bits
 from msd.passes import Report
 from msd.passes.decompose_activations import NAME as DECOMPOSE
 from msd.passes.decompose_activations import SUPPORTED_SLICES
-from msd.runtime.artifact import MODULE_FILE, PARAMETERS_FILE, write_manifest
+from msd.runtime.artifact import MODULE_FILE, PARAMETERS_FILE, to_numpy, to_torch, write_manifest
 from msd.runtime.module import Module, TensorSpec
 
 from . import worker
-from .frontends import normalize
 from .importer import export, import_programs, input_specs, output_specs
 from .iree_session import CompileError, IreeSession
 from .targets import BACKENDS, Target
@@ -45,7 +43,7 @@ from .targets import resolve as resolve_target
 STAGES = ("torch", "linalg", "msd", "vmfb")
 
 
-TARGETS = BACKENDS  # target names; each takes an optional ":arch" (see compiler/targets.py)
+TARGETS = BACKENDS  # target names; each takes an optional ":arch" (see compiler/pipeline/targets.py)
 # f64 stays f64: IREE demotes it to f32 by default, which left the module expecting f32 buffers while
 # the signature (and every caller) passes f64 -- each call then failed on the buffer length.
 COMMON_FLAGS = ("--iree-input-type=torch", "--iree-input-demote-f64-to-f32=false")
@@ -74,7 +72,7 @@ def compile(  # noqa: A001 - the public name is msd.compile
     """Compile ``model`` (a module, or an already exported program) for ``target`` with MSD.
 
     Models quantized by torchao or PT2E are accepted as they are: their dequantize ops are
-    rewritten to plain torch first (``msd.compiler.frontends.normalize``).
+    rewritten to plain torch first (``msd.compiler.frontends.thirdparty.normalize``).
 
     ``slices``: 1, 2 or 3 int8 activation slices; 0 compiles IREE's own lowering of the same
     model (the baseline).  ``emit``: stop after a stage (see module docstring).
@@ -130,7 +128,7 @@ def compile_functions(
     if not functions or not all(isinstance(n, str) and n.isidentifier() for n in functions):
         raise ValueError(f"function names must be Python identifiers, got {list(functions)}")
     if emit != "torch":
-        worker.prewarm()  # IREE runs in a worker process (compiler/worker.py): it starts while we export
+        worker.prewarm()  # IREE runs in a worker process (compiler/pipeline/worker.py): it starts while we export
     step("export")
     programs = {}
     for name, spec in functions.items():
@@ -303,8 +301,8 @@ class CompiledModule:
             arrays.append(to_numpy(a))
         out = self.function(name)(*arrays)
         if isinstance(out, tuple):
-            return tuple(from_numpy(o) for o in out)
-        return from_numpy(out)
+            return tuple(to_torch(o) for o in out)
+        return to_torch(out)
 
     def save(self, folder: str | Path, extra_files: dict[str, bytes] | None = None,
              metadata: dict | None = None) -> Path:
@@ -346,19 +344,6 @@ def device_present(driver: str) -> bool:
         return bool(rt.get_driver(driver).query_available_devices())
     except (RuntimeError, ValueError):
         return False
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    t = t.detach().cpu().contiguous()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
-
-
-def from_numpy(a: np.ndarray) -> torch.Tensor:
-    if a.dtype == ml_dtypes.bfloat16:
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(a))
 
 
 __all__ = ["STAGES", "TARGETS", "CompileError", "CompiledModule", "compile", "compile_functions"]

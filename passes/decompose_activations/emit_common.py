@@ -1,0 +1,99 @@
+"""IR-building pieces both lowerings use (:mod:`.emit_int8`, :mod:`.emit_scaled`).
+
+- :func:`split_operand` / :func:`split_map`: an operand re-indexed in the K-split space
+  (K → groups × within-group);
+- :func:`residual_maxima`: the block maxima MX slices take their exponents from;
+- :func:`slice_index` / :func:`select_slice`: one value per slice inside a generic body;
+- :func:`mark_epilogue`: the op :mod:`.cleanup` later merges the elementwise consumers into.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from iree.compiler import ir
+from iree.compiler.dialects import arith, linalg
+from iree.compiler.dialects import math as math_d
+
+from .. import _ir, _mx
+
+EPILOGUE_MARK = "msd.epilogue"  # set on epilogues while the pass runs, removed by cleanup.fold_epilogues
+
+
+def split_operand(value: ir.Value, amap: ir.AffineMap, k: int, ki: int, group: int,
+                  n_all: int) -> tuple[ir.Value, ir.AffineMap]:
+    """Re-index ``value`` in the K-split space (:func:`split_map`): a tensor dim read as all of K is
+    expanded into [K/g, g].  Returns the (possibly expanded) value and its map."""
+    groups, sizes, t = [], [], _ir.tensor_type(value)
+    for i, e in enumerate(amap.results):
+        base = sum(len(g) for g in groups)
+        if _ir.k_usage(e, k) == ("dim", k):
+            groups.append([base, base + 1])
+            sizes += [t.get_dim_size(i) // group, group]
+        else:
+            groups.append([base])
+            sizes.append(_ir.size_of(value, i))
+    return _ir.expand(value, groups, sizes), split_map(amap, k, ki, n_all)
+
+
+def split_map(amap: ir.AffineMap, k: int, ki: int, n_all: int) -> ir.AffineMap:
+    """``amap`` in the K-split space (K → kg·g + ki, kg keeping K's position, ki the new dim): all of K
+    reads (kg, ki), ``k floordiv g`` reads kg and ``k mod g`` reads ki."""
+    exprs = []
+    for e in amap.results:
+        u = _ir.k_usage(e, k)
+        if u == ("dim", k):
+            exprs += [ir.AffineDimExpr.get(k), ir.AffineDimExpr.get(ki)]
+        elif u is not None and u[0] == "kgroup":
+            exprs.append(ir.AffineDimExpr.get(k))
+        elif u is not None and u[0] == "kin":
+            exprs.append(ir.AffineDimExpr.get(ki))
+        else:
+            exprs.append(e.compose(ir.AffineMap.get_identity(n_all)))
+    return ir.AffineMap.get(n_all, 0, exprs)
+
+
+def residual_maxima(x: ir.Value, x_in_rows: ir.AffineMap, rows: Sequence[int], n_reduced: int,
+                    size: Callable[[int], _ir.Size], rule: str, fmt: str, maxima: Sequence[ir.Value],
+                    count: int) -> list[ir.Value]:
+    """``maxima`` plus ``count`` more block maxima, one reduction each over ``x`` read as
+    ``[rows..., reduced...]`` (``x_in_rows``): of ``|x|`` itself while ``maxima`` is empty, then of
+    what the MX slices with the exponents of the maxima so far leave of ``x``."""
+    maxima = list(maxima)
+    row_map = _ir.dims_map(len(rows) + n_reduced, list(range(len(rows))))
+    for _ in range(count):
+        def body(v, *args):
+            exps = [_mx.block_exponent(a, rule, fmt) for a in args[:-1]]
+            r = _mx.residual(_ir.to_f32(v), exps, fmt) if exps else _ir.to_f32(v)
+            return [arith.MaximumFOp(math_d.AbsFOp(r).result, args[-1]).result]
+
+        maxima.append(_ir.generic(
+            [x, *maxima], [_ir.filled([size(d) for d in rows], _ir.f32_const(0.0))],
+            [x_in_rows, *[row_map] * len(maxima), row_map],
+            [_ir.PARALLEL] * len(rows) + [_ir.REDUCTION] * n_reduced, body,
+        )[0])
+    return maxima
+
+
+def slice_index(dim: int) -> ir.Value:
+    """Inside a generic body: the index along ``dim``, the slice dim of the tensor being built."""
+    return linalg.IndexOp(ir.IntegerAttr.get(ir.IntegerType.get_signless(64), dim)).result
+
+
+def select_slice(index: ir.Value, values: Sequence[ir.Value]) -> ir.Value:
+    """``values[index]`` (an index from :func:`slice_index`) as a chain of selects."""
+    v = values[-1]
+    for i in range(len(values) - 2, -1, -1):
+        is_i = arith.CmpIOp(arith.CmpIPredicate.eq, index, _ir.index_const(i)).result
+        v = arith.SelectOp(is_i, values[i], v).result
+    return v
+
+
+def mark_epilogue(y: ir.Value) -> ir.Value:
+    """Mark the op producing the rewrite's result ``y`` as its epilogue; return ``y``."""
+    _ir.producer(y).attributes[EPILOGUE_MARK] = ir.UnitAttr.get()
+    return y
+
+
+__all__ = ["EPILOGUE_MARK", "mark_epilogue", "residual_maxima", "select_slice", "slice_index", "split_map",
+           "split_operand"]
