@@ -37,7 +37,13 @@ def either(values: Sequence[object]) -> str:
 
 def a_type(t: type) -> str:
     """``int`` → ``"an integer"``: a type as an error message names it."""
-    return {int: "an integer", str: "a string", float: "a number", bool: "a boolean"}.get(t, f"a {t.__name__}")
+    names = {int: "an integer", str: "a string", float: "a number", bool: "a boolean"}
+    if t in names:
+        return names[t]
+    args = [a for a in typing.get_args(t) if a is not type(None)]  # Optional[int] -> "an integer or None"
+    if args:
+        return " or ".join(a_type(a) for a in args) + (" or None" if type(None) in typing.get_args(t) else "")
+    return f"a {getattr(t, '__name__', t)}"
 
 
 def option(default: object, *, help: str, choices: Sequence[object] = (),
@@ -45,6 +51,16 @@ def option(default: object, *, help: str, choices: Sequence[object] = (),
     """A field of a :class:`PassOptions`: its default, allowed values (none: any value of the type), help
     text, and how an error message lists the allowed values."""
     return field(default=default, metadata={"help": help, "choices": tuple(choices), "listing": listing})
+
+
+def same_option(options: type[PassOptions], name: str, **changes: Any) -> Any:
+    """A field like ``options``'s field ``name`` (default, choices, help, listing), with ``changes``: how
+    another options type (the compiler's) takes a pass option over without writing it again."""
+    f = options.__dataclass_fields__[name]
+    meta = {**f.metadata, **{k: v for k, v in changes.items() if k != "default"}}
+    if "choices" in changes:
+        meta["choices"] = tuple(changes["choices"])
+    return field(default=changes.get("default", f.default), metadata=meta)
 
 
 def cli_name(name: str) -> str:
@@ -69,16 +85,18 @@ class PassOptions:
     """Base of a pass's options (see the module docstring)."""
 
     pass_name: ClassVar[str] = ""
+    python_spelling: ClassVar[bool] = False  # messages say act_scale='row' (an API's keywords), not act-scale=row
 
     def __post_init__(self) -> None:
         for spec in self.specs():
             value = getattr(self, spec.name)
+            shown = f"{spec.name}={value!r}" if self.python_spelling else f"{spec.cli}={value}"
+            where = f"{self.pass_name}: " if self.pass_name else ""
             if spec.choices and value not in spec.choices:
                 listing = self.__dataclass_fields__[spec.name].metadata["listing"]
-                raise OptionError(f"{self.pass_name}: {spec.cli}={value} is not supported"
-                                  f" (choose {listing(spec.choices)})")
+                raise OptionError(f"{where}{shown} is not supported (choose {listing(spec.choices)})")
             if not isinstance(value, spec.type):
-                raise OptionError(f"{self.pass_name}: {spec.cli}={value!r} is not {a_type(spec.type)}")
+                raise OptionError(f"{where}{shown} is not {a_type(spec.type)}")
         self.validate()
 
     def validate(self) -> None:
@@ -114,4 +132,4 @@ class PassOptions:
         return cls(**cls.parse_text(text))
 
 
-__all__ = ["OptionSpec", "PassOptionError", "PassOptions", "a_type", "cli_name", "either", "option"]
+__all__ = ["OptionSpec", "PassOptionError", "PassOptions", "a_type", "cli_name", "either", "option", "same_option"]

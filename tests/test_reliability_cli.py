@@ -305,7 +305,7 @@ def test_run_bench_inspect_failures_are_one_line(capsys, in_work: Path) -> None:
         (["bench", "art", "--shape", "2x32", "--shape", "2x32"], "1 input(s) but 2 --shape value(s)"),
         (["bench", "art", "--shape", "2x33", "--reps", "1"], "InputError: input 0"),
         (["inspect", "plain"], "plain is not an msd artifact: msd.json is missing"),
-        (["inspect", "x.npy"], "is not an msd artifact: msd.json is missing"),
+        (["inspect", "x.npy"], "x.npy is not a folder: an msd artifact is a folder with msd.json"),
     ):
         code, err = _cli(capsys, *argv)
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (argv, err)

@@ -66,21 +66,22 @@ import torch
 from torch import fx, nn
 
 from msd.compiler.pipeline.importer import export
+from msd.compiler.pipeline.options import CompileOptions
 from msd.errors import MsdError, OptionError
 from msd.passes.report import Report
 
 NAME = "msd"
+# msd.compile's MSD options (CompileOptions' fields, defaults and checks) and the backend's own
+COMPILE_OPTIONS = ("target", "extra_flags", *(s.name for s in CompileOptions.specs()))  # passed to msd.compile
 DEFAULT_OPTIONS: dict[str, Any] = {
     "target": "llvm-cpu",
-    "slices": 2,
-    "act_scale": "group",
     "extra_flags": (),
+    **{s.name: s.default for s in CompileOptions.specs()},
     "grad": "error",
     "fallback": False,
     "cache_size": 8,
 }
 GRAD_POLICIES = ("error", "eager")
-COMPILE_OPTIONS = ("target", "slices", "act_scale", "extra_flags")  # passed on to msd.compile
 
 
 class MsdBackendError(MsdError, RuntimeError):
@@ -152,10 +153,7 @@ def _resolve_options(options: dict | None) -> dict[str, Any]:
         raise OptionError(f"grad={opts['grad']!r} is not supported (choose one of {', '.join(GRAD_POLICIES)})")
     if not isinstance(opts["cache_size"], int) or opts["cache_size"] < 1:
         raise OptionError(f"cache_size must be a positive int, got {opts['cache_size']!r}")
-    from msd.compiler.pipeline.driver import SUPPORTED_SLICES  # (checked here so that a bad value fails at once)
-
-    if opts["slices"] != 0 and opts["slices"] not in SUPPORTED_SLICES:
-        raise OptionError(f"slices={opts['slices']!r} is not supported (0, or one of {list(SUPPORTED_SLICES)})")
+    CompileOptions.from_kwargs({s.name: opts[s.name] for s in CompileOptions.specs()})  # a bad value fails at once
     opts["extra_flags"] = tuple(opts["extra_flags"])
     return opts
 

@@ -21,22 +21,24 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from iree.compiler import ir
 
 from msd.compiler.frontends.thirdparty import normalize
-from msd.cost import profile_for, slices_for_bits
+from msd.cost import profile_for
 from msd.passes import Report
 from msd.passes.decompose_activations import NAME as DECOMPOSE
-from msd.passes.decompose_activations import SUPPORTED_SLICES
 from msd.runtime.artifact import MODULE_FILE, PARAMETERS_FILE, to_numpy, to_torch, write_manifest
 from msd.runtime.module import Module, TensorSpec
 
 from . import worker
 from .importer import export, import_programs, input_specs, output_specs
 from .iree_session import CompileError, IreeSession
+from .options import CompileOptions
 from .targets import BACKENDS, Target
 from .targets import resolve as resolve_target
 
@@ -56,18 +58,11 @@ def compile(  # noqa: A001 - the public name is msd.compile
     example_inputs: Sequence[torch.Tensor] | torch.Tensor,
     *,
     target: str = "llvm-cpu",
-    slices: int = 2,
     emit: str | None = None,
     dynamic_shapes=None,
-    act_scale: str = "group",
-    act_format: str = "int8",
-    mx_scale: str = "ocp",
-    mx_lowering: str = "auto",
-    decide: str = "always",
-    min_bits: int | None = None,
-    hardware: str | None = None,
     extra_flags: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> CompiledModule | str | bytes:
     """Compile ``model`` (a module, or an already exported program) for ``target`` with MSD.
 
@@ -90,39 +85,31 @@ def compile(  # noqa: A001 - the public name is msd.compile
     ``min_bits``: the accuracy request in effective bits instead of ``slices``: the fewest slices
     that reach it (8 → 1, 16 → 2, 24 → 3).
     """
-    return compile_functions({"main": (model, example_inputs, dynamic_shapes)}, target=target, slices=slices,
-                             emit=emit, act_scale=act_scale, act_format=act_format, mx_scale=mx_scale,
-                             mx_lowering=mx_lowering,
-                             decide=decide, min_bits=min_bits, hardware=hardware,
-                             extra_flags=extra_flags, progress=progress)
+    return compile_functions({"main": (model, example_inputs, dynamic_shapes)}, target=target, emit=emit,
+                             extra_flags=extra_flags, progress=progress, **options)
 
 
 def compile_functions(
     functions: Mapping[str, tuple],
     *,
     target: str = "llvm-cpu",
-    slices: int = 2,
     emit: str | None = None,
-    act_scale: str = "group",
-    act_format: str = "int8",
-    mx_scale: str = "ocp",
-    mx_lowering: str = "auto",
-    decide: str = "always",
-    min_bits: int | None = None,
-    hardware: str | None = None,
     extra_flags: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> CompiledModule | str | bytes:
     """Compile several entry points into one artifact, e.g. ``{"prefill": (model, (tokens,), dyn),
     "decode": (step_model, (token, cache))}``: each value is ``(model, example_inputs[,
-    dynamic_shapes])``.  Weights with the same torch name are stored once and shared."""
+    dynamic_shapes])``.  Weights with the same torch name and the same bytes are stored once and
+    shared.  ``options``: the fields of :class:`~msd.compiler.pipeline.options.CompileOptions` (as
+    for :func:`compile`)."""
+    opts = CompileOptions.from_kwargs(options)
     step = progress or (lambda _stage: None)
     tgt = resolve_target(target)
-    if slices != 0 and slices not in SUPPORTED_SLICES:
-        raise ValueError(f"slices={slices!r} is not supported (0 for the IREE baseline, or 1, 2, 3)")
-    cost_target = _cost_target(target, slices, decide, min_bits, hardware)
-    if min_bits:
-        slices = slices_for_bits(min_bits)
+    cost_target = opts.cost_target(target)
+    slices = opts.effective_slices
+    step = progress or (lambda _stage: None)
+    tgt = resolve_target(target)
     if emit is not None and emit not in STAGES:
         raise ValueError(f"emit={emit!r} is not a stage (choose one of {', '.join(STAGES)})")
     if not functions or not all(isinstance(n, str) and n.isidentifier() for n in functions):
@@ -152,11 +139,10 @@ def compile_functions(
     step("import")
     flags = [*COMMON_FLAGS, *tgt.flags, *extra_flags]
     request = worker.Request(flags=flags, module=_bytecode(module), stop=emit or "vmfb")
-    if slices:
+    pass_options = opts.pass_options(tgt, cost_target)
+    if pass_options is not None:
         request.pass_name = DECOMPOSE
-        request.pass_options = dict(slices=slices, act_scale=act_scale, act_format=act_format, mx_scale=mx_scale,
-                                    target=cost_target, min_bits=min_bits or 0,
-                                    mx_lowering=_mx_lowering(mx_lowering, tgt))
+        request.pass_options = {f.name: getattr(pass_options, f.name) for f in fields(pass_options)}
         request.post_pipeline = POST_MSD_PIPELINE
         if cost_target:  # the profile as this process has it (PROFILES may have been extended)
             hw = profile_for(cost_target)
@@ -177,9 +163,7 @@ def compile_functions(
         params.write_archive(workdir / PARAMETERS_FILE)
         (workdir / MODULE_FILE).write_bytes(vmfb)
         signatures = {name: (input_specs(p), output_specs(p)) for name, p in programs.items()}
-        chosen = {"policy": decide, "hardware": profile_for(cost_target).name if cost_target else None,
-                  "min_bits": min_bits}
-        compiled = CompiledModule(workdir, tgt, signatures, report, slices, decide=chosen)
+        compiled = CompiledModule(workdir, tgt, signatures, report, slices, decide=opts.decide_record(target))
         weakref.finalize(compiled, shutil.rmtree, workdir, True)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -191,37 +175,6 @@ def _bytecode(module: ir.Operation) -> bytes:
     buffer = io.BytesIO()
     module.write_bytecode(buffer)
     return buffer.getvalue()
-
-
-DECIDE = ("always", "cost")
-
-
-def _cost_target(target: str, slices: int, decide: str, min_bits: int | None, hardware: str | None) -> str:
-    """Check the decision options; return the profile/target the pass costs with ("" for always)."""
-    if decide not in DECIDE:
-        raise ValueError(f"decide={decide!r} is not supported (choose {' or '.join(DECIDE)})")
-    if min_bits is not None:
-        if slices == 0:
-            raise ValueError("min_bits asks for MSD slices, but slices=0 compiles IREE's own lowering")
-        slices_for_bits(min_bits)  # raises for more bits than 3 slices give
-    if decide == "always":
-        if hardware is not None:
-            raise ValueError("hardware= names the cost model's profile: it needs decide='cost'")
-        return ""
-    if slices == 0:
-        raise ValueError("decide='cost' picks MSD or IREE's lowering per matmul; slices=0 asks for the latter only")
-    spec = hardware or target
-    profile_for(spec)  # raises ValueError naming the profiles
-    return spec
-
-
-FP4_MATRIX_TARGETS = ("rocm:gfx950",)  # targets whose matrix units take block-scaled FP4
-
-
-def _mx_lowering(choice: str, tgt: Target) -> str:
-    if choice == "auto":
-        return "scaled" if f"{tgt.backend}:{tgt.arch}" in FP4_MATRIX_TARGETS else "int8"
-    return choice
 
 
 def _asm(module: ir.Operation) -> str:

@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 import traceback
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,6 @@ from typing import Any
 import numpy as np
 
 from msd.cost.model import fmt_time
-from msd.mx_format import ACT_FORMATS, LOWERINGS, SCALE_RULES
 
 
 class CliError(Exception):
@@ -218,10 +218,11 @@ def cmd_compile(args: argparse.Namespace) -> dict:
 
 
 def _compile_entry(args: argparse.Namespace) -> dict:
-    from msd.compiler.pipeline.driver import _cost_target
+    from msd.compiler.pipeline.options import CompileOptions
 
     # the option pairings msd.compile refuses (--hardware without --decide cost, …), before the entry point runs
-    _cost_target(args.target, args.slices, args.decide, args.min_bits, args.hardware)
+    options = CompileOptions.from_kwargs(_compile_options(args))
+    options.cost_target(args.target)
     built = _load_entry(args.entry)
     if not isinstance(built, tuple) or len(built) not in (2, 3):
         got = type(built).__name__
@@ -230,10 +231,8 @@ def _compile_entry(args: argparse.Namespace) -> dict:
     import msd
 
     start = time.perf_counter()
-    cm = msd.compile(model, inputs, target=args.target, slices=args.slices, act_scale=args.act_scale,
-                     act_format=args.act_format, mx_scale=args.mx_scale, mx_lowering=args.mx_lowering,
-                     decide=args.decide, min_bits=args.min_bits, hardware=args.hardware,
-                     dynamic_shapes=dynamic[0] if dynamic else None, progress=_progress(args, start))
+    cm = msd.compile(model, inputs, target=args.target, dynamic_shapes=dynamic[0] if dynamic else None,
+                     progress=_progress(args, start), **_compile_options(args))
     folder = cm.save(args.output)
     _say(args, f"[{time.perf_counter() - start:6.1f}s] saved {folder}")
     _say(args, cm.report.format())
@@ -414,6 +413,30 @@ def _baked(folder: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- main
+def _add_compile_options(c: argparse.ArgumentParser) -> None:
+    """One flag per field of msd.compile's options (``CompileOptions``): name, default, allowed values and
+    help come from the dataclass, not from here."""
+    from msd.compiler.pipeline.options import CompileOptions
+
+    for spec in CompileOptions.specs():
+        flag = f"--{spec.cli}"
+        if spec.type is int and spec.choices:  # a range of integers (--slices): one message for out-of-range
+            c.add_argument(flag, type=_int_range(min(spec.choices), max(spec.choices)), default=spec.default,
+                           help=spec.help)
+        elif spec.choices:
+            c.add_argument(flag, default=spec.default, choices=spec.choices, help=spec.help)
+        elif int in typing.get_args(spec.type) or spec.type is int:
+            c.add_argument(flag, type=_int_range(1), default=spec.default, help=spec.help)
+        else:
+            c.add_argument(flag, default=spec.default, help=spec.help)
+
+
+def _compile_options(args: argparse.Namespace) -> dict[str, Any]:
+    from msd.compiler.pipeline.options import CompileOptions
+
+    return {spec.name: getattr(args, spec.name) for spec in CompileOptions.specs()}
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="msd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -423,18 +446,7 @@ def parser() -> argparse.ArgumentParser:
                                  " Llama file (prefill + decode + tokenizer; run it with 'msd generate DIR')")
     c.add_argument("-o", "--output", required=True, help="artifact folder to write")
     c.add_argument("--target", default="llvm-cpu", help="llvm-cpu[:cpu] | cuda[:sm_XX] | rocm[:gfxXXX] | vulkan-spirv")
-    c.add_argument("--slices", type=_int_range(0, 3), default=2, help="activation slices 1-3; 0 = IREE's own lowering")
-    c.add_argument("--act-scale", default="group", choices=("row", "group"), help="for group-wise weights")
-    c.add_argument("--act-format", default="int8", choices=ACT_FORMATS,
-                   help="activation slices: int8 (default), or MX slices per 32-block (MXFP4 weights)")
-    c.add_argument("--mx-scale", default="ocp", choices=SCALE_RULES, help="MX block-exponent rule")
-    c.add_argument("--mx-lowering", default="auto", choices=("auto", *LOWERINGS),
-                   help="MXFP4 slices as exact int8 emulation or block-scaled FP4 (auto: scaled on rocm:gfx950)")
-    c.add_argument("--decide", default="always", choices=("always", "cost"),
-                   help="cost: a cost model of the target keeps IREE's lowering where MSD is not predicted faster")
-    c.add_argument("--min-bits", type=_int_range(1), default=None,
-                   help="accuracy request instead of --slices (8, 16, 24)")
-    c.add_argument("--hardware", default=None, help="hardware profile for --decide cost (see msd.cost)")
+    _add_compile_options(c)
     c.add_argument("--max-ctx", type=_int_range(3), default=None,
                    help=".gguf only: KV-cache capacity in tokens, prompt + new (default 2048); decode cost follows the"
                         " text, not this")

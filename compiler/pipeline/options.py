@@ -1,0 +1,104 @@
+"""``CompileOptions``: how ``msd.compile`` applies MSD — one frozen, self-validating dataclass.
+
+The pass's own options (``act_scale``, ``act_format``, ``mx_scale``) are taken over from
+``msd.passes.decompose_activations.DecomposeOptions`` field by field (default, allowed values,
+help); the compiler adds what only it decides: ``slices=0`` (IREE's own lowering, the baseline),
+``mx_lowering="auto"`` (by target), ``decide``/``hardware`` (who picks per matmul) and ``min_bits``.
+``msd.compile``/``compile_functions`` take these as keyword arguments, the ``msd compile`` flags and
+the ``torch.compile(backend="msd")`` options are made from :meth:`CompileOptions.specs`, and
+:meth:`CompileOptions.pass_options` is what the pass gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from msd.cost import profile_for, slices_for_bits
+from msd.errors import OptionError
+from msd.mx_format import LOWERINGS
+from msd.passes.decompose_activations import DecomposeOptions
+from msd.passes.decompose_activations.options import SUPPORTED_SLICES
+from msd.passes.pass_options import PassOptions, option, same_option
+
+from .targets import Target
+
+DECIDE = ("always", "cost")
+FP4_MATRIX_TARGETS = ("rocm:gfx950",)  # targets whose matrix units take block-scaled FP4
+
+
+@dataclass(frozen=True)
+class CompileOptions(PassOptions):
+    """The MSD options of a compile (see the module docstring); validated when created."""
+
+    python_spelling: ClassVar[bool] = True
+
+    slices: int = same_option(DecomposeOptions, "slices", choices=(0, *SUPPORTED_SLICES),
+                              help="activation slices 1-3 (about 8, 16, 24 bits); 0 = IREE's own lowering")
+    act_scale: str = same_option(DecomposeOptions, "act_scale")
+    act_format: str = same_option(DecomposeOptions, "act_format")
+    mx_scale: str = same_option(DecomposeOptions, "mx_scale")
+    mx_lowering: str = same_option(DecomposeOptions, "mx_lowering", default="auto", choices=("auto", *LOWERINGS),
+                                   help="MXFP4 slices as exact int8 emulation or block-scaled FP4 (auto: scaled on"
+                                        f" {', '.join(FP4_MATRIX_TARGETS)})")
+    decide: str = option("always", choices=DECIDE,
+                         help="cost: a cost model of the target keeps IREE's lowering where MSD is not predicted"
+                              " faster")
+    min_bits: int | None = option(None, help="accuracy request instead of slices (8, 16, 24 bits)")
+    hardware: str | None = option(None, help="hardware profile (msd.cost) for decide='cost'; default: the target's")
+
+    def validate(self) -> None:
+        if self.min_bits is not None:
+            if self.slices == 0:
+                raise OptionError("min_bits asks for MSD slices, but slices=0 compiles IREE's own lowering")
+            if self.min_bits < 1:
+                raise OptionError(f"min_bits={self.min_bits} must be positive")
+            slices_for_bits(self.min_bits)  # raises for more bits than 3 slices give
+        if self.decide == "always" and self.hardware is not None:
+            raise OptionError("hardware= names the cost model's profile: it needs decide='cost'")
+        if self.decide == "cost" and self.slices == 0:
+            raise OptionError("decide='cost' picks MSD or IREE's lowering per matmul; slices=0 asks for the latter"
+                              " only")
+        if self.hardware is not None:
+            profile_for(self.hardware)  # raises naming the profiles
+
+    @classmethod
+    def from_kwargs(cls, options: dict[str, Any]) -> CompileOptions:
+        """The options given as keyword arguments; an unknown name is an :class:`OptionError` listing the known."""
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            raise OptionError(f"unknown option(s) {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+        return cls(**options)
+
+    @property
+    def effective_slices(self) -> int:
+        """The slices compiled: from ``min_bits`` when given, else ``slices``."""
+        return slices_for_bits(self.min_bits) if self.min_bits else self.slices
+
+    def cost_target(self, target: str) -> str:
+        """The profile the pass costs with ("" when ``decide="always"``): ``hardware``, else ``target``'s."""
+        if self.decide == "always":
+            return ""
+        spec = self.hardware or target
+        profile_for(spec)  # raises naming the profiles
+        return spec
+
+    def decide_record(self, target: str) -> dict:
+        """How the matmuls were decided, as the artifact manifest records it."""
+        cost = self.cost_target(target)
+        return {"policy": self.decide, "hardware": profile_for(cost).name if cost else None, "min_bits": self.min_bits}
+
+    def pass_options(self, tgt: Target, cost_target: str = "") -> DecomposeOptions | None:
+        """What the pass gets for ``tgt`` (None for ``slices=0``: no pass)."""
+        if not self.slices:
+            return None
+        lowering = self.mx_lowering
+        if lowering == "auto":
+            lowering = "scaled" if f"{tgt.backend}:{tgt.arch}" in FP4_MATRIX_TARGETS else "int8"
+        return DecomposeOptions(slices=self.effective_slices, act_scale=self.act_scale, act_format=self.act_format,
+                                mx_scale=self.mx_scale, mx_lowering=lowering, target=cost_target,
+                                min_bits=self.min_bits or 0)
+
+
+__all__ = ["DECIDE", "FP4_MATRIX_TARGETS", "CompileOptions"]
