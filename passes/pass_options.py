@@ -96,6 +96,7 @@ class PassOptions:
                 listing = self.__dataclass_fields__[spec.name].metadata["listing"]
                 raise OptionError(f"{where}{shown} is not supported (choose {listing(spec.choices)})")
             if not isinstance(value, spec.type):
+                shown = f"{spec.name if self.python_spelling else spec.cli}={value!r}"
                 raise OptionError(f"{where}{shown} is not {a_type(spec.type)}")
         self.validate()
 

@@ -7,7 +7,7 @@ before anything else is read, the writer applies it to what it is about to write
 resolves every file through :func:`artifact_file`, which refuses names that are not plain file names
 in the folder.  A refusal is an :class:`~msd.errors.ArtifactError` naming the file and the key.
 
-The schema language is small on purpose: :class:`Str`, :class:`Int`, :class:`Bool`, :class:`Float`,
+The schema language is small on purpose: :class:`Str`, :class:`Int`, :func:`Bool`, :func:`Float`,
 :class:`Opt` (or null), :class:`List`, :class:`Record` (fixed keys; unknown keys are errors) and
 :class:`Table` (a mapping with checked keys).  Nothing here needs torch or the compiler.
 """
@@ -110,25 +110,28 @@ class Int(Schema):
 
 
 @dataclass(frozen=True)
-class Float(Schema):
+class Scalar(Schema):
+    """A value ``accepts`` says yes to (a boolean, a finite number)."""
+
+    accepts: Callable[[Any], bool]
+    description: str
+
     def check(self, v: Any, at: str) -> Any:
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise _Bad(at, f"expected {self.describe()}, got {_kind(v)}")
+        if not self.accepts(v):
+            raise _Bad(at, f"expected {self.description}, got {_kind(v)}")
         return v
 
     def describe(self) -> str:
-        return "a finite number"
+        return self.description
 
 
-@dataclass(frozen=True)
-class Bool(Schema):
-    def check(self, v: Any, at: str) -> Any:
-        if not isinstance(v, bool):
-            raise _Bad(at, f"expected a boolean, got {_kind(v)}")
-        return v
+def Bool() -> Scalar:  # noqa: N802 (reads like the other schema constructors)
+    return Scalar(lambda v: isinstance(v, bool), "a boolean")
 
-    def describe(self) -> str:
-        return "a boolean"
+
+def Float() -> Scalar:  # noqa: N802
+    return Scalar(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                  "a finite number")
 
 
 @dataclass(frozen=True)

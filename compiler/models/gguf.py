@@ -23,12 +23,13 @@ stored in the file (``tokenizer.ggml.model == "gpt2"``).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +41,8 @@ from msd.errors import GGUFError, UnsupportedGGUFError
 
 from .gguf_file import GGUFFile, GGUFTensorInfo, open_gguf
 from .llama import MLP, Attention, Block, LlamaConfig, LlamaModel, RMSNorm
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -231,14 +234,21 @@ def _finite(f: GGUFFile, key: str, value: float, low: float, strict: bool) -> fl
     return value
 
 
-def read_config(reader: str | Path | GGUFFile) -> LlamaConfig:
+def _reads_file(read: Callable[[GGUFFile], T]) -> Callable[[str | Path | GGUFFile], T]:
+    """``read`` taking a path or an open :class:`GGUFFile` (a file opened here is closed again)."""
+
+    @functools.wraps(read)
+    def wrapper(path_or_file: str | Path | GGUFFile) -> T:
+        with _opened(path_or_file) as f:
+            return read(f)
+
+    return wrapper
+
+
+@_reads_file
+def read_config(f: GGUFFile) -> LlamaConfig:
     """The :class:`LlamaConfig` of a llama GGUF file, every value type-checked and sanity-checked (positive
     counts, heads dividing the hidden size, ``vocab_size`` equal to the rows of ``token_embd.weight``)."""
-    with _opened(reader) as f:
-        return _read_config(f)
-
-
-def _read_config(f: GGUFFile) -> LlamaConfig:
     p = f.path
     arch = f.get_str("general.architecture")
     if arch != "llama":
@@ -372,7 +382,7 @@ def load_gguf(path: str | Path | GGUFFile) -> LlamaModel:
     its config and the shapes of the tensors it needs are checked first: a bad file raises
     :class:`GGUFError` (or :class:`UnsupportedGGUFError`) naming the file and the problem."""
     with _opened(path) as f:
-        cfg = _read_config(f)
+        cfg = read_config(f)
         tensors = _read_tensors(f, list(check_llama_tensors(f, cfg)))
 
     def lin(name: str) -> GGUFLinear:
@@ -413,16 +423,12 @@ def _special_ids(f: GGUFFile, n_tokens: int) -> dict[str, int]:
     return out
 
 
-def tokenizer_from_gguf(path_or_reader: str | Path | GGUFFile) -> Tokenizer:
+@_reads_file
+def tokenizer_from_gguf(f: GGUFFile) -> Tokenizer:
     """A ``tokenizers.Tokenizer`` (byte-level BPE) built from ``tokenizer.ggml.tokens`` and
     ``tokenizer.ggml.merges``; control tokens (type 3) and user-defined tokens (type 4) are added
     as special tokens so chat markers like ``<|im_start|>`` map to their single ids.  Array types, token
     types, special-token ids and every merge's tokens are checked (:class:`GGUFError` otherwise)."""
-    with _opened(path_or_reader) as f:
-        return _tokenizer(f)
-
-
-def _tokenizer(f: GGUFFile) -> Tokenizer:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
     p = f.path

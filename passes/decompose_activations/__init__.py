@@ -42,7 +42,7 @@ from .decide import policy_for
 from .match import Contraction
 from .options import NAME, SUPPORTED_SLICES, DecomposeOptions
 from .overflow import MAX_K_PER_ACCUMULATOR
-from .patterns import PATTERNS
+from .patterns import PATTERNS, DecomposeContraction
 from .plan import Plan, plan
 
 SUMMARY = "rewrite dequantize-then-matmul into decomposed-activation int8 matmuls"
@@ -62,8 +62,8 @@ def run(module: ir.Operation, options: DecomposeOptions | None = None, /, **kwar
     policy = policy_for(options)
     report = Report(NAME)
     patterns = rewrite.RewritePatternSet(module.context)
-    for cls in PATTERNS:
-        patterns.add(cls.root, cls(options, policy, report))
+    for root, contraction in PATTERNS:
+        patterns.add(root, DecomposeContraction(root, contraction, options, policy, report))
     # One walk, no folding: only candidate contractions are touched (and each exactly once).
     rewrite.walk_and_apply_patterns(module, patterns.freeze())
     fold_epilogues(module)

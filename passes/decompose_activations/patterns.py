@@ -23,13 +23,12 @@ from .plan import plan
 
 
 class DecomposeContraction:
-    """Base of the patterns: ``contraction`` turns the root op into a :class:`Contraction` (None: not
-    a candidate); the rest is the same for every root."""
+    """The pattern of one root op (a :data:`PATTERNS` entry): ``contraction`` turns the op into a
+    :class:`Contraction` (None: not a candidate); the rest is the same for every root."""
 
-    root: str = ""
-    contraction: Callable[[ir.Operation], Contraction | None]
-
-    def __init__(self, options: DecomposeOptions, policy: Policy | None, report: Report) -> None:
+    def __init__(self, root: str, contraction: Callable[[ir.Operation], Contraction | None],
+                 options: DecomposeOptions, policy: Policy | None, report: Report) -> None:
+        self.root, self.contraction = root, contraction
         self.options = options
         self.policy = policy  # None: always rewrite; else the cost model decides per contraction
         self.report = report
@@ -63,35 +62,12 @@ class DecomposeContraction:
             self.report.decisions.append(d)
 
 
-class DecomposeMatmul(DecomposeContraction):
-    """``linalg.matmul`` in any operand layout (default or explicit ``indexing_maps``)."""
+# One table entry per root op the pass rewrites: the op, and how it becomes a Contraction.
+PATTERNS: tuple[tuple[str, Callable[[ir.Operation], Contraction | None]], ...] = (
+    ("linalg.matmul", match.matmul),  # any operand layout (default or explicit indexing_maps)
+    ("linalg.batch_matmul", match.batch_matmul),  # 3-D activations of nn.Linear on sequences
+    ("linalg.contract", match.contract),  # explicit indexing maps, implicit multiply-add body
+    ("linalg.generic", match.generic),  # a body `out + a*b` with one reduction dim
+)
 
-    root = "linalg.matmul"
-    contraction = staticmethod(match.matmul)
-
-
-class DecomposeBatchMatmul(DecomposeContraction):
-    """``linalg.batch_matmul`` (3-D activations from ``nn.Linear`` on sequences land here)."""
-
-    root = "linalg.batch_matmul"
-    contraction = staticmethod(match.batch_matmul)
-
-
-class DecomposeContract(DecomposeContraction):
-    """``linalg.contract`` (explicit indexing maps, implicit multiply-add body)."""
-
-    root = "linalg.contract"
-    contraction = staticmethod(match.contract)
-
-
-class DecomposeGenericContraction(DecomposeContraction):
-    """``linalg.generic`` whose body is ``out + a*b`` with one reduction dim."""
-
-    root = "linalg.generic"
-    contraction = staticmethod(match.generic)
-
-
-PATTERNS = (DecomposeMatmul, DecomposeBatchMatmul, DecomposeContract, DecomposeGenericContraction)
-
-__all__ = ["PATTERNS", "DecomposeBatchMatmul", "DecomposeContract", "DecomposeContraction",
-           "DecomposeGenericContraction", "DecomposeMatmul"]
+__all__ = ["PATTERNS", "DecomposeContraction"]

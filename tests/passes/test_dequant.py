@@ -9,15 +9,13 @@ import re
 
 import pytest
 from iree.compiler import ir
+from mlir_text import GROUP, ID2, ID3, ROW, dequant_generic, elementwise, empty, function, nibble_halves
 
 from msd.passes.analysis.dequant import Const, FloatAffine, IntAffine, Leaf, Node, WeightTrace
 from msd.passes.report import NotHandled
 
 K = 2
-ID2 = "affine_map<(d0, d1) -> (d0, d1)>"
-ROW = "affine_map<(d0, d1) -> (d0)>"
-ID3 = "affine_map<(d0, d1, d2) -> (d0, d1, d2)>"
-GROUP = "affine_map<(d0, d1, d2) -> (d0, d1)>"
+W = "tensor<16x64xf32>"
 
 
 def trace(w: ir.Value) -> tuple[WeightTrace, FloatAffine | IntAffine]:
@@ -35,18 +33,10 @@ def leaf_of(e) -> Leaf:
 
 
 def test_per_channel(parse, ir_returned) -> None:
-    m = parse(f"""
-func.func @f(%q: tensor<16x64xi8>, %s: tensor<16xf32>) -> tensor<16x64xf32> {{
-  %e = tensor.empty() : tensor<16x64xf32>
-  %w = linalg.generic {{indexing_maps = [{ID2}, {ROW}, {ID2}], iterator_types = ["parallel", "parallel"]}}
-      ins(%q, %s : tensor<16x64xi8>, tensor<16xf32>) outs(%e : tensor<16x64xf32>) {{
-  ^bb0(%a: i8, %b: f32, %o: f32):
-    %f = arith.sitofp %a : i8 to f32
-    %r = arith.mulf %f, %b : f32
-    linalg.yield %r : f32
-  }} -> tensor<16x64xf32>
-  return %w : tensor<16x64xf32>
-}}""")
+    m = parse(function(
+        "%q: tensor<16x64xi8>, %s: tensor<16xf32>", "%w", W,
+        empty("%e", W),
+        dequant_generic("%w", ("%q", "tensor<16x64xi8>"), ("%s", "tensor<16xf32>"), ("%e", W), [ID2, ROW, ID2])))
     t, form = trace(ir_returned(m)[0])
     q, s = m.body.operations[0].arguments
     assert isinstance(form, FloatAffine) and form.offset is None
@@ -56,20 +46,14 @@ func.func @f(%q: tensor<16x64xi8>, %s: tensor<16xf32>) -> tensor<16x64xf32> {{
 
 def test_group_wise_through_reshapes(parse, ir_returned) -> None:
     """``q`` [N, K] expanded to [N, K/32, 32], one scale per (n, group), collapsed back."""
-    m = parse(f"""
-func.func @f(%q: tensor<16x64xi8>, %s: tensor<16x2xf32>) -> tensor<16x64xf32> {{
-  %qe = tensor.expand_shape %q [[0], [1, 2]] output_shape [16, 2, 32] : tensor<16x64xi8> into tensor<16x2x32xi8>
-  %e = tensor.empty() : tensor<16x2x32xf32>
-  %w = linalg.generic {{indexing_maps = [{ID3}, {GROUP}, {ID3}], iterator_types = ["parallel", "parallel", "parallel"]}}
-      ins(%qe, %s : tensor<16x2x32xi8>, tensor<16x2xf32>) outs(%e : tensor<16x2x32xf32>) {{
-  ^bb0(%a: i8, %b: f32, %o: f32):
-    %f = arith.sitofp %a : i8 to f32
-    %r = arith.mulf %f, %b : f32
-    linalg.yield %r : f32
-  }} -> tensor<16x2x32xf32>
-  %wc = tensor.collapse_shape %w [[0], [1, 2]] : tensor<16x2x32xf32> into tensor<16x64xf32>
-  return %wc : tensor<16x64xf32>
-}}""")
+    m = parse(function(
+        "%q: tensor<16x64xi8>, %s: tensor<16x2xf32>", "%wc", W,
+        "  %qe = tensor.expand_shape %q [[0], [1, 2]] output_shape [16, 2, 32]"
+        " : tensor<16x64xi8> into tensor<16x2x32xi8>",
+        empty("%e", "tensor<16x2x32xf32>"),
+        dequant_generic("%w", ("%qe", "tensor<16x2x32xi8>"), ("%s", "tensor<16x2xf32>"),
+                        ("%e", "tensor<16x2x32xf32>"), [ID3, GROUP, ID3]),
+        "  %wc = tensor.collapse_shape %w [[0], [1, 2]] : tensor<16x2x32xf32> into tensor<16x64xf32>"))
     t, form = trace(ir_returned(m)[0])
     scale = leaf_of(form.scale)
     assert t.k_reach(scale.map) == "group"
@@ -80,19 +64,11 @@ func.func @f(%q: tensor<16x64xi8>, %s: tensor<16x2xf32>) -> tensor<16x64xf32> {{
 
 def test_zero_point_becomes_an_offset(parse, ir_returned) -> None:
     """``(sitofp(q) - z) · s``: scale ``s``, offset ``-z·s`` (a row-sum term in the rewrite)."""
-    m = parse(f"""
-func.func @f(%q: tensor<16x64xi8>, %s: tensor<16xf32>, %z: tensor<16xf32>) -> tensor<16x64xf32> {{
-  %e = tensor.empty() : tensor<16x64xf32>
-  %w = linalg.generic {{indexing_maps = [{ID2}, {ROW}, {ROW}, {ID2}], iterator_types = ["parallel", "parallel"]}}
-      ins(%q, %s, %z : tensor<16x64xi8>, tensor<16xf32>, tensor<16xf32>) outs(%e : tensor<16x64xf32>) {{
-  ^bb0(%a: i8, %b: f32, %c: f32, %o: f32):
-    %f = arith.sitofp %a : i8 to f32
-    %d = arith.subf %f, %c : f32
-    %r = arith.mulf %d, %b : f32
-    linalg.yield %r : f32
-  }} -> tensor<16x64xf32>
-  return %w : tensor<16x64xf32>
-}}""")
+    m = parse(function(
+        "%q: tensor<16x64xi8>, %s: tensor<16xf32>, %z: tensor<16xf32>", "%w", W,
+        empty("%e", W),
+        dequant_generic("%w", ("%q", "tensor<16x64xi8>"), ("%s", "tensor<16xf32>"), ("%e", W), [ID2, ROW, ROW, ID2],
+                        zero=("%z", "tensor<16xf32>"))))
     t, form = trace(ir_returned(m)[0])
     _, s, z = m.body.operations[0].arguments
     assert form.offset is not None and form.scale is not None
@@ -103,34 +79,12 @@ func.func @f(%q: tensor<16x64xi8>, %s: tensor<16xf32>, %z: tensor<16xf32>) -> te
 def test_packed_int4_unpacked_and_centred(parse, ir_returned) -> None:
     """Two int4 codes per byte, unpacked with ``andi 15`` / ``shrui 4`` and read unsigned: the
     unpacked tensor is the weight, centred at 8 (``q - 8`` fits int8), ``+8`` joins the offset."""
-    m = parse(f"""
-func.func @f(%p: tensor<16x32xi8>, %s: tensor<16xf32>) -> tensor<16x64xf32> {{
-  %c15 = arith.constant 15 : i8
-  %c4 = arith.constant 4 : i8
-  %e8 = tensor.empty() : tensor<16x32xi8>
-  %lo = linalg.generic {{indexing_maps = [{ID2}, {ID2}], iterator_types = ["parallel", "parallel"]}}
-      ins(%p : tensor<16x32xi8>) outs(%e8 : tensor<16x32xi8>) {{
-  ^bb0(%v: i8, %o: i8):
-    %r = arith.andi %v, %c15 : i8
-    linalg.yield %r : i8
-  }} -> tensor<16x32xi8>
-  %hi = linalg.generic {{indexing_maps = [{ID2}, {ID2}], iterator_types = ["parallel", "parallel"]}}
-      ins(%p : tensor<16x32xi8>) outs(%e8 : tensor<16x32xi8>) {{
-  ^bb0(%v: i8, %o: i8):
-    %r = arith.shrui %v, %c4 : i8
-    linalg.yield %r : i8
-  }} -> tensor<16x32xi8>
-  %q = tensor.concat dim(1) %lo, %hi : (tensor<16x32xi8>, tensor<16x32xi8>) -> tensor<16x64xi8>
-  %e = tensor.empty() : tensor<16x64xf32>
-  %w = linalg.generic {{indexing_maps = [{ID2}, {ROW}, {ID2}], iterator_types = ["parallel", "parallel"]}}
-      ins(%q, %s : tensor<16x64xi8>, tensor<16xf32>) outs(%e : tensor<16x64xf32>) {{
-  ^bb0(%a: i8, %b: f32, %o: f32):
-    %f = arith.uitofp %a : i8 to f32
-    %r = arith.mulf %f, %b : f32
-    linalg.yield %r : f32
-  }} -> tensor<16x64xf32>
-  return %w : tensor<16x64xf32>
-}}""")
+    m = parse(function(
+        "%p: tensor<16x32xi8>, %s: tensor<16xf32>", "%w", W,
+        nibble_halves("%p", "tensor<16x32xi8>", "tensor<16x64xi8>", init="%e8"),
+        empty("%e", W),
+        dequant_generic("%w", ("%q", "tensor<16x64xi8>"), ("%s", "tensor<16xf32>"), ("%e", W), [ID2, ROW, ID2],
+                        convert="uitofp")))
     t, form = trace(ir_returned(m)[0])
     (q,) = t.q_leaves
     assert q.value.owner.name == "tensor.concat"
@@ -139,17 +93,11 @@ func.func @f(%p: tensor<16x32xi8>, %s: tensor<16xf32>) -> tensor<16x64xf32> {{
 
 
 def test_an_unsigned_byte_weight_is_centred_at_128(parse, ir_returned) -> None:
-    m = parse(f"""
-func.func @f(%q: tensor<16x64xi8>) -> tensor<16x64xf32> {{
-  %e = tensor.empty() : tensor<16x64xf32>
-  %w = linalg.generic {{indexing_maps = [{ID2}, {ID2}], iterator_types = ["parallel", "parallel"]}}
-      ins(%q : tensor<16x64xi8>) outs(%e : tensor<16x64xf32>) {{
-  ^bb0(%a: i8, %o: f32):
-    %f = arith.uitofp %a : i8 to f32
-    linalg.yield %f : f32
-  }} -> tensor<16x64xf32>
-  return %w : tensor<16x64xf32>
-}}""")
+    m = parse(function(
+        "%q: tensor<16x64xi8>", "%w", W,
+        empty("%e", W),
+        elementwise("%w", "%q", "tensor<16x64xi8>", W, "%f = arith.uitofp %a : i8 to f32", args=("%a", "%o"),
+                    yielded="%f")))
     t, form = trace(ir_returned(m)[0])
     assert t.q_shift == 128 and form.scale == Const(1.0)
 
@@ -162,17 +110,10 @@ func.func @f(%q: tensor<16x64xi8>) -> tensor<16x64xf32> {{
      "weight appears non-linearly in the dequantization (q·q)"),
 ])
 def test_refusals_say_why(parse, ir_returned, body: str, element: str, reason: str) -> None:
-    m = parse(f"""
-func.func @f(%q: tensor<16x64x{element}>) -> tensor<16x64xf32> {{
-  %e = tensor.empty() : tensor<16x64xf32>
-  %w = linalg.generic {{indexing_maps = [{ID2}, {ID2}], iterator_types = ["parallel", "parallel"]}}
-      ins(%q : tensor<16x64x{element}>) outs(%e : tensor<16x64xf32>) {{
-  ^bb0(%a: {element}, %o: f32):
-    {body}
-    linalg.yield %r : f32
-  }} -> tensor<16x64xf32>
-  return %w : tensor<16x64xf32>
-}}""")
+    m = parse(function(
+        f"%q: tensor<16x64x{element}>", "%w", W,
+        empty("%e", W),
+        elementwise("%w", "%q", f"tensor<16x64x{element}>", W, body, args=("%a", "%o"))))
     t = WeightTrace(K)
     with pytest.raises(NotHandled, match=re.escape(reason)):
         t.tensor(ir_returned(m)[0], ir.AffineMap.get(3, 0, [ir.AffineDimExpr.get(1), ir.AffineDimExpr.get(2)]))

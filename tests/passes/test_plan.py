@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from mlir_text import ID2, ROW, dequant_generic, empty, function
 
 from msd.cost.hardware import profile_for
 from msd.cost.model import Policy
@@ -12,8 +13,6 @@ from msd.passes.decompose_activations import DecomposeOptions, Plan, match, plan
 from msd.passes.decompose_activations.decide import decide, matmul_of, policy_for
 from msd.passes.report import NotHandled
 
-ID2 = "affine_map<(d0, d1) -> (d0, d1)>"
-ROW = "affine_map<(d0, d1) -> (d0)>"
 MM = "[affine_map<(m, n, k) -> (m, k)>, affine_map<(m, n, k) -> (n, k)>, affine_map<(m, n, k) -> (m, n)>]"
 
 
@@ -21,21 +20,14 @@ def linear(k: int = 64, m: str = "4", n: int = 32) -> str:
     """``y = x · (sitofp(q) · s)ᵀ``: an int8 per-channel weight [N, K], activation [M, K] (M "?": dynamic)."""
     init = (f"%c0 = arith.constant 0 : index\n  %rows = tensor.dim %x, %c0 : tensor<?x{k}xf32>\n"
             "  %z = tensor.empty(%rows)") if m == "?" else "%z = tensor.empty()"
-    return f"""
-func.func @f(%x: tensor<{m}x{k}xf32>, %q: tensor<{n}x{k}xi8>, %s: tensor<{n}xf32>) -> tensor<{m}x{n}xf32> {{
-  %e = tensor.empty() : tensor<{n}x{k}xf32>
-  %w = linalg.generic {{indexing_maps = [{ID2}, {ROW}, {ID2}], iterator_types = ["parallel", "parallel"]}}
-      ins(%q, %s : tensor<{n}x{k}xi8>, tensor<{n}xf32>) outs(%e : tensor<{n}x{k}xf32>) {{
-  ^bb0(%a: i8, %b: f32, %o: f32):
-    %f = arith.sitofp %a : i8 to f32
-    %r = arith.mulf %f, %b : f32
-    linalg.yield %r : f32
-  }} -> tensor<{n}x{k}xf32>
-  {init} : tensor<{m}x{n}xf32>
-  %y = linalg.matmul indexing_maps = {MM} ins(%x, %w : tensor<{m}x{k}xf32>, tensor<{n}x{k}xf32>)
-      outs(%z : tensor<{m}x{n}xf32>) -> tensor<{m}x{n}xf32>
-  return %y : tensor<{m}x{n}xf32>
-}}"""
+    w = f"tensor<{n}x{k}xf32>"
+    return function(
+        f"%x: tensor<{m}x{k}xf32>, %q: tensor<{n}x{k}xi8>, %s: tensor<{n}xf32>", "%y", f"tensor<{m}x{n}xf32>",
+        empty("%e", w),
+        dequant_generic("%w", ("%q", f"tensor<{n}x{k}xi8>"), ("%s", f"tensor<{n}xf32>"), ("%e", w), [ID2, ROW, ID2]),
+        f"  {init} : tensor<{m}x{n}xf32>",
+        f"  %y = linalg.matmul indexing_maps = {MM} ins(%x, %w : tensor<{m}x{k}xf32>, {w})\n"
+        f"      outs(%z : tensor<{m}x{n}xf32>) -> tensor<{m}x{n}xf32>")
 
 
 def contraction(module, ir_ops) -> match.Contraction:

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from mlir_text import elementwise as generic_of
+from mlir_text import empty, function, nibble_halves
 
 from msd.passes.analysis.values import unsigned_range, value_set
 
-ID2 = "affine_map<(d0, d1) -> (d0, d1)>"
 
-
-def elementwise(body: str, in_type: str = "i8", out_type: str = "i8", consts: str = "") -> str:
+def elementwise(body: str, in_type: str = "i8", out_type: str = "i8") -> str:
     """A function returning ``generic(x)`` with ``body`` over ``%v`` (the element of ``%x``), yielding ``%r``."""
-    return f"""
-func.func @f(%x: tensor<4x8x{in_type}>) -> tensor<4x8x{out_type}> {{
-  {consts}
-  %e = tensor.empty() : tensor<4x8x{out_type}>
-  %y = linalg.generic {{indexing_maps = [{ID2}, {ID2}], iterator_types = ["parallel", "parallel"]}}
-      ins(%x : tensor<4x8x{in_type}>) outs(%e : tensor<4x8x{out_type}>) {{
-  ^bb0(%v: {in_type}, %o: {out_type}):
-    {body}
-    linalg.yield %r : {out_type}
-  }} -> tensor<4x8x{out_type}>
-  return %y : tensor<4x8x{out_type}>
-}}"""
+    src, dst = f"tensor<4x8x{in_type}>", f"tensor<4x8x{out_type}>"
+    return function(f"%x: {src}", "%y", dst, empty("%e", dst), generic_of("%y", "%x", src, dst, body))
 
 
 def result(parse, ir_returned, text: str):
@@ -55,26 +45,8 @@ def test_unsigned_range_of_a_high_nibble_mask(parse, ir_returned) -> None:
 
 
 def test_unpacked_halves_concatenated(parse, ir_returned) -> None:
-    text = f"""
-func.func @f(%p: tensor<4x8xi8>) -> tensor<4x16xi8> {{
-  %c15 = arith.constant 15 : i8
-  %c4 = arith.constant 4 : i8
-  %e = tensor.empty() : tensor<4x8xi8>
-  %lo = linalg.generic {{indexing_maps = [{ID2}, {ID2}], iterator_types = ["parallel", "parallel"]}}
-      ins(%p : tensor<4x8xi8>) outs(%e : tensor<4x8xi8>) {{
-  ^bb0(%v: i8, %o: i8):
-    %r = arith.andi %v, %c15 : i8
-    linalg.yield %r : i8
-  }} -> tensor<4x8xi8>
-  %hi = linalg.generic {{indexing_maps = [{ID2}, {ID2}], iterator_types = ["parallel", "parallel"]}}
-      ins(%p : tensor<4x8xi8>) outs(%e : tensor<4x8xi8>) {{
-  ^bb0(%v: i8, %o: i8):
-    %r = arith.shrui %v, %c4 : i8
-    linalg.yield %r : i8
-  }} -> tensor<4x8xi8>
-  %q = tensor.concat dim(1) %lo, %hi : (tensor<4x8xi8>, tensor<4x8xi8>) -> tensor<4x16xi8>
-  return %q : tensor<4x16xi8>
-}}"""
+    text = function("%p: tensor<4x8xi8>", "%q", "tensor<4x16xi8>",
+                    nibble_halves("%p", "tensor<4x8xi8>", "tensor<4x16xi8>"))
     v = result(parse, ir_returned, text)
     assert value_set(v) == set(range(16))
     assert unsigned_range(v) == (0, 15)
