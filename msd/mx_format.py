@@ -28,6 +28,11 @@ E4M3_EMAX = 8  # 448 = 1.75 · 2**8
 E4M3_MAX = 448.0
 E4M3_NAN_CODE = 0x7F  # E4M3FN has no Inf; S.1111.111 is NaN
 
+#: Twice each E2M1 value: the integers the decoded weight codes take (``2·e2m1`` is exact in int8).
+TWICE_E2M1 = frozenset(int(s * 2 * m) for m in E2M1_MAGNITUDES for s in (1, -1))
+#: Scales ``2**(u(s) + E8M0_HALF_OFFSET)`` of the decoded ``2·e2m1`` codes: the E8M0 bias plus one.
+E8M0_HALF_OFFSET = -(E8M0_BIAS + 1)
+
 #: (emax, largest element) of each MX activation format's element type.
 ELEMENT = {"mxfp4": (E2M1_EMAX, E2M1_MAX), "mxfp8": (E4M3_EMAX, E4M3_MAX)}
 
@@ -36,4 +41,5 @@ ACT_FORMATS = ("int8", "mxfp4", "mxfp8")  # activation slices (act_format=)
 LOWERINGS = ("int8", "scaled")  # MX slices: exact emulation on int8 units / block-scaled FP4 (mx_lowering=)
 
 __all__ = ["ACT_FORMATS", "E2M1_EMAX", "E2M1_MAGNITUDES", "E2M1_MAX", "E4M3_EMAX", "E4M3_MAX", "E4M3_NAN_CODE",
-           "E8M0_BIAS", "E8M0_MAX", "E8M0_MIN", "E8M0_NAN", "ELEMENT", "LOWERINGS", "MX_BLOCK", "SCALE_RULES"]
+           "E8M0_BIAS", "E8M0_HALF_OFFSET", "E8M0_MAX", "E8M0_MIN", "E8M0_NAN", "ELEMENT", "LOWERINGS", "MX_BLOCK",
+           "SCALE_RULES", "TWICE_E2M1"]

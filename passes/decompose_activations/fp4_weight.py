@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from iree.compiler import ir
 
+from msd.mx_format import E8M0_HALF_OFFSET, TWICE_E2M1
+
 from .. import _ir
 from ..analysis.dequant import Const, Expr, Leaf, Node
 from ..analysis.values import value_set
 from ..report import NotHandled
 
-TWICE_E2M1 = frozenset({0, 1, 2, 3, 4, 6, 8, 12, -1, -2, -3, -4, -6, -8, -12})
-E8M0_SCALE_OFFSET = -128.0  # scale = 2**(u(s) + offset): with −128, s is the E8M0 byte of q/2
+E8M0_SCALE_OFFSET = float(E8M0_HALF_OFFSET)  # scale = 2**(u(s) + offset): with −128, s is the E8M0 byte of q/2
 
 
 def e8m0_scale(q: ir.Value, scale: Expr) -> Leaf:
