@@ -55,7 +55,10 @@ def main(argv: list[str]) -> int:
     if argv[0] == "demo":
         cmd = [str(PYTHON), str(ROOT / "examples" / "demo.py"), *argv[1:]]
     else:
-        cmd = [str(PYTHON), "-m", "pytest", *(argv[1:] or ["tests"])]
+        # files spread over worker processes (pytest-xdist), each file's tests in one worker so that its
+        # module-scoped compiles happen once; at most 4 (each worker may hold a compiled LLM in memory)
+        workers = str(min(os.cpu_count() or 1, 4))
+        cmd = [str(PYTHON), "-m", "pytest", "-n", workers, "--dist", "loadfile", *(argv[1:] or ["tests"])]
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
