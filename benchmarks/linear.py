@@ -75,6 +75,7 @@ class Variant:
     label: str
     slices: int | None  # None: torch eager; 0: IREE baseline; 1-3: MSD
     rel_tol: float  # accepted max|err| / max|ref| against the float64 reference
+    cpu_kernel: str = "none"  # "none": IREE's lowering of the int8 matmuls; "auto": msd's fused kernel
 
 
 # f32 variants differ from the float64 reference only by f32 rounding (~1e-6 relative).  MSD's
@@ -88,7 +89,15 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("msd1", "MSD p=1", 1, 1e-1),
     Variant("msd2", "MSD p=2", 2, 5e-4),
     Variant("msd3", "MSD p=3", 3, 1e-4),
+    Variant("msd1k", "MSD p=1 fused kernel", 1, 1e-1, "auto"),
+    Variant("msd2k", "MSD p=2 fused kernel", 2, 5e-4, "auto"),
 )
+# Weight formats (--format): msd.quantize's arguments; "int8" is the per-channel QuantizedLinear.
+FORMATS: dict[str, dict[str, object]] = {
+    "int8": {},
+    "int8-g32": {"weights": "int8", "group_size": 32},
+    "int4-g32": {"weights": "int4", "group_size": 32},
+}
 REF_KEY = "msd2"  # the variant the ratios and the bar are about
 
 FULL_CASES: tuple[Case, ...] = (
@@ -174,8 +183,16 @@ class CaseResult:
         return all(self.results[k].ok for k in keys)
 
 
-def make_layers(case: Case, seed: int) -> list[msd.QuantizedLinear]:
+def make_layers(case: Case, seed: int, fmt: str = "int8") -> list[nn.Module]:
     g = torch.Generator().manual_seed(seed)
+    if fmt != "int8":  # group-wise: msd.quantize of random float layers
+        layers = []
+        for _ in range(case.layers):
+            lin = nn.Linear(case.k, case.n, bias=False)
+            with torch.no_grad():
+                lin.weight.copy_(torch.randn(case.n, case.k, generator=g) / math.sqrt(case.k))
+            layers.append(msd.quantize(nn.Sequential(lin), **FORMATS[fmt])[0])
+        return layers
     layers = []
     for _ in range(case.layers):
         q = torch.randint(-127, 128, (case.n, case.k), dtype=torch.int8, generator=g)
@@ -187,7 +204,7 @@ def make_layers(case: Case, seed: int) -> list[msd.QuantizedLinear]:
 def reference(layers: Sequence[msd.QuantizedLinear], x: torch.Tensor) -> np.ndarray:
     y = x.to(torch.float64)
     for layer in layers:
-        w = layer.qweight.to(torch.float64) * layer.weight_scale.to(torch.float64)[:, None]
+        w = layer.dequantized_weight().to(torch.float64)
         y = y @ w.T
         del w
     return y.numpy()
@@ -237,7 +254,7 @@ def run_case(
             continue
         t0 = time.perf_counter()
         try:
-            cm = msd.compile(model, (x,), target="llvm-cpu", slices=v.slices)
+            cm = msd.compile(model, (x,), target="llvm-cpu", slices=v.slices, cpu_kernel=v.cpu_kernel)
             assert isinstance(cm, msd.CompiledModule)
             mod = cm.runtime_module
         except Exception as e:  # a variant that does not build is reported, not fatal
@@ -247,6 +264,8 @@ def run_case(
         keep.append(cm)
         if v.slices and len(cm.report.rewritten) != case.layers:
             r.problem = f"pass rewrote {len(cm.report.rewritten)} of {case.layers} matmuls"
+        elif v.cpu_kernel != "none" and not all("fused" in d.reason for d in cm.report.rewritten):
+            r.problem = "no fused kernel on this CPU" if not cm.report.rewritten else cm.report.rewritten[0].reason
         fns[v.key] = lambda mod=mod: mod(xn)
     log(f"  compiled in {', '.join(f'{k} {r.compile_s:.1f}s' for k, r in results.items() if r.compile_s)}")
 
@@ -514,8 +533,13 @@ def render(
         "",
         "## Methodology",
         "",
-        "- Weights: random int8 in [-127, 127], per-output-channel f32 scales ~ U(0.5, 1.5) / 127 / "
-        "sqrt(K), no bias; activations x ~ N(0, 1) in f32. Every variant uses the same weights and inputs.",
+        ("- Weights: random int8 in [-127, 127], per-output-channel f32 scales ~ U(0.5, 1.5) / 127 / "
+         "sqrt(K), no bias" if args.format == "int8" else
+         f"- Weights: `msd.quantize(..., {', '.join(f'{k}={v!r}' for k, v in FORMATS[args.format].items())})` of "
+         "random float weights N(0, 1/K), no bias") +
+        "; activations x ~ N(0, 1) in f32. Every variant uses the same weights and inputs.",
+        "- MSD variants without \"fused kernel\" are `cpu_kernel=\"none\"` (IREE's lowering of the int8 matmuls"
+        " and the per-group partials); the fused-kernel ones are `cpu_kernel=\"auto\"` (this CPU's variant).",
         "- Shapes (y = x·Wᵀ, K → N):",
         *(f"  - **{case_label(c)}**: K={c.k}, N={c.n}, {c.layers} layer(s), {c.size} of int8 weights "
           f"in all — {c.why}." for c in cases),
@@ -584,6 +608,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="minimum duration of one timed block of n calls (default 100, quick 5)")
     p.add_argument("--min-calls", type=int, default=5, help="minimum calls per timed block (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default 0)")
+    p.add_argument("--format", default="int8", choices=sorted(FORMATS),
+                   help="weight format: int8 per channel (default), or group-wise int8/int4 with groups of 32")
     args = p.parse_args(argv)
     if args.quick and args.cases:
         p.error("--cases picks full-run shapes; it does not combine with --quick")
@@ -631,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     crs: list[CaseResult] = []
     for case in cases:
         i = [c.key for c in (*FULL_CASES, *QUICK_CASES)].index(case.key)  # seeds don't depend on --cases
-        layers = make_layers(case, args.seed * 1000 + i)
+        layers = make_layers(case, args.seed * 1000 + i, args.format)
         g = torch.Generator().manual_seed(args.seed * 1000 + 500 + i)
         x_all = torch.randn(max(ms), case.k, generator=g)
         ref_all = reference(layers, x_all)  # rows are independent: M rows of x give M rows of ref

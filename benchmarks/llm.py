@@ -128,11 +128,13 @@ class AccuracyRow:
     run_s: float
 
 
-def compile_msd(path: Path, model: LlamaModel, slices: int, max_ctx: int, log: Log) -> Compiled:
+def compile_msd(path: Path, model: LlamaModel, slices: int, max_ctx: int, log: Log,
+                cpu_kernel: str = "auto") -> Compiled:
     t0 = time.perf_counter()
-    gen = compile_generator(path, slices=slices, max_ctx=max_ctx, model=model, score=True)
+    gen = compile_generator(path, slices=slices, max_ctx=max_ctx, model=model, score=True, cpu_kernel=cpu_kernel)
     dt = time.perf_counter() - t0
-    log(f"  compiled msd slices={slices} (prefill + decode + score, max_ctx {max_ctx}) in {dt:.1f} s")
+    log(f"  compiled msd slices={slices} cpu_kernel={cpu_kernel} (prefill + decode + score, max_ctx {max_ctx})"
+        f" in {dt:.1f} s")
     return Compiled(slices, gen, dt)
 
 
@@ -676,6 +678,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=512, help="prefill length (default %(default)s)")
     p.add_argument("--decode-tokens", type=int, default=128, help="decode steps (default %(default)s)")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp row")
+    p.add_argument("--codegen-row", action="store_true",
+                   help="also time slices=2 with cpu_kernel='none' (IREE's lowering instead of msd's fused kernels)")
     p.add_argument("--wait-idle", type=float, default=300.0,
                    help="seconds each speed row may wait for other processes to leave the CPU (default %(default)s)")
     p.add_argument("--no-profile", action="store_true", help="skip the device-time profile of msd's decode")
@@ -744,6 +748,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             g = compiled[s].gen
             wait_for_idle(args.wait_idle, log)
             speed.append(time_steps(f"msd slices={s}", g, prompt, args.decode_tokens))
+        if args.codegen_row:  # the same slices=2 build without the fused kernels: IREE's lowering of the int8 matmuls
+            plain = compile_msd(args.gguf, model, 2, args.max_ctx, log, cpu_kernel="none")
+            wait_for_idle(args.wait_idle, log)
+            speed.append(time_steps("msd slices=2, IREE codegen", plain.gen, prompt, args.decode_tokens))
+            del plain
+            gc.collect()
         wait_for_idle(args.wait_idle, log)
         speed.append(time_steps("eager torch f32", eager, prompt, args.decode_tokens))
         if args.no_llama_cpp:

@@ -174,12 +174,11 @@ def _pydoc_text_ids(tokenizer, n: int = TEXT_TOKENS) -> list[int]:
     return ids[:n]
 
 
-def test_teacher_forced_distributions_match_eager_and_slices_1_is_worse(smol) -> None:
+def test_teacher_forced_distributions_match_eager(smol) -> None:
     """Next-token distributions over a fixed English text: the compiled slices=2 decode path (one
-    token at a time through the KV cache) against the eager float32 model, and a slices=1 build of the
-    stateless forward clearly worse than slices=2."""
-    import msd
-
+    token at a time through the KV cache) against the eager float32 model.  (slices=1 against
+    slices=2 on this model, ~5e4x apart in mean KL, is measured by benchmarks/llm.py, not here: it
+    costs a second compile of the model.)"""
     _, model, compiled, _ = smol
     ids = _pydoc_text_ids(compiled.tokenizer)
     x = torch.tensor([ids])
@@ -190,8 +189,6 @@ def test_teacher_forced_distributions_match_eager_and_slices_1_is_worse(smol) ->
     two = next_token_stats(ref, got, ids)
     assert two.mean_kl < MAX_MEAN_KL_SLICES_2, two
     assert abs(two.ppl_rel) < 5e-3 and two.top1 > 0.95, two
-    one = next_token_stats(ref, msd.compile(model, (x,), slices=1)(x)[0], ids)
-    assert one.mean_kl > 10 * two.mean_kl, (one, two)
 
 
 def test_decode_with_cache_matches_stateless_last_token_logits(smol) -> None:

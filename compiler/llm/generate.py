@@ -193,11 +193,11 @@ def eager_generator(gguf_path: str | Path, max_ctx: int = DEFAULT_MAX_CTX,
 def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEFAULT_MAX_CTX,
                       target: str = "llvm-cpu", model: LlamaModel | None = None,
                       progress: Callable[[str], None] | None = None, score: bool = False,
-                      kv_cache: str = "float") -> Generator:
+                      kv_cache: str = "float", cpu_kernel: str = "auto") -> Generator:
     """Compile ``prefill`` (dynamic prompt length) and ``decode`` into one msd artifact with shared
     weights and return a :class:`Generator` over it; ``score=True`` adds the all-positions entry point
     ``score`` (dynamic length) for :meth:`Generator.next_token_logits`; ``kv_cache``: "float" (f32 K/V)
-    or "int8" (codes + a scale per head and token)."""
+    or "int8" (codes + a scale per head and token); ``cpu_kernel``: as for ``msd.compile``."""
     import msd
 
     if max_ctx < 3:
@@ -215,7 +215,7 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEF
     }
     if score:
         functions["score"] = (CachedStep(model, kv_cache, last_only=False), (tokens, *past), ({1: seq}, past_dims))
-    cm = msd.compile_functions(functions, target=target, slices=slices, progress=progress)
+    cm = msd.compile_functions(functions, target=target, slices=slices, progress=progress, cpu_kernel=cpu_kernel)
     tok = G.tokenizer_from_gguf(gguf_path)
     return Generator(cm.function("prefill"), cm.function("decode"), model, tok, _stop_ids(gguf_path, tok), max_ctx,
                      compiled=cm, score=cm.function("score") if score else None, kv_cache=kv_cache,

@@ -140,7 +140,9 @@ class GGUFLinear(nn.Module):
     file's two 4-bit codes per byte, unpacked in ``forward`` — so the codes' range [0, 15] is visible
     to msd's pass, which then centres them exactly by 8), ``scale`` (f32 ``[N, K/32]``), ``offset``
     (f32 ``[N, K/32]``, Q4_1 only); or ``weight`` (``[N, K]``, f32/f16) for float tensors.
-    ``forward`` = dequantize + ``F.linear``.
+    ``forward`` = dequantize + ``F.linear``: traced (``torch.export``, ``torch.compile``), the
+    dequantization is in the graph for msd's pass to find; run eagerly, the float weight is made once
+    and kept (until a buffer changes), so an eager reference does not dequantize on every token.
     """
 
     def __init__(self, t: GGUFTensor) -> None:
@@ -179,7 +181,18 @@ class GGUFLinear(nn.Module):
         return dequantize_codes(self.qtype, self.codes, self.scale, getattr(self, "offset", None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized_weight().to(x.dtype))
+        if torch.compiler.is_compiling():
+            return F.linear(x, self.dequantized_weight().to(x.dtype))
+        return F.linear(x, self._eager_weight().to(x.dtype))
+
+    def _eager_weight(self) -> torch.Tensor:
+        key = tuple((name, t.data_ptr(), t._version) for name, t in self._buffers.items() if t is not None)
+        cached = self.__dict__.get("_float_weight")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self.dequantized_weight())
+            self.__dict__["_float_weight"] = cached
+        return cached[1]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.qtype}"

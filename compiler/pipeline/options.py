@@ -18,10 +18,11 @@ from msd.cost import profile_for, slices_for_bits
 from msd.errors import OptionError
 from msd.mx_format import LOWERINGS
 from msd.passes.decompose_activations import DecomposeOptions
+from msd.passes.decompose_activations.cpu_kernel import ISAS
 from msd.passes.decompose_activations.options import SUPPORTED_SLICES
 from msd.passes.pass_options import PassOptions, option, same_option
 
-from .targets import Target
+from .targets import Target, kernel_isas
 
 DECIDE = ("always", "cost")
 FP4_MATRIX_TARGETS = ("rocm:gfx950",)  # targets whose matrix units take block-scaled FP4
@@ -41,6 +42,9 @@ class CompileOptions(PassOptions):
     mx_lowering: str = same_option(DecomposeOptions, "mx_lowering", default="auto", choices=("auto", *LOWERINGS),
                                    help="MXFP4 slices as exact int8 emulation or block-scaled FP4 (auto: scaled on"
                                         f" {', '.join(FP4_MATRIX_TARGETS)})")
+    cpu_kernel: str = same_option(DecomposeOptions, "cpu_kernel", default="auto", choices=("auto", "none", *ISAS),
+                                  help="int8-slice contractions as one fused kernel dispatch for this x86 ISA (auto:"
+                                       " the best the llvm-cpu target's CPU has; none: IREE's lowering)")
     decide: str = option("always", choices=DECIDE,
                          help="cost: a cost model of the target keeps IREE's lowering where MSD is not predicted"
                               " faster")
@@ -61,6 +65,8 @@ class CompileOptions(PassOptions):
                               " only")
         if self.hardware is not None:
             profile_for(self.hardware)  # raises naming the profiles
+        if self.cpu_kernel not in ("auto", "none") and self.act_format != "int8":
+            raise OptionError(f"cpu_kernel={self.cpu_kernel!r} takes int8 slices (act_format={self.act_format!r})")
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> CompileOptions:
@@ -98,7 +104,23 @@ class CompileOptions(PassOptions):
             lowering = "scaled" if f"{tgt.backend}:{tgt.arch}" in FP4_MATRIX_TARGETS else "int8"
         return DecomposeOptions(slices=self.effective_slices, act_scale=self.act_scale, act_format=self.act_format,
                                 mx_scale=self.mx_scale, mx_lowering=lowering, target=cost_target,
-                                min_bits=self.min_bits or 0)
+                                min_bits=self.min_bits or 0, cpu_kernel=self.kernel_isa(tgt))
+
+    def kernel_isa(self, tgt: Target) -> str:
+        """The fused-kernel variant compiled for ``tgt`` ("none": IREE's lowering of the int8 matmuls)."""
+        if self.cpu_kernel == "none" or self.act_format != "int8":
+            return "none"
+        have = kernel_isas(tgt)
+        if self.cpu_kernel == "auto":
+            return have[0] if have else "none"
+        if tgt.backend != "llvm-cpu" or tgt.arch == "aarch64":
+            raise OptionError(f"cpu_kernel={self.cpu_kernel!r} is an x86 kernel; target {tgt.name!r} is not an"
+                              " x86 llvm-cpu target")
+        if tgt.arch == "host" and self.cpu_kernel not in have:
+            raise OptionError(f"cpu_kernel={self.cpu_kernel!r}: this host's CPU lacks it (it has:"
+                              f" {', '.join(have) or 'no fused-kernel ISA'}); name a CPU that has it in the target,"
+                              " e.g. 'llvm-cpu:znver4', to cross-compile")
+        return self.cpu_kernel
 
 
 __all__ = ["DECIDE", "FP4_MATRIX_TARGETS", "CompileOptions"]

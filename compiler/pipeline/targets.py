@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from msd.errors import TargetError
 
@@ -263,3 +264,45 @@ def resolve(spec: str) -> Target:
                           f" (known, e.g.: {', '.join(VULKAN_EXAMPLES)}; or plain 'vulkan-spirv')")
     flags = ("--iree-hal-target-device=vulkan",) + ((f"--iree-vulkan-target={arch}",) if arch else ())
     return Target(spec, backend, arch, flags, "vulkan")
+
+
+# ----------------------------------------------------------------------------- fused CPU kernels
+# The x86 CPUs (LLVM names) with the byte dot product each fused-kernel variant needs.
+KERNEL_CPUS: dict[str, tuple[str, ...]] = {
+    "avx512-vnni": ("znver4", "znver5", "icelake-client", "icelake-server", "tigerlake", "rocketlake", "cascadelake",
+                    "cooperlake", "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d",
+                    "diamondrapids"),
+    "avx-vnni": ("alderlake", "raptorlake", "meteorlake", "arrowlake", "arrowlake-s", "lunarlake", "pantherlake",
+                 "gracemont", "sierraforest", "grandridge", "clearwaterforest"),
+}
+# /proc/cpuinfo flags each variant needs (avx512-vnni also covers the 256-bit form).
+KERNEL_FLAGS: dict[str, tuple[str, ...]] = {
+    "avx512-vnni": ("avx512f", "avx512bw", "avx512_vnni"),
+    "avx-vnni": ("avx2", "avx_vnni"),
+}
+
+
+def host_cpu_flags() -> frozenset[str]:
+    """The host CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def kernel_isas(tgt: Target) -> tuple[str, ...]:
+    """The fused-kernel variants ``tgt``'s CPU runs, best first (none for other backends or CPUs)."""
+    if tgt.backend != "llvm-cpu" or tgt.arch == "aarch64":
+        return ()
+    if tgt.arch == "host":
+        flags = host_cpu_flags()
+        have = tuple(isa for isa, need in KERNEL_FLAGS.items() if all(f in flags for f in need))
+        if "avx512-vnni" in have and "avx-vnni" not in have:
+            have = (*have, "avx-vnni")  # AVX512-VNNI with AVX512VL runs the 256-bit form too
+        return have
+    out = tuple(isa for isa, cpus in KERNEL_CPUS.items() if tgt.arch in cpus)
+    return (*out, "avx-vnni") if out == ("avx512-vnni",) else out

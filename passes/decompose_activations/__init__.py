@@ -38,7 +38,9 @@ from iree.compiler import ir, rewrite
 
 from ..report import Report
 from .cleanup import fold_epilogues
+from .cpu_kernel import KernelSpec
 from .decide import policy_for
+from .emit_kernel import executables
 from .match import Contraction
 from .options import NAME, SUPPORTED_SLICES, DecomposeOptions
 from .overflow import MAX_K_PER_ACCUMULATOR
@@ -62,11 +64,13 @@ def run(module: ir.Operation, options: DecomposeOptions | None = None, /, **kwar
     policy = policy_for(options)
     report = Report(NAME)
     patterns = rewrite.RewritePatternSet(module.context)
+    kernels: dict[str, KernelSpec] = {}
     for root, contraction in PATTERNS:
-        patterns.add(root, DecomposeContraction(root, contraction, options, policy, report))
+        patterns.add(root, DecomposeContraction(root, contraction, options, policy, report, kernels))
     # One walk, no folding: only candidate contractions are touched (and each exactly once).
     rewrite.walk_and_apply_patterns(module, patterns.freeze())
     fold_epilogues(module)
+    executables(module, kernels)
     return report
 
 

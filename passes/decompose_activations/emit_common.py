@@ -16,7 +16,11 @@ from iree.compiler.dialects import arith, linalg
 from iree.compiler.dialects import math as math_d
 
 from .. import _ir, _mx
+from ..analysis.dequant import Const, Expr, Leaf, Scalar
 
+SLICE_RADIX = 254.0  # each further slice resolves the previous slice's rounding residual ×254
+QMAX = 127.0  # symmetric int8 range used by the slices
+FLT_MIN = 1.17549435e-38  # amax floor: an all-zero row gets a finite scale and zero slices
 EPILOGUE_MARK = "msd.epilogue"  # set on epilogues while the pass runs, removed by cleanup.fold_epilogues
 
 
@@ -95,5 +99,80 @@ def mark_epilogue(y: ir.Value) -> ir.Value:
     return y
 
 
-__all__ = ["EPILOGUE_MARK", "mark_epilogue", "residual_maxima", "select_slice", "slice_index", "split_map",
+
+# ============================================================================= operands and scalars
+def fold_k_scale(x: ir.Value, x_map: ir.AffineMap, k_scale: tuple[Leaf, ...]) -> ir.Value:
+    """``x · s_k`` (elementwise, in x's own layout) for the per-K scale factors ``k_scale``."""
+    if not k_scale:
+        return x
+    x_dims = _ir.dim_positions(x_map)
+    rank = len(x_dims)
+    pos = {d: i for i, d in enumerate(x_dims)}
+    maps = [ir.AffineMap.get_identity(rank), *[_ir.reindex(leaf.map, pos, rank) for leaf in k_scale]]
+    xt = _ir.tensor_type(x)
+
+    def body(xv, *args):
+        v = _ir.to_f32(xv)
+        for s in args[:-1]:
+            v = arith.MulFOp(v, _ir.to_f32(s)).result
+        return [_ir.from_f32(v, xt.element_type)]
+
+    sizes = [_ir.size_of(x, i) for i in range(rank)]
+    return _ir.generic([x, *[leaf.value for leaf in k_scale]], [_ir.empty(sizes, xt.element_type)],
+                       [*maps, ir.AffineMap.get_identity(rank)], [_ir.PARALLEL] * rank, body)[0]
+
+
+def drop_unit_dims(q: ir.Value, q_map: ir.AffineMap, unit: tuple[int, ...]) -> tuple[ir.Value, ir.AffineMap]:
+    """Collapse the size-1 dims ``unit`` of ``q`` (read at constant 0) into a neighbour."""
+    if not unit:
+        return q, q_map
+    kept = [i for i in range(len(q_map.results)) if i not in unit]
+    groups = _ir.unit_dim_groups(len(q_map.results), unit)
+    return _ir.collapse(q, groups), ir.AffineMap.get(q_map.n_dims, 0, [q_map.results[i] for i in kept])
+
+
+def centred(q: ir.Value, shift: int) -> ir.Value:
+    """Unsigned codes → signed i8 ``q - shift``; weight-only, so IREE hoists it to load time."""
+    if not shift:
+        return q
+    i8 = ir.IntegerType.get_signless(8)
+    rank = _ir.tensor_type(q).rank
+    ident = ir.AffineMap.get_identity(rank)
+    return _ir.generic(
+        [q], [_ir.empty([_ir.size_of(q, i) for i in range(rank)], i8)], [ident, ident],
+        [_ir.PARALLEL] * rank, lambda v, _o: [arith.SubIOp(v, _ir.int_const(i8, shift)).result],
+    )[0]
+
+
+def row_scale(amax: ir.Value) -> ir.Value:
+    """``s = max(amax, FLT_MIN) / 127``: the first slice's scale (shared by slices and epilogue)."""
+    floor = arith.MaximumFOp(amax, _ir.f32_const(FLT_MIN)).result
+    return arith.DivFOp(floor, _ir.f32_const(QMAX)).result
+
+
+def scalar_expr(e: Expr, leaf_arg: Callable[[Leaf], ir.Value]) -> ir.Value:
+    """Emit a K-invariant expression (the weight's scale or offset) as f32 scalar ops."""
+    if isinstance(e, Const):
+        return _ir.f32_const(e.value)
+    if isinstance(e, Scalar):
+        return _ir.to_f32(e.value)
+    if isinstance(e, Leaf):
+        v = leaf_arg(e)
+        if isinstance(v.type, ir.IntegerType):
+            return arith.SIToFPOp(_ir.f32(), v).result
+        return _ir.to_f32(v)
+    if e.kind == "int":
+        value, unsigned = e.args
+        if isinstance(value, Const):
+            return _ir.f32_const(value.value)
+        cvt = arith.UIToFPOp if unsigned else arith.SIToFPOp
+        return cvt(_ir.f32(), leaf_arg(value)).result
+    a = [scalar_expr(x, leaf_arg) for x in e.args]
+    if e.kind == "neg":
+        return arith.NegFOp(a[0]).result
+    op = {"add": arith.AddFOp, "mul": arith.MulFOp, "div": arith.DivFOp}[e.kind]
+    return op(a[0], a[1]).result
+
+__all__ = ["EPILOGUE_MARK", "FLT_MIN", "QMAX", "SLICE_RADIX", "centred", "drop_unit_dims", "fold_k_scale",
+           "mark_epilogue", "residual_maxima", "row_scale", "scalar_expr", "select_slice", "slice_index", "split_map",
            "split_operand"]

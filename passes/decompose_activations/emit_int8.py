@@ -14,7 +14,6 @@ over the groups and the epilogue also reduces over them, in f32.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from iree.compiler import ir
@@ -22,14 +21,25 @@ from iree.compiler.dialects import arith, linalg
 from iree.compiler.dialects import math as math_d
 
 from .. import _ir, _mx
-from ..analysis.dequant import Const, Expr, Leaf, Scalar
-from .emit_common import mark_epilogue, residual_maxima, select_slice, slice_index, split_map, split_operand
+from ..analysis.dequant import Leaf
+from .emit_common import (
+    FLT_MIN,
+    QMAX,
+    SLICE_RADIX,
+    centred,
+    drop_unit_dims,
+    fold_k_scale,
+    mark_epilogue,
+    residual_maxima,
+    row_scale,
+    scalar_expr,
+    select_slice,
+    slice_index,
+    split_map,
+    split_operand,
+)
 from .overflow import guard_dynamic_k
 from .plan import Plan
-
-SLICE_RADIX = 254.0  # each further slice resolves the previous slice's rounding residual ×254
-QMAX = 127.0  # symmetric int8 range used by the slices
-FLT_MIN = 1.17549435e-38  # amax floor: an all-zero row gets a finite scale and zero slices
 
 PARALLEL, REDUCTION = _ir.PARALLEL, _ir.REDUCTION
 
@@ -39,9 +49,9 @@ def emit(p: Plan) -> ir.Value:
     value that replaces its result."""
     if p.k_size is None:
         guard_dynamic_k(p.x, p.x_map, p.k)
-    x = _fold_k_scale(p.x, p.x_map, p.k_scale)
-    q, q_map = _drop_unit_dims(p.q, p.q_map, p.q_unit_dims)
-    s = _Space.of(p, x, _centred(q, p.q_shift), q_map)
+    x = fold_k_scale(p.x, p.x_map, p.k_scale)
+    q, q_map = drop_unit_dims(p.q, p.q_map, p.q_unit_dims)
+    s = _Space.of(p, x, centred(q, p.q_shift), q_map)
     mx = p.act_format == "mxfp4"
     per_group = p.act_scale == "group" or mx
     bt_sz, m_sz = [s.size(d) for d in s.bt], [s.size(d) for d in p.m_dims]
@@ -69,49 +79,6 @@ def emit(p: Plan) -> ir.Value:
 
 
 # ============================================================================= the operands
-def _fold_k_scale(x: ir.Value, x_map: ir.AffineMap, k_scale: tuple[Leaf, ...]) -> ir.Value:
-    """``x · s_k`` (elementwise, in x's own layout) for the per-K scale factors ``k_scale``."""
-    if not k_scale:
-        return x
-    x_dims = _ir.dim_positions(x_map)
-    rank = len(x_dims)
-    pos = {d: i for i, d in enumerate(x_dims)}
-    maps = [ir.AffineMap.get_identity(rank), *[_ir.reindex(leaf.map, pos, rank) for leaf in k_scale]]
-    xt = _ir.tensor_type(x)
-
-    def body(xv, *args):
-        v = _ir.to_f32(xv)
-        for s in args[:-1]:
-            v = arith.MulFOp(v, _ir.to_f32(s)).result
-        return [_ir.from_f32(v, xt.element_type)]
-
-    sizes = [_ir.size_of(x, i) for i in range(rank)]
-    return _ir.generic([x, *[leaf.value for leaf in k_scale]], [_ir.empty(sizes, xt.element_type)],
-                       [*maps, ir.AffineMap.get_identity(rank)], [PARALLEL] * rank, body)[0]
-
-
-def _drop_unit_dims(q: ir.Value, q_map: ir.AffineMap, unit: tuple[int, ...]) -> tuple[ir.Value, ir.AffineMap]:
-    """Collapse the size-1 dims ``unit`` of ``q`` (read at constant 0) into a neighbour."""
-    if not unit:
-        return q, q_map
-    kept = [i for i in range(len(q_map.results)) if i not in unit]
-    groups = _ir.unit_dim_groups(len(q_map.results), unit)
-    return _ir.collapse(q, groups), ir.AffineMap.get(q_map.n_dims, 0, [q_map.results[i] for i in kept])
-
-
-def _centred(q: ir.Value, shift: int) -> ir.Value:
-    """Unsigned codes → signed i8 ``q - shift``; weight-only, so IREE hoists it to load time."""
-    if not shift:
-        return q
-    i8 = _i8()
-    rank = _ir.tensor_type(q).rank
-    ident = ir.AffineMap.get_identity(rank)
-    return _ir.generic(
-        [q], [_ir.empty([_ir.size_of(q, i) for i in range(rank)], i8)], [ident, ident],
-        [PARALLEL] * rank, lambda v, _o: [arith.SubIOp(v, _ir.int_const(i8, shift)).result],
-    )[0]
-
-
 def _batch_first(q: ir.Value, q_map: ir.AffineMap, batch: int) -> tuple[ir.Value, ir.AffineMap]:
     """Transpose ``q`` so that the tensor dim read by iteration dim ``batch`` comes first."""
     dims = _ir.dim_positions(q_map)
@@ -214,7 +181,7 @@ def _stacked_slices(p: Plan, s: _Space, amaxes: list[ir.Value], amax_rows: list[
     def slice_body(xv, *args):
         pi = slice_index(nb) if slices > 1 else None
         am = args[0]
-        t = arith.DivFOp(_ir.to_f32(xv), _row_scale(am)).result
+        t = arith.DivFOp(_ir.to_f32(xv), row_scale(am)).result
         finite = arith.CmpFOp(
             arith.CmpFPredicate.OLT, math_d.AbsFOp(t).result, _ir.f32_const(float("inf"))
         ).result
@@ -257,12 +224,6 @@ def _slice_matmul(p: Plan, s: _Space, stacked: ir.Value, bt_sz: list[_ir.Size], 
     builder = linalg.batch_matmul if nb else linalg.matmul
     acc = builder(lhs, s.q, outs=[acc0], indexing_maps=mm_maps)
     return _ir.expand(acc, groups[:-1] + [[nb + nm + 1]], [*bt_sz, p.slices, *m_sz, n_sz])
-
-
-def _row_scale(amax: ir.Value) -> ir.Value:
-    """``s = max(amax, FLT_MIN) / 127``: the first slice's scale (shared by slices and epilogue)."""
-    floor = arith.MaximumFOp(amax, _ir.f32_const(FLT_MIN)).result
-    return arith.DivFOp(floor, _ir.f32_const(QMAX)).result
 
 
 # ============================================================================= epilogue
@@ -309,15 +270,15 @@ def _epilogue(p: Plan, s: _Space, acc: ir.Value, amaxes: list[ir.Value], sums: i
             for a in reversed(accs[:-1]):
                 total = arith.DivFOp(total, _ir.f32_const(SLICE_RADIX)).result
                 total = arith.AddFOp(arith.SIToFPOp(_ir.f32(), a).result, total).result
-            dot = arith.MulFOp(_row_scale(am), total).result
+            dot = arith.MulFOp(row_scale(am), total).result
 
         def leaf_arg(leaf: Leaf) -> ir.Value:
             lmap = s.leaf_maps[leaves.index(leaf)]
             return env[(hash(leaf.value), str(_ir.reindex(lmap, e_pos, n_e)))]
 
-        y = arith.MulFOp(_scalar_expr(p.scale, leaf_arg), dot).result
+        y = arith.MulFOp(scalar_expr(p.scale, leaf_arg), dot).result
         if rs is not None:
-            y = arith.AddFOp(y, arith.MulFOp(_scalar_expr(p.offset, leaf_arg), rs).result).result
+            y = arith.AddFOp(y, arith.MulFOp(scalar_expr(p.offset, leaf_arg), rs).result).result
         finite = arith.CmpFOp(arith.CmpFPredicate.OLT, am, _ir.f32_const(float("inf"))).result
         return arith.SelectOp(finite, y, _ir.f32_const(float("nan"))).result
 
@@ -345,30 +306,6 @@ def _epilogue(p: Plan, s: _Space, acc: ir.Value, amaxes: list[ir.Value], sums: i
                            lambda v, _o: [_ir.from_f32(arith.AddFOp(_ir.to_f32(init_scalar), v).result, out_t)])[0]
     return _ir.generic([partial], [c.init], [ident, ident], [PARALLEL] * len(c_sz),
                        lambda v, o: [_ir.from_f32(arith.AddFOp(_ir.to_f32(o), v).result, out_t)])[0]
-
-
-def _scalar_expr(e: Expr, leaf_arg: Callable[[Leaf], ir.Value]) -> ir.Value:
-    """Emit a K-invariant expression (the weight's scale or offset) as f32 scalar ops."""
-    if isinstance(e, Const):
-        return _ir.f32_const(e.value)
-    if isinstance(e, Scalar):
-        return _ir.to_f32(e.value)
-    if isinstance(e, Leaf):
-        v = leaf_arg(e)
-        if isinstance(v.type, ir.IntegerType):
-            return arith.SIToFPOp(_ir.f32(), v).result
-        return _ir.to_f32(v)
-    if e.kind == "int":
-        value, unsigned = e.args
-        if isinstance(value, Const):
-            return _ir.f32_const(value.value)
-        cvt = arith.UIToFPOp if unsigned else arith.SIToFPOp
-        return cvt(_ir.f32(), leaf_arg(value)).result
-    a = [_scalar_expr(x, leaf_arg) for x in e.args]
-    if e.kind == "neg":
-        return arith.NegFOp(a[0]).result
-    op = {"add": arith.AddFOp, "mul": arith.MulFOp, "div": arith.DivFOp}[e.kind]
-    return op(a[0], a[1]).result
 
 
 def _i8() -> ir.Type:

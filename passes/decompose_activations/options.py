@@ -11,6 +11,7 @@ from msd.errors import OptionError
 from msd.mx_format import ACT_FORMATS, LOWERINGS, SCALE_RULES
 
 from ..pass_options import PassOptions, option
+from .cpu_kernel import ISAS
 
 NAME = "msd-decompose-activations"
 SUPPORTED_SLICES = (1, 2, 3)
@@ -39,11 +40,16 @@ class DecomposeOptions(PassOptions):
                                   " contraction whether to rewrite; empty: always rewrite")
     min_bits: int = option(0, help="accuracy request in effective bits: the fewest int8 slices reaching it"
                                    " (8 -> 1, 16 -> 2, 24 -> 3) replace slices; 0: use slices")
+    cpu_kernel: str = option("none", choices=("none", *ISAS),
+                             help="write int8-slice contractions as one fused kernel dispatch for this x86 ISA"
+                                  " (the target CPU must have it); none: IREE's lowering of the int8 matmul")
     dynamic_m: int = option(0, help="rows assumed for a dynamic M when costing (0: msd.cost.model.DYNAMIC_M)")
 
     def validate(self) -> None:
         if self.min_bits < 0 or self.dynamic_m < 0:
             raise OptionError(f"{NAME}: min-bits and dynamic-m must not be negative")
+        if self.cpu_kernel != "none" and self.act_format != "int8":
+            raise OptionError(f"{NAME}: cpu-kernel takes int8 slices (act-format={self.act_format})")
         if self.min_bits and self.act_format != "int8":
             raise OptionError(f"{NAME}: min-bits counts int8 slices; with act-format={self.act_format} give slices=")
         self.requested_slices  # noqa: B018 (raises for more bits than three slices give)

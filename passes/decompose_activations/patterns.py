@@ -7,6 +7,7 @@ rewrite it made (:meth:`.plan.Plan.describe`), or the reason it made none.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from iree.compiler import ir, rewrite
 
@@ -14,12 +15,13 @@ from msd.cost.model import Policy
 
 from .. import _ir
 from ..report import Decision, NotHandled, Report
-from . import emit_int8, emit_scaled, match
+from . import emit_int8, emit_kernel, emit_scaled, match
 from .cleanup import erase_dead_producers
+from .cpu_kernel import KernelSpec
 from .decide import decide
 from .match import Contraction
 from .options import DecomposeOptions
-from .plan import plan
+from .plan import Plan, plan
 
 
 class DecomposeContraction:
@@ -27,8 +29,10 @@ class DecomposeContraction:
     :class:`Contraction` (None: not a candidate); the rest is the same for every root."""
 
     def __init__(self, root: str, contraction: Callable[[ir.Operation], Contraction | None],
-                 options: DecomposeOptions, policy: Policy | None, report: Report) -> None:
+                 options: DecomposeOptions, policy: Policy | None, report: Report,
+                 kernels: dict[str, KernelSpec]) -> None:
         self.root, self.contraction = root, contraction
+        self.kernels = kernels  # the fused kernels emitted so far, by symbol (their executables are added last)
         self.options = options
         self.policy = policy  # None: always rewrite; else the cost model decides per contraction
         self.report = report
@@ -44,13 +48,26 @@ class DecomposeContraction:
         except NotHandled as e:
             self._record(op, False, str(e), **e.fields)
             return True
+        p = self._with_kernel(p)
         with rewriter.ip, op.location:
-            y = emit_scaled.emit(p) if p.block_scaled else emit_int8.emit(p)
+            if p.kernel is not None:
+                y = emit_kernel.emit(p, p.kernel)
+                self.kernels[p.kernel.symbol] = p.kernel
+            else:
+                y = emit_scaled.emit(p) if p.block_scaled else emit_int8.emit(p)
         self._record(op, True, p.describe(), **p.cost)
         operands = list(op.operands)
         rewriter.replace_op(op, [y])
         erase_dead_producers(operands, rewriter)
         return False
+
+    def _with_kernel(self, p: Plan) -> Plan:
+        """``p`` with the fused CPU kernel when one is asked for and covers it (else the reason why not)."""
+        isa = self.options.cpu_kernel
+        if isa == "none" or p.block_scaled or p.act_format != "int8":
+            return p
+        spec = emit_kernel.kernel_for(p, isa)
+        return replace(p, kernel=spec) if isinstance(spec, KernelSpec) else replace(p, kernel_note=spec)
 
     def _record(self, op: ir.Operation, rewritten: bool, reason: str, **cost: object) -> None:
         d = Decision(op.name, _ir.location_text(op), rewritten, reason, **cost)

@@ -20,6 +20,7 @@ from msd.mx_format import MX_BLOCK
 from .. import _ir
 from ..analysis.dequant import Const, Expr, FloatAffine, IntAffine, Leaf, Node, WeightTrace, factors, mentions
 from ..report import NotHandled
+from .cpu_kernel import KernelSpec
 from .fp4_weight import e8m0_scale
 from .match import Contraction
 from .options import DecomposeOptions
@@ -59,6 +60,8 @@ class Plan:
     fallback: str = ""  # why the block-scaled form was asked for but not used
     cost: Mapping[str, object] = field(default_factory=dict)  # the cost model's numbers, for the report
     cost_note: str = ""  # what the cost model said, appended to the report's reason
+    kernel: KernelSpec | None = None  # emitted as this fused CPU kernel (emit_kernel), else emit_int8
+    kernel_note: str = ""  # why the fused kernel asked for was not used
 
     @property
     def block_scaled(self) -> bool:
@@ -83,6 +86,8 @@ class Plan:
                     " block-scaled FP4 matmul (scaling_extf)")
         elif self.act_format == "mxfp4":
             what = f"{n} MXFP4 slice(s) ({rule} scale rule, doubled E2M1 codes) x {self.weight_type}{self.fallback}"
+        elif self.kernel is not None:
+            what = f"{n} int8 slice(s) x {self.weight_type} in one fused {self.kernel.isa} kernel dispatch"
         else:
             what = f"{n} int8 slice(s) x {self.weight_type}"
         if self.q_shift:
@@ -93,6 +98,8 @@ class Plan:
             what += " with zero-point/offset term"
         if self.notes:
             what += "; " + "; ".join(sorted(set(self.notes)))
+        if self.kernel_note:
+            what += f"; fused kernel not used: {self.kernel_note}"
         return what + self.cost_note
 
 

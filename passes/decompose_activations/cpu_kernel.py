@@ -1,0 +1,242 @@
+"""The fused MSD linear kernel for x86 CPUs, as MLIR text (a ``stream.executable`` IREE compiles).
+
+One dispatch computes, for every activation row ``m`` and output channel ``n``::
+
+    y[m, n] = Σ_g  scale[n, g] · s[m, g] · Σ_p 254^-p · Σ_{k∈g} a_p[m, k] · w[n, k]
+              (+ offset[n, g] · xsum[m, g])
+
+from the activation slices ``a_p`` (int8 codes, quantized once per row by the ops before the
+dispatch), the integer weight ``w`` (pre-packed once, when the module loads), the per-(channel,
+group) float scale and, for weights with a zero point or min, the offset times the row's group sum.
+No per-group partial leaves the registers: each group's integer dots go to f32 and into the row's
+accumulator right away, and all slices of a row reuse each weight vector loaded.
+
+Layouts (``W`` = lanes: 16 for AVX-512, 8 for 256-bit AVX-VNNI; ``NT = ceil(N/W)``, ``G`` groups of
+``g``):
+
+- ``a``: ``[M, P, K/4] i32`` — four activation codes per word, each stored as ``code + 128`` (u8:
+  ``vpdpbusd`` multiplies unsigned × signed bytes);
+- ``s``: ``[M, 1]`` (one scale per row) or ``[M, G]`` f32, the first slice's scale;
+- ``w``: ``[NT, G, g/4, W·4] i8`` — lane ``j`` of a vector holds 4 consecutive K codes of channel
+  ``n0 + j`` (the rows past N are zero);
+- ``corr``: ``[NT, G, W] i32`` = ``-128 · Σ_{k∈g} w[n, k]``, the accumulator's start, which takes the
+  ``+128`` of the activation codes back out;
+- ``scale`` (and ``offset``): ``[NT, G, W] f32``; ``xsum``: ``[M, G] f32``;
+- ``y``: ``[M, N] f32``; the last channel tile is stored masked when ``W`` does not divide N.
+
+Workgroups split the channel tiles; M (the prompt length) is dynamic, in blocks of ``rows`` rows and
+a one-row remainder loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The instruction set of each variant: lanes per vector and the LLVM intrinsic of the byte dot
+# product (u8 × s8, four products summed into each i32 lane).
+ISAS: dict[str, tuple[int, str]] = {
+    "avx512-vnni": (16, "llvm.x86.avx512.vpdpbusd.512"),
+    "avx-vnni": (8, "llvm.x86.avx512.vpdpbusd.256"),
+}
+SLICE_RADIX = 254.0
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One instance of the kernel: everything that is static in its code."""
+
+    isa: str
+    n: int  # output channels
+    k: int  # reduction length
+    group: int  # K per scale group (K itself when the scale is per channel)
+    slices: int
+    scale_per_group: bool  # s is [M, G] (activation scale per row and group), else [M, 1]
+    offset: bool  # the weight has a zero point / min: offset and xsum operands
+    rows: int = 4  # activation rows per register block
+    tiles_per_workgroup: int = 1
+
+    def __post_init__(self) -> None:
+        if self.isa not in ISAS:
+            raise ValueError(f"unknown kernel ISA {self.isa!r} (known: {', '.join(ISAS)})")
+        if self.group % 4 or self.k % self.group:
+            raise ValueError(f"K={self.k} in groups of {self.group}: groups must divide K and be multiples of 4")
+
+    @property
+    def lanes(self) -> int:
+        return ISAS[self.isa][0]
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.n // self.lanes)
+
+    @property
+    def groups(self) -> int:
+        return self.k // self.group
+
+    @property
+    def workgroups(self) -> int:
+        return -(-self.tiles // self.tiles_per_workgroup)
+
+    @property
+    def symbol(self) -> str:
+        """The executable's name: one per distinct spec in a module."""
+        return (f"msd_linear_{self.isa.replace('-', '_')}_n{self.n}_k{self.k}_g{self.group}_p{self.slices}"
+                f"{'_sg' if self.scale_per_group else ''}{'_off' if self.offset else ''}_r{self.rows}"
+                f"_t{self.tiles_per_workgroup}")
+
+    # -- operand types, in the dispatch's order
+    def operand_types(self) -> list[str]:
+        """The tensor types of the dispatch's operands (``?`` = M), in order."""
+        w, nt, gr = self.lanes, self.tiles, self.groups
+        types = [f"tensor<?x{self.slices}x{self.k // 4}xi32>", f"tensor<?x{gr if self.scale_per_group else 1}xf32>"]
+        if self.offset:
+            types.append(f"tensor<?x{gr}xf32>")
+        types += [f"tensor<{nt}x{gr}x{self.group // 4}x{4 * w}xi8>", f"tensor<{nt}x{gr}x{w}xi32>",
+                  f"tensor<{nt}x{gr}x{w}xf32>"]
+        if self.offset:
+            types.append(f"tensor<{nt}x{gr}x{w}xf32>")
+        return types
+
+    def result_type(self) -> str:
+        return f"tensor<?x{self.n}xf32>"
+
+    def executable(self) -> str:
+        """The ``stream.executable`` text."""
+        return _Writer(self).executable()
+
+
+class _Writer:
+    """Builds the kernel's text line by line (SSA names are made unique per register block)."""
+
+    def __init__(self, spec: KernelSpec) -> None:
+        self.s = spec
+        self.lines: list[str] = []
+
+    def emit(self, line: str) -> None:
+        self.lines.append(line)
+
+    def executable(self) -> str:
+        s = self.s
+        w, nt, gr, p = s.lanes, s.tiles, s.groups, s.slices
+        vi, vf, vb = f"vector<{w}xi32>", f"vector<{w}xf32>", f"vector<{4 * w}xi8>"
+        self.vi, self.vf, self.vb = vi, vf, vb
+        gs = gr if s.scale_per_group else 1
+        self.t_a = f"memref<?x{p}x{s.k // 4}xi32>"
+        self.t_s = f"memref<?x{gs}xf32>"
+        self.t_xs = f"memref<?x{gr}xf32>"
+        self.t_w = f"memref<{nt}x{gr}x{s.group // 4}x{4 * w}xi8>"
+        self.t_c = f"memref<{nt}x{gr}x{w}xi32>"
+        self.t_f = f"memref<{nt}x{gr}x{w}xf32>"
+        self.t_y = f"memref<?x{s.n}xf32>"
+        bindings = ["a", "s", *(["xs"] if s.offset else []), "w", "corr", "scale", *(["off"] if s.offset else []),
+                    "y"]
+        types = {"a": self.t_a, "s": self.t_s, "xs": self.t_xs, "w": self.t_w, "corr": self.t_c, "scale": self.t_f,
+                 "off": self.t_f, "y": self.t_y}
+        e = self.emit
+        e(f"stream.executable private @{s.symbol} {{")
+        e(f"  stream.executable.export public @{s.symbol} workgroups(%m: index) -> (index, index, index) {{")
+        e(f"    %x = arith.constant {s.workgroups} : index")
+        e("    %one = arith.constant 1 : index")
+        e("    stream.return %x, %one, %one : index, index, index")
+        e("  }")
+        e("  builtin.module {")
+        args = ", ".join(f"%{b}_b: !stream.binding" for b in bindings)
+        e(f"    func.func @{s.symbol}({args}, %m: index) {{")
+        for v in sorted({0, 1, *range(max(s.rows, p)), w, s.rows, gr, s.group // 4, nt, s.n, s.tiles_per_workgroup}):
+            e(f"      %c{v} = arith.constant {v} : index")
+        for b in bindings:
+            dyn = "{%m}" if types[b].startswith("memref<?") else ""
+            e(f"      %{b} = stream.binding.subspan %{b}_b[%c0] : !stream.binding -> {types[b]}{dyn}")
+        e(f"      %zf = arith.constant dense<0.0> : {vf}")
+        e(f"      %radix = arith.constant dense<{1.0 / SLICE_RADIX!r}> : {vf}")
+        e("      %wid = stream.dispatch.workgroup.id[0] : index")
+        e(f"      %t0 = arith.muli %wid, %c{s.tiles_per_workgroup} : index")
+        e(f"      %t1u = arith.addi %t0, %c{s.tiles_per_workgroup} : index")
+        e(f"      %t1 = arith.minui %t1u, %c{nt} : index")
+        e(f"      %mblocks = arith.divui %m, %c{s.rows} : index")
+        e(f"      %mmain = arith.muli %mblocks, %c{s.rows} : index")
+        e("      scf.for %t = %t0 to %t1 step %c1 {")
+        e(f"        %n0 = arith.muli %t, %c{w} : index")
+        e(f"        %nleft = arith.subi %c{s.n}, %n0 : index")
+        e(f"        %nmask = vector.create_mask %nleft : vector<{w}xi1>")
+        e(f"        scf.for %m0 = %c0 to %mmain step %c{s.rows} {{")
+        self.row_block(s.rows, "B")
+        e("        }")
+        e("        scf.for %m0 = %mmain to %m step %c1 {")
+        self.row_block(1, "R")
+        e("        }")
+        e("      }")
+        e("      return")
+        e("    }")
+        e("  }")
+        e("}")
+        return "\n".join(self.lines)
+
+    def row_block(self, rows: int, tag: str) -> None:
+        """Rows ``m0 .. m0+rows`` of channel tile ``t``: the group loop, then the stores."""
+        s, e = self.s, self.emit
+        vi, vf, vb, p = self.vi, self.vf, self.vb, s.slices
+        ind = "          "
+        for r in range(rows):
+            e(f"{ind}%{tag}row{r} = arith.addi %m0, %c{r} : index")
+            if not s.scale_per_group:
+                e(f"{ind}%{tag}s{r} = memref.load %s[%{tag}row{r}, %c0] : {self.t_s}")
+                e(f"{ind}%{tag}sv{r} = vector.broadcast %{tag}s{r} : f32 to {vf}")
+        fa = ", ".join(f"%{tag}F{r} = %zf" for r in range(rows))
+        e(f"{ind}%{tag}acc:{rows} = scf.for %g = %c0 to %c{s.groups} step %c1 iter_args({fa}) -> "
+          f"({', '.join([vf] * rows)}) {{")
+        ind2 = ind + "  "
+        e(f"{ind2}%{tag}c = vector.load %corr[%t, %g, %c0] : {self.t_c}, {vi}")
+        e(f"{ind2}%{tag}kb = arith.muli %g, %c{s.group // 4} : index")
+        ia = [f"%{tag}I{r}_{q}" for r in range(rows) for q in range(p)]
+        e(f"{ind2}%{tag}d:{len(ia)} = scf.for %k4 = %c0 to %c{s.group // 4} step %c1 iter_args("
+          + ", ".join(f"{x} = %{tag}c" for x in ia) + f") -> ({', '.join([vi] * len(ia))}) {{")
+        ind3 = ind2 + "  "
+        intrinsic = ISAS[s.isa][1]
+        e(f"{ind3}%{tag}wv = vector.load %w[%t, %g, %k4, %c0] : {self.t_w}, {vb}")
+        e(f"{ind3}%{tag}kk = arith.addi %{tag}kb, %k4 : index")
+        out = []
+        for r in range(rows):
+            for q in range(p):
+                v = f"%{tag}x{r}_{q}"
+                e(f"{ind3}{v}w = memref.load %a[%{tag}row{r}, %c{q}, %{tag}kk] : {self.t_a}")
+                e(f"{ind3}{v}v = vector.broadcast {v}w : i32 to {vi}")
+                e(f"{ind3}{v}b = vector.bitcast {v}v : {vi} to {vb}")
+                e(f"{ind3}{v}n = llvm.call_intrinsic \"{intrinsic}\"(%{tag}I{r}_{q}, {v}b, %{tag}wv) : "
+                  f"({vi}, {vb}, {vb}) -> {vi}")
+                out.append(f"{v}n")
+        e(f"{ind3}scf.yield {', '.join(out)} : {', '.join([vi] * len(out))}")
+        e(f"{ind2}}}")
+        e(f"{ind2}%{tag}sc = vector.load %scale[%t, %g, %c0] : {self.t_f}, {vf}")
+        if s.offset:
+            e(f"{ind2}%{tag}of = vector.load %off[%t, %g, %c0] : {self.t_f}, {vf}")
+        ys = []
+        for r in range(rows):
+            total = None
+            for q in reversed(range(p)):  # Σ_q d_q · 254^-q, Horner from the last slice
+                d = f"%{tag}f{r}_{q}"
+                e(f"{ind2}{d} = arith.sitofp %{tag}d#{r * p + q} : {vi} to {vf}")
+                if total is not None:
+                    e(f"{ind2}{d}h = math.fma {total}, %radix, {d} : {vf}")
+                    d = f"{d}h"
+                total = d
+            if s.scale_per_group:
+                e(f"{ind2}%{tag}s{r} = memref.load %s[%{tag}row{r}, %g] : {self.t_s}")
+                e(f"{ind2}%{tag}sv{r} = vector.broadcast %{tag}s{r} : f32 to {vf}")
+            e(f"{ind2}%{tag}k{r} = arith.mulf %{tag}sc, %{tag}sv{r} : {vf}")
+            y = f"%{tag}y{r}"
+            e(f"{ind2}{y} = math.fma {total}, %{tag}k{r}, %{tag}F{r} : {vf}")
+            if s.offset:
+                e(f"{ind2}%{tag}xs{r} = memref.load %xs[%{tag}row{r}, %g] : {self.t_xs}")
+                e(f"{ind2}%{tag}xv{r} = vector.broadcast %{tag}xs{r} : f32 to {vf}")
+                e(f"{ind2}{y}o = math.fma %{tag}of, %{tag}xv{r}, {y} : {vf}")
+                y = f"{y}o"
+            ys.append(y)
+        e(f"{ind2}scf.yield {', '.join(ys)} : {', '.join([vf] * rows)}")
+        e(f"{ind}}}")
+        for r in range(rows):
+            e(f"{ind}vector.maskedstore %y[%{tag}row{r}, %n0], %nmask, %{tag}acc#{r} : {self.t_y}, "
+              f"vector<{s.lanes}xi1>, {vf}")
+
+
+__all__ = ["ISAS", "KernelSpec"]

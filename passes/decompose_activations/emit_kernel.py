@@ -1,0 +1,326 @@
+"""Emitting a :class:`~.plan.Plan` as one fused CPU kernel dispatch (:mod:`.cpu_kernel`).
+
+Where :mod:`.emit_int8` leaves the integer matmul, the per-group partials and their reduction to
+IREE's code generation, this emitter writes the contraction as one ``flow.dispatch`` of a kernel
+msd generates itself.  Around it, ordinary tensor ops:
+
+1. the activation, as ``[M, K]`` rows: ``amax`` per row (or per row and group) and, with a zero
+   point / min in the weight, the sums per (row, group); the slices' codes packed four to an i32
+   word (``code + 128``, so the kernel reads them as unsigned bytes) — once per row, before the
+   kernel;
+2. the weight side, which reads only the weight and so is computed once when the module loads (IREE
+   hoists it): the integer codes relaid into the kernel's tiles, the accumulator start
+   ``-128·Σ_{k∈g} w``, and the scale and offset per (channel, group);
+3. the dispatch, then one elementwise epilogue: the init added and the result's type (the op later
+   consumers such as a bias add are folded into, as for the other emitters).
+
+:func:`kernel_for` says whether a plan fits the kernel (else the reason, and the plan is emitted by
+:mod:`.emit_int8`).
+"""
+
+from __future__ import annotations
+
+from iree.compiler import ir
+from iree.compiler.dialects import arith, linalg, tensor
+from iree.compiler.dialects import math as math_d
+
+from .. import _ir
+from ..analysis.dequant import Expr, mentions
+from .cpu_kernel import ISAS, KernelSpec
+from .emit_common import (
+    QMAX,
+    SLICE_RADIX,
+    centred,
+    drop_unit_dims,
+    fold_k_scale,
+    mark_epilogue,
+    row_scale,
+    scalar_expr,
+    select_slice,
+    slice_index,
+    split_map,
+)
+from .plan import Plan
+
+PARALLEL, REDUCTION = _ir.PARALLEL, _ir.REDUCTION
+ACT_BIAS = 128  # activation codes are stored as code + 128 (u8)
+
+
+def kernel_for(p: Plan, isa: str) -> KernelSpec | str:
+    """The kernel instance for ``p`` on ``isa``, or why the kernel does not cover it."""
+    if isa not in ISAS:
+        return f"no fused kernel for ISA {isa!r}"
+    if p.block_scaled or p.act_format != "int8":
+        return f"act-format={p.act_format} (the kernel takes int8 slices)"
+    if p.b_dims:
+        return "a batch dim shared by weight and activation"
+    if p.k_size is None:
+        return "dynamic K"
+    x_dims = _ir.dim_positions(p.x_map)
+    if x_dims != [*p.m_dims, p.k]:
+        return "the activation is not laid out as rows of K"
+    if _ir.dim_positions(p.c.maps[2]) != [*p.m_dims, p.n_dim]:
+        return "the result is not laid out as rows of output channels"
+    q_t = _ir.collapsed_type(_ir.tensor_type(p.q), _ir.unit_dim_groups(_ir.tensor_type(p.q).rank, p.q_unit_dims)) \
+        if p.q_unit_dims else _ir.tensor_type(p.q)
+    q_dims = _q_dims(p)
+    if q_dims is None or sorted(q_dims) != sorted([p.n_dim, p.k]) or q_t.rank != 2 or not q_t.has_static_shape:
+        return "the integer weight is not a static 2-D [N, K] or [K, N] tensor"
+    n = q_t.get_dim_size(q_dims.index(p.n_dim))
+    group = p.group or p.k_size
+    if p.k_size % group or group % 4:
+        return f"K={p.k_size} in groups of {group} (the kernel needs groups that are multiples of 4)"
+    per_group = p.group is not None and p.act_scale == "group"
+    return KernelSpec(isa, n, p.k_size, group, p.slices, per_group, p.offset is not None,
+                      rows=4 if ISAS[isa][0] == 16 else 2, tiles_per_workgroup=_tiles_per_workgroup(n, isa))
+
+
+def _tiles_per_workgroup(n: int, isa: str) -> int:
+    """Channel tiles per workgroup: enough workgroups to spread over threads, each with some work."""
+    tiles = -(-n // ISAS[isa][0])
+    return max(1, tiles // 32)
+
+
+def _q_dims(p: Plan) -> list[int] | None:
+    kept = [e for i, e in enumerate(p.q_map.results) if i not in p.q_unit_dims]
+    out = []
+    for e in kept:
+        if not isinstance(e, ir.AffineDimExpr):
+            return None
+        out.append(e.position)
+    return out
+
+
+def emit(p: Plan, spec: KernelSpec) -> ir.Value:
+    """Emit ``p.c`` as the kernel ``spec`` at the current insertion point; return the value that
+    replaces its result.  The kernel's executable itself is added to the module by the pass
+    (:func:`executables`)."""
+    x = fold_k_scale(p.x, p.x_map, p.k_scale)
+    x_t = _ir.tensor_type(x)
+    nm = len(p.m_dims)
+    m_sizes = [_ir.size_of(x, i) for i in range(nm)]
+    rows = _ir.collapse(x, [list(range(nm)), [nm]]) if nm else _ir.expand(x, [[0, 1]], [1, spec.k])
+    if nm == 1:
+        rows = x
+    g, groups = spec.group, spec.groups
+    mf = _ir.size_of(rows, 0)
+    xg = _ir.expand(rows, [[0], [1, 2]], [mf, groups, g])  # [M, G, g]
+
+    amax, sums = _activation_stats(p, spec, xg, mf)
+    scale = _slice_scale(amax)
+    codes = _codes(spec, xg, amax, mf)
+    weights = _weight_operands(p, spec)
+
+    dyn = [_dynamic_rows(v) for v in [codes, scale, *([sums] if spec.offset else [])]]
+    m = tensor.DimOp(dyn[0], _ir.index_const(0)).result
+    operands = [dyn[0], dyn[1], *(dyn[2:] if spec.offset else []), *weights[:3], *weights[3:]]
+    y = _dispatch(spec, operands, m, len(dyn))
+    if not isinstance(mf, ir.Value):
+        y = tensor.CastOp(ir.RankedTensorType.get([mf, spec.n], _ir.f32()), y).result
+    y = _ir.expand(y, [list(range(nm)), [nm]], [*m_sizes, spec.n]) if nm > 1 else y
+    if nm == 0:
+        y = _ir.collapse(y, [[0, 1]])
+    return mark_epilogue(_epilogue(p, y, x_t.rank))
+
+
+# ============================================================================= the activation
+def _activation_stats(p: Plan, spec: KernelSpec, xg: ir.Value, mf: _ir.Size) -> tuple[ir.Value, ir.Value | None]:
+    """``amax`` ``[M, G or 1]`` and, with an offset, the group sums ``[M, G]`` of ``xg`` ``[M, G, g]``."""
+    groups = spec.groups
+    gs = groups if spec.scale_per_group else 1
+
+    def amax_body(v, o, *rest):
+        out = [arith.MaximumFOp(math_d.AbsFOp(_ir.to_f32(v)).result, o).result]
+        if rest:
+            out.append(arith.AddFOp(_ir.to_f32(v), rest[0]).result)
+        return out
+
+    zero = _ir.f32_const(0.0)
+    if spec.offset and spec.scale_per_group:
+        amax, sums = _ir.generic(
+            [xg], [_ir.filled([mf, groups], zero), _ir.filled([mf, groups], zero)],
+            [_map(3, [0, 1, 2]), _map(3, [0, 1]), _map(3, [0, 1])], [PARALLEL, PARALLEL, REDUCTION], amax_body)
+        return amax, sums
+    amax = _ir.generic(
+        [xg], [_ir.filled([mf, gs], zero)],
+        [_map(3, [0, 1, 2]), _map(3, [0, 1] if spec.scale_per_group else [0, ("c", 0)])],
+        [PARALLEL, PARALLEL if spec.scale_per_group else REDUCTION, REDUCTION], amax_body)[0]
+    if not spec.offset:
+        return amax, None
+    sums = _ir.generic(
+        [xg], [_ir.filled([mf, groups], zero)], [_map(3, [0, 1, 2]), _map(3, [0, 1])],
+        [PARALLEL, PARALLEL, REDUCTION], lambda v, o: [arith.AddFOp(_ir.to_f32(v), o).result])[0]
+    return amax, sums
+
+
+def _slice_scale(amax: ir.Value) -> ir.Value:
+    """The first slice's scale ``max(amax, FLT_MIN)/127``; NaN for a row whose amax is not finite (the
+    whole row's result is then NaN, as with the other emitters)."""
+    rank = _ir.tensor_type(amax).rank
+    ident = ir.AffineMap.get_identity(rank)
+
+    def body(a, _o):
+        finite = arith.CmpFOp(arith.CmpFPredicate.OLT, a, _ir.f32_const(float("inf"))).result
+        return [arith.SelectOp(finite, row_scale(a), _ir.f32_const(float("nan"))).result]
+
+    sizes = [_ir.size_of(amax, i) for i in range(rank)]
+    return _ir.generic([amax], [_ir.empty(sizes, _ir.f32())], [ident, ident], [PARALLEL] * rank, body)[0]
+
+
+def _codes(spec: KernelSpec, xg: ir.Value, amax: ir.Value, mf: _ir.Size) -> ir.Value:
+    """``[M, P, K/4] i32``: slice ``p``'s codes of four consecutive K, ``code + 128`` per byte."""
+    g4 = spec.group // 4
+    x5 = _ir.expand(xg, [[0], [1], [2, 3]], [mf, spec.groups, g4, 4])  # [M, G, g/4, 4]
+    slices = spec.slices
+    i32 = ir.IntegerType.get_signless(32)
+    # iteration (m, p, G, g/4, j): j (the byte in the word) is reduced by or-ing the shifted bytes in
+    amax_map = _map(5, [0, 2] if spec.scale_per_group else [0, ("c", 0)])
+
+    def body(xv, am, out):
+        t = arith.DivFOp(_ir.to_f32(xv), row_scale(am)).result
+        finite = arith.CmpFOp(arith.CmpFPredicate.OLT, math_d.AbsFOp(t).result, _ir.f32_const(float("inf"))).result
+        digits = []
+        for i in range(slices):
+            d = math_d.RoundEvenOp(t).result
+            d = arith.MinimumFOp(arith.MaximumFOp(d, _ir.f32_const(-QMAX)).result, _ir.f32_const(QMAX)).result
+            digits.append(d)
+            if i + 1 < slices:
+                t = arith.MulFOp(arith.SubFOp(t, d).result, _ir.f32_const(SLICE_RADIX)).result
+        v = select_slice(slice_index(1), digits) if slices > 1 else digits[0]
+        v = arith.SelectOp(finite, v, _ir.f32_const(0.0)).result
+        code = arith.AddIOp(arith.FPToSIOp(i32, v).result, _ir.int_const(i32, ACT_BIAS)).result
+        j = arith.IndexCastOp(i32, slice_index(4)).result
+        shift = arith.MulIOp(j, _ir.int_const(i32, 8)).result
+        return [arith.OrIOp(out, arith.ShLIOp(code, shift).result).result]
+
+    packed = _ir.generic(
+        [x5, amax], [_ir.filled([mf, slices, spec.groups, g4], _ir.int_const(i32, 0))],
+        [_map(5, [0, 2, 3, 4]), amax_map, _map(5, [0, 1, 2, 3])],
+        [PARALLEL, PARALLEL, PARALLEL, PARALLEL, REDUCTION], body)[0]
+    return _ir.collapse(packed, [[0], [1], [2, 3]])
+
+
+def _dynamic_rows(v: ir.Value) -> ir.Value:
+    """``v`` with its first (row) dim dynamic, as the kernel's operand types have it."""
+    t = _ir.tensor_type(v)
+    if t.is_dynamic_dim(0):
+        return v
+    shape = [ir.ShapedType.get_dynamic_size(), *[t.get_dim_size(i) for i in range(1, t.rank)]]
+    return tensor.CastOp(ir.RankedTensorType.get(shape, t.element_type), v).result
+
+
+# ============================================================================= the weight
+def _weight_operands(p: Plan, spec: KernelSpec) -> list[ir.Value]:
+    """``[w, corr, scale, (offset)]`` in the kernel's layouts; they read only the weight."""
+    q, q_map = drop_unit_dims(p.q, p.q_map, p.q_unit_dims)
+    q = centred(q, p.q_shift)
+    if _ir.dim_positions(q_map)[0] != p.n_dim:
+        q = _transposed(q)
+    lanes, tiles, groups, g4 = spec.lanes, spec.tiles, spec.groups, spec.group // 4
+    i8 = ir.IntegerType.get_signless(8)
+    i32 = ir.IntegerType.get_signless(32)
+    q = _padded_rows(q, tiles * lanes, _ir.int_const(i8, 0))
+    q5 = _ir.expand(q, [[0, 1], [2, 3, 4]], [tiles, lanes, groups, g4, 4])
+    tiled = linalg.transpose(q5, outs=[_ir.empty([tiles, groups, g4, lanes, 4], i8)], permutation=[0, 2, 3, 1, 4])
+    tiled = tiled.operation.results[0] if isinstance(tiled, ir.OpView) else tiled
+    w = _ir.collapse(tiled, [[0], [1], [2], [3, 4]])
+    corr = _ir.generic(
+        [tiled], [_ir.filled([tiles, groups, lanes], _ir.int_const(i32, 0))],
+        [_map(5, [0, 1, 2, 3, 4]), _map(5, [0, 1, 3])], [PARALLEL, PARALLEL, REDUCTION, PARALLEL, REDUCTION],
+        lambda v, o: [arith.SubIOp(o, arith.MulIOp(arith.ExtSIOp(i32, v).result,
+                                                   _ir.int_const(i32, ACT_BIAS)).result).result])[0]
+    out = [w, corr, _per_channel_group(p, spec, p.scale)]
+    if spec.offset:
+        out.append(_per_channel_group(p, spec, p.offset))
+    return out
+
+
+def _transposed(q: ir.Value) -> ir.Value:
+    t = _ir.tensor_type(q)
+    out = linalg.transpose(q, outs=[_ir.empty([t.get_dim_size(1), t.get_dim_size(0)], t.element_type)],
+                           permutation=[1, 0])
+    return out.operation.results[0] if isinstance(out, ir.OpView) else out
+
+
+def _padded_rows(v: ir.Value, rows: int, zero: ir.Value) -> ir.Value:
+    """``v`` ``[R, ...]`` as ``[rows, ...]``, the new rows ``zero``."""
+    t = _ir.tensor_type(v)
+    if t.get_dim_size(0) == rows:
+        return v
+    sizes = [t.get_dim_size(i) for i in range(t.rank)]
+    dest = _ir.filled([rows, *sizes[1:]], zero)
+    return tensor.InsertSliceOp(v, dest, [], [], [], [0] * t.rank, sizes, [1] * t.rank).result
+
+
+def _per_channel_group(p: Plan, spec: KernelSpec, e: Expr) -> ir.Value:
+    """The weight's scale (or offset) expression evaluated per (channel, group), in ``[NT, G, W]``."""
+    pos = {p.n_dim: 0, p.k: 1}
+    if p.group is not None:
+        n_all = p.c.n_dims + 1
+        leaf_maps = [_ir.reindex(split_map(leaf.map, p.k, p.c.n_dims, n_all), pos, 2) for leaf in p.leaves]
+    else:
+        leaf_maps = [_ir.reindex(leaf.map, pos, 2) for leaf in p.leaves]
+    used = [i for i, leaf in enumerate(p.leaves) if mentions(e, [leaf])]
+    ins = [p.leaves[i].value for i in used]
+    maps = [leaf_maps[i] for i in used]
+
+    def body(*args):
+        env = {id(p.leaves[i]): a for i, a in zip(used, args[:-1])}
+        return [scalar_expr(e, lambda leaf: env[id(leaf)])]
+
+    values = _ir.generic(ins, [_ir.empty([spec.n, spec.groups], _ir.f32())], [*maps, _map(2, [0, 1])],
+                         [PARALLEL, PARALLEL], body)[0]
+    lanes, tiles = spec.lanes, spec.tiles
+    values = _padded_rows(values, tiles * lanes, _ir.f32_const(0.0))
+    v3 = _ir.expand(values, [[0, 1], [2]], [tiles, lanes, spec.groups])
+    out = linalg.transpose(v3, outs=[_ir.empty([tiles, spec.groups, lanes], _ir.f32())], permutation=[0, 2, 1])
+    return out.operation.results[0] if isinstance(out, ir.OpView) else out
+
+
+# ============================================================================= dispatch, epilogue
+def _dispatch(spec: KernelSpec, operands: list[ir.Value], m: ir.Value, n_dynamic: int) -> ir.Value:
+    """``flow.dispatch @<symbol>::@<symbol>[m](operands..., m)`` → ``[M, N] f32``."""
+    result = ir.RankedTensorType.get([ir.ShapedType.get_dynamic_size(), spec.n], _ir.f32())
+    entry = ir.ArrayAttr.get([ir.SymbolRefAttr.get([spec.symbol, spec.symbol])])
+    op = ir.Operation.create(
+        "flow.dispatch", results=[result], operands=[m, *operands, m, *[m] * n_dynamic, m],
+        attributes={
+            "entry_points": entry,
+            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, len(operands) + 1, n_dynamic, 1]),
+            "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)]),
+        })
+    return op.results[0]
+
+
+def _epilogue(p: Plan, y: ir.Value, rank: int) -> ir.Value:
+    """``init + y`` in the result's element type (the init read as its scalar when it is a fill)."""
+    c = p.c
+    out_t = _ir.elem_type(c.init)
+    ident = ir.AffineMap.get_identity(rank)
+    fill = _ir.producer(c.init)
+    if fill is not None and fill.name == "linalg.fill":
+        scalar = fill.operands[0]
+        return _ir.generic([y], [fill.operands[1]], [ident, ident], [PARALLEL] * rank,
+                           lambda v, _o: [_ir.from_f32(arith.AddFOp(_ir.to_f32(scalar), v).result, out_t)])[0]
+    return _ir.generic([y], [c.init], [ident, ident], [PARALLEL] * rank,
+                       lambda v, o: [_ir.from_f32(arith.AddFOp(_ir.to_f32(o), v).result, out_t)])[0]
+
+
+def _map(n: int, positions: list) -> ir.AffineMap:
+    return _ir.dims_map(n, positions)
+
+
+def executables(module: ir.Operation, specs: dict[str, KernelSpec]) -> None:
+    """Add the ``stream.executable`` of each kernel in ``specs`` to ``module`` (once per symbol)."""
+    body = module.regions[0].blocks[0]
+    present = {ir.StringAttr(op.attributes["sym_name"]).value for op in body.operations
+               if "sym_name" in op.attributes}
+    for symbol, spec in specs.items():
+        if symbol in present:
+            continue
+        parsed = ir.Module.parse(spec.executable(), module.context)
+        exe = parsed.body.operations[0]
+        exe.move_before(body.operations[0])
+
+
+__all__ = ["emit", "executables", "kernel_for"]

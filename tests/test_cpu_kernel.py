@@ -1,0 +1,199 @@
+"""The fused MSD CPU kernel (passes/decompose_activations/cpu_kernel.py, emit_kernel.py).
+
+- the kernel alone, through IREE, against a float64 reference of its own arithmetic (odd M, N not a
+  multiple of the lanes, group 32 and 128, slices 1-3, offsets) on the ISAs this CPU has;
+- every variant compiled for a CPU that has it and disassembled: the byte dot product is there;
+- whole models through ``msd.compile`` (``cpu_kernel`` auto/explicit): within the float64 error bound
+  of the method, with a dynamic M, the report naming the kernel, and the same result as IREE's
+  lowering of the int8 matmuls up to f32 rounding.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from iree.compiler.tools.binaries import find_tool
+
+import msd
+from helpers import error_bound, mlp
+from msd.compiler.pipeline.targets import kernel_isas, resolve
+from msd.passes.decompose_activations.cpu_kernel import ISAS, SLICE_RADIX, KernelSpec
+
+HOST_ISAS = kernel_isas(resolve("llvm-cpu"))
+# A CPU that has each variant (the disassembly check compiles for it, whatever this host is) and the
+# register the dot product must use there.
+ISA_CPU = {"avx512-vnni": ("znver4", "zmm"), "avx-vnni": ("alderlake", "ymm")}
+
+
+def _needs(isa: str) -> None:
+    if isa not in HOST_ISAS:
+        pytest.skip(f"this CPU lacks {isa} (it has: {', '.join(HOST_ISAS) or 'none'}); the variant's code is still "
+                    "compiled and disassembled by test_each_variant_uses_its_dot_product_instruction")
+
+
+# ----------------------------------------------------------------------------------------------
+# The kernel alone
+
+
+def _module(spec: KernelSpec) -> str:
+    types = spec.operand_types()
+    args = ", ".join(f"%a{i}: {t}" for i, t in enumerate(types))
+    dims = ", ".join(f"{t}{{%m}}" if "?" in t else t for t in types)
+    names = ", ".join(f"%a{i}" for i in range(len(types)))
+    out = spec.result_type()
+    return (f"module {{\n{spec.executable()}\nutil.func public @linear({args}) -> {out} {{\n"
+            f"  %c0 = arith.constant 0 : index\n  %m = tensor.dim %a0, %c0 : {types[0]}\n"
+            f"  %y = flow.dispatch @{spec.symbol}::@{spec.symbol}[%m]({names}, %m) : ({dims}, index) -> {out}{{%m}}\n"
+            f"  util.return %y : {out}\n}}\n}}\n")
+
+
+def _compile(spec: KernelSpec, tmp: Path, cpu: str = "host", dump: Path | None = None) -> Path:
+    src, out = tmp / "kernel.mlir", tmp / "kernel.vmfb"
+    src.write_text(_module(spec))
+    cmd = [find_tool("iree-compile"), str(src), "--iree-hal-target-device=local",
+           "--iree-hal-local-target-device-backends=llvm-cpu", f"--iree-llvmcpu-target-cpu={cpu}", "-o", str(out)]
+    if dump is not None:
+        cmd.append(f"--iree-hal-dump-executable-intermediates-to={dump}")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Random operands in the kernel's layouts, and the float64 result of its arithmetic."""
+    rng = np.random.default_rng(seed)
+    n, k, g, p, lanes, tiles, groups = spec.n, spec.k, spec.group, spec.slices, spec.lanes, spec.tiles, spec.groups
+    w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    codes = rng.integers(-127, 128, (m, p, k)).astype(np.int32)
+    s = (rng.random((m, groups if spec.scale_per_group else 1)) + 0.5).astype(np.float32)
+    scale = (rng.random((n, groups)) * 0.01).astype(np.float32)
+    offset = (rng.random((n, groups)) - 0.5).astype(np.float32)
+    xsum = rng.standard_normal((m, groups)).astype(np.float32)
+    padded = np.zeros((tiles * lanes, k), np.int8)
+    padded[:n] = w
+    w_t = padded.reshape(tiles, lanes, groups, g // 4, 4).transpose(0, 2, 3, 1, 4).reshape(tiles, groups, g // 4, -1)
+    corr = (-128 * padded.astype(np.int32).reshape(tiles, lanes, groups, g).sum(-1)).transpose(0, 2, 1)
+
+    def per_tile(v: np.ndarray) -> np.ndarray:
+        out = np.zeros((tiles * lanes, groups), np.float32)
+        out[:n] = v
+        return np.ascontiguousarray(out.reshape(tiles, lanes, groups).transpose(0, 2, 1))
+
+    a = np.ascontiguousarray((codes + 128).astype(np.uint8)).view(np.int32)  # [m, p, k/4]
+    ops = [a, s, *([xsum] if spec.offset else []), np.ascontiguousarray(w_t), np.ascontiguousarray(corr, np.int32),
+           per_tile(scale), *([per_tile(offset)] if spec.offset else [])]
+    dots = np.einsum("mpgk,ngk->mpng", codes.reshape(m, p, groups, g).astype(np.float64),
+                     w.reshape(n, groups, g).astype(np.float64))
+    digits = sum(dots[:, i] / SLICE_RADIX**i for i in range(p))  # [m, n, G]
+    s_g = np.broadcast_to(s.astype(np.float64), (m, groups))
+    ref = np.einsum("mng,ng,mg->mn", digits, scale.astype(np.float64), s_g)
+    if spec.offset:
+        ref += xsum.astype(np.float64) @ offset.astype(np.float64).T
+    return ops, ref
+
+
+KERNEL_CASES = [  # n, k, group, slices, scale per group, offset
+    (40, 64, 32, 2, False, False),
+    (33, 256, 128, 3, False, True),
+    (16, 128, 32, 1, True, True),
+    (1, 96, 96, 2, False, False),
+]
+
+
+@pytest.mark.parametrize("isa", sorted(ISAS))
+def test_kernel_matches_its_float64_arithmetic(isa: str, tmp_path: Path) -> None:
+    _needs(isa)
+    import iree.runtime as rt
+
+    for i, (n, k, g, p, per_group, offset) in enumerate(KERNEL_CASES):
+        spec = KernelSpec(isa, n, k, g, p, per_group, offset, rows=4 if ISAS[isa][0] == 16 else 2,
+                          tiles_per_workgroup=2)
+        vmfb = _compile(spec, tmp_path)
+        ctx = rt.SystemContext(config=rt.Config("local-task"))
+        ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb.read_bytes()))
+        for m in (1, 7, 33):  # the row blocks and the one-row remainder loop
+            ops, ref = _operands(spec, m, seed=10 * i + m)
+            got = np.asarray(ctx.modules.module["linear"](*ops)).astype(np.float64)
+            assert got.shape == (m, n)
+            rel = np.abs(got - ref).max() / np.abs(ref).max()
+            assert rel < 1e-6, (spec.symbol, m, rel)  # f32 accumulation of exact integer dots
+
+
+@pytest.mark.parametrize("isa", sorted(ISAS))
+def test_each_variant_uses_its_dot_product_instruction(isa: str, tmp_path: Path) -> None:
+    cpu, reg = ISA_CPU[isa]
+    spec = KernelSpec(isa, 40, 256, 32, 2, False, True)
+    _compile(spec, tmp_path, cpu=cpu, dump=tmp_path / "dump")
+    (asm,) = (tmp_path / "dump").glob("*.s")
+    dots = [line for line in asm.read_text().splitlines() if "vpdpbusd" in line]
+    assert dots and all(f"%{reg}" in line for line in dots), dots[:4]
+    assert len(dots) >= 2 * 4  # a block of rows × 2 slices per weight vector, unrolled
+
+
+def test_kernel_spec_refuses_what_it_cannot_run() -> None:
+    with pytest.raises(ValueError, match="unknown kernel ISA"):
+        KernelSpec("avx2", 16, 64, 32, 2, False, False)
+    with pytest.raises(ValueError, match="groups must divide K and be multiples of 4"):
+        KernelSpec("avx512-vnni", 16, 64, 30, 2, False, False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole models through msd.compile
+
+FORMATS = {
+    "int8-channel": dict(weights="int8"),
+    "int8-g32": dict(weights="int8", group_size=32),
+    "int4-g128-zero-point": dict(weights="int4", group_size=128),
+}
+
+
+@pytest.mark.parametrize(("isa", "fmt"), [*(("avx512-vnni", f) for f in sorted(FORMATS)),
+                                          ("avx-vnni", "int4-g128-zero-point")])
+def test_models_through_the_kernel_stay_within_the_bound(isa: str, fmt: str) -> None:
+    _needs(isa)
+    model = msd.quantize(mlp(256, 384, 36, seed=4), **FORMATS[fmt])  # N = 36: not a multiple of the lanes
+    x = torch.randn(7, 256, generator=torch.Generator().manual_seed(2))
+    x[:, 3] *= 20.0
+    rows = torch.export.Dim("rows", min=1, max=64)
+    for slices in (2,):
+        cm = msd.compile(model, (x,), slices=slices, cpu_kernel=isa, dynamic_shapes=({0: rows},))
+        assert len(cm.report.rewritten) == 2, cm.report.format()
+        assert all(f"fused {isa} kernel" in d.reason for d in cm.report.rewritten), cm.report.format()
+        plain = msd.compile(model, (x,), slices=slices, cpu_kernel="none", dynamic_shapes=({0: rows},))
+        for m in (1, 7, 33):
+            xm = torch.randn(m, 256, generator=torch.Generator().manual_seed(m))
+            y = cm(xm).double()
+            ref, bound = error_bound(model, xm, slices)
+            assert ((y - ref).abs() <= bound).all(), f"{fmt} slices={slices} M={m} exceeds the bound"
+            # the same arithmetic as IREE's lowering of the int8 matmuls, summed in another order
+            torch.testing.assert_close(y, plain(xm).double(), rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_auto_picks_the_hosts_kernel_and_none_keeps_ireess_lowering() -> None:
+    model = msd.quantize(mlp(128, 64, seed=1), weights="int8", group_size=32)
+    x = torch.randn(3, 128)
+    auto = msd.compile(model, (x,)).report.rewritten[0].reason
+    if HOST_ISAS:
+        assert f"fused {HOST_ISAS[0]} kernel" in auto
+    else:
+        assert "fused" not in auto
+    assert "fused" not in msd.compile(model, (x,), cpu_kernel="none").report.rewritten[0].reason
+    ir_text = msd.compile(model, (x,), emit="msd", cpu_kernel="avx512-vnni", target="llvm-cpu:znver4")
+    assert "flow.dispatch @msd_linear_avx512_vnni" in ir_text and "stream.executable private" in ir_text
+
+
+def test_kernel_options_are_checked() -> None:
+    model = msd.quantize(mlp(64, 32), weights="int8")
+    x = torch.randn(2, 64)
+    with pytest.raises(msd.OptionError, match="takes int8 slices"):
+        msd.compile(model, (x,), cpu_kernel="avx512-vnni", act_format="mxfp4")
+    with pytest.raises(msd.OptionError, match="is an x86 kernel"):
+        msd.compile(model, (x,), cpu_kernel="avx512-vnni", target="cuda", emit="msd")
+    missing = [isa for isa in ISAS if isa not in HOST_ISAS]
+    if missing:  # on a host without a variant, asking for it names what the host has
+        with pytest.raises(msd.OptionError, match="this host's CPU lacks it"):
+            msd.compile(model, (x,), cpu_kernel=missing[0])
