@@ -26,7 +26,8 @@ from msd.passes.decompose_activations.cpu_kernel import ISAS, SLICE_RADIX, Kerne
 HOST_ISAS = kernel_isas(resolve("llvm-cpu"))
 # A CPU that has each variant (the disassembly check compiles for it, whatever this host is) and the
 # register the dot product must use there.
-ISA_CPU = {"avx512-vnni": ("znver4", "zmm"), "avx-vnni": ("alderlake", "ymm")}
+ISA_CPU = {"avx512-vnni": ("znver4", "zmm", "vpdpbusd"), "avx-vnni": ("alderlake", "ymm", "vpdpbusd"),
+           "avx2": ("znver3", "ymm", "vpmaddubsw")}
 
 
 def _needs(isa: str) -> None:
@@ -68,7 +69,9 @@ def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np
     rng = np.random.default_rng(seed)
     n, k, g, p, lanes, tiles, groups = spec.n, spec.k, spec.group, spec.slices, spec.lanes, spec.tiles, spec.groups
     w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    w[0, :8] = -128  # the extremes of both operands meet (with the codes -127 below): no saturation
     codes = rng.integers(-127, 128, (m, p, k)).astype(np.int32)
+    codes[:, :, :8] = -127
     s = (rng.random((m, groups if spec.scale_per_group else 1)) + 0.5).astype(np.float32)
     scale = (rng.random((n, groups)) * 0.01).astype(np.float32)
     offset = (rng.random((n, groups)) - 0.5).astype(np.float32)
@@ -83,8 +86,9 @@ def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np
         out[:n] = v
         return np.ascontiguousarray(out.reshape(tiles, lanes, groups).transpose(0, 2, 1))
 
-    a = np.ascontiguousarray((codes + 128).astype(np.uint8)).view(np.int32)  # [m, p, k/4]
-    ops = [a, s, *([xsum] if spec.offset else []), np.ascontiguousarray(w_t), np.ascontiguousarray(corr, np.int32),
+    a = np.ascontiguousarray((codes + spec.act_bias).astype(np.uint8)).view(np.int32)  # [m, p, k/4], bytes
+    ops = [a, s, *([xsum] if spec.offset else []), np.ascontiguousarray(w_t),
+           *([np.ascontiguousarray(corr * spec.act_bias // 128, np.int32)] if spec.act_bias else []),
            per_tile(scale), *([per_tile(offset)] if spec.offset else [])]
     dots = np.einsum("mpgk,ngk->mpng", codes.reshape(m, p, groups, g).astype(np.float64),
                      w.reshape(n, groups, g).astype(np.float64))
@@ -110,8 +114,7 @@ def test_kernel_matches_its_float64_arithmetic(isa: str, tmp_path: Path) -> None
     import iree.runtime as rt
 
     for i, (n, k, g, p, per_group, offset) in enumerate(KERNEL_CASES):
-        spec = KernelSpec(isa, n, k, g, p, per_group, offset, rows=4 if ISAS[isa][0] == 16 else 2,
-                          tiles_per_workgroup=2)
+        spec = KernelSpec(isa, n, k, g, p, per_group, offset, rows=ISAS[isa].rows, tiles_per_workgroup=2)
         vmfb = _compile(spec, tmp_path)
         ctx = rt.SystemContext(config=rt.Config("local-task"))
         ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb.read_bytes()))
@@ -125,18 +128,18 @@ def test_kernel_matches_its_float64_arithmetic(isa: str, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("isa", sorted(ISAS))
 def test_each_variant_uses_its_dot_product_instruction(isa: str, tmp_path: Path) -> None:
-    cpu, reg = ISA_CPU[isa]
+    cpu, reg, instruction = ISA_CPU[isa]
     spec = KernelSpec(isa, 40, 256, 32, 2, False, True)
     _compile(spec, tmp_path, cpu=cpu, dump=tmp_path / "dump")
     (asm,) = (tmp_path / "dump").glob("*.s")
-    dots = [line for line in asm.read_text().splitlines() if "vpdpbusd" in line]
+    dots = [line for line in asm.read_text().splitlines() if instruction in line]
     assert dots and all(f"%{reg}" in line for line in dots), dots[:4]
     assert len(dots) >= 2 * 4  # a block of rows × 2 slices per weight vector, unrolled
 
 
 def test_kernel_spec_refuses_what_it_cannot_run() -> None:
     with pytest.raises(ValueError, match="unknown kernel ISA"):
-        KernelSpec("avx2", 16, 64, 32, 2, False, False)
+        KernelSpec("sse4", 16, 64, 32, 2, False, False)
     with pytest.raises(ValueError, match="groups must divide K and be multiples of 4"):
         KernelSpec("avx512-vnni", 16, 64, 30, 2, False, False)
 
@@ -152,7 +155,8 @@ FORMATS = {
 
 
 @pytest.mark.parametrize(("isa", "fmt"), [*(("avx512-vnni", f) for f in sorted(FORMATS)),
-                                          ("avx-vnni", "int4-g128-zero-point")])
+                                          ("avx-vnni", "int4-g128-zero-point"), ("avx2", "int8-g32"),
+                                          ("avx2", "int4-g128-zero-point")])
 def test_models_through_the_kernel_stay_within_the_bound(isa: str, fmt: str) -> None:
     _needs(isa)
     model = msd.quantize(mlp(256, 384, 36, seed=4), **FORMATS[fmt])  # N = 36: not a multiple of the lanes

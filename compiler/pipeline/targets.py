@@ -274,11 +274,14 @@ KERNEL_CPUS: dict[str, tuple[str, ...]] = {
                     "diamondrapids"),
     "avx-vnni": ("alderlake", "raptorlake", "meteorlake", "arrowlake", "arrowlake-s", "lunarlake", "pantherlake",
                  "gracemont", "sierraforest", "grandridge", "clearwaterforest"),
+    "avx2": ("haswell", "broadwell", "skylake", "kabylake", "coffeelake", "cannonlake", "znver1", "znver2",
+             "znver3", "x86-64-v3", "x86-64-v4", "skylake-avx512"),
 }
 # /proc/cpuinfo flags each variant needs (avx512-vnni also covers the 256-bit form).
 KERNEL_FLAGS: dict[str, tuple[str, ...]] = {
     "avx512-vnni": ("avx512f", "avx512bw", "avx512_vnni"),
     "avx-vnni": ("avx2", "avx_vnni"),
+    "avx2": ("avx2",),
 }
 
 
@@ -300,9 +303,11 @@ def kernel_isas(tgt: Target) -> tuple[str, ...]:
         return ()
     if tgt.arch == "host":
         flags = host_cpu_flags()
-        have = tuple(isa for isa, need in KERNEL_FLAGS.items() if all(f in flags for f in need))
-        if "avx512-vnni" in have and "avx-vnni" not in have:
-            have = (*have, "avx-vnni")  # AVX512-VNNI with AVX512VL runs the 256-bit form too
-        return have
-    out = tuple(isa for isa, cpus in KERNEL_CPUS.items() if tgt.arch in cpus)
-    return (*out, "avx-vnni") if out == ("avx512-vnni",) else out
+        have = {isa for isa, need in KERNEL_FLAGS.items() if all(f in flags for f in need)}
+    else:
+        have = {isa for isa, cpus in KERNEL_CPUS.items() if tgt.arch in cpus}
+    if "avx512-vnni" in have:
+        have |= {"avx-vnni", "avx2"}  # AVX512-VNNI (with VL) runs the 256-bit forms too
+    if "avx-vnni" in have:
+        have.add("avx2")
+    return tuple(isa for isa in KERNEL_FLAGS if isa in have)

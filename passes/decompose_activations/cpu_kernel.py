@@ -32,11 +32,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The instruction set of each variant: lanes per vector and the LLVM intrinsic of the byte dot
-# product (u8 × s8, four products summed into each i32 lane).
-ISAS: dict[str, tuple[int, str]] = {
-    "avx512-vnni": (16, "llvm.x86.avx512.vpdpbusd.512"),
-    "avx-vnni": (8, "llvm.x86.avx512.vpdpbusd.256"),
+
+@dataclass(frozen=True)
+class Isa:
+    """How one variant does the byte dot product ``acc[j] += Σ_{i<4} a[4j+i] · w[4j+i]``."""
+
+    lanes: int  # i32 lanes per vector (the channels of a tile)
+    dot: str  # "vpdpbusd": one VNNI instruction (u8 × s8); "maddubs": AVX2's three-instruction form
+    intrinsic: str = ""  # the VNNI intrinsic
+
+    @property
+    def act_bias(self) -> int:
+        """What the activation codes are stored plus: VNNI multiplies unsigned bytes (code + 128, taken
+        back out by the accumulator's start); AVX2's form takes the signed codes."""
+        return 128 if self.dot == "vpdpbusd" else 0
+
+    @property
+    def rows(self) -> int:
+        """Activation rows per register block (32 zmm registers for AVX-512, 16 ymm otherwise)."""
+        return 4 if self.lanes == 16 else 2
+
+
+ISAS: dict[str, Isa] = {
+    "avx512-vnni": Isa(16, "vpdpbusd", "llvm.x86.avx512.vpdpbusd.512"),
+    "avx-vnni": Isa(8, "vpdpbusd", "llvm.x86.avx512.vpdpbusd.256"),
+    # |w| (u8) × sign(w)·a (s8) → pairs summed to i16 (vpmaddubsw: at most 2·128·127, no saturation),
+    # then pairs of i16 summed to i32 (vpmaddwd by ones): exact for every int8 weight and code in ±127
+    "avx2": Isa(8, "maddubs"),
 }
 SLICE_RADIX = 254.0
 
@@ -63,7 +85,11 @@ class KernelSpec:
 
     @property
     def lanes(self) -> int:
-        return ISAS[self.isa][0]
+        return ISAS[self.isa].lanes
+
+    @property
+    def act_bias(self) -> int:
+        return ISAS[self.isa].act_bias
 
     @property
     def tiles(self) -> int:
@@ -91,8 +117,10 @@ class KernelSpec:
         types = [f"tensor<?x{self.slices}x{self.k // 4}xi32>", f"tensor<?x{gr if self.scale_per_group else 1}xf32>"]
         if self.offset:
             types.append(f"tensor<?x{gr}xf32>")
-        types += [f"tensor<{nt}x{gr}x{self.group // 4}x{4 * w}xi8>", f"tensor<{nt}x{gr}x{w}xi32>",
-                  f"tensor<{nt}x{gr}x{w}xf32>"]
+        types.append(f"tensor<{nt}x{gr}x{self.group // 4}x{4 * w}xi8>")
+        if self.act_bias:
+            types.append(f"tensor<{nt}x{gr}x{w}xi32>")
+        types.append(f"tensor<{nt}x{gr}x{w}xf32>")
         if self.offset:
             types.append(f"tensor<{nt}x{gr}x{w}xf32>")
         return types
@@ -128,8 +156,8 @@ class _Writer:
         self.t_c = f"memref<{nt}x{gr}x{w}xi32>"
         self.t_f = f"memref<{nt}x{gr}x{w}xf32>"
         self.t_y = f"memref<?x{s.n}xf32>"
-        bindings = ["a", "s", *(["xs"] if s.offset else []), "w", "corr", "scale", *(["off"] if s.offset else []),
-                    "y"]
+        bindings = ["a", "s", *(["xs"] if s.offset else []), "w", *(["corr"] if s.act_bias else []), "scale",
+                    *(["off"] if s.offset else []), "y"]
         types = {"a": self.t_a, "s": self.t_s, "xs": self.t_xs, "w": self.t_w, "corr": self.t_c, "scale": self.t_f,
                  "off": self.t_f, "y": self.t_y}
         e = self.emit
@@ -148,6 +176,8 @@ class _Writer:
             dyn = "{%m}" if types[b].startswith("memref<?") else ""
             e(f"      %{b} = stream.binding.subspan %{b}_b[%c0] : !stream.binding -> {types[b]}{dyn}")
         e(f"      %zf = arith.constant dense<0.0> : {vf}")
+        e(f"      %zi = arith.constant dense<0> : {vi}")
+        e(f"      %ones16 = arith.constant dense<1> : vector<{2 * w}xi16>")
         e(f"      %radix = arith.constant dense<{1.0 / SLICE_RADIX!r}> : {vf}")
         e("      %wid = stream.dispatch.workgroup.id[0] : index")
         e(f"      %t0 = arith.muli %wid, %c{s.tiles_per_workgroup} : index")
@@ -186,14 +216,18 @@ class _Writer:
         e(f"{ind}%{tag}acc:{rows} = scf.for %g = %c0 to %c{s.groups} step %c1 iter_args({fa}) -> "
           f"({', '.join([vf] * rows)}) {{")
         ind2 = ind + "  "
-        e(f"{ind2}%{tag}c = vector.load %corr[%t, %g, %c0] : {self.t_c}, {vi}")
+        start = f"%{tag}c" if s.act_bias else "%zi"  # the accumulators' start: -128·Σw, or 0
+        if s.act_bias:
+            e(f"{ind2}%{tag}c = vector.load %corr[%t, %g, %c0] : {self.t_c}, {vi}")
         e(f"{ind2}%{tag}kb = arith.muli %g, %c{s.group // 4} : index")
         ia = [f"%{tag}I{r}_{q}" for r in range(rows) for q in range(p)]
         e(f"{ind2}%{tag}d:{len(ia)} = scf.for %k4 = %c0 to %c{s.group // 4} step %c1 iter_args("
-          + ", ".join(f"{x} = %{tag}c" for x in ia) + f") -> ({', '.join([vi] * len(ia))}) {{")
+          + ", ".join(f"{x} = {start}" for x in ia) + f") -> ({', '.join([vi] * len(ia))}) {{")
         ind3 = ind2 + "  "
-        intrinsic = ISAS[s.isa][1]
+        isa = ISAS[s.isa]
         e(f"{ind3}%{tag}wv = vector.load %w[%t, %g, %k4, %c0] : {self.t_w}, {vb}")
+        if isa.dot == "maddubs":
+            e(f"{ind3}%{tag}wa = math.absi %{tag}wv : {vb}")
         e(f"{ind3}%{tag}kk = arith.addi %{tag}kb, %k4 : index")
         out = []
         for r in range(rows):
@@ -202,8 +236,16 @@ class _Writer:
                 e(f"{ind3}{v}w = memref.load %a[%{tag}row{r}, %c{q}, %{tag}kk] : {self.t_a}")
                 e(f"{ind3}{v}v = vector.broadcast {v}w : i32 to {vi}")
                 e(f"{ind3}{v}b = vector.bitcast {v}v : {vi} to {vb}")
-                e(f"{ind3}{v}n = llvm.call_intrinsic \"{intrinsic}\"(%{tag}I{r}_{q}, {v}b, %{tag}wv) : "
-                  f"({vi}, {vb}, {vb}) -> {vi}")
+                if isa.dot == "vpdpbusd":
+                    e(f"{ind3}{v}n = llvm.call_intrinsic \"{isa.intrinsic}\"(%{tag}I{r}_{q}, {v}b, %{tag}wv) : "
+                      f"({vi}, {vb}, {vb}) -> {vi}")
+                else:
+                    vh = f"vector<{2 * s.lanes}xi16>"
+                    call = f"{ind3}{v}{{}} = llvm.call_intrinsic \"llvm.x86.avx2.{{}}\"({{}}) : ({{}}) -> {{}}"
+                    e(call.format("s", "psign.b", f"{v}b, %{tag}wv", f"{vb}, {vb}", vb))  # sign(w)·a
+                    e(call.format("h", "pmadd.ub.sw", f"%{tag}wa, {v}s", f"{vb}, {vb}", vh))  # |w|·(sign(w)·a)
+                    e(call.format("d", "pmadd.wd", f"{v}h, %ones16", f"{vh}, {vh}", vi))
+                    e(f"{ind3}{v}n = arith.addi %{tag}I{r}_{q}, {v}d : {vi}")
                 out.append(f"{v}n")
         e(f"{ind3}scf.yield {', '.join(out)} : {', '.join([vi] * len(out))}")
         e(f"{ind2}}}")

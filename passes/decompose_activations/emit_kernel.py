@@ -10,7 +10,7 @@ msd generates itself.  Around it, ordinary tensor ops:
    kernel;
 2. the weight side, which reads only the weight and so is computed once when the module loads (IREE
    hoists it): the integer codes relaid into the kernel's tiles, the accumulator start
-   ``-128·Σ_{k∈g} w``, and the scale and offset per (channel, group);
+   ``-128·Σ_{k∈g} w`` (VNNI), and the scale and offset per (channel, group);
 3. the dispatch, then one elementwise epilogue: the init added and the result's type (the op later
    consumers such as a bias add are folded into, as for the other emitters).
 
@@ -43,7 +43,6 @@ from .emit_common import (
 from .plan import Plan
 
 PARALLEL, REDUCTION = _ir.PARALLEL, _ir.REDUCTION
-ACT_BIAS = 128  # activation codes are stored as code + 128 (u8)
 
 
 def kernel_for(p: Plan, isa: str) -> KernelSpec | str:
@@ -72,12 +71,12 @@ def kernel_for(p: Plan, isa: str) -> KernelSpec | str:
         return f"K={p.k_size} in groups of {group} (the kernel needs groups that are multiples of 4)"
     per_group = p.group is not None and p.act_scale == "group"
     return KernelSpec(isa, n, p.k_size, group, p.slices, per_group, p.offset is not None,
-                      rows=4 if ISAS[isa][0] == 16 else 2, tiles_per_workgroup=_tiles_per_workgroup(n, isa))
+                      rows=ISAS[isa].rows, tiles_per_workgroup=_tiles_per_workgroup(n, isa))
 
 
 def _tiles_per_workgroup(n: int, isa: str) -> int:
     """Channel tiles per workgroup: enough workgroups to spread over threads, each with some work."""
-    tiles = -(-n // ISAS[isa][0])
+    tiles = -(-n // ISAS[isa].lanes)
     return max(1, tiles // 32)
 
 
@@ -113,7 +112,7 @@ def emit(p: Plan, spec: KernelSpec) -> ir.Value:
 
     dyn = [_dynamic_rows(v) for v in [codes, scale, *([sums] if spec.offset else [])]]
     m = tensor.DimOp(dyn[0], _ir.index_const(0)).result
-    operands = [dyn[0], dyn[1], *(dyn[2:] if spec.offset else []), *weights[:3], *weights[3:]]
+    operands = [*dyn, *weights]
     y = _dispatch(spec, operands, m, len(dyn))
     if not isinstance(mf, ir.Value):
         y = tensor.CastOp(ir.RankedTensorType.get([mf, spec.n], _ir.f32()), y).result
@@ -168,7 +167,7 @@ def _slice_scale(amax: ir.Value) -> ir.Value:
 
 
 def _codes(spec: KernelSpec, xg: ir.Value, amax: ir.Value, mf: _ir.Size) -> ir.Value:
-    """``[M, P, K/4] i32``: slice ``p``'s codes of four consecutive K, ``code + 128`` per byte."""
+    """``[M, P, K/4] i32``: slice ``p``'s codes of four consecutive K, ``code + act_bias`` per byte."""
     g4 = spec.group // 4
     x5 = _ir.expand(xg, [[0], [1], [2, 3]], [mf, spec.groups, g4, 4])  # [M, G, g/4, 4]
     slices = spec.slices
@@ -188,7 +187,8 @@ def _codes(spec: KernelSpec, xg: ir.Value, amax: ir.Value, mf: _ir.Size) -> ir.V
                 t = arith.MulFOp(arith.SubFOp(t, d).result, _ir.f32_const(SLICE_RADIX)).result
         v = select_slice(slice_index(1), digits) if slices > 1 else digits[0]
         v = arith.SelectOp(finite, v, _ir.f32_const(0.0)).result
-        code = arith.AddIOp(arith.FPToSIOp(i32, v).result, _ir.int_const(i32, ACT_BIAS)).result
+        code = arith.AddIOp(arith.FPToSIOp(i32, v).result, _ir.int_const(i32, spec.act_bias)).result
+        code = arith.AndIOp(code, _ir.int_const(i32, 0xFF)).result  # the byte (two's complement when signed)
         j = arith.IndexCastOp(i32, slice_index(4)).result
         shift = arith.MulIOp(j, _ir.int_const(i32, 8)).result
         return [arith.OrIOp(out, arith.ShLIOp(code, shift).result).result]
@@ -224,12 +224,14 @@ def _weight_operands(p: Plan, spec: KernelSpec) -> list[ir.Value]:
     tiled = linalg.transpose(q5, outs=[_ir.empty([tiles, groups, g4, lanes, 4], i8)], permutation=[0, 2, 3, 1, 4])
     tiled = tiled.operation.results[0] if isinstance(tiled, ir.OpView) else tiled
     w = _ir.collapse(tiled, [[0], [1], [2], [3, 4]])
-    corr = _ir.generic(
-        [tiled], [_ir.filled([tiles, groups, lanes], _ir.int_const(i32, 0))],
-        [_map(5, [0, 1, 2, 3, 4]), _map(5, [0, 1, 3])], [PARALLEL, PARALLEL, REDUCTION, PARALLEL, REDUCTION],
-        lambda v, o: [arith.SubIOp(o, arith.MulIOp(arith.ExtSIOp(i32, v).result,
-                                                   _ir.int_const(i32, ACT_BIAS)).result).result])[0]
-    out = [w, corr, _per_channel_group(p, spec, p.scale)]
+    out = [w]
+    if spec.act_bias:  # the accumulator's start: -bias · Σ_{k∈g} w
+        out.append(_ir.generic(
+            [tiled], [_ir.filled([tiles, groups, lanes], _ir.int_const(i32, 0))],
+            [_map(5, [0, 1, 2, 3, 4]), _map(5, [0, 1, 3])], [PARALLEL, PARALLEL, REDUCTION, PARALLEL, REDUCTION],
+            lambda v, o: [arith.SubIOp(o, arith.MulIOp(arith.ExtSIOp(i32, v).result,
+                                                       _ir.int_const(i32, spec.act_bias)).result).result])[0])
+    out.append(_per_channel_group(p, spec, p.scale))
     if spec.offset:
         out.append(_per_channel_group(p, spec, p.offset))
     return out

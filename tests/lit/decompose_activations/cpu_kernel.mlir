@@ -1,5 +1,6 @@
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=avx512-vnni" | FileCheck %s
 // RUN: msd-opt %s --msd-decompose-activations="slices=3 cpu-kernel=avx-vnni act-scale=row" | FileCheck %s --check-prefix=YMM
+// RUN: msd-opt %s --msd-decompose-activations="slices=1 cpu-kernel=avx2" | FileCheck %s --check-prefix=AVX2
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=avx512-vnni" --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=REPORT
 
 // cpu-kernel: a contraction with int8 slices becomes one fused kernel dispatch.  The kernel is a
@@ -28,6 +29,15 @@
 // YMM-SAME:      (vector<8xi32>, vector<32xi8>, vector<32xi8>) -> vector<8xi32>
 // YMM:         flow.dispatch
 // YMM-SAME:      (tensor<?x3x16xi32>{%{{.*}}}, tensor<?x1xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<3x2x8x32xi8>
+
+// AVX2 takes the signed codes: no accumulator-start operand; |w| × sign(w)·a, then pairs to i32.
+// AVX2:         stream.executable private @msd_linear_avx2_n24_k64_g32_p1_sg_off_r2_t1
+// AVX2:         math.absi {{.*}} : vector<32xi8>
+// AVX2:         llvm.call_intrinsic "llvm.x86.avx2.psign.b"
+// AVX2:         llvm.call_intrinsic "llvm.x86.avx2.pmadd.ub.sw"
+// AVX2:         llvm.call_intrinsic "llvm.x86.avx2.pmadd.wd"
+// AVX2:         flow.dispatch
+// AVX2-SAME:      (tensor<?x1x16xi32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<3x2x8x32xi8>, tensor<3x2x8xf32>, tensor<3x2x8xf32>, index) -> tensor<?x24xf32>
 
 // REPORT: 2 rewritten, 0 skipped
 // REPORT: rewritten: {{.*}}2 int8 slice(s) x tensor<24x64xi8> in one fused avx512-vnni kernel dispatch (unsigned weight as q-128), K in groups of 32
