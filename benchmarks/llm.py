@@ -245,6 +245,21 @@ def time_steps(label: str, gen: Generator, prompt: list[int], n_decode: int) -> 
 
 
 def time_llama_cpp(path: Path, prompt: list[int], n_decode: int, threads: int, max_ctx: int) -> SpeedRow:
+    """:func:`_time_llama_cpp` in a child process: a llama.cpp build that dies (e.g. a native build using
+    AMX tiles that a VM does not enable: SIGSEGV) costs its row, not the run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_time_llama_cpp, path, prompt, n_decode, threads, max_ctx).result()
+    except BrokenProcessPool:
+        return SpeedRow("llama.cpp", len(prompt), decode_tokens=n_decode,
+                        note="llama.cpp's process died (a crash in the installed llama-cpp-python build)")
+
+
+def _time_llama_cpp(path: Path, prompt: list[int], n_decode: int, threads: int, max_ctx: int) -> SpeedRow:
     """llama.cpp through llama-cpp-python: ``Llama.eval`` of the prompt (one batch), then ``n_decode``
     single-token ``eval`` calls with greedy argmax of the last logits; also llama.cpp's own timers."""
     row = SpeedRow("llama.cpp", len(prompt), decode_tokens=n_decode)
