@@ -26,8 +26,8 @@ from msd.passes.decompose_activations.cpu_kernel import ISAS, SLICE_RADIX, Kerne
 HOST_ISAS = kernel_isas(resolve("llvm-cpu"))
 # A CPU that has each variant (the disassembly check compiles for it, whatever this host is) and the
 # register the dot product must use there.
-ISA_CPU = {"avx512-vnni": ("znver4", "zmm", "vpdpbusd"), "avx-vnni": ("alderlake", "ymm", "vpdpbusd"),
-           "avx2": ("znver3", "ymm", "vpmaddubsw")}
+ISA_CPU = {"avx512-vnni": ("znver4", "%zmm", "vpdpbusd"), "avx-vnni": ("alderlake", "%ymm", "vpdpbusd"),
+           "avx2": ("znver3", "%ymm", "vpmaddubsw"), "neon-dot": ("aarch64", ".4s", "sdot")}
 
 
 def _needs(isa: str) -> None:
@@ -55,8 +55,8 @@ def _module(spec: KernelSpec) -> str:
 def _compile(spec: KernelSpec, tmp: Path, cpu: str = "host", dump: Path | None = None) -> Path:
     src, out = tmp / "kernel.mlir", tmp / "kernel.vmfb"
     src.write_text(_module(spec))
-    cmd = [find_tool("iree-compile"), str(src), "--iree-hal-target-device=local",
-           "--iree-hal-local-target-device-backends=llvm-cpu", f"--iree-llvmcpu-target-cpu={cpu}", "-o", str(out)]
+    target = list(resolve(f"llvm-cpu:{cpu}").flags)  # the flags msd.compile uses (aarch64: triple + features)
+    cmd = [find_tool("iree-compile"), str(src), *target, "-o", str(out)]
     if dump is not None:
         cmd.append(f"--iree-hal-dump-executable-intermediates-to={dump}")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -133,7 +133,7 @@ def test_each_variant_uses_its_dot_product_instruction(isa: str, tmp_path: Path)
     _compile(spec, tmp_path, cpu=cpu, dump=tmp_path / "dump")
     (asm,) = (tmp_path / "dump").glob("*.s")
     dots = [line for line in asm.read_text().splitlines() if instruction in line]
-    assert dots and all(f"%{reg}" in line for line in dots), dots[:4]
+    assert dots and all(reg in line for line in dots), dots[:4]
     assert len(dots) >= 2 * 4  # a block of rows × 2 slices per weight vector, unrolled
 
 
@@ -188,6 +188,8 @@ def test_auto_picks_the_hosts_kernel_and_none_keeps_ireess_lowering() -> None:
     assert "fused" not in msd.compile(model, (x,), cpu_kernel="none").report.rewritten[0].reason
     ir_text = msd.compile(model, (x,), emit="msd", cpu_kernel="avx512-vnni", target="llvm-cpu:znver4")
     assert "flow.dispatch @msd_linear_avx512_vnni" in ir_text and "stream.executable private" in ir_text
+    arm = msd.compile(model, (x,), emit="vmfb", target="llvm-cpu:aarch64")  # auto: the Arm dot-product kernel
+    assert b"msd_linear_neon_dot" in arm
 
 
 def test_kernel_options_are_checked() -> None:
@@ -195,8 +197,12 @@ def test_kernel_options_are_checked() -> None:
     x = torch.randn(2, 64)
     with pytest.raises(msd.OptionError, match="takes int8 slices"):
         msd.compile(model, (x,), cpu_kernel="avx512-vnni", act_format="mxfp4")
-    with pytest.raises(msd.OptionError, match="is an x86 kernel"):
+    with pytest.raises(msd.OptionError, match="is a CPU kernel; target 'cuda' is not llvm-cpu"):
         msd.compile(model, (x,), cpu_kernel="avx512-vnni", target="cuda", emit="msd")
+    with pytest.raises(msd.OptionError, match="'neon-dot' is an Arm kernel; target 'llvm-cpu:znver4' is an x86 CPU"):
+        msd.compile(model, (x,), cpu_kernel="neon-dot", target="llvm-cpu:znver4", emit="msd")
+    with pytest.raises(msd.OptionError, match="'avx2' is an x86 kernel; target 'llvm-cpu:aarch64' is an Arm CPU"):
+        msd.compile(model, (x,), cpu_kernel="avx2", target="llvm-cpu:aarch64", emit="msd")
     missing = [isa for isa in ISAS if isa not in HOST_ISAS]
     if missing:  # on a host without a variant, asking for it names what the host has
         with pytest.raises(msd.OptionError, match="this host's CPU lacks it"):

@@ -43,7 +43,7 @@ class CompileOptions(PassOptions):
                                    help="MXFP4 slices as exact int8 emulation or block-scaled FP4 (auto: scaled on"
                                         f" {', '.join(FP4_MATRIX_TARGETS)})")
     cpu_kernel: str = same_option(DecomposeOptions, "cpu_kernel", default="auto", choices=("auto", "none", *ISAS),
-                                  help="int8-slice contractions as one fused kernel dispatch for this x86 ISA (auto:"
+                                  help="int8-slice contractions as one fused kernel dispatch for this CPU ISA (auto:"
                                        " the best the llvm-cpu target's CPU has; none: IREE's lowering)")
     decide: str = option("always", choices=DECIDE,
                          help="cost: a cost model of the target keeps IREE's lowering where MSD is not predicted"
@@ -113,13 +113,17 @@ class CompileOptions(PassOptions):
         have = kernel_isas(tgt)
         if self.cpu_kernel == "auto":
             return have[0] if have else "none"
-        if tgt.backend != "llvm-cpu" or tgt.arch == "aarch64":
-            raise OptionError(f"cpu_kernel={self.cpu_kernel!r} is an x86 kernel; target {tgt.name!r} is not an"
-                              " x86 llvm-cpu target")
-        if tgt.arch == "host" and self.cpu_kernel not in have:
-            raise OptionError(f"cpu_kernel={self.cpu_kernel!r}: this host's CPU lacks it (it has:"
-                              f" {', '.join(have) or 'no fused-kernel ISA'}); name a CPU that has it in the target,"
-                              " e.g. 'llvm-cpu:znver4', to cross-compile")
+        if tgt.backend != "llvm-cpu":
+            raise OptionError(f"cpu_kernel={self.cpu_kernel!r} is a CPU kernel; target {tgt.name!r} is not llvm-cpu")
+        if tgt.arch == "host":
+            if self.cpu_kernel not in have:
+                raise OptionError(f"cpu_kernel={self.cpu_kernel!r}: this host's CPU lacks it (it has:"
+                                  f" {', '.join(have) or 'no fused-kernel ISA'}); name a CPU that has it in the target,"
+                                  " e.g. 'llvm-cpu:znver4', to cross-compile")
+        elif (self.cpu_kernel == "neon-dot") != (tgt.arch == "aarch64"):
+            arm = self.cpu_kernel == "neon-dot"
+            raise OptionError(f"cpu_kernel={self.cpu_kernel!r} is an {'Arm' if arm else 'x86'} kernel; target"
+                              f" {tgt.name!r} is {'an x86' if arm else 'an Arm'} CPU")
         return self.cpu_kernel
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import platform
 import re
 import subprocess
 from dataclasses import dataclass
@@ -299,8 +300,12 @@ def host_cpu_flags() -> frozenset[str]:
 
 def kernel_isas(tgt: Target) -> tuple[str, ...]:
     """The fused-kernel variants ``tgt``'s CPU runs, best first (none for other backends or CPUs)."""
-    if tgt.backend != "llvm-cpu" or tgt.arch == "aarch64":
+    if tgt.backend != "llvm-cpu":
         return ()
+    if tgt.arch == "aarch64":  # compiled with the dot-product feature (AARCH64_FEATURES)
+        return ("neon-dot",)
+    if tgt.arch == "host" and platform.machine() in ("aarch64", "arm64"):
+        return ("neon-dot",) if "asimddp" in host_cpu_flags() else ()
     if tgt.arch == "host":
         flags = host_cpu_flags()
         have = {isa for isa, need in KERNEL_FLAGS.items() if all(f in flags for f in need)}

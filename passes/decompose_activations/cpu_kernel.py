@@ -1,4 +1,5 @@
-"""The fused MSD linear kernel for x86 CPUs, as MLIR text (a ``stream.executable`` IREE compiles).
+"""The fused MSD linear kernel for CPUs (x86 VNNI and AVX2, Arm dot product), as MLIR text: a
+``stream.executable`` IREE compiles.
 
 One dispatch computes, for every activation row ``m`` and output channel ``n``::
 
@@ -11,16 +12,16 @@ group) float scale and, for weights with a zero point or min, the offset times t
 No per-group partial leaves the registers: each group's integer dots go to f32 and into the row's
 accumulator right away, and all slices of a row reuse each weight vector loaded.
 
-Layouts (``W`` = lanes: 16 for AVX-512, 8 for 256-bit AVX-VNNI; ``NT = ceil(N/W)``, ``G`` groups of
-``g``):
+Layouts (``W`` = lanes: 16 for AVX-512, 8 for 256-bit AVX-VNNI and AVX2, 4 for Arm NEON;
+``NT = ceil(N/W)``, ``G`` groups of ``g``):
 
-- ``a``: ``[M, P, K/4] i32`` — four activation codes per word, each stored as ``code + 128`` (u8:
-  ``vpdpbusd`` multiplies unsigned × signed bytes);
+- ``a``: ``[M, P, K/4] i32`` — four activation codes per word, each stored as ``code + 128`` for VNNI
+  (``vpdpbusd`` multiplies unsigned × signed bytes), as the signed code for AVX2 and Arm;
 - ``s``: ``[M, 1]`` (one scale per row) or ``[M, G]`` f32, the first slice's scale;
 - ``w``: ``[NT, G, g/4, W·4] i8`` — lane ``j`` of a vector holds 4 consecutive K codes of channel
   ``n0 + j`` (the rows past N are zero);
-- ``corr``: ``[NT, G, W] i32`` = ``-128 · Σ_{k∈g} w[n, k]``, the accumulator's start, which takes the
-  ``+128`` of the activation codes back out;
+- ``corr`` (VNNI only): ``[NT, G, W] i32`` = ``-128 · Σ_{k∈g} w[n, k]``, the accumulator's start,
+  which takes the ``+128`` of the activation codes back out;
 - ``scale`` (and ``offset``): ``[NT, G, W] f32``; ``xsum``: ``[M, G] f32``;
 - ``y``: ``[M, N] f32``; the last channel tile is stored masked when ``W`` does not divide N.
 
@@ -38,8 +39,8 @@ class Isa:
     """How one variant does the byte dot product ``acc[j] += Σ_{i<4} a[4j+i] · w[4j+i]``."""
 
     lanes: int  # i32 lanes per vector (the channels of a tile)
-    dot: str  # "vpdpbusd": one VNNI instruction (u8 × s8); "maddubs": AVX2's three-instruction form
-    intrinsic: str = ""  # the VNNI intrinsic
+    dot: str  # "vpdpbusd": one VNNI instruction (u8 × s8); "sdot": Arm's (s8 × s8); "maddubs": AVX2's form
+    intrinsic: str = ""  # the LLVM intrinsic of a one-instruction dot (VNNI, Arm)
 
     @property
     def act_bias(self) -> int:
@@ -49,8 +50,8 @@ class Isa:
 
     @property
     def rows(self) -> int:
-        """Activation rows per register block (32 zmm registers for AVX-512, 16 ymm otherwise)."""
-        return 4 if self.lanes == 16 else 2
+        """Activation rows per register block (32 registers for AVX-512 and Arm, 16 ymm for AVX2)."""
+        return 4 if self.lanes != 8 else 2
 
 
 ISAS: dict[str, Isa] = {
@@ -59,6 +60,8 @@ ISAS: dict[str, Isa] = {
     # |w| (u8) × sign(w)·a (s8) → pairs summed to i16 (vpmaddubsw: at most 2·128·127, no saturation),
     # then pairs of i16 summed to i32 (vpmaddwd by ones): exact for every int8 weight and code in ±127
     "avx2": Isa(8, "maddubs"),
+    # Armv8.2+ dot product (SDOT, FEAT_DotProd): signed bytes on both sides, 4 lanes of 128-bit NEON
+    "neon-dot": Isa(4, "sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8"),
 }
 SLICE_RADIX = 254.0
 
@@ -236,7 +239,7 @@ class _Writer:
                 e(f"{ind3}{v}w = memref.load %a[%{tag}row{r}, %c{q}, %{tag}kk] : {self.t_a}")
                 e(f"{ind3}{v}v = vector.broadcast {v}w : i32 to {vi}")
                 e(f"{ind3}{v}b = vector.bitcast {v}v : {vi} to {vb}")
-                if isa.dot == "vpdpbusd":
+                if isa.dot in ("vpdpbusd", "sdot"):
                     e(f"{ind3}{v}n = llvm.call_intrinsic \"{isa.intrinsic}\"(%{tag}I{r}_{q}, {v}b, %{tag}wv) : "
                       f"({vi}, {vb}, {vb}) -> {vi}")
                 else:

@@ -41,7 +41,7 @@ class DecomposeOptions(PassOptions):
     min_bits: int = option(0, help="accuracy request in effective bits: the fewest int8 slices reaching it"
                                    " (8 -> 1, 16 -> 2, 24 -> 3) replace slices; 0: use slices")
     cpu_kernel: str = option("none", choices=("none", *ISAS),
-                             help="write int8-slice contractions as one fused kernel dispatch for this x86 ISA"
+                             help="write int8-slice contractions as one fused kernel dispatch for this CPU ISA"
                                   " (the target CPU must have it); none: IREE's lowering of the int8 matmul")
     dynamic_m: int = option(0, help="rows assumed for a dynamic M when costing (0: msd.cost.model.DYNAMIC_M)")
 

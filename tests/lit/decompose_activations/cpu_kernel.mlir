@@ -1,6 +1,7 @@
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=avx512-vnni" | FileCheck %s
 // RUN: msd-opt %s --msd-decompose-activations="slices=3 cpu-kernel=avx-vnni act-scale=row" | FileCheck %s --check-prefix=YMM
 // RUN: msd-opt %s --msd-decompose-activations="slices=1 cpu-kernel=avx2" | FileCheck %s --check-prefix=AVX2
+// RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=neon-dot" | FileCheck %s --check-prefix=ARM
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=avx512-vnni" --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=REPORT
 
 // cpu-kernel: a contraction with int8 slices becomes one fused kernel dispatch.  The kernel is a
@@ -38,6 +39,12 @@
 // AVX2:         llvm.call_intrinsic "llvm.x86.avx2.pmadd.wd"
 // AVX2:         flow.dispatch
 // AVX2-SAME:      (tensor<?x1x16xi32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<3x2x8x32xi8>, tensor<3x2x8xf32>, tensor<3x2x8xf32>, index) -> tensor<?x24xf32>
+
+// ARM:         stream.executable private @msd_linear_neon_dot_n24_k64_g32_p2_sg_off_r4_t1
+// ARM:         llvm.call_intrinsic "llvm.aarch64.neon.sdot.v4i32.v16i8"
+// ARM-SAME:      (vector<4xi32>, vector<16xi8>, vector<16xi8>) -> vector<4xi32>
+// ARM:         flow.dispatch
+// ARM-SAME:      tensor<6x2x8x16xi8>, tensor<6x2x4xf32>
 
 // REPORT: 2 rewritten, 0 skipped
 // REPORT: rewritten: {{.*}}2 int8 slice(s) x tensor<24x64xi8> in one fused avx512-vnni kernel dispatch (unsigned weight as q-128), K in groups of 32
