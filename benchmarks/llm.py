@@ -1,5 +1,12 @@
 """LLM benchmark on a real GGUF model: teacher-forced accuracy and prefill/decode speed of msd.
 
+llama.cpp, the speed anchor, is built for the machine: ``CMAKE_ARGS=-DGGML_NATIVE=ON pip install
+llama-cpp-python==0.3.36`` (msd's ``llama`` extra).  On a VM whose CPU reports AMX (``amx_int8`` in
+/proc/cpuinfo) without enabling it, that build dies in its AMX weight repacking (SIGSEGV); build it
+with the same features and AMX off: ``CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON
+-DGGML_F16C=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+-DGGML_AVX512_VBMI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"``.
+
     python benchmarks/llm.py                   # accuracy + speed; rewrites its block of docs/benchmarks.md
     python benchmarks/llm.py --accuracy-only   # (or --speed-only) one part; the other part's table is dropped
 
