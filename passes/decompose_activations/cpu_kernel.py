@@ -78,13 +78,16 @@ class KernelSpec:
     scale_per_group: bool  # s is [M, G] (activation scale per row and group), else [M, 1]
     offset: bool  # the weight has a zero point / min: offset and xsum operands
     rows: int = 4  # activation rows per register block
-    tiles_per_workgroup: int = 1
+    tiles_per_workgroup: int = 1  # a multiple of cols
+    cols: int = 1  # channel tiles per register block
 
     def __post_init__(self) -> None:
         if self.isa not in ISAS:
             raise ValueError(f"unknown kernel ISA {self.isa!r} (known: {', '.join(ISAS)})")
         if self.group % 4 or self.k % self.group:
             raise ValueError(f"K={self.k} in groups of {self.group}: groups must divide K and be multiples of 4")
+        if self.tiles_per_workgroup % self.cols:
+            raise ValueError(f"tiles_per_workgroup={self.tiles_per_workgroup} is not a multiple of cols={self.cols}")
 
     @property
     def lanes(self) -> int:
@@ -96,7 +99,8 @@ class KernelSpec:
 
     @property
     def tiles(self) -> int:
-        return -(-self.n // self.lanes)
+        """Channel tiles, padded to whole register blocks (the padding's weights are zero, its stores masked)."""
+        return -(-self.n // (self.lanes * self.cols)) * self.cols
 
     @property
     def groups(self) -> int:
@@ -111,7 +115,7 @@ class KernelSpec:
         """The executable's name: one per distinct spec in a module."""
         return (f"msd_linear_{self.isa.replace('-', '_')}_n{self.n}_k{self.k}_g{self.group}_p{self.slices}"
                 f"{'_sg' if self.scale_per_group else ''}{'_off' if self.offset else ''}_r{self.rows}"
-                f"_t{self.tiles_per_workgroup}")
+                f"_c{self.cols}_t{self.tiles_per_workgroup}")
 
     # -- operand types, in the dispatch's order
     def operand_types(self) -> list[str]:
@@ -173,7 +177,8 @@ class _Writer:
         e("  builtin.module {")
         args = ", ".join(f"%{b}_b: !stream.binding" for b in bindings)
         e(f"    func.func @{s.symbol}({args}, %m: index) {{")
-        for v in sorted({0, 1, *range(max(s.rows, p)), w, s.rows, gr, s.group // 4, nt, s.n, s.tiles_per_workgroup}):
+        for v in sorted({0, 1, *range(max(s.rows, p, s.cols)), w, s.rows, s.cols, gr, s.group // 4, nt, s.n,
+                         s.tiles_per_workgroup}):
             e(f"      %c{v} = arith.constant {v} : index")
         for b in bindings:
             dyn = "{%m}" if types[b].startswith("memref<?") else ""
@@ -188,10 +193,12 @@ class _Writer:
         e(f"      %t1 = arith.minui %t1u, %c{nt} : index")
         e(f"      %mblocks = arith.divui %m, %c{s.rows} : index")
         e(f"      %mmain = arith.muli %mblocks, %c{s.rows} : index")
-        e("      scf.for %t = %t0 to %t1 step %c1 {")
-        e(f"        %n0 = arith.muli %t, %c{w} : index")
-        e(f"        %nleft = arith.subi %c{s.n}, %n0 : index")
-        e(f"        %nmask = vector.create_mask %nleft : vector<{w}xi1>")
+        e(f"      scf.for %t = %t0 to %t1 step %c{s.cols} {{")
+        for c in range(s.cols):  # the block's channel tiles; a mask clips the one past N (all-false beyond)
+            e(f"        %tt{c} = arith.addi %t, %c{c} : index")
+            e(f"        %n0_{c} = arith.muli %tt{c}, %c{w} : index")
+            e(f"        %nleft{c} = arith.subi %c{s.n}, %n0_{c} : index")
+            e(f"        %nmask{c} = vector.create_mask %nleft{c} : vector<{w}xi1>")
         e(f"        scf.for %m0 = %c0 to %mmain step %c{s.rows} {{")
         self.row_block(s.rows, "B")
         e("        }")
@@ -206,81 +213,91 @@ class _Writer:
         return "\n".join(self.lines)
 
     def row_block(self, rows: int, tag: str) -> None:
-        """Rows ``m0 .. m0+rows`` of channel tile ``t``: the group loop, then the stores."""
+        """Rows ``m0 .. m0+rows`` of the channel tiles ``t .. t+cols``: the group loop, then the stores.
+        Each activation word loaded serves every tile of the block; each weight vector, every row and
+        slice."""
         s, e = self.s, self.emit
-        vi, vf, vb, p = self.vi, self.vf, self.vb, s.slices
+        vi, vf, vb, p, cols = self.vi, self.vf, self.vb, s.slices, s.cols
         ind = "          "
         for r in range(rows):
             e(f"{ind}%{tag}row{r} = arith.addi %m0, %c{r} : index")
             if not s.scale_per_group:
                 e(f"{ind}%{tag}s{r} = memref.load %s[%{tag}row{r}, %c0] : {self.t_s}")
                 e(f"{ind}%{tag}sv{r} = vector.broadcast %{tag}s{r} : f32 to {vf}")
-        fa = ", ".join(f"%{tag}F{r} = %zf" for r in range(rows))
-        e(f"{ind}%{tag}acc:{rows} = scf.for %g = %c0 to %c{s.groups} step %c1 iter_args({fa}) -> "
-          f"({', '.join([vf] * rows)}) {{")
+        facc = [(c, r) for c in range(cols) for r in range(rows)]
+        fa = ", ".join(f"%{tag}F{c}_{r} = %zf" for c, r in facc)
+        e(f"{ind}%{tag}acc:{len(facc)} = scf.for %g = %c0 to %c{s.groups} step %c1 iter_args({fa}) -> "
+          f"({', '.join([vf] * len(facc))}) {{")
         ind2 = ind + "  "
-        start = f"%{tag}c" if s.act_bias else "%zi"  # the accumulators' start: -128·Σw, or 0
-        if s.act_bias:
-            e(f"{ind2}%{tag}c = vector.load %corr[%t, %g, %c0] : {self.t_c}, {vi}")
+        for c in range(cols):  # the accumulators' start: -128·Σw (VNNI), or 0
+            if s.act_bias:
+                e(f"{ind2}%{tag}c{c} = vector.load %corr[%tt{c}, %g, %c0] : {self.t_c}, {vi}")
         e(f"{ind2}%{tag}kb = arith.muli %g, %c{s.group // 4} : index")
-        ia = [f"%{tag}I{r}_{q}" for r in range(rows) for q in range(p)]
-        e(f"{ind2}%{tag}d:{len(ia)} = scf.for %k4 = %c0 to %c{s.group // 4} step %c1 iter_args("
-          + ", ".join(f"{x} = {start}" for x in ia) + f") -> ({', '.join([vi] * len(ia))}) {{")
+        iacc = [(c, r, q) for c in range(cols) for r in range(rows) for q in range(p)]
+        starts = ", ".join(f"%{tag}I{c}_{r}_{q} = {f'%{tag}c{c}' if s.act_bias else '%zi'}" for c, r, q in iacc)
+        e(f"{ind2}%{tag}d:{len(iacc)} = scf.for %k4 = %c0 to %c{s.group // 4} step %c1 iter_args({starts}) -> "
+          f"({', '.join([vi] * len(iacc))}) {{")
         ind3 = ind2 + "  "
         isa = ISAS[s.isa]
-        e(f"{ind3}%{tag}wv = vector.load %w[%t, %g, %k4, %c0] : {self.t_w}, {vb}")
-        if isa.dot == "maddubs":
-            e(f"{ind3}%{tag}wa = math.absi %{tag}wv : {vb}")
+        for c in range(cols):
+            e(f"{ind3}%{tag}wv{c} = vector.load %w[%tt{c}, %g, %k4, %c0] : {self.t_w}, {vb}")
+            if isa.dot == "maddubs":
+                e(f"{ind3}%{tag}wa{c} = math.absi %{tag}wv{c} : {vb}")
         e(f"{ind3}%{tag}kk = arith.addi %{tag}kb, %k4 : index")
-        out = []
+        out = {}
         for r in range(rows):
             for q in range(p):
                 v = f"%{tag}x{r}_{q}"
                 e(f"{ind3}{v}w = memref.load %a[%{tag}row{r}, %c{q}, %{tag}kk] : {self.t_a}")
                 e(f"{ind3}{v}v = vector.broadcast {v}w : i32 to {vi}")
                 e(f"{ind3}{v}b = vector.bitcast {v}v : {vi} to {vb}")
-                if isa.dot in ("vpdpbusd", "sdot"):
-                    e(f"{ind3}{v}n = llvm.call_intrinsic \"{isa.intrinsic}\"(%{tag}I{r}_{q}, {v}b, %{tag}wv) : "
-                      f"({vi}, {vb}, {vb}) -> {vi}")
-                else:
-                    vh = f"vector<{2 * s.lanes}xi16>"
-                    call = f"{ind3}{v}{{}} = llvm.call_intrinsic \"llvm.x86.avx2.{{}}\"({{}}) : ({{}}) -> {{}}"
-                    e(call.format("s", "psign.b", f"{v}b, %{tag}wv", f"{vb}, {vb}", vb))  # sign(w)·a
-                    e(call.format("h", "pmadd.ub.sw", f"%{tag}wa, {v}s", f"{vb}, {vb}", vh))  # |w|·(sign(w)·a)
-                    e(call.format("d", "pmadd.wd", f"{v}h, %ones16", f"{vh}, {vh}", vi))
-                    e(f"{ind3}{v}n = arith.addi %{tag}I{r}_{q}, {v}d : {vi}")
-                out.append(f"{v}n")
-        e(f"{ind3}scf.yield {', '.join(out)} : {', '.join([vi] * len(out))}")
+                for c in range(cols):
+                    acc, n = f"%{tag}I{c}_{r}_{q}", f"{v}n{c}"
+                    if isa.dot in ("vpdpbusd", "sdot"):
+                        e(f"{ind3}{n} = llvm.call_intrinsic \"{isa.intrinsic}\"({acc}, {v}b, %{tag}wv{c}) : "
+                          f"({vi}, {vb}, {vb}) -> {vi}")
+                    else:
+                        vh = f"vector<{2 * s.lanes}xi16>"
+                        call = f"{ind3}{n}{{}} = llvm.call_intrinsic \"llvm.x86.avx2.{{}}\"({{}}) : ({{}}) -> {{}}"
+                        e(call.format("s", "psign.b", f"{v}b, %{tag}wv{c}", f"{vb}, {vb}", vb))  # sign(w)·a
+                        e(call.format("h", "pmadd.ub.sw", f"%{tag}wa{c}, {n}s", f"{vb}, {vb}", vh))  # |w|·(sign(w)·a)
+                        e(call.format("d", "pmadd.wd", f"{n}h, %ones16", f"{vh}, {vh}", vi))
+                        e(f"{ind3}{n} = arith.addi {acc}, {n}d : {vi}")
+                    out[(c, r, q)] = n
+        e(f"{ind3}scf.yield {', '.join(out[key] for key in iacc)} : {', '.join([vi] * len(iacc))}")
         e(f"{ind2}}}")
-        e(f"{ind2}%{tag}sc = vector.load %scale[%t, %g, %c0] : {self.t_f}, {vf}")
-        if s.offset:
-            e(f"{ind2}%{tag}of = vector.load %off[%t, %g, %c0] : {self.t_f}, {vf}")
-        ys = []
+        for c in range(cols):
+            e(f"{ind2}%{tag}sc{c} = vector.load %scale[%tt{c}, %g, %c0] : {self.t_f}, {vf}")
+            if s.offset:
+                e(f"{ind2}%{tag}of{c} = vector.load %off[%tt{c}, %g, %c0] : {self.t_f}, {vf}")
         for r in range(rows):
+            if s.scale_per_group:
+                e(f"{ind2}%{tag}s{r} = memref.load %s[%{tag}row{r}, %g] : {self.t_s}")
+                e(f"{ind2}%{tag}sv{r} = vector.broadcast %{tag}s{r} : f32 to {vf}")
+            if s.offset:
+                e(f"{ind2}%{tag}xs{r} = memref.load %xs[%{tag}row{r}, %g] : {self.t_xs}")
+                e(f"{ind2}%{tag}xv{r} = vector.broadcast %{tag}xs{r} : f32 to {vf}")
+        ys = []
+        for c, r in facc:
             total = None
             for q in reversed(range(p)):  # Σ_q d_q · 254^-q, Horner from the last slice
-                d = f"%{tag}f{r}_{q}"
-                e(f"{ind2}{d} = arith.sitofp %{tag}d#{r * p + q} : {vi} to {vf}")
+                d = f"%{tag}f{c}_{r}_{q}"
+                e(f"{ind2}{d} = arith.sitofp %{tag}d#{iacc.index((c, r, q))} : {vi} to {vf}")
                 if total is not None:
                     e(f"{ind2}{d}h = math.fma {total}, %radix, {d} : {vf}")
                     d = f"{d}h"
                 total = d
-            if s.scale_per_group:
-                e(f"{ind2}%{tag}s{r} = memref.load %s[%{tag}row{r}, %g] : {self.t_s}")
-                e(f"{ind2}%{tag}sv{r} = vector.broadcast %{tag}s{r} : f32 to {vf}")
-            e(f"{ind2}%{tag}k{r} = arith.mulf %{tag}sc, %{tag}sv{r} : {vf}")
-            y = f"%{tag}y{r}"
-            e(f"{ind2}{y} = math.fma {total}, %{tag}k{r}, %{tag}F{r} : {vf}")
+            e(f"{ind2}%{tag}k{c}_{r} = arith.mulf %{tag}sc{c}, %{tag}sv{r} : {vf}")
+            y = f"%{tag}y{c}_{r}"
+            e(f"{ind2}{y} = math.fma {total}, %{tag}k{c}_{r}, %{tag}F{c}_{r} : {vf}")
             if s.offset:
-                e(f"{ind2}%{tag}xs{r} = memref.load %xs[%{tag}row{r}, %g] : {self.t_xs}")
-                e(f"{ind2}%{tag}xv{r} = vector.broadcast %{tag}xs{r} : f32 to {vf}")
-                e(f"{ind2}{y}o = math.fma %{tag}of, %{tag}xv{r}, {y} : {vf}")
+                e(f"{ind2}{y}o = math.fma %{tag}of{c}, %{tag}xv{r}, {y} : {vf}")
                 y = f"{y}o"
             ys.append(y)
-        e(f"{ind2}scf.yield {', '.join(ys)} : {', '.join([vf] * rows)}")
+        e(f"{ind2}scf.yield {', '.join(ys)} : {', '.join([vf] * len(ys))}")
         e(f"{ind}}}")
-        for r in range(rows):
-            e(f"{ind}vector.maskedstore %y[%{tag}row{r}, %n0], %nmask, %{tag}acc#{r} : {self.t_y}, "
+        for i, (c, r) in enumerate(facc):
+            e(f"{ind}vector.maskedstore %y[%{tag}row{r}, %n0_{c}], %nmask{c}, %{tag}acc#{i} : {self.t_y}, "
               f"vector<{s.lanes}xi1>, {vf}")
 
 

@@ -60,34 +60,55 @@ def kernel_for(p: Plan, isa: str) -> KernelSpec | str:
         return "the activation is not laid out as rows of K"
     if _ir.dim_positions(p.c.maps[2]) != [*p.m_dims, p.n_dim]:
         return "the result is not laid out as rows of output channels"
-    q_t = _ir.collapsed_type(_ir.tensor_type(p.q), _ir.unit_dim_groups(_ir.tensor_type(p.q).rank, p.q_unit_dims)) \
-        if p.q_unit_dims else _ir.tensor_type(p.q)
-    q_dims = _q_dims(p)
-    if q_dims is None or sorted(q_dims) != sorted([p.n_dim, p.k]) or q_t.rank != 2 or not q_t.has_static_shape:
-        return "the integer weight is not a static 2-D [N, K] or [K, N] tensor"
-    n = q_t.get_dim_size(q_dims.index(p.n_dim))
+    layout = _weight_layout(p)
+    if layout is None:
+        return "the integer weight is not a static [N, K], [K, N] or [N, K/g, g] tensor"
+    n = _ir.tensor_type(p.q).get_dim_size(_kept_dims(p)[0 if layout != "kn" else 1])
     group = p.group or p.k_size
     if p.k_size % group or group % 4:
         return f"K={p.k_size} in groups of {group} (the kernel needs groups that are multiples of 4)"
     per_group = p.group is not None and p.act_scale == "group"
-    return KernelSpec(isa, n, p.k_size, group, p.slices, per_group, p.offset is not None,
-                      rows=ISAS[isa].rows, tiles_per_workgroup=_tiles_per_workgroup(n, isa))
+    rows, cols = _register_block(ISAS[isa].lanes, p.slices)
+    return KernelSpec(isa, n, p.k_size, group, p.slices, per_group, p.offset is not None, rows=rows,
+                      tiles_per_workgroup=_tiles_per_workgroup(n, isa, cols), cols=cols)
 
 
-def _tiles_per_workgroup(n: int, isa: str) -> int:
-    """Channel tiles per workgroup: enough workgroups to spread over threads, each with some work."""
-    tiles = -(-n // ISAS[isa].lanes)
-    return max(1, tiles // 32)
+def _register_block(lanes: int, slices: int) -> tuple[int, int]:
+    """(rows, channel tiles) per register block: rows × tiles × slices i32 accumulators, rows × tiles
+    f32 ones and a weight vector per tile must fit the vector registers (32 for AVX-512 and Arm NEON,
+    16 for the 256-bit x86 forms)."""
+    if lanes == 8:
+        return 2, 1
+    return (4 if slices <= 2 else 3), 2
 
 
-def _q_dims(p: Plan) -> list[int] | None:
-    kept = [e for i, e in enumerate(p.q_map.results) if i not in p.q_unit_dims]
-    out = []
-    for e in kept:
-        if not isinstance(e, ir.AffineDimExpr):
-            return None
-        out.append(e.position)
-    return out
+def _tiles_per_workgroup(n: int, isa: str, cols: int) -> int:
+    """Channel tiles per workgroup (whole register blocks): enough workgroups to spread over threads,
+    each with some work."""
+    blocks = -(-n // (ISAS[isa].lanes * cols))
+    return max(1, blocks // 32) * cols
+
+
+def _kept_dims(p: Plan) -> list[int]:
+    """The weight tensor's dims left once its unit dims are dropped."""
+    return [i for i in range(len(p.q_map.results)) if i not in p.q_unit_dims]
+
+
+def _weight_layout(p: Plan) -> str | None:
+    """How the integer weight (unit dims dropped) is laid out: "nk", "kn" or "ngk" (``[N, K/g, g]``, as
+    group-wise formats store it), or None when the kernel cannot read it."""
+    t = _ir.tensor_type(p.q)
+    if not t.has_static_shape:
+        return None
+    usage = [_ir.k_usage(p.q_map.results[i], p.k) for i in _kept_dims(p)]
+    if usage == [("dim", p.n_dim), ("dim", p.k)]:
+        return "nk"
+    if usage == [("dim", p.k), ("dim", p.n_dim)]:
+        return "kn"
+    if len(usage) == 3 and usage[0] == ("dim", p.n_dim) and usage[1] is not None and usage[1][0] == "kgroup" \
+            and usage[2] == ("kin", usage[1][1]):
+        return "ngk"
+    return None
 
 
 def emit(p: Plan, spec: KernelSpec) -> ir.Value:
@@ -212,10 +233,13 @@ def _dynamic_rows(v: ir.Value) -> ir.Value:
 # ============================================================================= the weight
 def _weight_operands(p: Plan, spec: KernelSpec) -> list[ir.Value]:
     """``[w, corr, scale, (offset)]`` in the kernel's layouts; they read only the weight."""
-    q, q_map = drop_unit_dims(p.q, p.q_map, p.q_unit_dims)
+    q, _ = drop_unit_dims(p.q, p.q_map, p.q_unit_dims)
     q = centred(q, p.q_shift)
-    if _ir.dim_positions(q_map)[0] != p.n_dim:
+    layout = _weight_layout(p)
+    if layout == "kn":
         q = _transposed(q)
+    elif layout == "ngk":
+        q = _ir.collapse(q, [[0], [1, 2]])
     lanes, tiles, groups, g4 = spec.lanes, spec.tiles, spec.groups, spec.group // 4
     i8 = ir.IntegerType.get_signless(8)
     i32 = ir.IntegerType.get_signless(32)

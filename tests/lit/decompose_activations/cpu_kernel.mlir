@@ -11,28 +11,28 @@
 // epilogue.  No int8 matmul and no per-group partials are left.  A batch matmul whose batch dim the
 // weight shares is not covered: it keeps the int8-matmul form and the report says why.
 
-// CHECK:       stream.executable private @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_t1
+// CHECK:       stream.executable private @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2
 // CHECK:       llvm.call_intrinsic "llvm.x86.avx512.vpdpbusd.512"
 // CHECK-SAME:    (vector<16xi32>, vector<64xi8>, vector<64xi8>) -> vector<16xi32>
 // CHECK:       vector.maskedstore
 // CHECK-LABEL: util.func public @group_uint8_min
 // CHECK:         tensor.insert_slice {{.*}} into tensor<32x64xi8>
 // CHECK:         linalg.transpose ins({{.*}} : tensor<2x16x2x8x4xi8>) outs({{.*}} : tensor<2x2x8x16x4xi8>) permutation = [0, 2, 3, 1, 4]
-// CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_t1::@msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_t1
+// CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2::@msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2
 // CHECK-SAME:      (tensor<?x2x16xi32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<2x2x8x64xi8>, tensor<2x2x16xi32>, tensor<2x2x16xf32>, tensor<2x2x16xf32>, index) -> tensor<?x24xf32>
 // CHECK-NOT:     linalg.matmul
 // CHECK:         util.return
 // CHECK-LABEL: util.func public @shared_batch
 // CHECK:         linalg.batch_matmul
 
-// YMM:         stream.executable private @msd_linear_avx_vnni_n24_k64_g32_p3_off_r2_t1
+// YMM:         stream.executable private @msd_linear_avx_vnni_n24_k64_g32_p3_off_r2_c1_t1
 // YMM:         llvm.call_intrinsic "llvm.x86.avx512.vpdpbusd.256"
 // YMM-SAME:      (vector<8xi32>, vector<32xi8>, vector<32xi8>) -> vector<8xi32>
 // YMM:         flow.dispatch
 // YMM-SAME:      (tensor<?x3x16xi32>{%{{.*}}}, tensor<?x1xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<3x2x8x32xi8>
 
 // AVX2 takes the signed codes: no accumulator-start operand; |w| × sign(w)·a, then pairs to i32.
-// AVX2:         stream.executable private @msd_linear_avx2_n24_k64_g32_p1_sg_off_r2_t1
+// AVX2:         stream.executable private @msd_linear_avx2_n24_k64_g32_p1_sg_off_r2_c1_t1
 // AVX2:         math.absi {{.*}} : vector<32xi8>
 // AVX2:         llvm.call_intrinsic "llvm.x86.avx2.psign.b"
 // AVX2:         llvm.call_intrinsic "llvm.x86.avx2.pmadd.ub.sw"
@@ -40,7 +40,7 @@
 // AVX2:         flow.dispatch
 // AVX2-SAME:      (tensor<?x1x16xi32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<3x2x8x32xi8>, tensor<3x2x8xf32>, tensor<3x2x8xf32>, index) -> tensor<?x24xf32>
 
-// ARM:         stream.executable private @msd_linear_neon_dot_n24_k64_g32_p2_sg_off_r4_t1
+// ARM:         stream.executable private @msd_linear_neon_dot_n24_k64_g32_p2_sg_off_r4_c2_t2
 // ARM:         llvm.call_intrinsic "llvm.aarch64.neon.sdot.v4i32.v16i8"
 // ARM-SAME:      (vector<4xi32>, vector<16xi8>, vector<16xi8>) -> vector<4xi32>
 // ARM:         flow.dispatch
