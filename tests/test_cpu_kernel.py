@@ -86,7 +86,7 @@ def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np
         out[:n] = v
         return np.ascontiguousarray(out.reshape(tiles, lanes, groups).transpose(0, 2, 1))
 
-    a = np.ascontiguousarray((codes + spec.act_bias).astype(np.uint8)).view(np.int32)  # [m, p, k/4], bytes
+    a = np.ascontiguousarray((codes + spec.act_bias).astype(np.uint8)).view(np.int8)  # [m, p, k] bytes
     ops = [a, s, *([xsum] if spec.offset else []), np.ascontiguousarray(w_t),
            *([np.ascontiguousarray(corr * spec.act_bias // 128, np.int32)] if spec.act_bias else []),
            per_tile(scale), *([per_tile(offset)] if spec.offset else [])]

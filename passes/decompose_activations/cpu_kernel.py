@@ -15,8 +15,9 @@ accumulator right away, and all slices of a row reuse each weight vector loaded.
 Layouts (``W`` = lanes: 16 for AVX-512, 8 for 256-bit AVX-VNNI and AVX2, 4 for Arm NEON;
 ``NT = ceil(N/W)``, ``G`` groups of ``g``):
 
-- ``a``: ``[M, P, K/4] i32`` — four activation codes per word, each stored as ``code + 128`` for VNNI
-  (``vpdpbusd`` multiplies unsigned × signed bytes), as the signed code for AVX2 and Arm;
+- ``a``: ``[M, P, K] i8`` — the activation codes, stored as ``code + 128`` for VNNI (``vpdpbusd``
+  multiplies unsigned × signed bytes), as the signed code for AVX2 and Arm; the kernel broadcasts
+  four consecutive bytes (one 32-bit word) to every lane;
 - ``s``: ``[M, 1]`` (one scale per row) or ``[M, G]`` f32, the first slice's scale;
 - ``w``: ``[NT, G, g/4, W·4] i8`` — lane ``j`` of a vector holds 4 consecutive K codes of channel
   ``n0 + j`` (the rows past N are zero);
@@ -121,7 +122,7 @@ class KernelSpec:
     def operand_types(self) -> list[str]:
         """The tensor types of the dispatch's operands (``?`` = M), in order."""
         w, nt, gr = self.lanes, self.tiles, self.groups
-        types = [f"tensor<?x{self.slices}x{self.k // 4}xi32>", f"tensor<?x{gr if self.scale_per_group else 1}xf32>"]
+        types = [f"tensor<?x{self.slices}x{self.k}xi8>", f"tensor<?x{gr if self.scale_per_group else 1}xf32>"]
         if self.offset:
             types.append(f"tensor<?x{gr}xf32>")
         types.append(f"tensor<{nt}x{gr}x{self.group // 4}x{4 * w}xi8>")
@@ -156,7 +157,7 @@ class _Writer:
         vi, vf, vb = f"vector<{w}xi32>", f"vector<{w}xf32>", f"vector<{4 * w}xi8>"
         self.vi, self.vf, self.vb = vi, vf, vb
         gs = gr if s.scale_per_group else 1
-        self.t_a = f"memref<?x{p}x{s.k // 4}xi32>"
+        self.t_a = f"memref<?x{p}x{s.k}xi8>"
         self.t_s = f"memref<?x{gs}xf32>"
         self.t_xs = f"memref<?x{gr}xf32>"
         self.t_w = f"memref<{nt}x{gr}x{s.group // 4}x{4 * w}xi8>"
@@ -177,7 +178,7 @@ class _Writer:
         e("  builtin.module {")
         args = ", ".join(f"%{b}_b: !stream.binding" for b in bindings)
         e(f"    func.func @{s.symbol}({args}, %m: index) {{")
-        for v in sorted({0, 1, *range(max(s.rows, p, s.cols)), w, s.rows, s.cols, gr, s.group // 4, nt, s.n,
+        for v in sorted({0, 1, 4, *range(max(s.rows, p, s.cols)), w, s.rows, s.cols, gr, s.group // 4, nt, s.n,
                          s.tiles_per_workgroup}):
             e(f"      %c{v} = arith.constant {v} : index")
         for b in bindings:
@@ -243,12 +244,15 @@ class _Writer:
             e(f"{ind3}%{tag}wv{c} = vector.load %w[%tt{c}, %g, %k4, %c0] : {self.t_w}, {vb}")
             if isa.dot == "maddubs":
                 e(f"{ind3}%{tag}wa{c} = math.absi %{tag}wv{c} : {vb}")
-        e(f"{ind3}%{tag}kk = arith.addi %{tag}kb, %k4 : index")
+        e(f"{ind3}%{tag}kq = arith.addi %{tag}kb, %k4 : index")
+        e(f"{ind3}%{tag}kk = arith.muli %{tag}kq, %c4 : index")
         out = {}
         for r in range(rows):
             for q in range(p):
                 v = f"%{tag}x{r}_{q}"
-                e(f"{ind3}{v}w = memref.load %a[%{tag}row{r}, %c{q}, %{tag}kk] : {self.t_a}")
+                e(f"{ind3}{v}l = vector.load %a[%{tag}row{r}, %c{q}, %{tag}kk] : {self.t_a}, vector<4xi8>")
+                e(f"{ind3}{v}i = vector.bitcast {v}l : vector<4xi8> to vector<1xi32>")
+                e(f"{ind3}{v}w = vector.extract {v}i[0] : i32 from vector<1xi32>")
                 e(f"{ind3}{v}v = vector.broadcast {v}w : i32 to {vi}")
                 e(f"{ind3}{v}b = vector.bitcast {v}v : {vi} to {vb}")
                 for c in range(cols):

@@ -5,9 +5,9 @@ IREE's code generation, this emitter writes the contraction as one ``flow.dispat
 msd generates itself.  Around it, ordinary tensor ops:
 
 1. the activation, as ``[M, K]`` rows: ``amax`` per row (or per row and group) and, with a zero
-   point / min in the weight, the sums per (row, group); the slices' codes packed four to an i32
-   word (``code + 128``, so the kernel reads them as unsigned bytes) — once per row, before the
-   kernel;
+   point / min in the weight, the sums per (row, group); the slices' codes as bytes (``code + 128``
+   for VNNI, which reads them as unsigned bytes; the signed code for AVX2 and Arm) — once per row,
+   before the kernel;
 2. the weight side, which reads only the weight and so is computed once when the module loads (IREE
    hoists it): the integer codes relaid into the kernel's tiles, the accumulator start
    ``-128·Σ_{k∈g} w`` (VNNI), and the scale and offset per (channel, group);
@@ -188,15 +188,11 @@ def _slice_scale(amax: ir.Value) -> ir.Value:
 
 
 def _codes(spec: KernelSpec, xg: ir.Value, amax: ir.Value, mf: _ir.Size) -> ir.Value:
-    """``[M, P, K/4] i32``: slice ``p``'s codes of four consecutive K, ``code + act_bias`` per byte."""
-    g4 = spec.group // 4
-    x5 = _ir.expand(xg, [[0], [1], [2, 3]], [mf, spec.groups, g4, 4])  # [M, G, g/4, 4]
-    slices = spec.slices
+    """``[M, P, K] i8``: slice ``p``'s codes, each ``code + act_bias`` (two's complement bytes)."""
+    slices, i8 = spec.slices, ir.IntegerType.get_signless(8)
     i32 = ir.IntegerType.get_signless(32)
-    # iteration (m, p, G, g/4, j): j (the byte in the word) is reduced by or-ing the shifted bytes in
-    amax_map = _map(5, [0, 2] if spec.scale_per_group else [0, ("c", 0)])
 
-    def body(xv, am, out):
+    def body(xv, am, _out):
         t = arith.DivFOp(_ir.to_f32(xv), row_scale(am)).result
         finite = arith.CmpFOp(arith.CmpFPredicate.OLT, math_d.AbsFOp(t).result, _ir.f32_const(float("inf"))).result
         digits = []
@@ -209,16 +205,14 @@ def _codes(spec: KernelSpec, xg: ir.Value, amax: ir.Value, mf: _ir.Size) -> ir.V
         v = select_slice(slice_index(1), digits) if slices > 1 else digits[0]
         v = arith.SelectOp(finite, v, _ir.f32_const(0.0)).result
         code = arith.AddIOp(arith.FPToSIOp(i32, v).result, _ir.int_const(i32, spec.act_bias)).result
-        code = arith.AndIOp(code, _ir.int_const(i32, 0xFF)).result  # the byte (two's complement when signed)
-        j = arith.IndexCastOp(i32, slice_index(4)).result
-        shift = arith.MulIOp(j, _ir.int_const(i32, 8)).result
-        return [arith.OrIOp(out, arith.ShLIOp(code, shift).result).result]
+        return [arith.TruncIOp(i8, code).result]
 
-    packed = _ir.generic(
-        [x5, amax], [_ir.filled([mf, slices, spec.groups, g4], _ir.int_const(i32, 0))],
-        [_map(5, [0, 2, 3, 4]), amax_map, _map(5, [0, 1, 2, 3])],
-        [PARALLEL, PARALLEL, PARALLEL, PARALLEL, REDUCTION], body)[0]
-    return _ir.collapse(packed, [[0], [1], [2, 3]])
+    # iteration (m, p, G, g) over x read as [M, G, g]
+    codes = _ir.generic(
+        [xg, amax], [_ir.empty([mf, slices, spec.groups, spec.group], i8)],
+        [_map(4, [0, 2, 3]), _map(4, [0, 2] if spec.scale_per_group else [0, ("c", 0)]), _map(4, [0, 1, 2, 3])],
+        [PARALLEL] * 4, body)[0]
+    return _ir.collapse(codes, [[0], [1], [2, 3]])
 
 
 def _dynamic_rows(v: ir.Value) -> ir.Value:

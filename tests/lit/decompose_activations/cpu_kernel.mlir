@@ -19,7 +19,7 @@
 // CHECK:         tensor.insert_slice {{.*}} into tensor<32x64xi8>
 // CHECK:         linalg.transpose ins({{.*}} : tensor<2x16x2x8x4xi8>) outs({{.*}} : tensor<2x2x8x16x4xi8>) permutation = [0, 2, 3, 1, 4]
 // CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2::@msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2
-// CHECK-SAME:      (tensor<?x2x16xi32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<2x2x8x64xi8>, tensor<2x2x16xi32>, tensor<2x2x16xf32>, tensor<2x2x16xf32>, index) -> tensor<?x24xf32>
+// CHECK-SAME:      (tensor<?x2x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<2x2x8x64xi8>, tensor<2x2x16xi32>, tensor<2x2x16xf32>, tensor<2x2x16xf32>, index) -> tensor<?x24xf32>
 // CHECK-NOT:     linalg.matmul
 // CHECK:         util.return
 // CHECK-LABEL: util.func public @shared_batch
@@ -29,7 +29,7 @@
 // YMM:         llvm.call_intrinsic "llvm.x86.avx512.vpdpbusd.256"
 // YMM-SAME:      (vector<8xi32>, vector<32xi8>, vector<32xi8>) -> vector<8xi32>
 // YMM:         flow.dispatch
-// YMM-SAME:      (tensor<?x3x16xi32>{%{{.*}}}, tensor<?x1xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<3x2x8x32xi8>
+// YMM-SAME:      (tensor<?x3x64xi8>{%{{.*}}}, tensor<?x1xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<3x2x8x32xi8>
 
 // AVX2 takes the signed codes: no accumulator-start operand; |w| × sign(w)·a, then pairs to i32.
 // AVX2:         stream.executable private @msd_linear_avx2_n24_k64_g32_p1_sg_off_r2_c1_t1
@@ -38,7 +38,7 @@
 // AVX2:         llvm.call_intrinsic "llvm.x86.avx2.pmadd.ub.sw"
 // AVX2:         llvm.call_intrinsic "llvm.x86.avx2.pmadd.wd"
 // AVX2:         flow.dispatch
-// AVX2-SAME:      (tensor<?x1x16xi32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<3x2x8x32xi8>, tensor<3x2x8xf32>, tensor<3x2x8xf32>, index) -> tensor<?x24xf32>
+// AVX2-SAME:      (tensor<?x1x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<3x2x8x32xi8>, tensor<3x2x8xf32>, tensor<3x2x8xf32>, index) -> tensor<?x24xf32>
 
 // ARM:         stream.executable private @msd_linear_neon_dot_n24_k64_g32_p2_sg_off_r4_c2_t2
 // ARM:         llvm.call_intrinsic "llvm.aarch64.neon.sdot.v4i32.v16i8"
