@@ -21,8 +21,6 @@ from msd.errors import OptionError
 KV_CACHE_FORMATS = ("float", "int8")  # f32 K/V, or int8 codes with one f32 scale per (head, token)
 
 
-@dataclass
-
 def softmax_last(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim, written as ``exp(s - max) · (1 / Σ exp)``: the same values as
     ``torch.softmax`` (to an ulp), but IREE 3.13 lowers ``torch.softmax`` (and a plain division by the
@@ -32,6 +30,8 @@ def softmax_last(scores: torch.Tensor) -> torch.Tensor:
     e = torch.exp(scores - scores.amax(-1, keepdim=True))
     return e * (1.0 / e.sum(-1, keepdim=True))
 
+
+@dataclass
 class LlamaConfig:
     n_layers: int
     hidden: int
