@@ -102,7 +102,7 @@ class Attention(nn.Module):
         group = c.n_heads // c.n_kv_heads  # query head h reads kv head h // group
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(c.head_dim)
+        scores = torch.matmul(q * (1.0 / math.sqrt(c.head_dim)), k.transpose(-1, -2))  # scale q: [S, d], not [S, T]
         causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
         scores = scores.masked_fill(~causal, float("-inf"))
         out = torch.matmul(softmax_last(scores), v)
@@ -142,7 +142,8 @@ class Attention(nn.Module):
             vd = vc.to(torch.float32) * vs.unsqueeze(-1)
         hkv, group, d = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
         qg = q.unflatten(1, (hkv, group))  # query head h = kv·group + j reads kv head h // group
-        scores = torch.einsum("bhgsd,bhtd->bhgst", qg, kd) / math.sqrt(d)
+        # q scaled by 1/√d rather than the scores divided: [S, d] multiplies instead of [S, T] divisions
+        scores = torch.einsum("bhgsd,bhtd->bhgst", qg * (1.0 / math.sqrt(d)), kd)
         if hidden is not None:
             scores = scores + hidden
         out = torch.einsum("bhgst,bhtd->bhgsd", softmax_last(scores), vd).flatten(1, 2)
