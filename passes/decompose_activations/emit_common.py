@@ -150,6 +150,19 @@ def row_scale(amax: ir.Value) -> ir.Value:
     return arith.DivFOp(floor, _ir.f32_const(QMAX)).result
 
 
+def slice_digits(t: ir.Value, slices: int) -> list[ir.Value]:
+    """The int8 slices' digits of ``t = x / s`` (f32 values in ±127): ``d_1 = round(t)``,
+    ``d_{i+1} = round(254·(t_i − d_i))``, each rounded half to even and clamped to ±127."""
+    digits = []
+    for i in range(slices):
+        d = math_d.RoundEvenOp(t).result
+        d = arith.MinimumFOp(arith.MaximumFOp(d, _ir.f32_const(-QMAX)).result, _ir.f32_const(QMAX)).result
+        digits.append(d)
+        if i + 1 < slices:
+            t = arith.MulFOp(arith.SubFOp(t, d).result, _ir.f32_const(SLICE_RADIX)).result
+    return digits
+
+
 def scalar_expr(e: Expr, leaf_arg: Callable[[Leaf], ir.Value]) -> ir.Value:
     """Emit a K-invariant expression (the weight's scale or offset) as f32 scalar ops."""
     if isinstance(e, Const):
@@ -174,5 +187,5 @@ def scalar_expr(e: Expr, leaf_arg: Callable[[Leaf], ir.Value]) -> ir.Value:
     return op(a[0], a[1]).result
 
 __all__ = ["EPILOGUE_MARK", "FLT_MIN", "QMAX", "SLICE_RADIX", "centred", "drop_unit_dims", "fold_k_scale",
-           "mark_epilogue", "residual_maxima", "row_scale", "scalar_expr", "select_slice", "slice_index", "split_map",
-           "split_operand"]
+           "mark_epilogue", "residual_maxima", "row_scale", "scalar_expr", "select_slice", "slice_digits",
+           "slice_index", "split_map", "split_operand"]

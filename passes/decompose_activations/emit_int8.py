@@ -34,6 +34,7 @@ from .emit_common import (
     row_scale,
     scalar_expr,
     select_slice,
+    slice_digits,
     slice_index,
     split_map,
     split_operand,
@@ -185,15 +186,10 @@ def _stacked_slices(p: Plan, s: _Space, amaxes: list[ir.Value], amax_rows: list[
         finite = arith.CmpFOp(
             arith.CmpFPredicate.OLT, math_d.AbsFOp(t).result, _ir.f32_const(float("inf"))
         ).result
-        digits = []
         if mx:
             digits = _mx.slice_chain(_ir.to_f32(xv), [_mx.block_exponent(a, p.mx_rule) for a in args[:-1]])
-        for i in range(0 if mx else slices):
-            d = math_d.RoundEvenOp(t).result
-            d = arith.MinimumFOp(arith.MaximumFOp(d, _ir.f32_const(-QMAX)).result, _ir.f32_const(QMAX)).result
-            digits.append(d)
-            if i + 1 < slices:
-                t = arith.MulFOp(arith.SubFOp(t, d).result, _ir.f32_const(SLICE_RADIX)).result
+        else:
+            digits = slice_digits(t, slices)
         v = select_slice(pi, digits)
         v = arith.SelectOp(finite, v, _ir.f32_const(0.0)).result
         return [arith.FPToSIOp(_i8(), v).result]

@@ -28,8 +28,6 @@ from .. import _ir
 from ..analysis.dequant import Expr, mentions
 from .cpu_kernel import ISAS, KernelSpec
 from .emit_common import (
-    QMAX,
-    SLICE_RADIX,
     centred,
     drop_unit_dims,
     fold_k_scale,
@@ -37,6 +35,7 @@ from .emit_common import (
     row_scale,
     scalar_expr,
     select_slice,
+    slice_digits,
     slice_index,
     split_map,
 )
@@ -195,13 +194,7 @@ def _codes(spec: KernelSpec, xg: ir.Value, amax: ir.Value, mf: _ir.Size) -> ir.V
     def body(xv, am, _out):
         t = arith.DivFOp(_ir.to_f32(xv), row_scale(am)).result
         finite = arith.CmpFOp(arith.CmpFPredicate.OLT, math_d.AbsFOp(t).result, _ir.f32_const(float("inf"))).result
-        digits = []
-        for i in range(slices):
-            d = math_d.RoundEvenOp(t).result
-            d = arith.MinimumFOp(arith.MaximumFOp(d, _ir.f32_const(-QMAX)).result, _ir.f32_const(QMAX)).result
-            digits.append(d)
-            if i + 1 < slices:
-                t = arith.MulFOp(arith.SubFOp(t, d).result, _ir.f32_const(SLICE_RADIX)).result
+        digits = slice_digits(t, slices)
         v = select_slice(slice_index(1), digits) if slices > 1 else digits[0]
         v = arith.SelectOp(finite, v, _ir.f32_const(0.0)).result
         code = arith.AddIOp(arith.FPToSIOp(i32, v).result, _ir.int_const(i32, spec.act_bias)).result
