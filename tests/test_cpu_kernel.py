@@ -79,7 +79,7 @@ def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np
     padded = np.zeros((tiles * lanes, k), np.int8)
     padded[:n] = w
     w_t = padded.reshape(tiles, lanes, groups, g // 4, 4).transpose(0, 2, 3, 1, 4).reshape(tiles, groups, g // 4, -1)
-    corr = (-128 * padded.astype(np.int32).reshape(tiles, lanes, groups, g).sum(-1)).transpose(0, 2, 1)
+    corr = (-spec.act_bias * padded.astype(np.int32).reshape(tiles, lanes, groups, g).sum(-1)).transpose(0, 2, 1)
 
     def per_tile(v: np.ndarray) -> np.ndarray:
         out = np.zeros((tiles * lanes, groups), np.float32)
@@ -88,7 +88,7 @@ def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np
 
     a = np.ascontiguousarray((codes + spec.act_bias).astype(np.uint8)).view(np.int8)  # [m, p, k] bytes
     ops = [a, s, *([xsum] if spec.offset else []), np.ascontiguousarray(w_t),
-           *([np.ascontiguousarray(corr * spec.act_bias // 128, np.int32)] if spec.act_bias else []),
+           *([np.ascontiguousarray(corr, np.int32)] if spec.act_bias else []),
            per_tile(scale), *([per_tile(offset)] if spec.offset else [])]
     dots = np.einsum("mpgk,ngk->mpng", codes.reshape(m, p, groups, g).astype(np.float64),
                      w.reshape(n, groups, g).astype(np.float64))
@@ -164,21 +164,21 @@ def test_models_through_the_kernel_stay_within_the_bound(isa: str, fmt: str) -> 
     x = torch.randn(7, 256, generator=torch.Generator().manual_seed(2))
     x[:, 3] *= 20.0
     rows = torch.export.Dim("rows", min=1, max=64)
-    for slices in (2,):
-        cm = msd.compile(model, (x,), slices=slices, cpu_kernel=isa, dynamic_shapes=({0: rows},))
-        assert len(cm.report.rewritten) == 2, cm.report.format()
-        assert all(f"fused {isa} kernel" in d.reason for d in cm.report.rewritten), cm.report.format()
-        plain = msd.compile(model, (x,), slices=slices, cpu_kernel="none", dynamic_shapes=({0: rows},))
-        for m in (1, 7, 33):
-            xm = torch.randn(m, 256, generator=torch.Generator().manual_seed(m))
-            y = cm(xm).double()
-            ref, bound = error_bound(model, xm, slices)
-            assert ((y - ref).abs() <= bound).all(), f"{fmt} slices={slices} M={m} exceeds the bound"
-            # the same arithmetic as IREE's lowering of the int8 matmuls, summed in another order
-            torch.testing.assert_close(y, plain(xm).double(), rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    slices = 2
+    cm = msd.compile(model, (x,), slices=slices, cpu_kernel=isa, dynamic_shapes=({0: rows},))
+    assert len(cm.report.rewritten) == 2, cm.report.format()
+    assert all(f"fused {isa} kernel" in d.reason for d in cm.report.rewritten), cm.report.format()
+    plain = msd.compile(model, (x,), slices=slices, cpu_kernel="none", dynamic_shapes=({0: rows},))
+    for m in (1, 7, 33):
+        xm = torch.randn(m, 256, generator=torch.Generator().manual_seed(m))
+        y = cm(xm).double()
+        ref, bound = error_bound(model, xm, slices)
+        assert ((y - ref).abs() <= bound).all(), f"{fmt} slices={slices} M={m} exceeds the bound"
+        # the same arithmetic as IREE's lowering of the int8 matmuls, summed in another order
+        torch.testing.assert_close(y, plain(xm).double(), rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
-def test_auto_picks_the_hosts_kernel_and_none_keeps_ireess_lowering() -> None:
+def test_auto_picks_the_hosts_kernel_and_none_keeps_irees_lowering() -> None:
     model = msd.quantize(mlp(128, 64, seed=1), weights="int8", group_size=32)
     x = torch.randn(3, 128)
     auto = msd.compile(model, (x,)).report.rewritten[0].reason

@@ -24,9 +24,10 @@ KV_CACHE_FORMATS = ("float", "int8")  # f32 K/V, or int8 codes with one f32 scal
 def softmax_last(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim, written as ``exp(s - max) · (1 / Σ exp)``: the same values as
     ``torch.softmax`` (to an ulp), but IREE 3.13 lowers ``torch.softmax`` (and a plain division by the
-    sum) to one dispatch that divides element by element, ~6x slower on CPU than the reciprocal's
-    multiply (a [1, 3, 3, 512, 512] f32 softmax: 79 ms against 13 ms, 2 threads); in a 512-token
-    SmolLM2 prefill that division was 61% of the time."""
+    sum) to a dispatch that divides element by element, several times slower on CPU than the
+    reciprocal's multiply (``python benchmarks/softmax.py``: 72 / 64 / 9 ms for a [1, 3, 3, 512, 512]
+    softmax on the 2-core Xeon of docs/benchmarks.md); in a 512-token SmolLM2 prefill that division
+    was most of the time once the fused kernels were in (``benchmarks/llm.py``'s prefill profile)."""
     e = torch.exp(scores - scores.amax(-1, keepdim=True))
     return e * (1.0 / e.sum(-1, keepdim=True))
 

@@ -185,8 +185,10 @@ class _Writer:
             dyn = "{%m}" if types[b].startswith("memref<?") else ""
             e(f"      %{b} = stream.binding.subspan %{b}_b[%c0] : !stream.binding -> {types[b]}{dyn}")
         e(f"      %zf = arith.constant dense<0.0> : {vf}")
-        e(f"      %zi = arith.constant dense<0> : {vi}")
-        e(f"      %ones16 = arith.constant dense<1> : vector<{2 * w}xi16>")
+        if not s.act_bias:  # the accumulators' start
+            e(f"      %zi = arith.constant dense<0> : {vi}")
+        if ISAS[s.isa].dot == "maddubs":  # vpmaddwd by ones sums pairs of i16
+            e(f"      %ones16 = arith.constant dense<1> : vector<{2 * w}xi16>")
         e(f"      %radix = arith.constant dense<{1.0 / SLICE_RADIX!r}> : {vf}")
         e("      %wid = stream.dispatch.workgroup.id[0] : index")
         e(f"      %t0 = arith.muli %wid, %c{s.tiles_per_workgroup} : index")

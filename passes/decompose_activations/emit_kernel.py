@@ -119,15 +119,13 @@ def emit(p: Plan, spec: KernelSpec) -> ir.Value:
     nm = len(p.m_dims)
     m_sizes = [_ir.size_of(x, i) for i in range(nm)]
     rows = _ir.collapse(x, [list(range(nm)), [nm]]) if nm else _ir.expand(x, [[0, 1]], [1, spec.k])
-    if nm == 1:
-        rows = x
     g, groups = spec.group, spec.groups
     mf = _ir.size_of(rows, 0)
     xg = _ir.expand(rows, [[0], [1, 2]], [mf, groups, g])  # [M, G, g]
 
     amax, sums = _activation_stats(p, spec, xg, mf)
     scale = _slice_scale(amax)
-    codes = _codes(spec, xg, amax, mf)
+    codes = _codes(spec, xg, scale, mf)
     weights = _weight_operands(p, spec)
 
     dyn = [_dynamic_rows(v) for v in [codes, scale, *([sums] if spec.offset else [])]]
@@ -186,13 +184,14 @@ def _slice_scale(amax: ir.Value) -> ir.Value:
     return _ir.generic([amax], [_ir.empty(sizes, _ir.f32())], [ident, ident], [PARALLEL] * rank, body)[0]
 
 
-def _codes(spec: KernelSpec, xg: ir.Value, amax: ir.Value, mf: _ir.Size) -> ir.Value:
-    """``[M, P, K] i8``: slice ``p``'s codes, each ``code + act_bias`` (two's complement bytes)."""
+def _codes(spec: KernelSpec, xg: ir.Value, scale: ir.Value, mf: _ir.Size) -> ir.Value:
+    """``[M, P, K] i8``: slice ``p``'s codes of ``x / scale`` (:func:`_slice_scale`), each
+    ``code + act_bias`` (two's complement bytes); 0 where that is not finite."""
     slices, i8 = spec.slices, ir.IntegerType.get_signless(8)
     i32 = ir.IntegerType.get_signless(32)
 
-    def body(xv, am, _out):
-        t = arith.DivFOp(_ir.to_f32(xv), row_scale(am)).result
+    def body(xv, s, _out):
+        t = arith.DivFOp(_ir.to_f32(xv), s).result
         finite = arith.CmpFOp(arith.CmpFPredicate.OLT, math_d.AbsFOp(t).result, _ir.f32_const(float("inf"))).result
         digits = slice_digits(t, slices)
         v = select_slice(slice_index(1), digits) if slices > 1 else digits[0]
@@ -202,7 +201,7 @@ def _codes(spec: KernelSpec, xg: ir.Value, amax: ir.Value, mf: _ir.Size) -> ir.V
 
     # iteration (m, p, G, g) over x read as [M, G, g]
     codes = _ir.generic(
-        [xg, amax], [_ir.empty([mf, slices, spec.groups, spec.group], i8)],
+        [xg, scale], [_ir.empty([mf, slices, spec.groups, spec.group], i8)],
         [_map(4, [0, 2, 3]), _map(4, [0, 2] if spec.scale_per_group else [0, ("c", 0)]), _map(4, [0, 1, 2, 3])],
         [PARALLEL] * 4, body)[0]
     return _ir.collapse(codes, [[0], [1], [2, 3]])
