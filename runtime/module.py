@@ -160,7 +160,9 @@ class Module:
         return cls(path.read_bytes(), parameters, **kwargs)
 
     def __call__(self, *args: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
-        arrays = [np.ascontiguousarray(a) for a in args]
+        # (np.ascontiguousarray would make a 0-d array 1-d: a scalar input then fails IREE's shape check)
+        arrays = [a if isinstance(a, np.ndarray) and a.flags.c_contiguous
+                  else np.ascontiguousarray(a).reshape(np.shape(a)) for a in args]
         if self.inputs is not None:
             sig = signature(self.function, self.inputs)
             if len(arrays) != len(self.inputs):

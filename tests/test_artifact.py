@@ -147,3 +147,16 @@ def test_several_functions_share_one_artifact(tmp_path: Path) -> None:
     assert np.array_equal(art.decode(t.numpy()), cm.decode(t).numpy())
     with pytest.raises(ValueError, match=r"outside the compiled range .*\[2\.\.64\]"):
         art.prefill(np.zeros((1, 64), np.float32))
+
+
+class _Scaled(torch.nn.Module):
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x * t
+
+
+def test_a_scalar_input_keeps_its_rank(tmp_path: Path) -> None:
+    # a 0-d array passed through np.ascontiguousarray becomes 1-d, which IREE's shape check refuses
+    x, t = torch.randn(3, 4), torch.tensor(2.5)
+    folder = msd.compile(_Scaled(), (x, t)).save(tmp_path / "scalar")
+    y = msd.runtime.load(folder)(x.numpy(), np.float32(2.5) * np.ones((), np.float32))
+    np.testing.assert_allclose(y, (x * t).numpy(), rtol=1e-6)
