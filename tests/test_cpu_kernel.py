@@ -68,8 +68,10 @@ def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np
     """Random operands in the kernel's layouts, and the float64 result of its arithmetic."""
     rng = np.random.default_rng(seed)
     n, k, g, p, lanes, tiles, groups = spec.n, spec.k, spec.group, spec.slices, spec.lanes, spec.tiles, spec.groups
-    w = rng.integers(-128, 128, (n, k)).astype(np.int8)
-    w[0, :8] = -128  # the extremes of both operands meet (with the codes -127 below): no saturation
+    lo, hi = (-8, 8) if spec.nibbles else (-128, 128)
+    w = rng.integers(lo, hi, (n, k)).astype(np.int8)
+    w[0, :8] = lo  # the extremes of both operands meet (with the codes -127 below): no saturation
+    w[1 % n, 8:16] = hi - 1
     codes = rng.integers(-127, 128, (m, p, k)).astype(np.int32)
     codes[:, :, :8] = -127
     s = (rng.random((m, groups if spec.scale_per_group else 1)) + 0.5).astype(np.float32)
@@ -79,6 +81,9 @@ def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np
     padded = np.zeros((tiles * lanes, k), np.int8)
     padded[:n] = w
     w_t = padded.reshape(tiles, lanes, groups, g // 4, 4).transpose(0, 2, 3, 1, 4).reshape(tiles, groups, g // 4, -1)
+    if spec.nibbles:  # quad j in the low nibble, quad j + g/8 in the high one, each + 8
+        u = (w_t.astype(np.int16) + 8).astype(np.uint8)
+        w_t = (u[:, :, : g // 8] | (u[:, :, g // 8:] << 4)).view(np.int8)
     corr = (-spec.act_bias * padded.astype(np.int32).reshape(tiles, lanes, groups, g).sum(-1)).transpose(0, 2, 1)
 
     def per_tile(v: np.ndarray) -> np.ndarray:
@@ -100,11 +105,14 @@ def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np
     return ops, ref
 
 
-KERNEL_CASES = [  # n, k, group, slices, scale per group, offset
-    (40, 64, 32, 2, False, False),
-    (33, 256, 128, 3, False, True),
-    (16, 128, 32, 1, True, True),
-    (1, 96, 96, 2, False, False),
+KERNEL_CASES = [  # n, k, group, slices, scale per group, offset, 4-bit codes as nibbles
+    (40, 64, 32, 2, False, False, False),
+    (33, 256, 128, 3, False, True, False),
+    (16, 128, 32, 1, True, True, False),
+    (1, 96, 96, 2, False, False, False),
+    (40, 64, 32, 2, False, False, True),
+    (33, 256, 128, 3, True, True, True),
+    (7, 96, 96, 1, False, True, True),
 ]
 
 
@@ -113,9 +121,9 @@ def test_kernel_matches_its_float64_arithmetic(isa: str, tmp_path: Path) -> None
     _needs(isa)
     import iree.runtime as rt
 
-    for i, (n, k, g, p, per_group, offset) in enumerate(KERNEL_CASES):
+    for i, (n, k, g, p, per_group, offset, nibbles) in enumerate(KERNEL_CASES):
         spec = KernelSpec(isa, n, k, g, p, per_group, offset, rows=ISAS[isa].rows, tiles_per_workgroup=2,
-                          cols=1 + i % 2)  # 2 channel tiles per block: N=33 leaves a tile fully masked
+                          cols=1 + i % 2, nibbles=nibbles)  # 2 channel tiles per block: N=33 leaves a tile masked
         vmfb = _compile(spec, tmp_path)
         ctx = rt.SystemContext(config=rt.Config("local-task"))
         ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb.read_bytes()))
@@ -127,10 +135,11 @@ def test_kernel_matches_its_float64_arithmetic(isa: str, tmp_path: Path) -> None
             assert rel < 1e-6, (spec.symbol, m, rel)  # f32 accumulation of exact integer dots
 
 
+@pytest.mark.parametrize("nibbles", [False, True], ids=["int8", "int4"])
 @pytest.mark.parametrize("isa", sorted(ISAS))
-def test_each_variant_uses_its_dot_product_instruction(isa: str, tmp_path: Path) -> None:
+def test_each_variant_uses_its_dot_product_instruction(isa: str, nibbles: bool, tmp_path: Path) -> None:
     cpu, reg, instruction = ISA_CPU[isa]
-    spec = KernelSpec(isa, 40, 256, 32, 2, False, True)
+    spec = KernelSpec(isa, 40, 256, 32, 2, False, True, nibbles=nibbles)
     _compile(spec, tmp_path, cpu=cpu, dump=tmp_path / "dump")
     (asm,) = (tmp_path / "dump").glob("*.s")
     dots = [line for line in asm.read_text().splitlines() if instruction in line]
@@ -143,6 +152,8 @@ def test_kernel_spec_refuses_what_it_cannot_run() -> None:
         KernelSpec("sse4", 16, 64, 32, 2, False, False)
     with pytest.raises(ValueError, match="groups must divide K and be multiples of 4"):
         KernelSpec("avx512-vnni", 16, 64, 30, 2, False, False)
+    with pytest.raises(ValueError, match="group 12 is not a multiple of 8"):
+        KernelSpec("avx512-vnni", 16, 48, 12, 2, False, False, nibbles=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,6 +179,8 @@ def test_models_through_the_kernel_stay_within_the_bound(isa: str, fmt: str) -> 
     cm = msd.compile(model, (x,), slices=slices, cpu_kernel=isa, dynamic_shapes=({0: rows},))
     assert len(cm.report.rewritten) == 2, cm.report.format()
     assert all(f"fused {isa} kernel" in d.reason for d in cm.report.rewritten), cm.report.format()
+    four_bit = "4-bit weight codes, two per byte"
+    assert all((four_bit in d.reason) == fmt.startswith("int4") for d in cm.report.rewritten), cm.report.format()
     plain = msd.compile(model, (x,), slices=slices, cpu_kernel="none", dynamic_shapes=({0: rows},))
     for m in (1, 7, 33):
         xm = torch.randn(m, 256, generator=torch.Generator().manual_seed(m))

@@ -39,6 +39,7 @@ from . import worker
 from .importer import export, import_programs, input_specs, output_specs
 from .iree_session import CompileError, IreeSession
 from .options import CompileOptions
+from .packing import write_parameters
 from .targets import BACKENDS, Target
 from .targets import resolve as resolve_target
 
@@ -144,6 +145,7 @@ def compile_functions(
         request.pass_name = DECOMPOSE
         request.pass_options = {f.name: getattr(pass_options, f.name) for f in fields(pass_options)}
         request.post_pipeline = POST_MSD_PIPELINE
+        request.packer_flags = list(resolve_target("llvm-cpu").flags)
         if cost_target:  # the profile as this process has it (PROFILES may have been extended)
             hw = profile_for(cost_target)
             request.profiles = {hw.name: hw}
@@ -160,7 +162,7 @@ def compile_functions(
     workdir = Path(tempfile.mkdtemp(prefix="msd-"))
     try:  # until the CompiledModule owns it, an exception (or Ctrl-C) must not leave the folder behind
         step("weights")
-        params.write_archive(workdir / PARAMETERS_FILE)
+        write_parameters(workdir / PARAMETERS_FILE, params.tensors, result.get("parameters"), result.get("packer"))
         (workdir / MODULE_FILE).write_bytes(vmfb)
         signatures = {name: (input_specs(p), output_specs(p)) for name, p in programs.items()}
         compiled = CompiledModule(workdir, tgt, signatures, report, slices, decide=opts.decide_record(target))

@@ -8,13 +8,11 @@ archive (``.irpa``), never into the IR.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from iree.compiler import ir
 from iree.compiler.extras.fx_importer import FxImporter, FxImporterHooks
-from iree.runtime import ParameterIndex
 
 from msd.errors import ExportError, OptionError
 from msd.runtime.module import PARAMETER_SCOPE, TensorSpec
@@ -101,12 +99,6 @@ class ParameterHooks(FxImporterHooks):
             sym = f"{base}_{n}"
         return sym
 
-    def write_archive(self, path: Path) -> None:
-        index = ParameterIndex()
-        for key, t in self.tensors.items():
-            index.add_buffer(key, _raw_bytes(t))
-        index.create_archive_file(str(path))
-
 
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two tensors have the same dtype, shape and bytes (NaNs and -0.0 compared as bits)."""
@@ -115,10 +107,11 @@ def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     b = b.detach().cpu().contiguous()
     if a.data_ptr() == b.data_ptr():
         return True
-    return bool(np.array_equal(_raw_bytes(a), _raw_bytes(b)))
+    return bool(np.array_equal(raw_bytes(a), raw_bytes(b)))
 
 
-def _raw_bytes(t: torch.Tensor) -> np.ndarray:
+def raw_bytes(t: torch.Tensor) -> np.ndarray:
+    """The tensor's bytes as a flat uint8 array (no copy for a contiguous CPU tensor)."""
     flat = t.reshape(-1)
     if t.dtype in (torch.bfloat16, torch.bool):
         flat = flat.view(torch.uint8) if t.dtype == torch.bool else flat.view(torch.int16)

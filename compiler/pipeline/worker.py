@@ -63,6 +63,7 @@ STAGES = {
     "setup": "setting up IREE's compiler session (flags, module)",
     "input": "lowering torch to linalg (IREE phases start→input)",
     "msd": "running msd's passes",
+    "packer": "compiling the weight packer for the host CPU",
     "iree": "compiling for the target (IREE phases input→end)",
     "serialize": "writing the VM bytecode",
     "print": "printing the module",
@@ -81,6 +82,8 @@ class Request:
     pass_options: dict[str, Any] | None = None
     post_pipeline: str = ""  # run after the pass (e.g. canonicalize, cse)
     profiles: dict[str, Any] | None = None  # hardware profiles the pass costs with, as the caller has them
+    # Flags of the host CPU build of the packer (--msd-prepack-parameters); empty: no packing pass.
+    packer_flags: list[str] | None = None
 
 
 # ------------------------------------------------------------------------------------------ framing
@@ -158,6 +161,8 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     from msd.compiler.pipeline.iree_session import IreeSession
     from msd.cost.hardware import PROFILES
     from msd.passes import run_pass
+    from msd.passes.prepack_parameters import NAME as PREPACK
+    from msd.passes.prepack_parameters import parameter_keys, split
 
     stage("setup")
     session = IreeSession(req.flags)
@@ -169,7 +174,7 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     if req.stop == "linalg":
         stage("print")
         return {"text": op.get_asm(large_elements_limit=LARGE_ELEMENTS_LIMIT)}
-    report = None
+    report = packing = None
     if req.pass_name:
         stage("msd")
         PROFILES.update(req.profiles or {})
@@ -177,13 +182,43 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
             report = run_pass(op, req.pass_name, **(req.pass_options or {}))
             if req.post_pipeline:
                 passmanager.PassManager.parse(req.post_pipeline).run(op)
+            if req.packer_flags is not None:
+                packing = run_pass(op, PREPACK)
     if req.stop == "msd":
         stage("print")
-        return {"text": op.get_asm(large_elements_limit=LARGE_ELEMENTS_LIMIT), "report": report}
+        return {"text": op.get_asm(large_elements_limit=LARGE_ELEMENTS_LIMIT), "report": report, "packing": packing}
+    with session.context:
+        packer_module, calls = split(op)
+        keys = sorted(parameter_keys(op))
+    packer = None
+    if packer_module is not None:
+        stage("packer")
+        packer = {"vmfb": compile_packer(packer_module, req.packer_flags or []), "calls": calls}
     stage("iree")
     session.run_phases("input", "end")
     stage("serialize")
-    return {"vmfb": session.vm_bytecode(), "report": report}
+    return {"vmfb": session.vm_bytecode(), "report": report, "packing": packing, "packer": packer,
+            "parameters": keys}
+
+
+def compile_packer(module: Any, flags: list[str]) -> bytes:
+    """The pack functions (:func:`msd.passes.prepack_parameters.split`), compiled for this machine's CPU
+    in a session of their own: they run here, at compile time, whatever the model's target."""
+    import io
+
+    from iree.compiler import ir
+
+    from msd.compiler.pipeline.iree_session import IreeSession
+
+    buffer = io.BytesIO()
+    if "hal.device.targets" in module.attributes:
+        del module.attributes["hal.device.targets"]
+    module.write_bytecode(buffer)
+    session = IreeSession(flags)
+    op = ir.Module.parse(buffer.getvalue(), context=session.context).operation
+    session.load(op)
+    session.run_phases("start", "end")
+    return session.vm_bytecode()
 
 
 # ------------------------------------------------------------------------------------------ the caller

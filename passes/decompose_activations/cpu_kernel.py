@@ -65,6 +65,9 @@ ISAS: dict[str, Isa] = {
     "neon-dot": Isa(4, "sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8"),
 }
 SLICE_RADIX = 254.0
+SYMBOL_PREFIX = "msd_"  # every kernel executable's name starts so
+ROLES_ATTR = "msd.operand_roles"  # on a kernel's flow.dispatch: what each tensor operand is (KernelSpec.roles)
+ACTIVATION_ROLES = ("a", "s", "xs")  # the operands computed from the activation, per call
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,16 @@ class KernelSpec:
     rows: int = 4  # activation rows per register block
     tiles_per_workgroup: int = 1  # a multiple of cols
     cols: int = 1  # channel tiles per register block
+    nibbles: bool = False  # 4-bit weight codes (in [-8, 7]), two per byte: w is [NT, G, g/8, W·4]
 
     def __post_init__(self) -> None:
         if self.isa not in ISAS:
             raise ValueError(f"unknown kernel ISA {self.isa!r} (known: {', '.join(ISAS)})")
         if self.group % 4 or self.k % self.group:
             raise ValueError(f"K={self.k} in groups of {self.group}: groups must divide K and be multiples of 4")
+        if self.nibbles and self.group % 8:
+            raise ValueError(f"4-bit weights are packed in pairs of 4-code words: group {self.group} is not a"
+                             " multiple of 8")
         if self.tiles_per_workgroup % self.cols:
             raise ValueError(f"tiles_per_workgroup={self.tiles_per_workgroup} is not a multiple of cols={self.cols}")
 
@@ -114,24 +121,34 @@ class KernelSpec:
     @property
     def symbol(self) -> str:
         """The executable's name: one per distinct spec in a module."""
-        return (f"msd_linear_{self.isa.replace('-', '_')}_n{self.n}_k{self.k}_g{self.group}_p{self.slices}"
+        return (f"{SYMBOL_PREFIX}linear_{self.isa.replace('-', '_')}_n{self.n}_k{self.k}_g{self.group}_p{self.slices}"
                 f"{'_sg' if self.scale_per_group else ''}{'_off' if self.offset else ''}_r{self.rows}"
-                f"_c{self.cols}_t{self.tiles_per_workgroup}")
+                f"_c{self.cols}_t{self.tiles_per_workgroup}{'_i4' if self.nibbles else ''}")
 
-    # -- operand types, in the dispatch's order
+    # -- operands, in the dispatch's order
+    def roles(self) -> list[str]:
+        """What each operand is: the activation side (``a``, ``s``, ``xs``), then the weight side."""
+        return ["a", "s", *(["xs"] if self.offset else []), "w", *(["corr"] if self.act_bias else []), "scale",
+                *(["off"] if self.offset else [])]
+
     def operand_types(self) -> list[str]:
         """The tensor types of the dispatch's operands (``?`` = M), in order."""
         w, nt, gr = self.lanes, self.tiles, self.groups
         types = [f"tensor<?x{self.slices}x{self.k}xi8>", f"tensor<?x{gr if self.scale_per_group else 1}xf32>"]
         if self.offset:
             types.append(f"tensor<?x{gr}xf32>")
-        types.append(f"tensor<{nt}x{gr}x{self.group // 4}x{4 * w}xi8>")
+        types.append(f"tensor<{nt}x{gr}x{self.weight_steps}x{4 * w}xi8>")
         if self.act_bias:
             types.append(f"tensor<{nt}x{gr}x{w}xi32>")
         types.append(f"tensor<{nt}x{gr}x{w}xf32>")
         if self.offset:
             types.append(f"tensor<{nt}x{gr}x{w}xf32>")
         return types
+
+    @property
+    def weight_steps(self) -> int:
+        """Weight vectors per (tile, group): one per 4 codes of K, or per 8 when they are nibbles."""
+        return self.group // (8 if self.nibbles else 4)
 
     def result_type(self) -> str:
         return f"tensor<?x{self.n}xf32>"
@@ -160,7 +177,7 @@ class _Writer:
         self.t_a = f"memref<?x{p}x{s.k}xi8>"
         self.t_s = f"memref<?x{gs}xf32>"
         self.t_xs = f"memref<?x{gr}xf32>"
-        self.t_w = f"memref<{nt}x{gr}x{s.group // 4}x{4 * w}xi8>"
+        self.t_w = f"memref<{nt}x{gr}x{s.weight_steps}x{4 * w}xi8>"
         self.t_c = f"memref<{nt}x{gr}x{w}xi32>"
         self.t_f = f"memref<{nt}x{gr}x{w}xf32>"
         self.t_y = f"memref<?x{s.n}xf32>"
@@ -178,8 +195,8 @@ class _Writer:
         e("  builtin.module {")
         args = ", ".join(f"%{b}_b: !stream.binding" for b in bindings)
         e(f"    func.func @{s.symbol}({args}, %m: index) {{")
-        for v in sorted({0, 1, 4, *range(max(s.rows, p, s.cols)), w, s.rows, s.cols, gr, s.group // 4, nt, s.n,
-                         s.tiles_per_workgroup}):
+        for v in sorted({0, 1, 4, *range(max(s.rows, p, s.cols)), w, s.rows, s.cols, gr, s.group // 4,
+                         s.weight_steps, nt, s.n, s.tiles_per_workgroup}):
             e(f"      %c{v} = arith.constant {v} : index")
         for b in bindings:
             dyn = "{%m}" if types[b].startswith("memref<?") else ""
@@ -187,6 +204,10 @@ class _Writer:
         e(f"      %zf = arith.constant dense<0.0> : {vf}")
         if not s.act_bias:  # the accumulators' start
             e(f"      %zi = arith.constant dense<0> : {vi}")
+        if s.nibbles:  # a byte's two 4-bit codes, stored + 8
+            e(f"      %lo4 = arith.constant dense<15> : {vb}")
+            e(f"      %sh4 = arith.constant dense<4> : {vb}")
+            e(f"      %off4 = arith.constant dense<8> : {vb}")
         if ISAS[s.isa].dot == "maddubs":  # vpmaddwd by ones sums pairs of i16
             e(f"      %ones16 = arith.constant dense<1> : vector<{2 * w}xi16>")
         e(f"      %radix = arith.constant dense<{1.0 / SLICE_RADIX!r}> : {vf}")
@@ -238,38 +259,51 @@ class _Writer:
         e(f"{ind2}%{tag}kb = arith.muli %g, %c{s.group // 4} : index")
         iacc = [(c, r, q) for c in range(cols) for r in range(rows) for q in range(p)]
         starts = ", ".join(f"%{tag}I{c}_{r}_{q} = {f'%{tag}c{c}' if s.act_bias else '%zi'}" for c, r, q in iacc)
-        e(f"{ind2}%{tag}d:{len(iacc)} = scf.for %k4 = %c0 to %c{s.group // 4} step %c1 iter_args({starts}) -> "
+        e(f"{ind2}%{tag}d:{len(iacc)} = scf.for %k4 = %c0 to %c{s.weight_steps} step %c1 iter_args({starts}) -> "
           f"({', '.join([vi] * len(iacc))}) {{")
         ind3 = ind2 + "  "
         isa = ISAS[s.isa]
+        # the weight vectors of this step: (name per tile, the K quad they hold)
+        halves = [("", f"%{tag}kb")]
         for c in range(cols):
             e(f"{ind3}%{tag}wv{c} = vector.load %w[%tt{c}, %g, %k4, %c0] : {self.t_w}, {vb}")
+        if s.nibbles:  # low nibbles: quads k4 of the group; high nibbles: quads k4 + g/8
+            halves = [("l", f"%{tag}kb"), ("h", f"%{tag}kb2")]
+            e(f"{ind3}%{tag}kb2 = arith.addi %{tag}kb, %c{s.weight_steps} : index")
+            for c in range(cols):
+                e(f"{ind3}%{tag}wm{c} = arith.andi %{tag}wv{c}, %lo4 : {vb}")
+                e(f"{ind3}%{tag}wv{c}l = arith.subi %{tag}wm{c}, %off4 : {vb}")
+                e(f"{ind3}%{tag}ws{c} = arith.shrui %{tag}wv{c}, %sh4 : {vb}")
+                e(f"{ind3}%{tag}wv{c}h = arith.subi %{tag}ws{c}, %off4 : {vb}")
+        out = {key: f"%{tag}I{key[0]}_{key[1]}_{key[2]}" for key in iacc}
+        for h, base in halves:
             if isa.dot == "maddubs":
-                e(f"{ind3}%{tag}wa{c} = math.absi %{tag}wv{c} : {vb}")
-        e(f"{ind3}%{tag}kq = arith.addi %{tag}kb, %k4 : index")
-        e(f"{ind3}%{tag}kk = arith.muli %{tag}kq, %c4 : index")
-        out = {}
-        for r in range(rows):
-            for q in range(p):
-                v = f"%{tag}x{r}_{q}"
-                e(f"{ind3}{v}l = vector.load %a[%{tag}row{r}, %c{q}, %{tag}kk] : {self.t_a}, vector<4xi8>")
-                e(f"{ind3}{v}i = vector.bitcast {v}l : vector<4xi8> to vector<1xi32>")
-                e(f"{ind3}{v}w = vector.extract {v}i[0] : i32 from vector<1xi32>")
-                e(f"{ind3}{v}v = vector.broadcast {v}w : i32 to {vi}")
-                e(f"{ind3}{v}b = vector.bitcast {v}v : {vi} to {vb}")
                 for c in range(cols):
-                    acc, n = f"%{tag}I{c}_{r}_{q}", f"{v}n{c}"
-                    if isa.dot in ("vpdpbusd", "sdot"):
-                        e(f"{ind3}{n} = llvm.call_intrinsic \"{isa.intrinsic}\"({acc}, {v}b, %{tag}wv{c}) : "
-                          f"({vi}, {vb}, {vb}) -> {vi}")
-                    else:
-                        vh = f"vector<{2 * s.lanes}xi16>"
-                        call = f"{ind3}{n}{{}} = llvm.call_intrinsic \"llvm.x86.avx2.{{}}\"({{}}) : ({{}}) -> {{}}"
-                        e(call.format("s", "psign.b", f"{v}b, %{tag}wv{c}", f"{vb}, {vb}", vb))  # sign(w)·a
-                        e(call.format("h", "pmadd.ub.sw", f"%{tag}wa{c}, {n}s", f"{vb}, {vb}", vh))  # |w|·(sign(w)·a)
-                        e(call.format("d", "pmadd.wd", f"{n}h, %ones16", f"{vh}, {vh}", vi))
-                        e(f"{ind3}{n} = arith.addi {acc}, {n}d : {vi}")
-                    out[(c, r, q)] = n
+                    e(f"{ind3}%{tag}wa{c}{h} = math.absi %{tag}wv{c}{h} : {vb}")
+            e(f"{ind3}%{tag}kq{h} = arith.addi {base}, %k4 : index")
+            e(f"{ind3}%{tag}kk{h} = arith.muli %{tag}kq{h}, %c4 : index")
+            for r in range(rows):
+                for q in range(p):
+                    v = f"%{tag}x{r}_{q}{h}"
+                    e(f"{ind3}{v}l = vector.load %a[%{tag}row{r}, %c{q}, %{tag}kk{h}] : {self.t_a}, vector<4xi8>")
+                    e(f"{ind3}{v}i = vector.bitcast {v}l : vector<4xi8> to vector<1xi32>")
+                    e(f"{ind3}{v}w = vector.extract {v}i[0] : i32 from vector<1xi32>")
+                    e(f"{ind3}{v}v = vector.broadcast {v}w : i32 to {vi}")
+                    e(f"{ind3}{v}b = vector.bitcast {v}v : {vi} to {vb}")
+                    for c in range(cols):
+                        acc, n, wv = out[(c, r, q)], f"{v}n{c}", f"%{tag}wv{c}{h}"
+                        if isa.dot in ("vpdpbusd", "sdot"):
+                            e(f"{ind3}{n} = llvm.call_intrinsic \"{isa.intrinsic}\"({acc}, {v}b, {wv}) : "
+                              f"({vi}, {vb}, {vb}) -> {vi}")
+                        else:
+                            vh = f"vector<{2 * s.lanes}xi16>"
+                            call = f"{ind3}{n}{{}} = llvm.call_intrinsic \"llvm.x86.avx2.{{}}\"({{}}) : ({{}}) -> {{}}"
+                            e(call.format("s", "psign.b", f"{v}b, {wv}", f"{vb}, {vb}", vb))  # sign(w)·a
+                            # |w|·(sign(w)·a)
+                            e(call.format("h", "pmadd.ub.sw", f"%{tag}wa{c}{h}, {n}s", f"{vb}, {vb}", vh))
+                            e(call.format("d", "pmadd.wd", f"{n}h, %ones16", f"{vh}, {vh}", vi))
+                            e(f"{ind3}{n} = arith.addi {acc}, {n}d : {vi}")
+                        out[(c, r, q)] = n
         e(f"{ind3}scf.yield {', '.join(out[key] for key in iacc)} : {', '.join([vi] * len(iacc))}")
         e(f"{ind2}}}")
         for c in range(cols):
@@ -307,4 +341,4 @@ class _Writer:
               f"vector<{s.lanes}xi1>, {vf}")
 
 
-__all__ = ["ISAS", "KernelSpec"]
+__all__ = ["ACTIVATION_ROLES", "ISAS", "ROLES_ATTR", "SYMBOL_PREFIX", "KernelSpec"]

@@ -26,7 +26,8 @@ from iree.compiler.dialects import math as math_d
 
 from .. import _ir
 from ..analysis.dequant import Expr, mentions
-from .cpu_kernel import ISAS, KernelSpec
+from ..analysis.values import value_set
+from .cpu_kernel import ISAS, ROLES_ATTR, KernelSpec
 from .emit_common import (
     centred,
     drop_unit_dims,
@@ -69,7 +70,15 @@ def kernel_for(p: Plan, isa: str) -> KernelSpec | str:
     per_group = p.group is not None and p.act_scale == "group"
     rows, cols = _register_block(ISAS[isa].lanes, p.slices)
     return KernelSpec(isa, n, p.k_size, group, p.slices, per_group, p.offset is not None, rows=rows,
-                      tiles_per_workgroup=_tiles_per_workgroup(n, isa, cols), cols=cols)
+                      tiles_per_workgroup=_tiles_per_workgroup(n, isa, cols), cols=cols,
+                      nibbles=group % 8 == 0 and _four_bit(p))
+
+
+def _four_bit(p: Plan) -> bool:
+    """Whether every weight code the matmul reads (``q - q_shift``) is proven to lie in [-8, 7]: the
+    kernel then reads them as nibbles, two per byte (half the weight bytes of int8 codes)."""
+    values = value_set(p.q)
+    return values is not None and all(-8 <= v - p.q_shift <= 7 for v in values)
 
 
 def _register_block(lanes: int, slices: int) -> tuple[int, int]:
@@ -233,7 +242,7 @@ def _weight_operands(p: Plan, spec: KernelSpec) -> list[ir.Value]:
     q5 = _ir.expand(q, [[0, 1], [2, 3, 4]], [tiles, lanes, groups, g4, 4])
     tiled = linalg.transpose(q5, outs=[_ir.empty([tiles, groups, g4, lanes, 4], i8)], permutation=[0, 2, 3, 1, 4])
     tiled = tiled.operation.results[0] if isinstance(tiled, ir.OpView) else tiled
-    w = _ir.collapse(tiled, [[0], [1], [2], [3, 4]])
+    w = _ir.collapse(_nibbles(tiled, spec) if spec.nibbles else tiled, [[0], [1], [2], [3, 4]])
     out = [w]
     if spec.act_bias:  # the accumulator's start: -bias · Σ_{k∈g} w
         out.append(_ir.generic(
@@ -245,6 +254,26 @@ def _weight_operands(p: Plan, spec: KernelSpec) -> list[ir.Value]:
     if spec.offset:
         out.append(_per_channel_group(p, spec, p.offset))
     return out
+
+
+def _nibbles(tiled: ir.Value, spec: KernelSpec) -> ir.Value:
+    """``[NT, G, g/4, W, 4]`` codes in [-8, 7] → ``[NT, G, g/8, W, 4]`` bytes: the code of quad ``j`` + 8 in
+    the low nibble, of quad ``j + g/8`` + 8 in the high one (the kernel's two halves of a group)."""
+    i8 = ir.IntegerType.get_signless(8)
+    tiles, groups, g8, lanes = spec.tiles, spec.groups, spec.weight_steps, spec.lanes
+    halves = _ir.expand(tiled, [[0], [1], [2, 3], [4], [5]], [tiles, groups, 2, g8, lanes, 4])
+
+    def body(lo, hi, _o):
+        def nibble(v):
+            return arith.AndIOp(arith.AddIOp(v, _ir.int_const(i8, 8)).result, _ir.int_const(i8, 15)).result
+
+        high = arith.ShLIOp(nibble(hi), _ir.int_const(i8, 4)).result
+        return [arith.OrIOp(nibble(lo), high).result]
+
+    return _ir.generic(
+        [halves, halves], [_ir.empty([tiles, groups, g8, lanes, 4], i8)],
+        [_map(5, [0, 1, ("c", 0), 2, 3, 4]), _map(5, [0, 1, ("c", 1), 2, 3, 4]), _map(5, [0, 1, 2, 3, 4])],
+        [PARALLEL] * 5, body)[0]
 
 
 def _transposed(q: ir.Value) -> ir.Value:
@@ -300,6 +329,7 @@ def _dispatch(spec: KernelSpec, operands: list[ir.Value], m: ir.Value, n_dynamic
             "entry_points": entry,
             "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, len(operands) + 1, n_dynamic, 1]),
             "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)]),
+            ROLES_ATTR: ir.ArrayAttr.get([ir.StringAttr.get(r) for r in spec.roles()]),
         })
     return op.results[0]
 

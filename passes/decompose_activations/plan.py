@@ -88,6 +88,8 @@ class Plan:
             what = f"{n} MXFP4 slice(s) ({rule} scale rule, doubled E2M1 codes) x {self.weight_type}{self.fallback}"
         elif self.kernel is not None:
             what = f"{n} int8 slice(s) x {self.weight_type} in one fused {self.kernel.isa} kernel dispatch"
+            if self.kernel.nibbles:
+                what += " (4-bit weight codes, two per byte)"
         else:
             what = f"{n} int8 slice(s) x {self.weight_type}"
         if self.q_shift:
