@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
                 del module, params, session, program, model, vmfb, packer
                 gc.collect()
             run.mem_available = mem_available()
-            factor = RUNTIME_FACTOR_PACKED if packer else RUNTIME_FACTOR
+            factor = RUNTIME_FACTOR_PACKED if args.cpu_kernel != "none" else RUNTIME_FACTOR
             run.mem_estimate = int(factor * weight_bytes) + 2**30
             if run.mem_estimate > run.mem_available - RUNTIME_MARGIN:
                 run.skipped = (f"skipped: loading needs about {gb(run.mem_estimate)} GB ({factor}× the "

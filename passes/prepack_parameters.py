@@ -99,7 +99,22 @@ def _unescape(s: str) -> str:
     return re.sub(r"\\(.)", r"\1", s)
 
 
-def _operand_slice(value: ir.Value, block: ir.Block, params: dict[str, tuple[str, str]]) -> _Slice | str:
+class _Positions:
+    """Each op's position in its block, computed once per block (the pass only adds ops to blocks, in
+    front of dispatches, so the order of the ops already there never changes)."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[ir.Operation, dict[ir.Operation, int]] = {}
+
+    def of(self, block: ir.Block) -> dict[ir.Operation, int]:
+        key = block.owner.operation
+        if key not in self._blocks:
+            self._blocks[key] = {o.operation: i for i, o in enumerate(block.operations)}
+        return self._blocks[key]
+
+
+def _operand_slice(value: ir.Value, block: ir.Block, params: dict[str, tuple[str, str]],
+                   positions: _Positions) -> _Slice | str:
     """The computation of ``value`` when it reads only parameters and constants, else why not."""
     seen: set[ir.Operation] = set()
     ops: list[ir.Operation] = []
@@ -131,7 +146,7 @@ def _operand_slice(value: ir.Value, block: ir.Block, params: dict[str, tuple[str
         ops.append(op)
         work.extend(op.operands)
         work.extend(_captured(op))
-    order = {o: i for i, o in enumerate(block.operations)}
+    order = positions.of(block)
     ops.sort(key=lambda o: order[o])
     loads.sort(key=lambda o: order[o])
     return _Slice(ops, loads)
@@ -170,14 +185,14 @@ class _Packing:
 
 
 def _plan(dispatch: ir.Operation, block: ir.Block, params: dict[str, tuple[str, str]],
-          min_bytes: int) -> _Packing | str:
+          min_bytes: int, positions: _Positions) -> _Packing | str:
     roles = [ir.StringAttr(a).value for a in dispatch.attributes[ROLES_ATTR]] \
         if ROLES_ATTR in dispatch.attributes else []
-    positions, slices, why = [], [], []
+    at, slices, why = [], [], []
     for i, v in enumerate(_dispatch_arguments(dispatch)):
         if not isinstance(v.type, ir.RankedTensorType):
             continue
-        s = _operand_slice(v, block, params)
+        s = _operand_slice(v, block, params, positions)
         role = roles[i] if i < len(roles) else f"operand{i}"
         if isinstance(s, str):
             if role not in ACTIVATION_ROLES:
@@ -185,9 +200,9 @@ def _plan(dispatch: ir.Operation, block: ir.Block, params: dict[str, tuple[str, 
             continue
         if not s.loads or _bytes(v.type) < min_bytes:
             continue  # constants only (IREE folds them), or too small to matter
-        positions.append(i)
+        at.append(i)
         slices.append(s)
-    if not positions:
+    if not at:
         return "no operand reads only parameters" + (f" ({'; '.join(why)})" if why else "")
     inputs, syms = [], []
     for s in slices:
@@ -196,8 +211,8 @@ def _plan(dispatch: ir.Operation, block: ir.Block, params: dict[str, tuple[str, 
             if sym not in syms:
                 syms.append(sym)
                 inputs.append(params[sym][1])
-    names = [roles[i] if i < len(roles) else f"operand{i}" for i in positions]
-    return _Packing(dispatch, positions, names, slices, inputs, syms)
+    names = [roles[i] if i < len(roles) else f"operand{i}" for i in at]
+    return _Packing(dispatch, at, names, slices, inputs, syms)
 
 
 def _dispatch_arguments(dispatch: ir.Operation) -> list[ir.Value]:
@@ -221,8 +236,10 @@ def _bytes(t: ir.Type) -> int:
 
 # ================================================================================================ emit
 class _Emitter:
-    def __init__(self, module: ir.Operation, params: dict[str, tuple[str, str]]) -> None:
+    def __init__(self, module: ir.Operation, params: dict[str, tuple[str, str]], positions: _Positions) -> None:
         self.module = module
+        self.positions = positions
+        self.global_types: dict[str, ir.Type] = {}
         self.body = module.regions[0].blocks[0]
         self.params = params
         self.functions: dict[str, str] = {}  # body text → pack function name
@@ -294,7 +311,7 @@ class _Emitter:
                 for load in s.loads:
                     if ir.FlatSymbolRefAttr(load.attributes["global"]).value == sym:
                         mapping[load.results[0]] = arg
-        ops = _merged([s.ops for s in p.slices], self._order(p.dispatch))
+        ops = _merged([s.ops for s in p.slices], self.positions.of(p.dispatch.block))
         for op in ops:
             clone = op.clone(ir.InsertionPoint(term))
             _remap(clone, mapping)
@@ -318,13 +335,12 @@ class _Emitter:
         return name
 
     def _load_type(self, sym: str) -> ir.Type:
-        for op in self.body.operations:
-            if op.operation.name == "util.global" and ir.StringAttr(op.attributes["sym_name"]).value == sym:
-                return ir.TypeAttr(op.attributes["type"]).value
-        raise KeyError(sym)
+        if not self.global_types:
+            self.global_types = {
+                ir.StringAttr(op.attributes["sym_name"]).value: ir.TypeAttr(op.attributes["type"]).value
+                for op in self.body.operations if op.operation.name == "util.global"}
+        return self.global_types[sym]
 
-    def _order(self, dispatch: ir.Operation) -> dict[ir.Operation, int]:
-        return {o: i for i, o in enumerate(dispatch.block.operations)}
 
 
 def _bits_type(t: ir.Type) -> ir.Type:
@@ -376,10 +392,11 @@ def run(module: ir.Operation, options: PrepackOptions | None = None, /, **kwargs
     module.walk(visit, ir.WalkOrder.PRE_ORDER)
     if not dispatches:
         return report
-    emitter = _Emitter(module, params)
+    positions = _Positions()
+    emitter = _Emitter(module, params, positions)
     for d in dispatches:
         where = _location(d)
-        p = _plan(d, d.block, params, options.min_bytes) if params else "the module has no parameters"
+        p = _plan(d, d.block, params, options.min_bytes, positions) if params else "the module has no parameters"
         if isinstance(p, str):
             report.decisions.append(Decision("flow.dispatch", where, False, f"{_callee(d)}: nothing packed: {p}"))
             continue
