@@ -35,6 +35,7 @@ from torch import nn
 import msd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ceilings import dot_peak, read_bandwidth  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,6 +137,24 @@ BAR: tuple[Criterion, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Ceilings:
+    """This machine's measured limits (benchmarks/_ceilings.py), with the threads IREE uses."""
+
+    threads: int
+    bandwidth: float  # GB/s read
+    isa: str  # the fused kernel's variant on this CPU
+    dot: float  # GOP/s of its dot-product instruction
+
+
+def measure_ceilings(threads: int) -> Ceilings:
+    from msd.compiler.pipeline.targets import kernel_isas, resolve
+
+    isas = kernel_isas(resolve("llvm-cpu"))
+    isa = isas[0] if isas else ""
+    return Ceilings(threads, read_bandwidth(threads), isa, dot_peak(isa, threads) if isa else math.nan)
+
+
 # ============================================================================= measurement
 @dataclass
 class Result:
@@ -149,6 +168,7 @@ class Result:
     max_abs_err: float = math.nan
     rel_err: float = math.nan
     problem: str = ""  # non-empty: the variant is not valid (numerics, or the pass did not rewrite)
+    packed_bytes: int = 0  # fused kernel: bytes of its pre-packed weight operands, all layers (model.irpa)
 
     @property
     def ok(self) -> bool:
@@ -171,16 +191,20 @@ class CaseResult:
     case: Case
     m: int
     results: dict[str, Result]
+    variants: tuple[Variant, ...] = VARIANTS
+    ref: str = REF_KEY  # the variant ratios are about (MSD p=2, or its fused kernel when p=2 is not run)
 
     def per_layer_ms(self, key: str) -> float:
         return self.results[key].median_s / self.case.layers * 1e3
 
     def ratio(self, versus: str) -> float:
-        """time(versus) / time(MSD p=2): how many times faster MSD p=2 is."""
-        return self.results[versus].median_s / self.results[REF_KEY].median_s
+        """time(versus) / time(ref): how many times faster the reference MSD variant is."""
+        if versus not in self.results:
+            return math.nan
+        return self.results[versus].median_s / self.results[self.ref].median_s
 
     def valid(self, *keys: str) -> bool:
-        return all(self.results[k].ok for k in keys)
+        return all(k in self.results and self.results[k].ok for k in keys)
 
 
 def make_layers(case: Case, seed: int, fmt: str = "int8") -> list[nn.Module]:
@@ -228,9 +252,19 @@ def warm_up(fn: Callable[[], object], min_calls: int, min_s: float) -> float:
     return statistics.median(times[1:] if len(times) > 1 else times)
 
 
+def packed_bytes(cm: msd.CompiledModule) -> int:
+    """Bytes of the fused kernels' pre-packed weight operands in the artifact's archive."""
+    import iree.runtime as rt
+
+    index = rt.ParameterIndex()
+    index.load(str(cm.workdir / "model.irpa"))
+    return sum(entry.length for key, entry in index.items() if key.startswith("msd.pack."))
+
+
 def run_case(
     case: Case, m: int, layers: list[msd.QuantizedLinear], x: torch.Tensor, ref: np.ndarray, *,
     rounds: int, block_s: float, min_calls: int, log: Callable[[str], None],
+    variants: tuple[Variant, ...] = VARIANTS,
 ) -> CaseResult:
     model: nn.Module = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
     model.eval()
@@ -247,7 +281,7 @@ def run_case(
     fns: dict[str, Callable[[], object]] = {}
     results: dict[str, Result] = {}
     keep: list[msd.CompiledModule] = []  # the compiled module owns the files the runtime maps
-    for v in VARIANTS:
+    for v in variants:
         r = results[v.key] = Result(v)
         if v.slices is None:
             fns[v.key] = eager
@@ -266,11 +300,13 @@ def run_case(
             r.problem = f"pass rewrote {len(cm.report.rewritten)} of {case.layers} matmuls"
         elif v.cpu_kernel != "none" and not all("fused" in d.reason for d in cm.report.rewritten):
             r.problem = "no fused kernel on this CPU" if not cm.report.rewritten else cm.report.rewritten[0].reason
+        if v.cpu_kernel != "none":
+            r.packed_bytes = packed_bytes(cm)
         fns[v.key] = lambda mod=mod: mod(xn)
     log(f"  compiled in {', '.join(f'{k} {r.compile_s:.1f}s' for k, r in results.items() if r.compile_s)}")
 
     with torch.inference_mode():
-        for v in VARIANTS:
+        for v in variants:
             r = results[v.key]
             if v.key not in fns:
                 continue
@@ -290,7 +326,7 @@ def run_case(
         gc.disable()
         try:
             for i in range(rounds):
-                order = VARIANTS[i % len(VARIANTS):] + VARIANTS[:i % len(VARIANTS)]
+                order = variants[i % len(variants):] + variants[:i % len(variants)]
                 for v in order:
                     r = results[v.key]
                     if v.key not in fns:
@@ -301,10 +337,11 @@ def run_case(
         finally:
             gc.enable()
 
-    cr = CaseResult(case, m, results)
-    cells = ", ".join(f"{v.key} {cr.per_layer_ms(v.key):.3f}" for v in VARIANTS)
+    keys = [v.key for v in variants]
+    cr = CaseResult(case, m, results, variants, REF_KEY if REF_KEY in keys else "msd2k")
+    cells = ", ".join(f"{v.key} {cr.per_layer_ms(v.key):.3f}" for v in variants)
     log(f"  per-layer median ms: {cells}; "
-        f"iree/msd2 {cr.ratio('iree'):.2f}x, eager/msd2 {cr.ratio('eager'):.2f}x")
+        f"iree/{cr.ref} {cr.ratio('iree'):.2f}x, eager/{cr.ref} {cr.ratio('eager'):.2f}x")
     for r in results.values():
         if not r.ok:
             log(f"  !! {r.variant.label}: {r.problem}")
@@ -394,8 +431,10 @@ def fmt_ms(x: float) -> str:
 
 
 def fmt_ratio(cr: CaseResult, versus: str) -> str:
+    if versus not in cr.results:
+        return "not run"
     text = f"{cr.ratio(versus):.2f}x"
-    return text if cr.valid(versus, REF_KEY) else f"{text} (invalid)"
+    return text if cr.valid(versus, cr.ref) else f"{text} (invalid)"
 
 
 def case_label(case: Case) -> str:
@@ -409,27 +448,49 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "")
 
 
 def results_table(crs: Sequence[CaseResult]) -> list[str]:
-    header = ["shape", "M", *(v.label for v in VARIANTS), "IREE baseline / MSD p=2",
-              "torch eager f32 / MSD p=2", "MSD p=2 int8 weight GB/s", "numerics"]
+    variants, ref = crs[0].variants, crs[0].results[crs[0].ref].variant.label
+    header = ["shape", "M", *(v.label for v in variants), f"IREE baseline / {ref}",
+              f"torch eager f32 / {ref}", "numerics"]
     rows = []
     for cr in crs:
         bad = [r.variant.label for r in cr.results.values() if not r.ok]
         rows.append([
             case_label(cr.case), str(cr.m),
-            *(fmt_ms(cr.per_layer_ms(v.key)) + ("" if cr.results[v.key].ok else " ✗") for v in VARIANTS),
+            *(fmt_ms(cr.per_layer_ms(v.key)) + ("" if cr.results[v.key].ok else " ✗") for v in variants),
             fmt_ratio(cr, "iree"), fmt_ratio(cr, "eager"),
-            f"{cr.case.int8_mib * 2**20 / cr.results[REF_KEY].median_s / 1e9:.1f}",
             "ok" if not bad else "FAIL: " + ", ".join(bad),
         ])
-    return table(header, rows, "lr" + "r" * (len(VARIANTS) + 3) + "l")
+    return table(header, rows, "lr" + "r" * (len(variants) + 2) + "l")
+
+
+def kernel_table(crs: Sequence[CaseResult], ceilings: Ceilings) -> list[str]:
+    """The fused kernels' rates as shares of the machine's measured ceilings."""
+    kernels = [v for v in crs[0].variants if v.cpu_kernel != "none"]
+    header = ["shape", "M"]
+    for v in kernels:
+        header += [f"{v.label}: weight GB/s (of {ceilings.bandwidth:.1f})",
+                   f"{v.label}: int8 GOP/s (of {ceilings.dot:.0f})"]
+    rows = []
+    for cr in crs:
+        cells = [case_label(cr.case), str(cr.m)]
+        for v in kernels:
+            r = cr.results[v.key]
+            if not r.ok or not r.samples:
+                cells += ["n/a", "n/a"]
+                continue
+            gbs = r.packed_bytes / r.median_s / 1e9
+            gops = 2 * cr.m * cr.case.n * cr.case.k * cr.case.layers * v.slices / r.median_s / 1e9
+            cells += [f"{gbs:.1f} ({gbs / ceilings.bandwidth:.0%})", f"{gops:.0f} ({gops / ceilings.dot:.0%})"]
+        rows.append(cells)
+    return table(header, rows)
 
 
 def accuracy_table(crs: Sequence[CaseResult]) -> list[str]:
-    header = ["shape", "M", *(f"{v.label} (tol {v.rel_tol:.0e})" for v in VARIANTS)]
+    header = ["shape", "M", *(f"{v.label} (tol {v.rel_tol:.0e})" for v in crs[0].variants)]
     rows = []
     for cr in crs:
         cells = []
-        for v in VARIANTS:
+        for v in cr.variants:
             r = cr.results[v.key]
             cell = f"{r.max_abs_err:.2e} ({r.rel_err:.1e})" if math.isfinite(r.max_abs_err) else "n/a"
             cells.append(cell if r.ok else f"{cell} ✗ {r.problem}")
@@ -438,11 +499,11 @@ def accuracy_table(crs: Sequence[CaseResult]) -> list[str]:
 
 
 def detail_table(crs: Sequence[CaseResult]) -> list[str]:
-    header = ["shape", "M", *(v.label for v in VARIANTS)]
+    header = ["shape", "M", *(v.label for v in crs[0].variants)]
     rows = []
     for cr in crs:
         cells = []
-        for v in VARIANTS:
+        for v in cr.variants:
             r = cr.results[v.key]
             comp = f", compile {r.compile_s:.1f} s" if r.compile_s else ""
             spread = f"±{r.spread * 100:.0f}%" if math.isfinite(r.spread) else "spread n/a"
@@ -469,6 +530,8 @@ def evaluate_bar(crs: Sequence[CaseResult]) -> list[Verdict]:
             cr = by_key.get((case.name, c.m))
             if cr is None:
                 continue
+            if cr.ref != REF_KEY or c.versus not in cr.results:
+                continue  # the bar is about MSD p=2 as IREE lowers it, against these variants
             ratio = cr.ratio(c.versus)
             valid = cr.valid(c.versus, REF_KEY)
             note = "" if valid else "a variant failed the numerics check"
@@ -511,7 +574,8 @@ def bar_section(crs: Sequence[CaseResult]) -> list[str]:
 
 
 def render(
-    env: Environment, crs: Sequence[CaseResult], cases: Sequence[Case], args: argparse.Namespace
+    env: Environment, crs: Sequence[CaseResult], cases: Sequence[Case], args: argparse.Namespace,
+    ceilings: Ceilings,
 ) -> str:
     ms = sorted({cr.m for cr in crs})
     lines = [
@@ -566,11 +630,22 @@ def render(
         "",
         "## Results (per-layer median, ms)",
         "",
-        "Ratios are time(variant) / time(MSD p=2): how many times faster MSD p=2 is. GB/s: the int8 "
-        "weight bytes of one call divided by MSD p=2's median call time (the weight-streaming rate; "
-        "well above the machine's DRAM bandwidth would mean the weights were served from cache).",
+        f"Ratios are time(variant) / time({crs[0].results[crs[0].ref].variant.label}): how many times faster"
+        " that variant is.",
         "",
         *results_table(crs),
+        "",
+        "## The fused kernel against this machine's ceilings",
+        "",
+        f"Measured in the same run (`benchmarks/_ceilings.py`, {ceilings.threads} threads, best of 5): read "
+        f"bandwidth **{ceilings.bandwidth:.1f} GB/s** (torch sum of a 1 GiB int64 buffer) and the "
+        f"{ceilings.isa or 'no'} dot-product peak **{ceilings.dot:.0f} GOP/s** (an IREE dispatch per thread of "
+        "16 independent accumulator chains in registers; 1 op = 1 multiply or add). Weight GB/s: the kernel's "
+        "pre-packed weight bytes (codes, accumulator starts, scales and offsets, as stored in `model.irpa`) "
+        "per call / median call time — the streaming rate that decode (M=1) is bound by. int8 GOP/s: "
+        "2·M·N·K·slices / median call time — the integer work prefill is bound by.",
+        "",
+        *kernel_table(crs, ceilings),
         "",
         "## Accuracy",
         "",
@@ -608,6 +683,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="minimum duration of one timed block of n calls (default 100, quick 5)")
     p.add_argument("--min-calls", type=int, default=5, help="minimum calls per timed block (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default 0)")
+    p.add_argument("--variants", default=None,
+                   help=f"comma-separated subset of the variants: {', '.join(v.key for v in VARIANTS)} (default all;"
+                   " the ratios are about msd2, or msd2k when msd2 is not run)")
     p.add_argument("--format", default="int8", choices=sorted(FORMATS),
                    help="weight format: int8 per channel (default), or group-wise int8/int4 with groups of 32")
     args = p.parse_args(argv)
@@ -633,6 +711,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.m_list = list(QUICK_MS if args.quick else FULL_MS)
     if not args.m_list or min(args.m_list) < 1:
         p.error("--ms: batch sizes must be positive")
+    all_keys = [v.key for v in VARIANTS]
+    wanted = [w.strip() for w in (args.variants or ",".join(all_keys)).split(",") if w.strip()]
+    if [w for w in wanted if w not in all_keys] or not ({"msd2", "msd2k"} & set(wanted)):
+        p.error(f"--variants: choose from {', '.join(all_keys)}, including msd2 or msd2k")
+    args.variant_list = tuple(v for v in VARIANTS if v.key in wanted)
+    subset = subset or args.variants is not None
     args.rounds = args.rounds if args.rounds is not None else (2 if args.quick else 7)
     args.block_ms = args.block_ms if args.block_ms is not None else (5.0 if args.quick else 100.0)
     args.output = args.output or (QUICK_OUTPUT if args.quick or subset else DEFAULT_OUTPUT)
@@ -654,6 +738,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"iree {env.iree_compiler}; load {env.load_start}")
     log(f"{args.rounds} rounds, blocks ≥ {args.block_ms:g} ms; output → {args.output}")
     started = time.perf_counter()
+    ceilings = measure_ceilings(len(os.sched_getaffinity(0)))
+    log(f"ceilings: read {ceilings.bandwidth:.1f} GB/s, {ceilings.isa} dot peak {ceilings.dot:.0f} GOP/s")
     crs: list[CaseResult] = []
     for case in cases:
         i = [c.key for c in (*FULL_CASES, *QUICK_CASES)].index(case.key)  # seeds don't depend on --cases
@@ -665,13 +751,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for m in ms:
             log(f" M={m}")
             crs.append(run_case(case, m, layers, x_all[:m].contiguous(), ref_all[:m], rounds=args.rounds,
-                                block_s=args.block_ms / 1e3, min_calls=args.min_calls, log=log))
+                                block_s=args.block_ms / 1e3, min_calls=args.min_calls, log=log,
+                                variants=args.variant_list))
         del layers, x_all, ref_all
         gc.collect()
     env.load_end = load_avg()
     env.total_s = time.perf_counter() - started
 
-    text = render(env, crs, cases, args)
+    text = render(env, crs, cases, args, ceilings)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     old = args.output.read_text() if args.output.exists() else ""
     i, j = old.find(BEGIN), old.find(END)

@@ -27,34 +27,36 @@ HOST_ISAS = kernel_isas(resolve("llvm-cpu"))
 # A CPU that has each variant (the disassembly check compiles for it, whatever this host is) and the
 # register the dot product must use there.
 ISA_CPU = {"avx512-vnni": ("znver4", "%zmm", "vpdpbusd"), "avx-vnni": ("alderlake", "%ymm", "vpdpbusd"),
-           "avx2": ("znver3", "%ymm", "vpmaddubsw"), "neon-dot": ("aarch64", ".4s", "sdot")}
+           "avx2": ("znver3", "%ymm", "vpmaddubsw"), "neon-dot": ("aarch64", ".4s", "sdot"),
+           "neon-i8mm": ("aarch64", ".4s", "smmla")}
 
 
 def _needs(isa: str) -> None:
     if isa not in HOST_ISAS:
         pytest.skip(f"this CPU lacks {isa} (it has: {', '.join(HOST_ISAS) or 'none'}); the variant's code is still "
-                    "compiled and disassembled by test_each_variant_uses_its_dot_product_instruction")
+                    "compiled and disassembled by test_each_variant_uses_its_dot_product_instruction (and an Arm "
+                    "variant's data flow is run with its instruction emulated)")
 
 
 # ----------------------------------------------------------------------------------------------
 # The kernel alone
 
 
-def _module(spec: KernelSpec) -> str:
+def _module(spec: KernelSpec, emulate: bool = False) -> str:
     types = spec.operand_types()
     args = ", ".join(f"%a{i}: {t}" for i, t in enumerate(types))
     dims = ", ".join(f"{t}{{%m}}" if "?" in t else t for t in types)
     names = ", ".join(f"%a{i}" for i in range(len(types)))
     out = spec.result_type()
-    return (f"module {{\n{spec.executable()}\nutil.func public @linear({args}) -> {out} {{\n"
+    return (f"module {{\n{spec.executable(emulate)}\nutil.func public @linear({args}) -> {out} {{\n"
             f"  %c0 = arith.constant 0 : index\n  %m = tensor.dim %a0, %c0 : {types[0]}\n"
             f"  %y = flow.dispatch @{spec.symbol}::@{spec.symbol}[%m]({names}, %m) : ({dims}, index) -> {out}{{%m}}\n"
             f"  util.return %y : {out}\n}}\n}}\n")
 
 
-def _compile(spec: KernelSpec, tmp: Path, cpu: str = "host", dump: Path | None = None) -> Path:
+def _compile(spec: KernelSpec, tmp: Path, cpu: str = "host", dump: Path | None = None, emulate: bool = False) -> Path:
     src, out = tmp / "kernel.mlir", tmp / "kernel.vmfb"
-    src.write_text(_module(spec))
+    src.write_text(_module(spec, emulate))
     target = list(resolve(f"llvm-cpu:{cpu}").flags)  # the flags msd.compile uses (aarch64: triple + features)
     cmd = [find_tool("iree-compile"), str(src), *target, "-o", str(out)]
     if dump is not None:
@@ -80,10 +82,15 @@ def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np
     xsum = rng.standard_normal((m, groups)).astype(np.float32)
     padded = np.zeros((tiles * lanes, k), np.int8)
     padded[:n] = w
-    w_t = padded.reshape(tiles, lanes, groups, g // 4, 4).transpose(0, 2, 3, 1, 4).reshape(tiles, groups, g // 4, -1)
+    if spec.k_step == 4:  # a step: [lane, 4 codes]
+        w_t = padded.reshape(tiles, lanes, groups, g // 4, 4).transpose(0, 2, 3, 1, 4)
+    else:  # smmla: [channel pair, channel, 8 codes]
+        w_t = padded.reshape(tiles, lanes // 2, 2, groups, g // 8, 8).transpose(0, 3, 4, 1, 2, 5)
+    w_t = w_t.reshape(tiles, groups, g // spec.k_step, -1)
     if spec.nibbles:  # quad j in the low nibble, quad j + g/8 in the high one, each + 8
         u = (w_t.astype(np.int16) + 8).astype(np.uint8)
-        w_t = (u[:, :, : g // 8] | (u[:, :, g // 8:] << 4)).view(np.int8)
+        half = g // spec.k_step // 2
+        w_t = (u[:, :, :half] | (u[:, :, half:] << 4)).view(np.int8)
     corr = (-spec.act_bias * padded.astype(np.int32).reshape(tiles, lanes, groups, g).sum(-1)).transpose(0, 2, 1)
 
     def per_tile(v: np.ndarray) -> np.ndarray:
@@ -133,6 +140,28 @@ def test_kernel_matches_its_float64_arithmetic(isa: str, tmp_path: Path) -> None
             assert got.shape == (m, n)
             rel = np.abs(got - ref).max() / np.abs(ref).max()
             assert rel < 1e-6, (spec.symbol, m, rel)  # f32 accumulation of exact integer dots
+
+
+ARM = [isa for isa in sorted(ISAS) if ISAS[isa].dot in ("sdot", "smmla")]
+
+
+@pytest.mark.parametrize("isa", ARM)
+def test_arm_kernels_data_flow_with_their_instructions_emulated(isa: str, tmp_path: Path) -> None:
+    """The Arm kernels' layouts, loops and lane shuffles, checked numerically on any CPU: the same kernel
+    text with ``sdot`` / ``smmla`` written as vector arithmetic of the same semantics."""
+    import iree.runtime as rt
+
+    for i, (n, k, g, p, per_group, offset, nibbles) in enumerate(KERNEL_CASES):
+        spec = KernelSpec(isa, n, k, g, p, per_group, offset, rows=ISAS[isa].rows, tiles_per_workgroup=2,
+                          cols=1 + i % 2, nibbles=nibbles)
+        vmfb = _compile(spec, tmp_path, emulate=True)
+        ctx = rt.SystemContext(config=rt.Config("local-task"))
+        ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb.read_bytes()))
+        for m in (1, 7):
+            ops, ref = _operands(spec, m, seed=10 * i + m)
+            got = np.asarray(ctx.modules.module["linear"](*ops)).astype(np.float64)
+            rel = np.abs(got - ref).max() / np.abs(ref).max()
+            assert rel < 1e-6, (spec.symbol, m, rel)
 
 
 @pytest.mark.parametrize("nibbles", [False, True], ids=["int8", "int4"])

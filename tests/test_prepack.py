@@ -15,6 +15,7 @@ from torch import nn
 import msd
 from helpers import error_bound, mlp
 from msd.compiler.pipeline.targets import kernel_isas, resolve
+from msd.passes.decompose_activations.cpu_kernel import ISAS
 
 HOST_ISAS = kernel_isas(resolve("llvm-cpu"))
 pytestmark = pytest.mark.skipif(not HOST_ISAS, reason="this CPU has none of the fused kernel's ISAs (AVX2 or better,"
@@ -44,7 +45,7 @@ def test_packed_weights_replace_the_stored_ones_and_nothing_runs_at_load() -> No
     assert b"initializer" in msd.compile(model, (x,), slices=2, cpu_kernel="none").vmfb
     # int4 codes are stored as nibbles: the packed weight is half the int8 codes' bytes (N padded to 2 x 16 lanes)
     sizes = _archive_sizes(cm)
-    lanes = 16 if HOST_ISAS[0] == "avx512-vnni" else 8 if HOST_ISAS[0] != "neon-dot" else 4
+    lanes = ISAS[HOST_ISAS[0]].lanes
     padded = -(-384 // (2 * lanes)) * 2 * lanes
     assert sizes["msd.pack.0.qweight.w"] == padded * 256 // 2, sizes
     ref, bound = error_bound(model, x, 2)

@@ -302,10 +302,11 @@ def kernel_isas(tgt: Target) -> tuple[str, ...]:
     """The fused-kernel variants ``tgt``'s CPU runs, best first (none for other backends or CPUs)."""
     if tgt.backend != "llvm-cpu":
         return ()
-    if tgt.arch == "aarch64":  # compiled with the dot-product feature (AARCH64_FEATURES)
-        return ("neon-dot",)
+    if tgt.arch == "aarch64":  # compiled with the dot-product and int8-matmul features (AARCH64_FEATURES)
+        return ("neon-dot", "neon-i8mm")
     if tgt.arch == "host" and platform.machine() in ("aarch64", "arm64"):
-        return ("neon-dot",) if "asimddp" in host_cpu_flags() else ()
+        flags = host_cpu_flags()
+        return tuple(isa for isa, flag in (("neon-dot", "asimddp"), ("neon-i8mm", "i8mm")) if flag in flags)
     if tgt.arch == "host":
         flags = host_cpu_flags()
         have = {isa for isa, need in KERNEL_FLAGS.items() if all(f in flags for f in need)}

@@ -1,5 +1,5 @@
-"""The fused MSD linear kernel for CPUs (x86 VNNI and AVX2, Arm dot product), as MLIR text: a
-``stream.executable`` IREE compiles.
+"""The fused MSD linear kernel for CPUs (x86 VNNI and AVX2, Arm dot product and int8 matrix multiply),
+as MLIR text: a ``stream.executable`` IREE compiles.
 
 One dispatch computes, for every activation row ``m`` and output channel ``n``::
 
@@ -20,7 +20,10 @@ Layouts (``W`` = lanes: 16 for AVX-512, 8 for 256-bit AVX-VNNI and AVX2, 4 for A
   four consecutive bytes (one 32-bit word) to every lane;
 - ``s``: ``[M, 1]`` (one scale per row) or ``[M, G]`` f32, the first slice's scale;
 - ``w``: ``[NT, G, g/4, W·4] i8`` — lane ``j`` of a vector holds 4 consecutive K codes of channel
-  ``n0 + j`` (the rows past N are zero);
+  ``n0 + j`` (the rows past N are zero); for ``smmla`` ``[NT, G, g/8, 32]``, a step being two channel
+  pairs × 2 channels × 8 consecutive codes.  4-bit codes (proven in [-8, 7]) are stored two per byte,
+  ``code + 8``: step ``j`` of a group in the low nibbles, step ``j + S/2`` in the high ones (``S``
+  steps per group), so the step axis is halved;
 - ``corr`` (VNNI only): ``[NT, G, W] i32`` = ``-128 · Σ_{k∈g} w[n, k]``, the accumulator's start,
   which takes the ``+128`` of the activation codes back out;
 - ``scale`` (and ``offset``): ``[NT, G, W] f32``; ``xsum``: ``[M, G] f32``;
@@ -40,8 +43,11 @@ class Isa:
     """How one variant does the byte dot product ``acc[j] += Σ_{i<4} a[4j+i] · w[4j+i]``."""
 
     lanes: int  # i32 lanes per vector (the channels of a tile)
-    dot: str  # "vpdpbusd": one VNNI instruction (u8 × s8); "sdot": Arm's (s8 × s8); "maddubs": AVX2's form
+    # "vpdpbusd": one VNNI instruction (u8 × s8); "sdot": Arm's (s8 × s8); "maddubs": AVX2's form;
+    # "smmla": Arm's int8 matrix multiply (a 2×8 by 8×2 block of s8 into a 2×2 block of i32)
+    dot: str
     intrinsic: str = ""  # the LLVM intrinsic of a one-instruction dot (VNNI, Arm)
+    k_step: int = 4  # K per lane per instruction: 4 for the dot products, 8 for smmla
 
     @property
     def act_bias(self) -> int:
@@ -63,6 +69,9 @@ ISAS: dict[str, Isa] = {
     "avx2": Isa(8, "maddubs"),
     # Armv8.2+ dot product (SDOT, FEAT_DotProd): signed bytes on both sides, 4 lanes of 128-bit NEON
     "neon-dot": Isa(4, "sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8"),
+    # Armv8.6 int8 matrix multiply (SMMLA, FEAT_I8MM): two activation rows (or slices) × 8 K × two
+    # channels per instruction, twice the multiplies of SDOT; a tile is 4 channels, as two pairs
+    "neon-i8mm": Isa(4, "smmla", "llvm.aarch64.neon.smmla.v4i32.v16i8", k_step=8),
 }
 SLICE_RADIX = 254.0
 SYMBOL_PREFIX = "msd_"  # every kernel executable's name starts so
@@ -89,11 +98,12 @@ class KernelSpec:
     def __post_init__(self) -> None:
         if self.isa not in ISAS:
             raise ValueError(f"unknown kernel ISA {self.isa!r} (known: {', '.join(ISAS)})")
-        if self.group % 4 or self.k % self.group:
-            raise ValueError(f"K={self.k} in groups of {self.group}: groups must divide K and be multiples of 4")
-        if self.nibbles and self.group % 8:
-            raise ValueError(f"4-bit weights are packed in pairs of 4-code words: group {self.group} is not a"
-                             " multiple of 8")
+        step = ISAS[self.isa].k_step
+        if self.group % step or self.k % self.group:
+            raise ValueError(f"K={self.k} in groups of {self.group}: groups must divide K and be multiples of {step}")
+        if self.nibbles and self.group % (2 * step):
+            raise ValueError(f"4-bit weights are packed in pairs of {step}-code steps: group {self.group} is not a"
+                             f" multiple of {2 * step}")
         if self.tiles_per_workgroup % self.cols:
             raise ValueError(f"tiles_per_workgroup={self.tiles_per_workgroup} is not a multiple of cols={self.cols}")
 
@@ -137,7 +147,7 @@ class KernelSpec:
         types = [f"tensor<?x{self.slices}x{self.k}xi8>", f"tensor<?x{gr if self.scale_per_group else 1}xf32>"]
         if self.offset:
             types.append(f"tensor<?x{gr}xf32>")
-        types.append(f"tensor<{nt}x{gr}x{self.weight_steps}x{4 * w}xi8>")
+        types.append(f"tensor<{nt}x{gr}x{self.weight_steps}x{self.step_bytes}xi8>")
         if self.act_bias:
             types.append(f"tensor<{nt}x{gr}x{w}xi32>")
         types.append(f"tensor<{nt}x{gr}x{w}xf32>")
@@ -146,27 +156,71 @@ class KernelSpec:
         return types
 
     @property
+    def k_step(self) -> int:
+        return ISAS[self.isa].k_step
+
+    @property
     def weight_steps(self) -> int:
-        """Weight vectors per (tile, group): one per 4 codes of K, or per 8 when they are nibbles."""
-        return self.group // (8 if self.nibbles else 4)
+        """Weight steps per (tile, group): one per ``k_step`` codes of K, or per twice that with nibbles."""
+        return self.group // (self.k_step * (2 if self.nibbles else 1))
+
+    @property
+    def step_bytes(self) -> int:
+        """Bytes of one weight step of a tile: ``lanes × k_step`` codes (or two steps' nibbles)."""
+        return self.lanes * self.k_step
 
     def result_type(self) -> str:
         return f"tensor<?x{self.n}xf32>"
 
-    def executable(self) -> str:
-        """The ``stream.executable`` text."""
-        return _Writer(self).executable()
+    def executable(self, emulate: bool = False) -> str:
+        """The ``stream.executable`` text.  ``emulate``: the Arm instructions (``sdot``, ``smmla``)
+        written as portable vector arithmetic with the same semantics, so that the kernel's data flow
+        can be checked numerically on a CPU without them (the tests do; never used to compile a model)."""
+        return _Writer(self, emulate).executable()
 
 
 class _Writer:
     """Builds the kernel's text line by line (SSA names are made unique per register block)."""
 
-    def __init__(self, spec: KernelSpec) -> None:
+    def __init__(self, spec: KernelSpec, emulate: bool = False) -> None:
         self.s = spec
+        self.emulate = emulate and ISAS[spec.isa].dot in ("sdot", "smmla")
         self.lines: list[str] = []
 
     def emit(self, line: str) -> None:
         self.lines.append(line)
+
+    def dot_call(self, ind: str, out: str, acc: str, a: str, b: str) -> None:
+        """``out = acc + dot(a, b)`` with the ISA's one-instruction dot (``sdot`` / ``smmla`` / VNNI)."""
+        isa, vi, vb = ISAS[self.s.isa], self.vi, self.vb
+        if not self.emulate:
+            self.emit(f"{ind}{out} = llvm.call_intrinsic \"{isa.intrinsic}\"({acc}, {a}, {b}) : "
+                      f"({vi}, {vb}, {vb}) -> {vi}")
+            return
+        # sdot: lane l sums a[4l+i]·b[4l+i]; smmla: [i, j] sums a[8i+k]·b[8j+k] (2×2 lanes, row-major)
+        n, e = 4 * self.s.lanes, self.emit
+        if isa.dot == "smmla":
+            pick_a = [8 * i + k for i in range(2) for j in range(2) for k in range(8)]
+            pick_b = [8 * j + k for i in range(2) for j in range(2) for k in range(8)]
+            e(f"{ind}{out}sa = vector.shuffle {a}, {a} {pick_a} : {vb}, {vb}")
+            e(f"{ind}{out}sb = vector.shuffle {b}, {b} {pick_b} : {vb}, {vb}")
+            a, b, n, k = f"{out}sa", f"{out}sb", 32, 8
+        else:
+            k = 4
+        # signed bytes widened as (zero-extended ^ 128) - 128: measured, IREE 3.13 compiled arith.extsi of
+        # the broadcast activation word as a zero extension
+        e(f"{ind}{out}k = arith.constant dense<128> : vector<{n}xi32>")
+        for x, src in (("xa", a), ("xb", b)):
+            e(f"{ind}{out}{x}u = arith.extui {src} : vector<{n}xi8> to vector<{n}xi32>")
+            e(f"{ind}{out}{x}f = arith.xori {out}{x}u, {out}k : vector<{n}xi32>")
+            e(f"{ind}{out}{x} = arith.subi {out}{x}f, {out}k : vector<{n}xi32>")
+        e(f"{ind}{out}p = arith.muli {out}xa, {out}xb : vector<{n}xi32>")
+        total = acc  # lane o sums products o·k .. o·k + k - 1 (1-D shuffles: IREE's custom-dispatch
+        for i in range(k):  # pipeline does not unroll 2-D vectors)
+            e(f"{ind}{out}t{i} = vector.shuffle {out}p, {out}p {[o * k + i for o in range(n // k)]} : "
+              f"vector<{n}xi32>, vector<{n}xi32>")
+            e(f"{ind}{out}{'' if i == k - 1 else f's{i}'} = arith.addi {total}, {out}t{i} : {vi}")
+            total = f"{out}s{i}"
 
     def executable(self) -> str:
         s = self.s
@@ -177,7 +231,7 @@ class _Writer:
         self.t_a = f"memref<?x{p}x{s.k}xi8>"
         self.t_s = f"memref<?x{gs}xf32>"
         self.t_xs = f"memref<?x{gr}xf32>"
-        self.t_w = f"memref<{nt}x{gr}x{s.weight_steps}x{4 * w}xi8>"
+        self.t_w = f"memref<{nt}x{gr}x{s.weight_steps}x{s.step_bytes}xi8>"
         self.t_c = f"memref<{nt}x{gr}x{w}xi32>"
         self.t_f = f"memref<{nt}x{gr}x{w}xf32>"
         self.t_y = f"memref<?x{s.n}xf32>"
@@ -195,8 +249,8 @@ class _Writer:
         e("  builtin.module {")
         args = ", ".join(f"%{b}_b: !stream.binding" for b in bindings)
         e(f"    func.func @{s.symbol}({args}, %m: index) {{")
-        for v in sorted({0, 1, 4, *range(max(s.rows, p, s.cols)), w, s.rows, s.cols, gr, s.group // 4,
-                         s.weight_steps, nt, s.n, s.tiles_per_workgroup}):
+        for v in sorted({0, 1, 4, 8, 16, *range(max(s.rows, p, s.cols)), w, s.rows, s.cols, gr, s.group // 4,
+                         s.group // 8, s.weight_steps, nt, s.n, s.tiles_per_workgroup}):
             e(f"      %c{v} = arith.constant {v} : index")
         for b in bindings:
             dyn = "{%m}" if types[b].startswith("memref<?") else ""
@@ -208,6 +262,8 @@ class _Writer:
             e(f"      %lo4 = arith.constant dense<15> : {vb}")
             e(f"      %sh4 = arith.constant dense<4> : {vb}")
             e(f"      %off4 = arith.constant dense<8> : {vb}")
+        if ISAS[s.isa].dot == "smmla":  # the missing partner of an odd activation row/slice
+            e("      %z8 = arith.constant dense<0> : vector<8xi8>")
         if ISAS[s.isa].dot == "maddubs":  # vpmaddwd by ones sums pairs of i16
             e(f"      %ones16 = arith.constant dense<1> : vector<{2 * w}xi16>")
         e(f"      %radix = arith.constant dense<{1.0 / SLICE_RADIX!r}> : {vf}")
@@ -241,7 +297,7 @@ class _Writer:
         Each activation word loaded serves every tile of the block; each weight vector, every row and
         slice."""
         s, e = self.s, self.emit
-        vi, vf, vb, p, cols = self.vi, self.vf, self.vb, s.slices, s.cols
+        vi, vf, p, cols = self.vi, self.vf, s.slices, s.cols
         ind = "          "
         for r in range(rows):
             e(f"{ind}%{tag}row{r} = arith.addi %m0, %c{r} : index")
@@ -256,6 +312,47 @@ class _Writer:
         for c in range(cols):  # the accumulators' start: -128·Σw (VNNI), or 0
             if s.act_bias:
                 e(f"{ind2}%{tag}c{c} = vector.load %corr[%tt{c}, %g, %c0] : {self.t_c}, {vi}")
+        ints = self.dots_mmla(rows, tag, ind2) if ISAS[s.isa].dot == "smmla" else self.dots(rows, tag, ind2)
+        for c in range(cols):
+            e(f"{ind2}%{tag}sc{c} = vector.load %scale[%tt{c}, %g, %c0] : {self.t_f}, {vf}")
+            if s.offset:
+                e(f"{ind2}%{tag}of{c} = vector.load %off[%tt{c}, %g, %c0] : {self.t_f}, {vf}")
+        for r in range(rows):
+            if s.scale_per_group:
+                e(f"{ind2}%{tag}s{r} = memref.load %s[%{tag}row{r}, %g] : {self.t_s}")
+                e(f"{ind2}%{tag}sv{r} = vector.broadcast %{tag}s{r} : f32 to {vf}")
+            if s.offset:
+                e(f"{ind2}%{tag}xs{r} = memref.load %xs[%{tag}row{r}, %g] : {self.t_xs}")
+                e(f"{ind2}%{tag}xv{r} = vector.broadcast %{tag}xs{r} : f32 to {vf}")
+        ys = []
+        for c, r in facc:
+            total = None
+            for q in reversed(range(p)):  # Σ_q d_q · 254^-q, Horner from the last slice
+                d = f"%{tag}f{c}_{r}_{q}"
+                e(f"{ind2}{d} = arith.sitofp {ints[(c, r, q)]} : {vi} to {vf}")
+                if total is not None:
+                    e(f"{ind2}{d}h = math.fma {total}, %radix, {d} : {vf}")
+                    d = f"{d}h"
+                total = d
+            e(f"{ind2}%{tag}k{c}_{r} = arith.mulf %{tag}sc{c}, %{tag}sv{r} : {vf}")
+            y = f"%{tag}y{c}_{r}"
+            e(f"{ind2}{y} = math.fma {total}, %{tag}k{c}_{r}, %{tag}F{c}_{r} : {vf}")
+            if s.offset:
+                e(f"{ind2}{y}o = math.fma %{tag}of{c}, %{tag}xv{r}, {y} : {vf}")
+                y = f"{y}o"
+            ys.append(y)
+        e(f"{ind2}scf.yield {', '.join(ys)} : {', '.join([vf] * len(ys))}")
+        e(f"{ind}}}")
+        for i, (c, r) in enumerate(facc):
+            e(f"{ind}vector.maskedstore %y[%{tag}row{r}, %n0_{c}], %nmask{c}, %{tag}acc#{i} : {self.t_y}, "
+              f"vector<{s.lanes}xi1>, {vf}")
+
+
+    def dots(self, rows: int, tag: str, ind2: str) -> dict[tuple[int, int, int], str]:
+        """One group's integer dots, the activation word broadcast to every lane (VNNI, AVX2, sdot):
+        the i32 vector of each (tile, row, slice)."""
+        s, e = self.s, self.emit
+        vi, vb, p, cols = self.vi, self.vb, s.slices, s.cols
         e(f"{ind2}%{tag}kb = arith.muli %g, %c{s.group // 4} : index")
         iacc = [(c, r, q) for c in range(cols) for r in range(rows) for q in range(p)]
         starts = ", ".join(f"%{tag}I{c}_{r}_{q} = {f'%{tag}c{c}' if s.act_bias else '%zi'}" for c, r, q in iacc)
@@ -293,8 +390,7 @@ class _Writer:
                     for c in range(cols):
                         acc, n, wv = out[(c, r, q)], f"{v}n{c}", f"%{tag}wv{c}{h}"
                         if isa.dot in ("vpdpbusd", "sdot"):
-                            e(f"{ind3}{n} = llvm.call_intrinsic \"{isa.intrinsic}\"({acc}, {v}b, {wv}) : "
-                              f"({vi}, {vb}, {vb}) -> {vi}")
+                            self.dot_call(ind3, n, acc, f"{v}b", wv)
                         else:
                             vh = f"vector<{2 * s.lanes}xi16>"
                             call = f"{ind3}{n}{{}} = llvm.call_intrinsic \"llvm.x86.avx2.{{}}\"({{}}) : ({{}}) -> {{}}"
@@ -306,39 +402,75 @@ class _Writer:
                         out[(c, r, q)] = n
         e(f"{ind3}scf.yield {', '.join(out[key] for key in iacc)} : {', '.join([vi] * len(iacc))}")
         e(f"{ind2}}}")
-        for c in range(cols):
-            e(f"{ind2}%{tag}sc{c} = vector.load %scale[%tt{c}, %g, %c0] : {self.t_f}, {vf}")
-            if s.offset:
-                e(f"{ind2}%{tag}of{c} = vector.load %off[%tt{c}, %g, %c0] : {self.t_f}, {vf}")
-        for r in range(rows):
-            if s.scale_per_group:
-                e(f"{ind2}%{tag}s{r} = memref.load %s[%{tag}row{r}, %g] : {self.t_s}")
-                e(f"{ind2}%{tag}sv{r} = vector.broadcast %{tag}s{r} : f32 to {vf}")
-            if s.offset:
-                e(f"{ind2}%{tag}xs{r} = memref.load %xs[%{tag}row{r}, %g] : {self.t_xs}")
-                e(f"{ind2}%{tag}xv{r} = vector.broadcast %{tag}xs{r} : f32 to {vf}")
-        ys = []
-        for c, r in facc:
-            total = None
-            for q in reversed(range(p)):  # Σ_q d_q · 254^-q, Horner from the last slice
-                d = f"%{tag}f{c}_{r}_{q}"
-                e(f"{ind2}{d} = arith.sitofp %{tag}d#{iacc.index((c, r, q))} : {vi} to {vf}")
-                if total is not None:
-                    e(f"{ind2}{d}h = math.fma {total}, %radix, {d} : {vf}")
-                    d = f"{d}h"
-                total = d
-            e(f"{ind2}%{tag}k{c}_{r} = arith.mulf %{tag}sc{c}, %{tag}sv{r} : {vf}")
-            y = f"%{tag}y{c}_{r}"
-            e(f"{ind2}{y} = math.fma {total}, %{tag}k{c}_{r}, %{tag}F{c}_{r} : {vf}")
-            if s.offset:
-                e(f"{ind2}{y}o = math.fma %{tag}of{c}, %{tag}xv{r}, {y} : {vf}")
-                y = f"{y}o"
-            ys.append(y)
-        e(f"{ind2}scf.yield {', '.join(ys)} : {', '.join([vf] * len(ys))}")
-        e(f"{ind}}}")
-        for i, (c, r) in enumerate(facc):
-            e(f"{ind}vector.maskedstore %y[%{tag}row{r}, %n0_{c}], %nmask{c}, %{tag}acc#{i} : {self.t_y}, "
-              f"vector<{s.lanes}xi1>, {vf}")
+        return {key: f"%{tag}d#{i}" for i, key in enumerate(iacc)}
 
+    def dots_mmla(self, rows: int, tag: str, ind2: str) -> dict[tuple[int, int, int], str]:
+        """One group's integer dots with ``smmla``: the (row, slice) units in pairs, each pair's 8 codes
+        of K against a pair of channels; the i32 vector of each (tile, row, slice) gathered after the
+        loop.  The weight step of a tile is ``[channel pair, channel, 8 codes]`` (32 bytes)."""
+        s, e = self.s, self.emit
+        vi, vb, p, cols = self.vi, self.vb, s.slices, s.cols
+        units: list[tuple[int, int] | None] = [(r, q) for r in range(rows) for q in range(p)]
+        if len(units) % 2:
+            units.append(None)
+        pairs = [(units[i], units[i + 1]) for i in range(0, len(units), 2)]
+        e(f"{ind2}%{tag}kb = arith.muli %g, %c{s.group // 8} : index")
+        accs = [(c, cp, i) for c in range(cols) for cp in range(2) for i in range(len(pairs))]
+        starts = ", ".join(f"%{tag}M{c}_{cp}_{i} = %zi" for c, cp, i in accs)
+        e(f"{ind2}%{tag}d:{len(accs)} = scf.for %k8 = %c0 to %c{s.weight_steps} step %c1 iter_args({starts}) -> "
+          f"({', '.join([vi] * len(accs))}) {{")
+        ind3 = ind2 + "  "
+        halves = [("", f"%{tag}kb")]
+        for c in range(cols):
+            for cp in range(2):
+                e(f"{ind3}%{tag}wv{c}_{cp} = vector.load %w[%tt{c}, %g, %k8, %c{16 * cp}] : {self.t_w}, {vb}")
+        if s.nibbles:  # low nibbles: octets k8 of the group; high nibbles: octets k8 + g/16
+            halves = [("l", f"%{tag}kb"), ("h", f"%{tag}kb2")]
+            e(f"{ind3}%{tag}kb2 = arith.addi %{tag}kb, %c{s.weight_steps} : index")
+            for c in range(cols):
+                for cp in range(2):
+                    w = f"%{tag}wv{c}_{cp}"
+                    e(f"{ind3}{w}m = arith.andi {w}, %lo4 : {vb}")
+                    e(f"{ind3}{w}l = arith.subi {w}m, %off4 : {vb}")
+                    e(f"{ind3}{w}s = arith.shrui {w}, %sh4 : {vb}")
+                    e(f"{ind3}{w}h = arith.subi {w}s, %off4 : {vb}")
+        out = {key: f"%{tag}M{key[0]}_{key[1]}_{key[2]}" for key in accs}
+        for h, base in halves:
+            e(f"{ind3}%{tag}ko{h} = arith.addi {base}, %k8 : index")
+            e(f"{ind3}%{tag}kk{h} = arith.muli %{tag}ko{h}, %c8 : index")
+            for i, pair in enumerate(pairs):
+                halves8 = []
+                for j, unit in enumerate(pair):
+                    if unit is None:
+                        halves8.append("%z8")
+                        continue
+                    r, q = unit
+                    x = f"%{tag}x{i}_{j}{h}"
+                    e(f"{ind3}{x} = vector.load %a[%{tag}row{r}, %c{q}, %{tag}kk{h}] : {self.t_a}, vector<8xi8>")
+                    halves8.append(x)
+                xp = f"%{tag}xp{i}{h}"
+                e(f"{ind3}{xp} = vector.shuffle {halves8[0]}, {halves8[1]} [{', '.join(map(str, range(16)))}] : "
+                  "vector<8xi8>, vector<8xi8>")
+                for c in range(cols):
+                    for cp in range(2):
+                        n = f"%{tag}n{c}_{cp}_{i}{h}"
+                        self.dot_call(ind3, n, out[(c, cp, i)], xp, f"%{tag}wv{c}_{cp}{h}")
+                        out[(c, cp, i)] = n
+        e(f"{ind3}scf.yield {', '.join(out[key] for key in accs)} : {', '.join([vi] * len(accs))}")
+        e(f"{ind2}}}")
+        # acc[c, pair, i] = [u0·ch(2cp), u0·ch(2cp+1), u1·ch(2cp), u1·ch(2cp+1)]: unit j's 4 channels of tile c
+        ints = {}
+        for i, pair in enumerate(pairs):
+            for j, unit in enumerate(pair):
+                if unit is None:
+                    continue
+                r, q = unit
+                for c in range(cols):
+                    lo, hi = accs.index((c, 0, i)), accs.index((c, 1, i))
+                    v = f"%{tag}u{c}_{r}_{q}"
+                    e(f"{ind2}{v} = vector.shuffle %{tag}d#{lo}, %{tag}d#{hi} [{2 * j}, {2 * j + 1}, {4 + 2 * j}, "
+                      f"{5 + 2 * j}] : {vi}, {vi}")
+                    ints[(c, r, q)] = v
+        return ints
 
 __all__ = ["ACTIVATION_ROLES", "ISAS", "ROLES_ATTR", "SYMBOL_PREFIX", "KernelSpec"]

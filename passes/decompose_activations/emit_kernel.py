@@ -65,13 +65,14 @@ def kernel_for(p: Plan, isa: str) -> KernelSpec | str:
         return "the integer weight is not a static [N, K], [K, N] or [N, K/g, g] tensor"
     n = _ir.tensor_type(p.q).get_dim_size(_kept_dims(p)[0 if layout != "kn" else 1])
     group = p.group or p.k_size
-    if p.k_size % group or group % 4:
-        return f"K={p.k_size} in groups of {group} (the kernel needs groups that are multiples of 4)"
+    step = ISAS[isa].k_step
+    if p.k_size % group or group % step:
+        return f"K={p.k_size} in groups of {group} (the {isa} kernel needs groups that are multiples of {step})"
     per_group = p.group is not None and p.act_scale == "group"
     rows, cols = _register_block(ISAS[isa].lanes, p.slices)
     return KernelSpec(isa, n, p.k_size, group, p.slices, per_group, p.offset is not None, rows=rows,
                       tiles_per_workgroup=_tiles_per_workgroup(n, isa, cols), cols=cols,
-                      nibbles=group % 8 == 0 and _four_bit(p))
+                      nibbles=group % (2 * step) == 0 and _four_bit(p))
 
 
 def _four_bit(p: Plan) -> bool:
@@ -235,16 +236,22 @@ def _weight_operands(p: Plan, spec: KernelSpec) -> list[ir.Value]:
         q = _transposed(q)
     elif layout == "ngk":
         q = _ir.collapse(q, [[0], [1, 2]])
-    lanes, tiles, groups, g4 = spec.lanes, spec.tiles, spec.groups, spec.group // 4
+    lanes, tiles, groups, step = spec.lanes, spec.tiles, spec.groups, spec.k_step
     i8 = ir.IntegerType.get_signless(8)
     i32 = ir.IntegerType.get_signless(32)
     q = _padded_rows(q, tiles * lanes, _ir.int_const(i8, 0))
-    q5 = _ir.expand(q, [[0, 1], [2, 3, 4]], [tiles, lanes, groups, g4, 4])
-    tiled = linalg.transpose(q5, outs=[_ir.empty([tiles, groups, g4, lanes, 4], i8)], permutation=[0, 2, 3, 1, 4])
+    if step == 4:  # a step of a tile: [lane, 4 codes]
+        shape, perm = [tiles, lanes, groups, spec.group // 4, 4], [0, 2, 3, 1, 4]
+    else:  # smmla: [channel pair, channel, 8 codes]
+        shape, perm = [tiles, lanes // 2, 2, groups, spec.group // 8, 8], [0, 3, 4, 1, 2, 5]
+    n_dims = len(shape) - 3
+    q_t = _ir.expand(q, [list(range(n_dims)), list(range(n_dims, len(shape)))], shape)
+    tiled = linalg.transpose(q_t, outs=[_ir.empty([shape[i] for i in perm], i8)], permutation=perm)
     tiled = tiled.operation.results[0] if isinstance(tiled, ir.OpView) else tiled
-    w = _ir.collapse(_nibbles(tiled, spec) if spec.nibbles else tiled, [[0], [1], [2], [3, 4]])
+    rank = len(shape)
+    w = _ir.collapse(_nibbles(tiled) if spec.nibbles else tiled, [[0], [1], [2], list(range(3, rank))])
     out = [w]
-    if spec.act_bias:  # the accumulator's start: -bias · Σ_{k∈g} w
+    if spec.act_bias:  # the accumulator's start: -bias · Σ_{k∈g} w (the 4-code dot products' layout)
         out.append(_ir.generic(
             [tiled], [_ir.filled([tiles, groups, lanes], _ir.int_const(i32, 0))],
             [_map(5, [0, 1, 2, 3, 4]), _map(5, [0, 1, 3])], [PARALLEL, PARALLEL, REDUCTION, PARALLEL, REDUCTION],
@@ -256,12 +263,16 @@ def _weight_operands(p: Plan, spec: KernelSpec) -> list[ir.Value]:
     return out
 
 
-def _nibbles(tiled: ir.Value, spec: KernelSpec) -> ir.Value:
-    """``[NT, G, g/4, W, 4]`` codes in [-8, 7] → ``[NT, G, g/8, W, 4]`` bytes: the code of quad ``j`` + 8 in
-    the low nibble, of quad ``j + g/8`` + 8 in the high one (the kernel's two halves of a group)."""
+def _nibbles(tiled: ir.Value) -> ir.Value:
+    """``[NT, G, S, ...]`` codes in [-8, 7] (``S`` steps per group) → ``[NT, G, S/2, ...]`` bytes: the code
+    of step ``j`` + 8 in the low nibble, of step ``j + S/2`` + 8 in the high one (the kernel's two halves
+    of a group)."""
     i8 = ir.IntegerType.get_signless(8)
-    tiles, groups, g8, lanes = spec.tiles, spec.groups, spec.weight_steps, spec.lanes
-    halves = _ir.expand(tiled, [[0], [1], [2, 3], [4], [5]], [tiles, groups, 2, g8, lanes, 4])
+    t = _ir.tensor_type(tiled)
+    sizes = [t.get_dim_size(i) for i in range(t.rank)]
+    half = sizes[2] // 2
+    rest = list(range(3, t.rank))
+    halves = _ir.expand(tiled, [[0], [1], [2, 3], *[[i + 1] for i in rest]], [*sizes[:2], 2, half, *sizes[3:]])
 
     def body(lo, hi, _o):
         def nibble(v):
@@ -270,10 +281,11 @@ def _nibbles(tiled: ir.Value, spec: KernelSpec) -> ir.Value:
         high = arith.ShLIOp(nibble(hi), _ir.int_const(i8, 4)).result
         return [arith.OrIOp(nibble(lo), high).result]
 
+    n = t.rank
     return _ir.generic(
-        [halves, halves], [_ir.empty([tiles, groups, g8, lanes, 4], i8)],
-        [_map(5, [0, 1, ("c", 0), 2, 3, 4]), _map(5, [0, 1, ("c", 1), 2, 3, 4]), _map(5, [0, 1, 2, 3, 4])],
-        [PARALLEL] * 5, body)[0]
+        [halves, halves], [_ir.empty([*sizes[:2], half, *sizes[3:]], i8)],
+        [_map(n, [0, 1, ("c", 0), *range(2, n)]), _map(n, [0, 1, ("c", 1), *range(2, n)]), _map(n, list(range(n)))],
+        [PARALLEL] * n, body)[0]
 
 
 def _transposed(q: ir.Value) -> ir.Value:

@@ -2,6 +2,7 @@
 // RUN: msd-opt %s --msd-decompose-activations="slices=3 cpu-kernel=avx-vnni act-scale=row" | FileCheck %s --check-prefix=YMM
 // RUN: msd-opt %s --msd-decompose-activations="slices=1 cpu-kernel=avx2" | FileCheck %s --check-prefix=AVX2
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=neon-dot" | FileCheck %s --check-prefix=ARM
+// RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=neon-i8mm" | FileCheck %s --check-prefix=I8MM
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=avx512-vnni" --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=REPORT
 
 // cpu-kernel: a contraction with int8 slices becomes one fused kernel dispatch.  The kernel is a
@@ -45,6 +46,15 @@
 // ARM-SAME:      (vector<4xi32>, vector<16xi8>, vector<16xi8>) -> vector<4xi32>
 // ARM:         flow.dispatch
 // ARM-SAME:      tensor<6x2x8x16xi8>, tensor<6x2x4xf32>
+
+// Arm int8 matrix multiply: (row, slice) units in pairs × 8 codes × channel pairs; a weight step of a
+// 4-channel tile is 32 bytes (two channel pairs × 2 channels × 8 codes).
+// I8MM:        stream.executable private @msd_linear_neon_i8mm_n24_k64_g32_p2_sg_off_r4_c2_t2
+// I8MM:        llvm.call_intrinsic "llvm.aarch64.neon.smmla.v4i32.v16i8"
+// I8MM-SAME:     (vector<4xi32>, vector<16xi8>, vector<16xi8>) -> vector<4xi32>
+// I8MM:        vector.shuffle {{.*}} [0, 1, 4, 5] : vector<4xi32>, vector<4xi32>
+// I8MM:        flow.dispatch
+// I8MM-SAME:     tensor<6x2x4x32xi8>, tensor<6x2x4xf32>
 
 // REPORT: 2 rewritten, 0 skipped
 // REPORT: rewritten: {{.*}}2 int8 slice(s) x tensor<24x64xi8> in one fused avx512-vnni kernel dispatch (unsigned weight as q-128), K in groups of 32

@@ -1,0 +1,136 @@
+"""This machine's ceilings, measured: memory read bandwidth, and the byte dot product's peak rate.
+
+``read_bandwidth(threads)``: GB/s of summing an int64 buffer far larger than the caches with torch
+(``threads`` threads); the best of a few rounds.  ``dot_peak(isa, threads)``: GOP/s of the fused
+kernel's dot-product instruction (``vpdpbusd`` zmm/ymm, Arm ``sdot``, AVX2's ``vpmaddubsw`` +
+``vpmaddwd`` + add) in an IREE dispatch of ``threads`` workgroups, each running 16 independent
+accumulator chains in registers with no memory traffic; one op = one multiply or one add (a 64-byte
+``vpdpbusd`` is 128 ops).  The kernel benchmarks state their rates as shares of these.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from msd.passes.decompose_activations.cpu_kernel import ISAS
+
+CHAINS = 16  # independent accumulators per thread: more than the dot's latency × throughput
+ITERS = 200_000
+
+
+def read_bandwidth(threads: int, mib: int = 1024, rounds: int = 5) -> float:
+    """GB/s (10^9 bytes/s) reading ``mib`` MiB once, best of ``rounds``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        buf = torch.ones(mib * 2**20 // 8, dtype=torch.int64)
+        best = 0.0
+        for _ in range(rounds + 1):  # the first round faults the pages in
+            t0 = time.perf_counter()
+            buf.sum()
+            dt = time.perf_counter() - t0
+            best = max(best, buf.numel() * 8 / dt / 1e9)
+        return best
+    finally:
+        torch.set_num_threads(old)
+
+
+def _peak_module(isa: str, threads: int) -> str:
+    lanes = ISAS[isa].lanes
+    vi, vb = f"vector<{lanes}xi32>", f"vector<{4 * lanes}xi8>"
+    vh = f"vector<{2 * lanes}xi16>"
+    dot = ISAS[isa].dot
+    lines = [
+        "module {",
+        "stream.executable private @peak {",
+        "  stream.executable.export public @peak workgroups() -> (index, index, index) {",
+        f"    %x = arith.constant {threads} : index",
+        "    %one = arith.constant 1 : index",
+        "    stream.return %x, %one, %one : index, index, index",
+        "  }",
+        "  builtin.module {",
+        "    func.func @peak(%a_b: !stream.binding, %b_b: !stream.binding, %o_b: !stream.binding) {",
+        "      %c0 = arith.constant 0 : index",
+        "      %c1 = arith.constant 1 : index",
+        f"      %n = arith.constant {ITERS} : index",
+        f"      %a = stream.binding.subspan %a_b[%c0] : !stream.binding -> memref<{4 * lanes}xi8>",
+        f"      %b = stream.binding.subspan %b_b[%c0] : !stream.binding -> memref<{CHAINS}x{4 * lanes}xi8>",
+        f"      %o = stream.binding.subspan %o_b[%c0] : !stream.binding -> memref<{threads}x{lanes}xi32>",
+        f"      %av = vector.load %a[%c0] : memref<{4 * lanes}xi8>, {vb}",
+        f"      %zi = arith.constant dense<0> : {vi}",
+        f"      %ones = arith.constant dense<1> : {vh}",
+    ]
+    for j in range(CHAINS):
+        lines.append(f"      %cj{j} = arith.constant {j} : index")
+        lines.append(f"      %bv{j} = vector.load %b[%cj{j}, %c0] : memref<{CHAINS}x{4 * lanes}xi8>, {vb}")
+    starts = ", ".join(f"%s{j} = %zi" for j in range(CHAINS))
+    lines.append(f"      %r:{CHAINS} = scf.for %i = %c0 to %n step %c1 iter_args({starts}) -> "
+                 f"({', '.join([vi] * CHAINS)}) {{")
+    outs = []
+    for j in range(CHAINS):
+        if dot == "maddubs":
+            lines.append(f"        %h{j} = llvm.call_intrinsic \"llvm.x86.avx2.pmadd.ub.sw\"(%av, %bv{j}) : "
+                         f"({vb}, {vb}) -> {vh}")
+            lines.append(f"        %d{j} = llvm.call_intrinsic \"llvm.x86.avx2.pmadd.wd\"(%h{j}, %ones) : "
+                         f"({vh}, {vh}) -> {vi}")
+            lines.append(f"        %t{j} = arith.addi %s{j}, %d{j} : {vi}")
+        else:
+            lines.append(f"        %t{j} = llvm.call_intrinsic \"{ISAS[isa].intrinsic}\"(%s{j}, %av, %bv{j}) : "
+                         f"({vi}, {vb}, {vb}) -> {vi}")
+        outs.append(f"%t{j}")
+    lines.append(f"        scf.yield {', '.join(outs)} : {', '.join([vi] * CHAINS)}")
+    lines.append("      }")
+    total = "%r#0"
+    for j in range(1, CHAINS):
+        lines.append(f"      %sum{j} = arith.addi {total}, %r#{j} : {vi}")
+        total = f"%sum{j}"
+    lines += [
+        "      %wid = stream.dispatch.workgroup.id[0] : index",
+        f"      vector.store {total}, %o[%wid, %c0] : memref<{threads}x{lanes}xi32>, {vi}",
+        "      return",
+        "    }",
+        "  }",
+        "}",
+        f"util.func public @peak(%a: tensor<{4 * lanes}xi8>, %b: tensor<{CHAINS}x{4 * lanes}xi8>) -> "
+        f"tensor<{threads}x{lanes}xi32> {{",
+        f"  %y = flow.dispatch @peak::@peak(%a, %b) : (tensor<{4 * lanes}xi8>, tensor<{CHAINS}x{4 * lanes}xi8>) -> "
+        f"tensor<{threads}x{lanes}xi32>",
+        f"  util.return %y : tensor<{threads}x{lanes}xi32>",
+        "}",
+        "}",
+    ]
+    return "\n".join(lines)
+
+
+def dot_peak(isa: str, threads: int, rounds: int = 5) -> float:
+    """GOP/s of ``isa``'s byte dot product on ``threads`` threads (best of ``rounds``)."""
+    import iree.compiler as ireec
+    import iree.runtime as rt
+
+    from msd.compiler.pipeline.targets import resolve
+
+    vmfb = ireec.compile_str(_peak_module(isa, threads), extra_args=list(resolve("llvm-cpu").flags))
+    config = rt.Config("local-task")
+    ctx = rt.SystemContext(config=config)
+    ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb))
+    fn = ctx.modules.module["peak"]
+    lanes = ISAS[isa].lanes
+    a = np.ones(4 * lanes, np.int8)
+    b = np.ones((CHAINS, 4 * lanes), np.int8)
+    out = np.asarray(fn(a, b))
+    expected = ITERS * CHAINS * 4
+    if not (out == expected).all():  # the loop really ran (nothing folded away)
+        raise RuntimeError(f"dot peak kernel computed {out.ravel()[:4]}, expected {expected}")
+    best = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        np.asarray(fn(a, b))
+        dt = time.perf_counter() - t0
+        best = max(best, threads * ITERS * CHAINS * lanes * 4 * 2 / dt / 1e9)
+    return best
+
+
+__all__ = ["dot_peak", "read_bandwidth"]
