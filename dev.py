@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Project entry point that needs only python3 (3.11) and pip.
 
-    python3 dev.py demo          # compile a small quantized model; baseline vs MSD error and speed
+    python3 dev.py demo          # compile SmolLM2 (GGUF Q4_1) with msd, stream a reply, speed and accuracy
     python3 dev.py test [ARGS]   # the whole test suite (pytest, which also runs the lit tests)
 
 On first use (and whenever pyproject.toml changes) it creates ./.venv and installs msd with its
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
     ensure_env()
     env = dict(os.environ, PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
     if argv[0] == "demo":
-        cmd = [str(PYTHON), str(ROOT / "examples" / "demo.py"), *argv[1:]]
+        cmd = [str(PYTHON), str(ROOT / "examples" / "llm_demo.py"), *argv[1:]]
     else:
         # files spread over worker processes (pytest-xdist), each file's tests in one worker so that its
         # module-scoped compiles happen once; at most 4 (each worker may hold a compiled LLM in memory)

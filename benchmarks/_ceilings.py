@@ -45,7 +45,7 @@ def _peak_module(isa: str, threads: int) -> str:
     dot = ISAS[isa].dot
     lines = [
         "module {",
-        "stream.executable private @peak {",
+        "stream.executable private @peak_ex {",
         "  stream.executable.export public @peak workgroups() -> (index, index, index) {",
         f"    %x = arith.constant {threads} : index",
         "    %one = arith.constant 1 : index",
@@ -96,7 +96,7 @@ def _peak_module(isa: str, threads: int) -> str:
         "}",
         f"util.func public @peak(%a: tensor<{4 * lanes}xi8>, %b: tensor<{CHAINS}x{4 * lanes}xi8>) -> "
         f"tensor<{threads}x{lanes}xi32> {{",
-        f"  %y = flow.dispatch @peak::@peak(%a, %b) : (tensor<{4 * lanes}xi8>, tensor<{CHAINS}x{4 * lanes}xi8>) -> "
+        f"  %y = flow.dispatch @peak_ex::@peak(%a, %b) : (tensor<{4 * lanes}xi8>, tensor<{CHAINS}x{4 * lanes}xi8>) -> "
         f"tensor<{threads}x{lanes}xi32>",
         f"  util.return %y : tensor<{threads}x{lanes}xi32>",
         "}",

@@ -84,6 +84,30 @@ class TensorSpec:
         return cls(tuple(d["shape"]), d["dtype"], d.get("name", ""), dims)
 
 
+@dataclass(frozen=True)
+class _Described:
+    """A device buffer view's shape and dtype, as :meth:`TensorSpec.check` reads an array's."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @classmethod
+    def of(cls, view: rt.HalBufferView) -> _Described:
+        from iree.runtime.array_interop import map_dtype_to_element_type
+
+        et = int(view.element_type)
+        dtype = next((np.dtype(d) for d in DTYPES.values() if _element_type(d, map_dtype_to_element_type) == et),
+                     np.dtype("V1"))
+        return cls(tuple(view.shape), dtype)
+
+
+def _element_type(dtype: np.dtype, mapping) -> int | None:
+    try:
+        return int(mapping(np.dtype(dtype)))
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
 def signature(name: str, inputs: Sequence[TensorSpec]) -> str:
     return f"{name}({', '.join(s.describe() for s in inputs)})"
 
@@ -104,6 +128,7 @@ class Module:
         self.function = function
         try:
             self._config = rt.Config(driver)
+            self.driver = driver
         except (ValueError, RuntimeError, IndexError, OSError) as e:
             raise ArtifactError(f"cannot open IREE driver '{driver}': {e}") from None
         instance = self._config.vm_instance
@@ -159,16 +184,23 @@ class Module:
             raise ArtifactError(f"module not found: {path}")
         return cls(path.read_bytes(), parameters, **kwargs)
 
+    @property
+    def host_device(self) -> object | None:
+        """The IREE device when it shares the host's memory (the CPU drivers: a host buffer imported into it
+        is read in place), else None."""
+        return self._config.device if self.driver.startswith("local") else None
+
     def __call__(self, *args: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
-        # (np.ascontiguousarray would make a 0-d array 1-d: a scalar input then fails IREE's shape check)
-        arrays = [a if isinstance(a, np.ndarray) and a.flags.c_contiguous
+        # (np.ascontiguousarray would make a 0-d array 1-d: a scalar input then fails IREE's shape check);
+        # a device buffer view (KVCache.past on a host-sharing device) is passed as it is
+        arrays = [a if isinstance(a, rt.HalBufferView) or isinstance(a, np.ndarray) and a.flags.c_contiguous
                   else np.ascontiguousarray(a).reshape(np.shape(a)) for a in args]
         if self.inputs is not None:
             sig = signature(self.function, self.inputs)
             if len(arrays) != len(self.inputs):
                 raise InputError(f"expected {len(self.inputs)} input(s), got {len(arrays)}; expected {sig}")
             for i, (spec, a) in enumerate(zip(self.inputs, arrays)):
-                spec.check(i, a, sig)
+                spec.check(i, _Described.of(a) if isinstance(a, rt.HalBufferView) else a, sig)
         try:
             result = self._fn(*arrays)
         except (RuntimeError, ValueError, IndexError, TypeError) as e:  # the IREE runtime's own errors

@@ -108,6 +108,25 @@ def test_host_cache_appends_and_refuses_overflow_and_wrong_entries() -> None:
     assert cache.length == 3
 
 
+def test_a_device_shared_cache_hands_out_views_of_its_own_memory() -> None:
+    import iree.runtime as rt
+
+    from msd.runtime.generate import KVCache
+
+    device = rt.Config("local-task").device
+    cache = KVCache([((2, 3), "float32"), ((2,), "int8")], capacity=4, device=device)
+    cache.append([np.arange(6, dtype=np.float32).reshape(1, 2, 3), np.full((1, 2), -3, np.int8)])
+    k, codes = cache.past()
+    assert isinstance(k, rt.HalBufferView) and list(k.shape) == [1, 2, 3] and list(codes.shape) == [1, 2]
+    cache.append([np.ones((2, 2, 3), np.float32), np.full((2, 2), 5, np.int8)])
+    k, codes = cache.past()  # a longer prefix of the same memory: nothing was copied to the device
+    assert list(k.shape) == [3, 2, 3]
+    seen = np.asarray(rt.DeviceArray(device, k, implicit_host_transfer=True))
+    assert np.array_equal(seen[0], np.arange(6).reshape(2, 3)) and (seen[1:] == 1).all()
+    seen = np.asarray(rt.DeviceArray(device, codes, implicit_host_transfer=True))
+    assert (seen == [[-3, -3], [5, 5], [5, 5]]).all()
+
+
 # ----------------------------------------------------------------------------------------------
 # SmolLM2-135M-Instruct Q4_1: compiled prefill + decode (slices=2)
 

@@ -1,6 +1,6 @@
 """Compile a small quantized MLP with and without MSD; print error and speed side by side.
 
-    python3 dev.py demo        (or: .venv/bin/python examples/demo.py [--hidden 2048 --ffn 5632])
+    .venv/bin/python examples/ffn_demo.py [--hidden 2048 --ffn 5632]
 
 The model is a Llama-style feed-forward block (hidden → ffn → hidden with SiLU gating) with int8
 per-channel weights from ``msd.quantize``.  Errors are against a float64 evaluation of the same
