@@ -402,12 +402,15 @@ def _is_matmul(name: str) -> bool:
 
 
 KINDS = (
+    ("fused MSD kernels (msd_linear_*: slices × weight codes, rescaled in registers)",
+     lambda n: n.startswith("msd_linear_")),
     # data-tiled matmuls are named "mmt4d" (global-optimization path) or "matmul"
     ("int8 matmuls (MSD slices × weight codes)", lambda n: _is_matmul(n) and "i8xi8xi32" in n),
     ("MSD rescale + sum of per-group int32 partials", lambda n: "reduction" in n and "_i32x" in n),
     ("activation slicing to int8", lambda n: n.endswith("xi8") or "xi8_to_" in n),
     ("attention: f32 q·kᵀ, softmax, p·v", lambda n: "softmax" in n or (_is_matmul(n) and "_f32" in n)),
-    ("other: KV-cache re-layout (encode) and copies, RoPE, norms", lambda n: True),
+    ("KV cache: copies (the step's concatenation) and data-tiling packs", lambda n: "memcpy" in n or "_pack_" in n),
+    ("other: RoPE, norms, residuals, epilogues", lambda n: True),
 )
 
 
@@ -561,8 +564,10 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
             f"{' + '.join(repr(t) for t in PROMPT_TOPICS)} (the same token ids for every engine), then "
             f"{args.decode_tokens} greedy decode steps (stop tokens ignored). One run per engine after a "
             "warm-up (an 8-token prefill and 2 decodes); each call timed from Python with "
-            "`time.perf_counter` (msd and eager: numpy in and out; the host KV cache's filled part goes in "
-            "and the new entries come back on every call; llama.cpp: `Llama.eval` of the whole prompt in "
+            "`time.perf_counter` (msd and eager: numpy in and out, the new cache entries come back on every "
+            "call; msd's decode reads the KV cache's filled part in place — `KVCache` shares its buffers with "
+            "IREE's CPU device and passes a view, no copy —, eager's gets torch views; llama.cpp: `Llama.eval` "
+            "of the whole prompt in "
             "one batch, then one "
             "`eval` per token with a greedy argmax of the last logits). Greedy match: how many of the "
             f"{args.decode_tokens + 1} generated tokens agree with eager torch's before the first difference. "
@@ -609,12 +614,13 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
             f"{p.weights / 1e6:.1f} M weights of every projection and the output head): "
             f"**{p.gguf_bytes / 2**20:.1f} MiB**; at {fmt(p.decode_tok_s)} tok/s that is "
             f"**{p.gguf_bytes * p.decode_tok_s / 1e9:.2f} GB/s**. msd's own parameter archive (what its "
-            f"kernels read: one byte per 4-bit code plus f32 scales/mins) is {p.irpa_bytes / 2**20:.1f} MiB "
+            f"kernels read: 4-bit codes two per byte, i32 accumulator starts, f32 scales and mins, pre-packed at "
+            f"compile time) is {p.irpa_bytes / 2**20:.1f} MiB "
             f"→ {p.irpa_bytes * p.decode_tok_s / 1e9:.2f} GB/s.",
-            f"- KV cache: K and V are f32 [T, layers, 1, kv heads, head dim] on the host, {kv_mib:.1f} MiB each "
-            f"at T = {args.prompt_tokens} (the prompt); each decode call passes the T filled entries in "
-            f"({2 * kv_mib:.0f} MiB of host→device copies per token), gets only the new token's entries back, "
-            "and its attention reads T + 1 keys (capacity max_ctx only bounds T).",
+            f"- KV cache: K and V are f32 [T, layers, 1, kv heads, head dim] in host memory IREE's CPU device "
+            f"shares, {kv_mib:.1f} MiB each at T = {args.prompt_tokens} (the prompt); each decode call reads the "
+            "T filled entries in place (a buffer view, no copy), gets only the new token's entries back, and its "
+            "attention reads T + 1 keys (capacity max_ctx only bounds T).",
         ]
         d = p.device
         if d is not None and not d.error:
