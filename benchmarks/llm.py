@@ -628,7 +628,7 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
             lines += [
                 f"- Device time (`iree-benchmark-module`, caches already on the device, HAL host-execution "
                 f"profiling on): **{d.call_ms:.1f} ms per call**, of which dispatches {d.dispatch_ms:.1f} ms; "
-                f"the same call from Python (`Generator` path: the filled cache copied in, new entries out) "
+                f"the same call from Python (`Generator` path: the cache read in place, new entries out) "
                 f"took {fmt(host_ms)} ms per token.",
                 "",
             ]
