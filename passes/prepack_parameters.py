@@ -237,7 +237,6 @@ def _bytes(t: ir.Type) -> int:
 # ================================================================================================ emit
 class _Emitter:
     def __init__(self, module: ir.Operation, params: dict[str, tuple[str, str]], positions: _Positions) -> None:
-        self.module = module
         self.positions = positions
         self.global_types: dict[str, ir.Type] = {}
         self.body = module.regions[0].blocks[0]

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,19 +94,21 @@ class _Described:
 
     @classmethod
     def of(cls, view: rt.HalBufferView) -> _Described:
-        from iree.runtime.array_interop import map_dtype_to_element_type
-
-        et = int(view.element_type)
-        dtype = next((np.dtype(d) for d in DTYPES.values() if _element_type(d, map_dtype_to_element_type) == et),
-                     np.dtype("V1"))
-        return cls(tuple(view.shape), dtype)
+        return cls(tuple(view.shape), _dtypes_by_element_type().get(int(view.element_type), np.dtype("V1")))
 
 
-def _element_type(dtype: np.dtype, mapping) -> int | None:
-    try:
-        return int(mapping(np.dtype(dtype)))
-    except (TypeError, ValueError, KeyError):
-        return None
+@functools.cache
+def _dtypes_by_element_type() -> dict[int, np.dtype]:
+    """HAL element type → the numpy dtype a compiled signature names (built once)."""
+    from iree.runtime.array_interop import map_dtype_to_element_type
+
+    out = {}
+    for d in DTYPES.values():
+        try:
+            out.setdefault(int(map_dtype_to_element_type(np.dtype(d))), np.dtype(d))
+        except (TypeError, ValueError, KeyError):
+            pass
+    return out
 
 
 def signature(name: str, inputs: Sequence[TensorSpec]) -> str:

@@ -190,6 +190,15 @@ class _Writer:
     def emit(self, line: str) -> None:
         self.lines.append(line)
 
+    def unpack_nibbles(self, ind: str, w: str) -> None:
+        """``{w}l`` / ``{w}h``: the signed 4-bit codes in the low / high nibbles of the bytes ``w``
+        (stored ``code + 8``)."""
+        vb = self.vb
+        self.emit(f"{ind}{w}m = arith.andi {w}, %lo4 : {vb}")
+        self.emit(f"{ind}{w}l = arith.subi {w}m, %off4 : {vb}")
+        self.emit(f"{ind}{w}s = arith.shrui {w}, %sh4 : {vb}")
+        self.emit(f"{ind}{w}h = arith.subi {w}s, %off4 : {vb}")
+
     def dot_call(self, ind: str, out: str, acc: str, a: str, b: str) -> None:
         """``out = acc + dot(a, b)`` with the ISA's one-instruction dot (``sdot`` / ``smmla`` / VNNI)."""
         isa, vi, vb = ISAS[self.s.isa], self.vi, self.vb
@@ -368,10 +377,7 @@ class _Writer:
             halves = [("l", f"%{tag}kb"), ("h", f"%{tag}kb2")]
             e(f"{ind3}%{tag}kb2 = arith.addi %{tag}kb, %c{s.weight_steps} : index")
             for c in range(cols):
-                e(f"{ind3}%{tag}wm{c} = arith.andi %{tag}wv{c}, %lo4 : {vb}")
-                e(f"{ind3}%{tag}wv{c}l = arith.subi %{tag}wm{c}, %off4 : {vb}")
-                e(f"{ind3}%{tag}ws{c} = arith.shrui %{tag}wv{c}, %sh4 : {vb}")
-                e(f"{ind3}%{tag}wv{c}h = arith.subi %{tag}ws{c}, %off4 : {vb}")
+                self.unpack_nibbles(ind3, f"%{tag}wv{c}")
         out = {key: f"%{tag}I{key[0]}_{key[1]}_{key[2]}" for key in iacc}
         for h, base in halves:
             if isa.dot == "maddubs":
@@ -429,11 +435,7 @@ class _Writer:
             e(f"{ind3}%{tag}kb2 = arith.addi %{tag}kb, %c{s.weight_steps} : index")
             for c in range(cols):
                 for cp in range(2):
-                    w = f"%{tag}wv{c}_{cp}"
-                    e(f"{ind3}{w}m = arith.andi {w}, %lo4 : {vb}")
-                    e(f"{ind3}{w}l = arith.subi {w}m, %off4 : {vb}")
-                    e(f"{ind3}{w}s = arith.shrui {w}, %sh4 : {vb}")
-                    e(f"{ind3}{w}h = arith.subi {w}s, %off4 : {vb}")
+                    self.unpack_nibbles(ind3, f"%{tag}wv{c}_{cp}")
         out = {key: f"%{tag}M{key[0]}_{key[1]}_{key[2]}" for key in accs}
         for h, base in halves:
             e(f"{ind3}%{tag}ko{h} = arith.addi {base}, %k8 : index")
