@@ -78,7 +78,7 @@ class KVCache:
                  device: object | None = None) -> None:
         if capacity < 1:
             raise OptionError(f"the cache capacity must be positive, got {capacity}")
-        self.buffers = [np.zeros((capacity, *shape), np.dtype(dtype)) for shape, dtype in entries]
+        self.buffers = [_aligned_zeros((capacity, *shape), np.dtype(dtype)) for shape, dtype in entries]
         self.capacity, self.length = capacity, 0
         self._device_buffers = [] if device is None else [_imported(device, b) for b in self.buffers]
 
@@ -105,11 +105,28 @@ class KVCache:
         self.length += n
 
 
+# IREE's CPU code generation assumes every dispatch binding starts 64-byte aligned (it emits aligned
+# vector loads); numpy's large allocations are only 16-byte aligned (glibc's mmap chunk header).  A
+# dispatch reading an imported cache buffer in place then faulted on an aligned AVX-512 load.
+BUFFER_ALIGNMENT = 64
+
+
+def _aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Zeros of ``shape`` whose data starts on a :data:`BUFFER_ALIGNMENT` boundary."""
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.zeros(size + BUFFER_ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % BUFFER_ALIGNMENT
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
 def _imported(device: object, array: np.ndarray) -> tuple[object, object]:
     """``array``'s memory as a buffer of ``device`` (shared, not copied) and its HAL element type."""
     import iree.runtime as rt
     from iree.runtime.array_interop import map_dtype_to_element_type
 
+    if array.ctypes.data % BUFFER_ALIGNMENT:
+        raise ValueError(f"a buffer imported for dispatches to read in place must start {BUFFER_ALIGNMENT}-byte "
+                         "aligned")
     buffer = device.allocator.import_host_allocation(
         array, rt.MemoryType.DEVICE_LOCAL | rt.MemoryType.HOST_VISIBLE, rt.BufferUsage.DEFAULT | rt.BufferUsage.MAPPING)
     return buffer, map_dtype_to_element_type(array.dtype)

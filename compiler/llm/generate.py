@@ -30,6 +30,7 @@ from torch import nn
 from msd.compiler.models import gguf as G
 from msd.compiler.models.llama import LlamaModel
 from msd.compiler.pipeline.importer import RUNTIME_DTYPES
+from msd.compiler.pipeline.targets import resolve as resolve_target
 from msd.errors import OptionError
 
 # shared with the torch-free text generator
@@ -53,12 +54,15 @@ class CachedStep(nn.Module):
     ``last_only`` fixed.  Every instance holds the model as ``llama`` so the weights of all entry points
     have the same torch names (and are stored once)."""
 
-    def __init__(self, llama: LlamaModel, kv_cache: str = "float", last_only: bool = True) -> None:
+    def __init__(self, llama: LlamaModel, kv_cache: str = "float", last_only: bool = True,
+                 fused_attention: bool = False) -> None:
         super().__init__()
         self.llama, self.kv_cache, self.last_only = llama, kv_cache, last_only
+        self.fused_attention = fused_attention
 
     def forward(self, tokens: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.llama.step(tokens, *past, kv_cache=self.kv_cache, last_only=self.last_only)
+        return self.llama.step(tokens, *past, kv_cache=self.kv_cache, last_only=self.last_only,
+                               fused_attention=self.fused_attention)
 
 
 @dataclass
@@ -203,6 +207,8 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEF
     if max_ctx < 3:
         raise OptionError(f"max_ctx={max_ctx} is too small")
     model = model if model is not None else G.load_gguf(gguf_path)
+    # decode attends in one msd kernel per layer on CPU targets (msd.compiler.ops.decode_attention)
+    fused_attention = resolve_target(target).backend == "llvm-cpu"
     s_example, t_example = min(8, max_ctx - 1), min(5, max_ctx - 1)
     past = model.empty_cache(1, kv_cache, length=t_example)
     seq = torch.export.Dim("S", min=1, max=max_ctx)
@@ -211,7 +217,8 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEF
     past_dims = tuple({0: held} for _ in past)  # forward's *past: one entry
     functions = {
         "prefill": (CachedStep(model, kv_cache), (tokens,), ({1: seq},)),
-        "decode": (CachedStep(model, kv_cache), (torch.zeros(1, 1, dtype=torch.long), *past), (None, past_dims)),
+        "decode": (CachedStep(model, kv_cache, fused_attention=fused_attention),
+                   (torch.zeros(1, 1, dtype=torch.long), *past), (None, past_dims)),
     }
     if score:
         functions["score"] = (CachedStep(model, kv_cache, last_only=False), (tokens, *past), ({1: seq}, past_dims))

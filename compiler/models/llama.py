@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msd.compiler import ops as _ops  # noqa: F401 - registers torch.ops.msd.decode_attention
 from msd.errors import OptionError
 
 KV_CACHE_FORMATS = ("float", "int8")  # f32 K/V, or int8 codes with one f32 scale per (head, token)
@@ -63,10 +64,13 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin ``[..., S, head_dim/2]`` for pair ``i`` rotated by ``pos · base^(−2i/head_dim)``."""
+    """RoPE's tables ``[..., S, head_dim]`` for :func:`apply_rope`: pair ``i`` (lanes ``2i, 2i+1``) is
+    rotated by ``pos · base^(−2i/head_dim)``; ``cos`` holds that angle's cosine in both lanes of the
+    pair, ``sin`` its sine negated in the first lane."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     ang = positions.to(torch.float32).unsqueeze(-1) * inv_freq
-    return torch.cos(ang), torch.sin(ang)
+    c, s = torch.cos(ang), torch.sin(ang)
+    return torch.stack([c, c], dim=-1).flatten(-2), torch.stack([-s, s], dim=-1).flatten(-2)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -74,11 +78,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
     This is the pairing that applies to GGUF llama q/k weights: llama.cpp's converter permutes the
     rows of HF's ``q_proj``/``k_proj`` (which HF rotates as halves ``(x[i], x[i+d/2])``) back into
-    the interleaved Meta layout.  ``x``: ``[B, H, S, D]``; ``cos``/``sin``: ``[B, 1, S, D/2]``.
+    the interleaved Meta layout.  ``x``: ``[B, H, S, D]``; ``cos``/``sin``: ``[B, 1, S, D]`` from
+    :func:`rope_cos_sin`.  Written as ``x·cos + swap(x)·sin`` (``swap`` exchanges each pair's lanes):
+    the same values as ``(x0·c − x1·s, x0·s + x1·c)`` to the bit, in ops IREE fuses into one
+    elementwise dispatch (the pair-wise ``stack`` took four per projection, two of them copies).
     """
-    xp = x.reshape(*x.shape[:-1], -1, 2)
-    x0, x1 = xp[..., 0], xp[..., 1]
-    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).reshape(x.shape)
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return x * cos + swapped * sin
 
 
 class Attention(nn.Module):
@@ -110,14 +116,17 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * c.head_dim))
 
     def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: tuple[torch.Tensor, ...],
-                       hidden: torch.Tensor | None,
-                       kv_cache: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Attention of the ``S`` new tokens over this layer's ``T`` past entries and themselves →
+                       hidden: torch.Tensor | None, kv_cache: str, layer: int,
+                       fused: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Attention of the ``S`` new tokens over layer ``layer``'s ``T`` past entries and themselves →
         ``(output, new entries)``.
 
-        ``past`` is token-major: ``(k, v)`` f32 ``[T, B, n_kv_heads, D]``, or for ``kv_cache="int8"``
-        ``(k_codes, k_scales, v_codes, v_scales)``, int8 codes with one f32 scale per (head, token)
-        ``[T, B, n_kv_heads]``; ``()`` when nothing precedes the new tokens.  The new tokens' keys and
+        ``past`` is the whole cache, token-major, all layers: ``(k, v)`` f32 ``[T, n_layers, B,
+        n_kv_heads, D]``, or for ``kv_cache="int8"`` ``(k_codes, k_scales, v_codes, v_scales)``, int8
+        codes with one f32 scale per (layer, head, token) ``[T, n_layers, B, n_kv_heads]``; ``()`` when
+        nothing precedes the new tokens.  ``fused``: a one-token step over an f32 cache attends with
+        ``torch.ops.msd.decode_attention`` (:mod:`msd.compiler.ops`; the same values, one kernel
+        dispatch once msd compiles it) when the head dim is a multiple of 16.  The new tokens' keys and
         values are returned in the same form with ``B, n_kv_heads, S`` leading (int8: quantized
         symmetrically per token, ``amax/127``, round half to even); the caller appends them.  Attention
         reads ``codes · scale`` ("dequantize then attend": the reference msd's pass rewrites into int8
@@ -133,16 +142,19 @@ class Attention(nn.Module):
         else:
             (kq, kqs), (vq, vqs) = quantize_per_token(k), quantize_per_token(v)
             new = (kq, kqs, vq, vqs)
-        # past entries [T, B, H, ...] -> [B, H, T, ...], then the new ones after them
-        full = [torch.cat([p.movedim(0, 2), n], dim=2) for p, n in zip(past, new)] if past else list(new)
+        hkv, group, d = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
+        qg = q.unflatten(1, (hkv, group))  # query head h = kv·group + j reads kv head h // group
+        if fused and past and kv_cache == "float" and isinstance(s, int) and s == 1 and d % 16 == 0:
+            out = torch.ops.msd.decode_attention(qg.squeeze(3) * (1.0 / math.sqrt(d)), past[0], past[1], k, v, layer)
+            return self.o_proj(out.reshape(b, 1, c.n_heads * d)), new
+        # this layer's past entries [T, B, H, ...] -> [B, H, T, ...], then the new ones after them
+        full = [torch.cat([p[:, layer].movedim(0, 2), n], dim=2) for p, n in zip(past, new)] if past else list(new)
         if kv_cache == "float":
             kd, vd = full
         else:
             kc, ks, vc, vs = full
             kd = kc.to(torch.float32) * ks.unsqueeze(-1)
             vd = vc.to(torch.float32) * vs.unsqueeze(-1)
-        hkv, group, d = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
-        qg = q.unflatten(1, (hkv, group))  # query head h = kv·group + j reads kv head h // group
         # q scaled by 1/√d rather than the scores divided: [S, d] multiplies instead of [S, T] divisions
         scores = torch.einsum("bhgsd,bhtd->bhgst", qg * (1.0 / math.sqrt(d)), kd)
         if hidden is not None:
@@ -177,8 +189,9 @@ class Block(nn.Module):
         return x + self.mlp(self.ffn_norm(x))
 
     def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: tuple[torch.Tensor, ...],
-                       hidden: torch.Tensor | None, kv_cache: str) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        h, new = self.attn.forward_cached(self.attn_norm(x), cos, sin, past, hidden, kv_cache)
+                       hidden: torch.Tensor | None, kv_cache: str, layer: int,
+                       fused: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        h, new = self.attn.forward_cached(self.attn_norm(x), cos, sin, past, hidden, kv_cache, layer, fused)
         x = x + h
         return x + self.mlp(self.ffn_norm(x)), new
 
@@ -230,7 +243,7 @@ class LlamaModel(nn.Module):
         return tuple(torch.zeros((length, *shape), dtype=dtype) for shape, dtype in self.cache_entries(batch, kv_cache))
 
     def step(self, tokens: torch.Tensor, *past: torch.Tensor, kv_cache: str = "float",
-             last_only: bool = True) -> tuple[torch.Tensor, ...]:
+             last_only: bool = True, fused_attention: bool = False) -> tuple[torch.Tensor, ...]:
         """KV-cache forward: ``tokens [B, S]`` at positions ``T .. T+S-1`` after the ``T`` tokens held in
         ``past`` → ``(logits, *new)``.  ``past`` is the cache in ``kv_cache`` format, token-major (one
         ``[T, *entry]`` tensor per :meth:`cache_entries` entry), or nothing at all for ``T = 0``
@@ -239,7 +252,8 @@ class LlamaModel(nn.Module):
         Attention reads only the ``T + S`` real entries, so a step costs what the current length asks,
         whatever the capacity of the caller's cache.  Nothing is mutated and no tensor value reaches
         Python control flow, so it exports with a dynamic ``S`` (prefill) or ``S = 1`` (decode) and a
-        dynamic ``T``."""
+        dynamic ``T``.  ``fused_attention``: a one-token step attends through
+        ``torch.ops.msd.decode_attention`` (:meth:`Attention.forward_cached`)."""
         entries = self.cache_entries(tokens.shape[0], kv_cache)
         if past and len(past) != len(entries):
             raise OptionError(f"kv_cache={kv_cache!r} takes {len(entries)} cache tensors, got {len(past)}")
@@ -261,7 +275,7 @@ class LlamaModel(nn.Module):
         x = self.embed(tokens)
         new: list[list[torch.Tensor]] = [[] for _ in entries]
         for i, blk in enumerate(self.blocks):
-            x, layer = blk.forward_cached(x, cos, sin, tuple(p[:, i] for p in past), hidden, kv_cache)
+            x, layer = blk.forward_cached(x, cos, sin, past, hidden, kv_cache, i, fused_attention)
             for acc, e in zip(new, layer):
                 acc.append(e)
         if last_only:

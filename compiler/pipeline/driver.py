@@ -29,6 +29,7 @@ import torch
 from iree.compiler import ir
 
 from msd.compiler.frontends.thirdparty import normalize
+from msd.compiler.ops import decompose_for
 from msd.cost import profile_for
 from msd.passes import Report
 from msd.passes.decompose_activations import NAME as DECOMPOSE
@@ -109,8 +110,6 @@ def compile_functions(
     tgt = resolve_target(target)
     cost_target = opts.cost_target(target)
     slices = opts.effective_slices
-    step = progress or (lambda _stage: None)
-    tgt = resolve_target(target)
     if emit is not None and emit not in STAGES:
         raise ValueError(f"emit={emit!r} is not a stage (choose one of {', '.join(STAGES)})")
     if not functions or not all(isinstance(n, str) and n.isidentifier() for n in functions):
@@ -128,7 +127,9 @@ def compile_functions(
         else:
             program = export(model, example_inputs, dyn[0] if dyn else None)
         # torchao / PT2E dequantize ops → plain torch arithmetic on the untouched integer tensors.
-        programs[name] = normalize(program)
+        program = normalize(program)
+        # msd's own ops (compiler/ops.py) have kernels on CPU targets only; elsewhere their reference
+        programs[name] = program if tgt.backend == "llvm-cpu" else decompose_for(program)
     # This process only imports (torch → torch MLIR, in a context of IREE's); the flags go to the worker.
     session = IreeSession(())
     module, params = import_programs(programs, session.context)

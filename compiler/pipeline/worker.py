@@ -161,6 +161,7 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     from msd.compiler.pipeline.iree_session import IreeSession
     from msd.cost.hardware import PROFILES
     from msd.passes import run_pass
+    from msd.passes.decode_attention import NAME as DECODE_ATTENTION
     from msd.passes.prepack_parameters import NAME as PREPACK
     from msd.passes.prepack_parameters import parameter_keys, split
 
@@ -168,6 +169,8 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     session = IreeSession(req.flags)
     module = ir.Module.parse(req.module, context=session.context)
     op = module.operation
+    with session.context, ir.Location.unknown():
+        attention = run_pass(op, DECODE_ATTENTION)  # torch dialect: before IREE's input conversion
     session.load(op)
     stage("input")
     session.run_phases("start", "input")
@@ -186,7 +189,8 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
                 packing = run_pass(op, PREPACK)
     if req.stop == "msd":
         stage("print")
-        return {"text": op.get_asm(large_elements_limit=LARGE_ELEMENTS_LIMIT), "report": report, "packing": packing}
+        return {"text": op.get_asm(large_elements_limit=LARGE_ELEMENTS_LIMIT), "report": report, "packing": packing,
+                "attention": attention}
     with session.context:
         packer_module, calls = split(op)
         keys = sorted(parameter_keys(op))
@@ -197,8 +201,8 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     stage("iree")
     session.run_phases("input", "end")
     stage("serialize")
-    return {"vmfb": session.vm_bytecode(), "report": report, "packing": packing, "packer": packer,
-            "parameters": keys}
+    return {"vmfb": session.vm_bytecode(), "report": report, "packing": packing, "attention": attention,
+            "packer": packer, "parameters": keys}
 
 
 def compile_packer(module: Any, flags: list[str]) -> bytes:

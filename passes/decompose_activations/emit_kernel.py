@@ -20,6 +20,8 @@ msd generates itself.  Around it, ordinary tensor ops:
 
 from __future__ import annotations
 
+import math
+
 from iree.compiler import ir
 from iree.compiler.dialects import arith, linalg, tensor
 from iree.compiler.dialects import math as math_d
@@ -147,6 +149,8 @@ def emit(p: Plan, spec: KernelSpec) -> ir.Value:
     y = _ir.expand(y, [list(range(nm)), [nm]], [*m_sizes, spec.n]) if nm > 1 else y
     if nm == 0:
         y = _ir.collapse(y, [[0, 1]])
+    if _adds_nothing(p):  # an f32 result into a +0.0 fill: the kernel's result is the answer
+        return y
     return mark_epilogue(_epilogue(p, y, x_t.rank))
 
 
@@ -344,6 +348,20 @@ def _dispatch(spec: KernelSpec, operands: list[ir.Value], m: ir.Value, n_dynamic
             ROLES_ATTR: ir.ArrayAttr.get([ir.StringAttr.get(r) for r in spec.roles()]),
         })
     return op.results[0]
+
+
+def _adds_nothing(p: Plan) -> bool:
+    """Whether the epilogue would add a +0.0 fill to an f32 result: then it changes no value but the
+    sign of a zero (−0.0 + 0.0 = +0.0), and left in, it is one more dispatch per linear whose consumer
+    IREE cannot fuse with msd's dispatch (a reshape, RoPE's gather: three per decode layer)."""
+    fill = _ir.producer(p.c.init)
+    if fill is None or fill.name != "linalg.fill" or not isinstance(_ir.elem_type(p.c.init), ir.F32Type):
+        return False
+    scalar = _ir.producer(fill.operands[0])
+    if scalar is None or scalar.name != "arith.constant":
+        return False
+    value = scalar.attributes["value"]
+    return isinstance(value, ir.FloatAttr) and value.value == 0.0 and math.copysign(1.0, value.value) > 0
 
 
 def _epilogue(p: Plan, y: ir.Value, rank: int) -> ir.Value:

@@ -1,0 +1,53 @@
+"""``msd.compiler.ops``: torch custom ops that msd compiles into kernels of its own.
+
+``torch.ops.msd.decode_attention`` — one decode step's attention over a token-major KV cache.  Eager
+torch runs the reference below; ``torch.export`` keeps the op whole, and msd's
+``--msd-decode-attention`` pass (:mod:`msd.passes.decode_attention`) compiles it into one kernel
+dispatch for CPU targets.  For other targets the compiler driver decomposes it into the reference's
+tensor ops (:func:`decompose_for`) before import.
+"""
+
+from __future__ import annotations
+
+import torch
+
+OP_NAMESPACE = "msd"
+
+
+def _reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
+               v_new: torch.Tensor, layer: int) -> torch.Tensor:
+    kd = torch.cat([k_cache[:, layer].movedim(0, 2), k_new], dim=2)  # [B, H, T + 1, D]
+    vd = torch.cat([v_cache[:, layer].movedim(0, 2), v_new], dim=2)
+    scores = torch.einsum("bhgd,bhtd->bhgt", q, kd)
+    e = torch.exp(scores - scores.amax(-1, keepdim=True))
+    return torch.einsum("bhgt,bhtd->bhgd", e * (1.0 / e.sum(-1, keepdim=True)), vd)
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::decode_attention", mutates_args=())
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
+                     v_new: torch.Tensor, layer: int) -> torch.Tensor:
+    """Softmax attention of one new token's query rows over the cached keys of ``layer`` and its own.
+
+    ``q`` ``[B, kv_heads, group, D]``: the token's query heads grouped by the KV head they read (already
+    scaled by ``1/√D``); ``k_cache``/``v_cache`` ``[T, layers, B, kv_heads, D]``: the cache, token-major,
+    all layers; ``k_new``/``v_new`` ``[B, kv_heads, 1, D]``: the token's own key and value, which
+    attend as key ``T``.  Returns ``[B, kv_heads, group, D]`` (f32)."""
+    return _reference(q, k_cache, v_cache, k_new, v_new, layer)
+
+
+@decode_attention.register_fake
+def _(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
+      v_new: torch.Tensor, layer: int) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
+def decompose_for(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``program`` with every msd op replaced by its reference tensor ops (for targets msd has no
+    kernel for); unchanged when it has none."""
+    ops = {torch.ops.msd.decode_attention.default: _reference}
+    if not any(n.op == "call_function" and n.target in ops for n in program.graph.nodes):
+        return program
+    return program.run_decompositions(ops)
+
+
+__all__ = ["decode_attention", "decompose_for"]
