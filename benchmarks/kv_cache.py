@@ -1,6 +1,7 @@
-"""int8 KV cache with MSD attention on a real GGUF model: accuracy and decode speed against the float cache.
+"""KV cache formats on a real GGUF model: int8 accuracy, and decode speed against context length.
 
-    python benchmarks/kv_cache.py        # rewrites its block of docs/benchmarks.md (~10 min on 2 cores)
+    python benchmarks/kv_cache.py                # rewrites its block of docs/benchmarks.md and docs/kv_cache.png
+    python benchmarks/kv_cache.py --speed-only   # the speed part only (keeps the block's accuracy section)
 
 Accuracy: a fixed English text (``pydoc_data.topics``, the same as benchmarks/llm.py) read by teacher
 forcing through the KV cache (the ``score`` entry point, chunks of 256) with: the eager float model with
@@ -9,9 +10,11 @@ scale per head and token, "dequantize then attend" — the int8-KV reference), a
 and slices 1/2/3, where the pass rewrites both ``q·Kᵀ`` and ``P·V`` into int8 matmuls against the cached
 codes.  Mean KL to both references, perplexity, top-1 agreement.
 
-Speed: greedy decode tokens/s at context 256, 1024 and 2048 (the cache holds that many tokens) for msd
-slices=2 with the f32 cache and with the int8 cache (one compile each, interleaved timing rounds), and the
-KV bytes each decode token reads.
+Speed: greedy decode tokens/s with the cache holding 128 … 2048 tokens, for msd slices=2 with the f32
+cache (decode attends in msd's decode-attention kernels) and with the int8 cache (one compile each),
+and llama.cpp on the same file and prompts (when ``llama-cpp-python`` is installed), in interleaved
+rounds; the KV bytes each decode token reads; a plot (``docs/kv_cache.png``, when matplotlib is
+installed: ``pip install matplotlib``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
 from _report import write_block  # noqa: E402
-from llm import ACCURACY_TOPICS, load_avg, pydoc_ids, set_threads, smollm2_path  # noqa: E402
+from llm import ACCURACY_TOPICS, load_avg, pydoc_ids, set_threads, smollm2_path, time_llama_cpp  # noqa: E402
 
 from msd.compiler.llm.generate import compile_generator, eager_generator, next_token_stats  # noqa: E402
 from msd.compiler.models import gguf as G  # noqa: E402
@@ -70,34 +73,76 @@ def accuracy(path: Path, model: LlamaModel, n_tokens: int, max_ctx: int, log) ->
 
 
 SPEED_TOPICS = ("execmodel", "import")  # the decode prompts: the first ctx - new_tokens tokens of this text
+LLAMA = "llama.cpp"
+ACC_HEADING = "## Accuracy: teacher-forced"
+SPEED_HEADING = "## Decode speed"
 
 
-def speed(path: Path, model: LlamaModel, ctxs: list[int], rounds: int, new_tokens: int, log) -> list[list[str]]:
-    """Decode tokens/s with the cache holding about ``ctx`` tokens (a prompt of ``ctx - new_tokens``
-    tokens, then ``new_tokens`` greedy steps): one compile per cache format (capacity ``max(ctxs)``),
-    interleaved timing rounds, median per token."""
+def speed(path: Path, model: LlamaModel, ctxs: list[int], rounds: int, new_tokens: int, threads: int,
+          log) -> dict[str, dict[int, float]]:
+    """Decode ms per token with the cache holding about ``ctx`` tokens (a prompt of ``ctx - new_tokens``
+    tokens, then ``new_tokens`` greedy steps), per engine: msd with each cache format (one compile each,
+    capacity ``max(ctxs)``) and llama.cpp; interleaved rounds, the median of each."""
     tok = G.tokenizer_from_gguf(path)
     gens = {}
     for fmt in ("float", "int8"):
         log(f"compile kv={fmt} (max_ctx {max(ctxs)})")
-        gens[fmt] = compile_generator(path, slices=2, max_ctx=max(ctxs), model=model, kv_cache=fmt)
-    rows = []
+        gens[f"msd slices=2, {'f32' if fmt == 'float' else 'int8'} KV"] = compile_generator(
+            path, slices=2, max_ctx=max(ctxs), model=model, kv_cache=fmt)
+    out: dict[str, dict[int, float]] = {name: {} for name in [*gens, LLAMA]}
     for ctx in ctxs:
         prompt = pydoc_ids(tok, SPEED_TOPICS, ctx - new_tokens)
-        times: dict[str, list[float]] = {f: [] for f in gens}
+        times: dict[str, list[float]] = {name: [] for name in out}
         for gen in gens.values():
             gen.generate_ids(prompt[:16], 2)  # warm up
         for _ in range(rounds):
-            for fmt, gen in gens.items():
+            for name, gen in gens.items():
                 gen.generate_ids(prompt, new_tokens)
                 st = gen.last_stats
-                times[fmt].append(st.decode_s / max(st.decode_tokens, 1))
-        f_ms, q_ms = (1e3 * statistics.median(times[f]) for f in ("float", "int8"))
-        fb, qb = kv_bytes(model.cfg, ctx, "float"), kv_bytes(model.cfg, ctx, "int8")
-        rows.append([str(ctx), f"{1e3 / f_ms:.1f}", f"{1e3 / q_ms:.1f}", f"{f_ms / q_ms:.2f}x",
-                     f"{fb / 2**20:.1f}", f"{qb / 2**20:.1f}", f"{fb / qb:.2f}x"])
-        log(f"  ctx {ctx}: float {f_ms:.1f} ms, int8 {q_ms:.1f} ms per token")
-    return rows
+                times[name].append(1e3 * st.decode_s / max(st.decode_tokens, 1))
+            row = time_llama_cpp(path, prompt, new_tokens, threads, max(ctxs))
+            if row.decode_s == row.decode_s:  # not NaN: llama.cpp ran
+                times[LLAMA].append(1e3 * row.decode_s / row.decode_tokens)
+        for name, ts in times.items():
+            if ts:
+                out[name][ctx] = statistics.median(ts)
+        log(f"  ctx {ctx}: " + ", ".join(f"{n} {out[n][ctx]:.1f} ms" for n in out if ctx in out[n]))
+    return out
+
+
+def plot(results: dict[str, dict[int, float]], path: Path, title: str) -> str:
+    """Decode tok/s against context, one line per engine, as a PNG; returns a note for the text."""
+    try:
+        import matplotlib
+    except ImportError:
+        return "(no plot: matplotlib is not installed)"
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for name, by_ctx in results.items():
+        if by_ctx:
+            xs = sorted(by_ctx)
+            ax.plot(xs, [1e3 / by_ctx[x] for x in xs], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens in the KV cache")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return f"![decode tokens/s against context]({path.name})"
+
+
+def _kept_accuracy(output: Path) -> list[str]:
+    """The accuracy section of the block already in ``output`` (for ``--speed-only``)."""
+    text = output.read_text() if output.exists() else ""
+    if BEGIN not in text or ACC_HEADING not in text:
+        raise SystemExit(f"--speed-only: {output} has no kv_cache.py accuracy section to keep; run without it")
+    block = text[text.index(BEGIN):text.index(END)]
+    return block[block.index(ACC_HEADING):block.index(SPEED_HEADING)].rstrip("\n").split("\n")
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -107,10 +152,11 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=1024, help="teacher-forced text length (default 1024)")
-    ap.add_argument("--ctx", default="256,1024,2048", help="decode context lengths (default 256,1024,2048)")
+    ap.add_argument("--ctx", default="128,256,512,1024,2048", help="decode context lengths (default %(default)s)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--speed-only", action="store_true", help="measure speed only; keep the accuracy section")
     ap.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
     path = smollm2_path()
@@ -125,43 +171,62 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     model = G.load_gguf(path)
-    acc = accuracy(path, model, args.tokens, max(args.tokens, 256), log)
-    spd = speed(path, model, [int(c) for c in args.ctx.split(",")], args.rounds, args.new_tokens, log)
+    if args.speed_only:
+        acc_lines = [*_kept_accuracy(args.output), "",
+                     "(This accuracy section is from the last full run of the script: `--speed-only` keeps it.)"]
+    else:
+        acc = accuracy(path, model, args.tokens, max(args.tokens, 256), log)
+        acc_lines = [
+            f"{ACC_HEADING} next-token distributions over {acc[0][0]} positions",
+            "",
+            f"Text: the first {args.tokens} tokens of pydoc topics {' + '.join(ACCURACY_TOPICS)} (as in "
+            "`benchmarks/llm.py`), read through the KV cache in chunks of 256 with the all-positions `score` "
+            f"entry point, max_ctx {max(args.tokens, 256)}. KL in nats per position, to the eager model with "
+            "the f32 cache and to the eager model with the int8 cache.",
+            "",
+            *table(["model", "mean KL vs f32-KV eager", "mean KL vs int8-KV eager", "perplexity", "ppl vs f32-KV",
+                    "top-1 vs f32-KV"], acc[1:]),
+        ]
+    ctxs = [int(c) for c in args.ctx.split(",")]
+    res = speed(path, model, ctxs, args.rounds, args.new_tokens, args.threads, log)
     c = model.cfg
+    png = args.output.parent / "kv_cache.png"
+    figure = plot(res, png, f"SmolLM2-135M Q4_1 decode, {args.threads} threads, {cpu_model()}")
+    names = list(res)
+    rows = []
+    for ctx in ctxs:
+        cells = [f"{1e3 / res[n][ctx]:.1f}" if ctx in res[n] else "n/a" for n in names]
+        fb, qb = kv_bytes(c, ctx, "float"), kv_bytes(c, ctx, "int8")
+        rows.append([str(ctx), *cells, f"{fb / 2**20:.1f}", f"{qb / 2**20:.1f}"])
     lines = [
         BEGIN,
-        "# int8 KV cache with MSD attention (SmolLM2-135M-Instruct Q4_1)",
+        "# KV cache formats and context length (SmolLM2-135M-Instruct Q4_1)",
         "",
-        f"Written by `python benchmarks/kv_cache.py` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {cpu_model()}, "
-        f"{args.threads} threads; load average {start_load} at start, {load_avg()} at end; "
-        f"{time.time() - t0:.0f} s. The int8 cache stores K and V as int8 codes with one f32 scale per "
-        "(layer, head, token), quantized per token (amax/127) as entries land; msd's pass rewrites both "
-        "attention contractions against the codes (`q·Kᵀ`: the K scale is an epilogue factor; `P·V`: the "
-        "per-token V scale is folded into P before the slices); mask and softmax stay in f32.",
+        f"Written by `python benchmarks/kv_cache.py{' --speed-only' if args.speed_only else ''}` on "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {cpu_model()}, {args.threads} threads; load average "
+        f"{start_load} at start, {load_avg()} at end; {time.time() - t0:.0f} s. The int8 cache stores K and V "
+        "as int8 codes with one f32 scale per (layer, head, token), quantized per token (amax/127) as entries "
+        "land; msd's pass rewrites both attention contractions against the codes (`q·Kᵀ`: the K scale is an "
+        "epilogue factor; `P·V`: the per-token V scale is folded into P before the slices); mask and softmax "
+        "stay in f32.",
         "",
-        f"## Accuracy: teacher-forced next-token distributions over {acc[0][0]} positions",
+        *acc_lines,
         "",
-        f"Text: the first {args.tokens} tokens of pydoc topics {' + '.join(ACCURACY_TOPICS)} (as in "
-        "`benchmarks/llm.py`), read through the KV cache in chunks of 256 with the all-positions `score` "
-        f"entry point, max_ctx {max(args.tokens, 256)}. KL in nats per position, to the eager model with "
-        "the f32 cache and to the eager model with the int8 cache.",
+        f"{SPEED_HEADING} against context length",
         "",
-        *table(["model", "mean KL vs f32-KV eager", "mean KL vs int8-KV eager", "perplexity", "ppl vs f32-KV",
-                "top-1 vs f32-KV"], acc[1:]),
+        f"Greedy decode of {args.new_tokens} tokens after a prompt of context − {args.new_tokens} tokens (pydoc "
+        f"topics {' + '.join(SPEED_TOPICS)}), so the cache holds about `context` tokens; median of "
+        f"{args.rounds} interleaved rounds (msd: one compile per cache format, capacity {max(ctxs)}; llama.cpp: "
+        "its default f16 KV cache, one fresh context per round). msd's decode reads the filled part of the "
+        "cache in place (`KVCache` shares its buffers with IREE's CPU device); with the f32 cache it attends "
+        "in msd's decode-attention kernels, with the int8 cache through the pass's int8 attention "
+        "contractions (which concatenate past and new entries on every call). KV bytes: what one token's "
+        f"attention reads ({c.n_layers} layers × {c.n_kv_heads} KV heads × context × (K and V), "
+        f"{c.head_dim} f32, or {c.head_dim} int8 + one f32 scale per token).",
         "",
-        "## Decode speed and KV bytes per token",
+        *table(["context", *(f"{n} tok/s" for n in names), "f32 KV MiB/token", "int8 KV MiB/token"], rows),
         "",
-        f"msd slices=2, greedy decode of {args.new_tokens} tokens after a prompt of context − "
-        f"{args.new_tokens} tokens (pydoc topics {' + '.join(SPEED_TOPICS)}), so the cache holds about "
-        f"`context` tokens; median of {args.rounds} interleaved rounds, one compile per cache format. Each decode "
-        "call reads only the filled part of the host cache (passed in, token-major), and returns the new "
-        "token's entries, which the host appends. KV bytes: what one token's attention reads "
-        f"({c.n_layers} layers × {c.n_kv_heads} KV heads × context × (K and V), {c.head_dim} f32 or "
-        f"{c.head_dim} int8 + one f32 scale per token); the same bytes are also copied host → device on every "
-        "call.",
-        "",
-        *table(["context", "f32 KV tok/s", "int8 KV tok/s", "speed-up", "f32 KV MiB/token",
-                "int8 KV MiB/token", "bytes ratio"], spd),
+        figure,
         END,
     ]
     block = "\n".join(lines)

@@ -1,6 +1,7 @@
 """``msd.compiler.ops``: torch custom ops that msd compiles into kernels of its own.
 
-``torch.ops.msd.decode_attention`` — one decode step's attention over a token-major KV cache.  Eager
+``torch.ops.msd.decode_attention`` — one decode step's attention over a token-major KV cache;
+``torch.ops.msd.decode_attention_int8`` — the same over an int8 cache (codes and per-token scales).  Eager
 torch runs the reference below; ``torch.export`` keeps the op whole, and msd's
 ``--msd-decode-attention`` pass (:mod:`msd.passes.decode_attention`) compiles it into one kernel
 dispatch for CPU targets.  For other targets the compiler driver decomposes it into the reference's
@@ -41,13 +42,47 @@ def _(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torc
     return torch.empty_like(q)
 
 
+def _reference_int8(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: torch.Tensor,
+                    v_scales: torch.Tensor, k_new: torch.Tensor, k_new_scale: torch.Tensor, v_new: torch.Tensor,
+                    v_new_scale: torch.Tensor, layer: int) -> torch.Tensor:
+    def dequantized(codes, scales, new, new_scale):
+        c = torch.cat([codes[:, layer].movedim(0, 2), new], dim=2)  # [B, H, T + 1, D]
+        s = torch.cat([scales[:, layer].movedim(0, 2), new_scale], dim=2)  # [B, H, T + 1]
+        return c.to(torch.float32) * s.unsqueeze(-1)
+
+    kd = dequantized(k_codes, k_scales, k_new, k_new_scale)
+    vd = dequantized(v_codes, v_scales, v_new, v_new_scale)
+    scores = torch.einsum("bhgd,bhtd->bhgt", q, kd)
+    e = torch.exp(scores - scores.amax(-1, keepdim=True))
+    return torch.einsum("bhgt,bhtd->bhgd", e * (1.0 / e.sum(-1, keepdim=True)), vd)
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::decode_attention_int8", mutates_args=())
+def decode_attention_int8(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: torch.Tensor,
+                          v_scales: torch.Tensor, k_new: torch.Tensor, k_new_scale: torch.Tensor,
+                          v_new: torch.Tensor, v_new_scale: torch.Tensor, layer: int) -> torch.Tensor:
+    """:func:`decode_attention` over an int8 cache: keys and values are int8 codes ``[T, layers, B,
+    kv_heads, D]`` with one f32 scale per (token, layer, sequence, head) ``[T, layers, B, kv_heads]``
+    (the new token's: ``[B, kv_heads, 1, D]`` codes, ``[B, kv_heads, 1]`` scales); attends to
+    ``codes · scale``."""
+    return _reference_int8(q, k_codes, k_scales, v_codes, v_scales, k_new, k_new_scale, v_new, v_new_scale, layer)
+
+
+@decode_attention_int8.register_fake
+def _(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: torch.Tensor, v_scales: torch.Tensor,
+      k_new: torch.Tensor, k_new_scale: torch.Tensor, v_new: torch.Tensor, v_new_scale: torch.Tensor,
+      layer: int) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
 def decompose_for(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """``program`` with every msd op replaced by its reference tensor ops (for targets msd has no
     kernel for); unchanged when it has none."""
-    ops = {torch.ops.msd.decode_attention.default: _reference}
+    ops = {torch.ops.msd.decode_attention.default: _reference,
+           torch.ops.msd.decode_attention_int8.default: _reference_int8}
     if not any(n.op == "call_function" and n.target in ops for n in program.graph.nodes):
         return program
     return program.run_decompositions(ops)
 
 
-__all__ = ["decode_attention", "decompose_for"]
+__all__ = ["decode_attention", "decode_attention_int8", "decompose_for"]

@@ -1,27 +1,29 @@
-"""``--msd-decode-attention``: one token's attention over a token-major KV cache, as one kernel dispatch.
+"""``--msd-decode-attention``: one token's attention over a token-major KV cache, in msd's own kernels.
 
 A decode step attends one new query token (its ``G`` query heads per KV head stacked as rows) over the
 ``T`` cached keys and values plus its own.  Written in tensor ops (as the reference of
 :func:`msd.compiler.ops.decode_attention` is), IREE materialises the step's concatenation
 ``[past; new]`` (a copy of the layer's whole cache, per call), transposes it to head-major, data-tiles
 it for a matmul, and runs the softmax as separate dispatches: 17 dispatches and three passes over the
-cache per layer and token.  This pass replaces the op with one dispatch of a kernel msd writes: per
-(sequence, KV head) workgroup it streams that head's keys and values once, straight from the cache in
-its stored ``[T, layers, B, KV heads, D]`` layout, with an online softmax (flash-decoding's update:
-running max, running sum, rescaled accumulator) over blocks of :data:`BLOCK` tokens, the new token's
-key and value taking the place of row ``T``.
+cache per layer and token.  This pass replaces the op with two dispatches of kernels msd writes.  The
+first streams each head's keys and values once, straight from the cache in its stored ``[T, layers,
+B, KV heads, D]`` layout, with an online softmax (running max, running sum, rescaled accumulator)
+over blocks of :data:`BLOCK` keys, the new token's key and value taking the place of row ``T``; its
+workgroups are (sequence, KV head, split), a split being a range of blocks (flash-decoding: a model
+with few KV heads still keeps every thread streaming).  The second combines the splits' results.
 
 The pass runs on the **torch** dialect, before IREE's input conversion (which cannot lower the op):
 
 1. **match** — ``torch.operator "torch.msd.decode_attention"`` (what the FX importer makes of the
    custom op);
-2. **plan** — :class:`AttentionSpec` from the operand types (f32, static heads, head dim, layers and
-   batch; dynamic ``T``) and the constant layer index; anything else is an error naming the operand,
-   since IREE could not lower the op either;
-3. **emit** — the operands as builtin tensors (``torch_c.to_builtin_tensor``), a ``flow.dispatch`` of
-   the kernel's ``stream.executable`` (added once per shape), the result back as a torch tensor.
+2. **plan** — :class:`AttentionSpec` from the operand types (f32, static heads, head dim a multiple
+   of :data:`BLOCK`, layers and batch; dynamic ``T``) and the constant layer index; anything else is
+   an error naming the operand, since IREE could not lower the op either;
+3. **emit** — the operands as builtin tensors (``torch_c.to_builtin_tensor``), the two
+   ``flow.dispatch`` ops of the kernels' ``stream.executable``s (added once per shape), the result
+   back as a torch tensor.
 
-The kernel is plain ``vector``/``scf``/``math`` on f32 (no ISA intrinsics), so it serves every CPU
+The kernels are plain ``vector``/``scf``/``math`` on f32 (no ISA intrinsics), so they serve every CPU
 target IREE's ``llvm-cpu`` backend compiles for.
 """
 
@@ -41,8 +43,10 @@ from .report import Decision, Report
 NAME = "msd-decode-attention"
 SUMMARY = "one kernel dispatch per decode-step attention over the token-major KV cache (torch dialect)"
 OP_NAME = "torch.msd.decode_attention"  # the FX importer's name for torch.ops.msd.decode_attention
+OP_NAME_INT8 = "torch.msd.decode_attention_int8"  # ... and for torch.ops.msd.decode_attention_int8
 SYMBOL_PREFIX = "msd_decode_attention_"
 BLOCK = 16  # keys scored per online-softmax update
+MIN_WORKGROUPS = 8  # (sequence, KV head, split) workgroups at least: SmolLM2's 3 KV heads on 2 threads
 
 
 @dataclass(frozen=True)
@@ -60,26 +64,40 @@ class AttentionSpec:
     group: int
     head_dim: int
     layers: int
+    int8: bool = False  # the cache holds int8 codes and one f32 scale per (token, layer, sequence, head)
+
+    @property
+    def splits(self) -> int:
+        """Ranges of keys per (sequence, KV head) attended by workgroups of their own (flash-decoding):
+        enough workgroups to keep every thread streaming when there are few KV heads."""
+        return max(1, -(-MIN_WORKGROUPS // (self.batch * self.kv_heads)))
 
     @property
     def symbol(self) -> str:
         return (f"{SYMBOL_PREFIX}b{self.batch}_h{self.kv_heads}_g{self.group}_d{self.head_dim}"
-                f"_l{self.layers}")
+                f"_l{self.layers}_s{self.splits}{'_i8' if self.int8 else ''}")
 
     @property
-    def workgroups(self) -> int:
-        return self.batch * self.kv_heads
+    def combine_symbol(self) -> str:
+        return f"{self.symbol}_combine"
 
     def types(self) -> dict[str, str]:
-        """Element layout of each operand (``?``: the cached tokens ``T``)."""
-        b, h, g, d, n = self.batch, self.kv_heads, self.group, self.head_dim, self.layers
-        cache = f"?x{n}x{b}x{h}x{d}xf32"
-        return {"q": f"{b}x{h}x{g}x{d}xf32", "kc": cache, "vc": cache, "kn": f"{b}x{h}x1x{d}xf32",
-                "vn": f"{b}x{h}x1x{d}xf32", "o": f"{b}x{h}x{g}x{d}xf32"}
+        """Element layout of each operand of the attention kernel (``?``: the cached tokens ``T``); the
+        last two are its results: per split, the accumulated ``Σ p·v`` and (running max, ``Σ p``)."""
+        b, h, g, d, n, s = self.batch, self.kv_heads, self.group, self.head_dim, self.layers, self.splits
+        if self.int8:
+            cache, scales, new = f"?x{n}x{b}x{h}x{d}xi8", f"?x{n}x{b}x{h}xf32", f"{b}x{h}x1x{d}xi8"
+            ins = {"kc": cache, "ks": scales, "vc": cache, "vs": scales, "kn": new, "kns": f"{b}x{h}x1xf32",
+                   "vn": new, "vns": f"{b}x{h}x1xf32"}
+        else:
+            cache, new = f"?x{n}x{b}x{h}x{d}xf32", f"{b}x{h}x1x{d}xf32"
+            ins = {"kc": cache, "vc": cache, "kn": new, "vn": new}
+        return {"q": f"{b}x{h}x{g}x{d}xf32", **ins, "pa": f"{b}x{h}x{s}x{g}x{d}xf32",
+                "pm": f"{b}x{h}x{s}x{g}x2xf32"}
 
-    def executable(self) -> str:
-        """The ``stream.executable`` text."""
-        return _Writer(self).executable()
+    def executables(self) -> list[str]:
+        """The ``stream.executable`` texts: the attention over each split, then their combination."""
+        return [_Writer(self).executable(), _Writer(self).combine()]
 
 
 class _Writer:
@@ -104,41 +122,39 @@ class _Writer:
         s, e, vd = self.s, self.emit, self.vd
         types = s.types()
         mem = {k: f"memref<{t}>" for k, t in types.items()}
-        e(f"stream.executable private @{s.symbol} {{")
-        e(f"  stream.executable.export public @{s.symbol} workgroups(%t: index) -> (index, index, index) {{")
-        e(f"    %x = arith.constant {s.workgroups} : index")
-        e("    %one = arith.constant 1 : index")
-        e("    stream.return %x, %one, %one : index, index, index")
-        e("  }")
-        e("  builtin.module {")
-        args = ", ".join(f"%{k}_b: !stream.binding" for k in types)
-        e(f"    func.func @{s.symbol}({args}, %T: index, %layer: index) {{")
-        for v in sorted({0, 1, BLOCK, s.kv_heads, *range(max(BLOCK, s.group)), *range(0, s.head_dim, 16)}):
-            e(f"      %c{v} = arith.constant {v} : index")
-        for k, t in mem.items():
-            dyn = "{%T}" if "?" in t else ""
-            e(f"      %{k} = stream.binding.subspan %{k}_b[%c0] : !stream.binding -> {t}{dyn}")
-        e("      %f0 = arith.constant 0.0 : f32")
+        self.header(s.symbol, s.batch * s.kv_heads * s.splits, types, "%T: index, %layer: index")
         e("      %ninf = arith.constant 0xFF800000 : f32")
         e(f"      %zd = arith.constant dense<0.0> : {vd}")
         e("      %wid = stream.dispatch.workgroup.id[0] : index")
-        e(f"      %b = arith.divui %wid, %c{s.kv_heads} : index")
-        e(f"      %h = arith.remui %wid, %c{s.kv_heads} : index")
+        e(f"      %bh = arith.divui %wid, %c{s.splits} : index")
+        e(f"      %sp = arith.remui %wid, %c{s.splits} : index")
+        e(f"      %b = arith.divui %bh, %c{s.kv_heads} : index")
+        e(f"      %h = arith.remui %bh, %c{s.kv_heads} : index")
         for g in range(s.group):
             e(f"      %q{g} = vector.transfer_read %q[%b, %h, %c{g}, %c0], %f0 {{in_bounds = [true]}} : "
               f"{mem['q']}, {vd}")
             for c in range(self.chunks):
                 e(f"      %q{g}c{c} = {self.chunk(f'%q{g}', c)}")
+        # blocks of keys: nblk full ones (cached keys only), then the last, which holds key T (the new
+        # token's); split sp takes blocks [first, first + per) of the nblk + 1
         e(f"      %nblk = arith.divui %T, %c{BLOCK} : index")
         e(f"      %tmain = arith.muli %nblk, %c{BLOCK} : index")
+        e("      %nall = arith.addi %nblk, %c1 : index")
+        e(f"      %per0 = arith.addi %nall, %c{s.splits - 1} : index")
+        e(f"      %per = arith.divui %per0, %c{s.splits} : index")
+        e("      %first = arith.muli %sp, %per : index")
+        e("      %end0 = arith.addi %first, %per : index")
+        e("      %end = arith.minui %end0, %nall : index")
+        e("      %fullend = arith.minui %end, %nblk : index")
+        e(f"      %tfrom = arith.muli %first, %c{BLOCK} : index")
+        e(f"      %tto = arith.muli %fullend, %c{BLOCK} : index")
+        e("      %tlast = arith.subi %T, %c1 : index")
         state = [*(f"%m{g}" for g in range(s.group)), *(f"%l{g}" for g in range(s.group)),
                  *(f"%a{g}" for g in range(s.group))]
         inits = ["%ninf"] * s.group + ["%f0"] * s.group + ["%zd"] * s.group
         state_types = ["f32"] * (2 * s.group) + [vd] * s.group
-        e(f"      %st:{len(state)} = scf.for %t0 = %c0 to %tmain step %c{BLOCK} iter_args("
+        e(f"      %st:{len(state)} = scf.for %t0 = %tfrom to %tto step %c{BLOCK} iter_args("
           + ", ".join(f"{n} = {i}" for n, i in zip(state, inits)) + f") -> ({', '.join(state_types)}) {{")
-
-        e("        %tlast = arith.subi %T, %c1 : index")
 
         def cached(x: str, r: int, ind: str) -> str:  # row r of the block, from the cache
             e(f"{ind}%{x}r{r} = arith.addi %t0, %c{r} : index")
@@ -147,45 +163,136 @@ class _Writer:
             # us per layer)
             e(f"{ind}%{x}f{r}u = arith.addi %{x}r{r}, %c{BLOCK} : index")
             e(f"{ind}%{x}f{r} = arith.minui %{x}f{r}u, %tlast : index")
-            for c in range(0, s.head_dim, 16):
+            for c in range(0, s.head_dim, 64 if s.int8 else 16):  # a 64-byte line each
                 e(f"{ind}memref.prefetch %{x}c[%{x}f{r}, %layer, %b, %h, %c{c}], read, locality<3>, data : "
                   f"{mem[x + 'c']}")
-            e(f"{ind}%{x}{r} = vector.transfer_read %{x}c[%{x}r{r}, %layer, %b, %h, %c0], %f0 "
-              f"{{in_bounds = [true]}} : {mem[x + 'c']}, {vd}")
-            return f"%{x}{r}"
+            if s.int8:
+                e(f"{ind}memref.prefetch %{x}s[%{x}f{r}, %layer, %b, %h], read, locality<3>, data : "
+                  f"{mem[x + 's']}")
+            return self.row(x, f"%{x}{r}", f"%{x}r{r}", ind)
 
         new = self.update("M", state, None, "        ", cached)
         e(f"        scf.yield {', '.join(new)} : {', '.join(state_types)}")
         e("      }")
         after = [f"%st#{i}" for i in range(len(state))]
-        # the last block: rows tmain + r; a cached key while < T, the new token's at T, none after
+        # the last block, in the split that holds it: rows tmain + r; a cached key while < T, the new
+        # token's at T, none after
+        e("      %before = arith.cmpi ult, %nblk, %end : index")
+        e("      %after = arith.cmpi ule, %first, %nblk : index")
+        e("      %haslast = arith.andi %before, %after : i1")
+        e(f"      %fin:{len(state)} = scf.if %haslast -> ({', '.join(state_types)}) {{")
         for r in range(BLOCK):
-            e(f"      %u{r} = arith.addi %tmain, %c{r} : index")
-            e(f"      %in{r} = arith.cmpi ult, %u{r}, %T : index")
-            e(f"      %ok{r} = arith.cmpi ule, %u{r}, %T : index")
+            e(f"        %u{r} = arith.addi %tmain, %c{r} : index")
+            e(f"        %in{r} = arith.cmpi ult, %u{r}, %T : index")
+            e(f"        %ok{r} = arith.cmpi ule, %u{r}, %T : index")
 
         def last(x: str, r: int, ind: str) -> str:  # row r of the last block: cached, or the new token's
             e(f"{ind}%{x}u{r} = scf.if %in{r} -> ({vd}) {{")
-            e(f"{ind}  %x = vector.transfer_read %{x}c[%u{r}, %layer, %b, %h, %c0], %f0 {{in_bounds = [true]}} :"
-              f" {mem[x + 'c']}, {vd}")
-            e(f"{ind}  scf.yield %x : {vd}")
+            e(f"{ind}  scf.yield {self.row(x, f'%{x}uc{r}', f'%u{r}', ind + '  ')} : {vd}")
             e(f"{ind}}} else {{")
-            e(f"{ind}  %x = vector.transfer_read %{x}n[%b, %h, %c0, %c0], %f0 {{in_bounds = [true]}} : "
-              f"{mem[x + 'n']}, {vd}")
-            e(f"{ind}  scf.yield %x : {vd}")
+            e(f"{ind}  scf.yield {self.row(x, f'%{x}un{r}', None, ind + '  ')} : {vd}")
             e(f"{ind}}}")
             return f"%{x}u{r}"
 
-        final = self.update("L", after, [f"%ok{r}" for r in range(BLOCK)], "      ", last)
+        final = self.update("L", after, [f"%ok{r}" for r in range(BLOCK)], "        ", last)
+        e(f"        scf.yield {', '.join(final)} : {', '.join(state_types)}")
+        e("      } else {")
+        e(f"        scf.yield {', '.join(after)} : {', '.join(state_types)}")
+        e("      }")
         for g in range(s.group):
-            l_, a = final[s.group + g], final[2 * s.group + g]
-            e(f"      %lb{g} = vector.broadcast {l_} : f32 to {vd}")
-            e(f"      %out{g} = arith.divf {a}, %lb{g} : {vd}")
-            e(f"      vector.transfer_write %out{g}, %o[%b, %h, %c{g}, %c0] {{in_bounds = [true]}} : {vd}, {mem['o']}")
-        e("      return")
-        e("    }")
+            m, l_, a = (f"%fin#{i * s.group + g}" for i in range(3))
+            e(f"      memref.store {m}, %pm[%b, %h, %sp, %c{g}, %c0] : {mem['pm']}")
+            e(f"      memref.store {l_}, %pm[%b, %h, %sp, %c{g}, %c1] : {mem['pm']}")
+            e(f"      vector.transfer_write {a}, %pa[%b, %h, %sp, %c{g}, %c0] {{in_bounds = [true]}} : {vd}, "
+              f"{mem['pa']}")
+        self.footer()
+        return "\n".join(self.lines)
+
+    def row(self, x: str, name: str, t: str | None, ind: str) -> str:
+        """Emit the load of a key (``x`` = "k") or value ("v") row as f32 ``{D}`` named ``name``: cache
+        row ``t`` of this layer and head, or (``t`` None) the new token's; int8 codes are converted and
+        multiplied by their scale."""
+        s, e, vd = self.s, self.emit, self.vd
+        src, at = (f"%{x}c", f"[{t}, %layer, %b, %h, %c0]") if t else (f"%{x}n", "[%b, %h, %c0, %c0]")
+        mem = f"memref<{s.types()[src[1:]]}>"
+        if not s.int8:
+            e(f"{ind}{name} = vector.transfer_read {src}{at}, %f0 {{in_bounds = [true]}} : {mem}, {vd}")
+            return name
+        vb = f"vector<{s.head_dim}xi8>"
+        e(f"{ind}{name}q = vector.transfer_read {src}{at}, %i0 {{in_bounds = [true]}} : {mem}, {vb}")
+        e(f"{ind}{name}f = arith.sitofp {name}q : {vb} to {vd}")
+        ssrc, sat = (f"%{x}s", f"[{t}, %layer, %b, %h]") if t else (f"%{x}ns", "[%b, %h, %c0]")
+        e(f"{ind}{name}s = memref.load {ssrc}{sat} : memref<{s.types()[ssrc[1:]]}>")
+        e(f"{ind}{name}sb = vector.broadcast {name}s : f32 to {vd}")
+        e(f"{ind}{name} = arith.mulf {name}f, {name}sb : {vd}")
+        return name
+
+    def header(self, symbol: str, workgroups: int, types: dict[str, str], scalars: str) -> None:
+        """An executable's export (``workgroups`` in x), its function's bindings as memrefs named like
+        ``types``' keys (a ``?`` dim sized ``%T``), the common constants."""
+        s, e = self.s, self.emit
+        e(f"stream.executable private @{symbol} {{")
+        e(f"  stream.executable.export public @{symbol} workgroups(%t: index) -> (index, index, index) {{")
+        e(f"    %x = arith.constant {workgroups} : index")
+        e("    %one = arith.constant 1 : index")
+        e("    stream.return %x, %one, %one : index, index, index")
         e("  }")
-        e("}")
+        e("  builtin.module {")
+        args = ", ".join(f"%{k}_b: !stream.binding" for k in types)
+        e(f"    func.func @{symbol}({args}{', ' if scalars else ''}{scalars}) {{")
+        for v in sorted({0, 1, BLOCK, s.kv_heads, s.splits, *range(max(BLOCK, s.group)),
+                         *range(0, s.head_dim, 16)}):
+            e(f"      %c{v} = arith.constant {v} : index")
+        for k, t in types.items():
+            dyn = "{%T}" if "?" in t else ""
+            e(f"      %{k} = stream.binding.subspan %{k}_b[%c0] : !stream.binding -> memref<{t}>{dyn}")
+        e("      %f0 = arith.constant 0.0 : f32")
+        e("      %i0 = arith.constant 0 : i8")
+
+    def footer(self) -> None:
+        for line in ("      return", "    }", "  }", "}"):
+            self.emit(line)
+
+    def combine(self) -> str:
+        """The splits' results combined per (sequence, KV head): ``Σ_s w_s·acc_s / Σ_s w_s·l_s`` with
+        ``w_s = exp(m_s − max_s m_s)`` (an empty split has ``m = −inf``: weight 0)."""
+        s, e, vd = self.s, self.emit, self.vd
+        att = s.types()
+        types = {"pa": att["pa"], "pm": att["pm"], "o": f"{s.batch}x{s.kv_heads}x{s.group}x{s.head_dim}xf32"}
+        self.header(s.combine_symbol, s.batch * s.kv_heads, types, "")
+        e("      %wid = stream.dispatch.workgroup.id[0] : index")
+        e(f"      %b = arith.divui %wid, %c{s.kv_heads} : index")
+        e(f"      %h = arith.remui %wid, %c{s.kv_heads} : index")
+        for g in range(s.group):
+            ms = []
+            for j in range(s.splits):
+                e(f"      %m{g}_{j} = memref.load %pm[%b, %h, %c{j}, %c{g}, %c0] : memref<{types['pm']}>")
+                e(f"      %l{g}_{j} = memref.load %pm[%b, %h, %c{j}, %c{g}, %c1] : memref<{types['pm']}>")
+                ms.append(f"%m{g}_{j}")
+            top = ms[0]
+            for j in range(1, s.splits):
+                e(f"      %mx{g}_{j} = arith.maximumf {top}, {ms[j]} : f32")
+                top = f"%mx{g}_{j}"
+            den, num = "%f0", ""
+            for j in range(s.splits):
+                e(f"      %dm{g}_{j} = arith.subf %m{g}_{j}, {top} : f32")
+                e(f"      %w{g}_{j} = math.exp %dm{g}_{j} : f32")
+                e(f"      %wl{g}_{j} = arith.mulf %w{g}_{j}, %l{g}_{j} : f32")
+                e(f"      %den{g}_{j} = arith.addf {den}, %wl{g}_{j} : f32")
+                den = f"%den{g}_{j}"
+                e(f"      %acc{g}_{j} = vector.transfer_read %pa[%b, %h, %c{j}, %c{g}, %c0], %f0 "
+                  f"{{in_bounds = [true]}} : memref<{types['pa']}>, {vd}")
+                e(f"      %wb{g}_{j} = vector.broadcast %w{g}_{j} : f32 to {vd}")
+                if num:
+                    e(f"      %num{g}_{j} = vector.fma %wb{g}_{j}, %acc{g}_{j}, {num} : {vd}")
+                else:
+                    e(f"      %num{g}_{j} = arith.mulf %wb{g}_{j}, %acc{g}_{j} : {vd}")
+                num = f"%num{g}_{j}"
+            e(f"      %db{g} = vector.broadcast {den} : f32 to {vd}")
+            e(f"      %out{g} = arith.divf {num}, %db{g} : {vd}")
+            e(f"      vector.transfer_write %out{g}, %o[%b, %h, %c{g}, %c0] {{in_bounds = [true]}} : {vd}, "
+              f"memref<{types['o']}>")
+        self.footer()
         return "\n".join(self.lines)
 
     def update(self, tag: str, state: list[str], valid: list[str] | None, ind: str,
@@ -272,50 +379,73 @@ def _shape(t: ir.Type) -> tuple[list[int | None], str] | None:
     return dims, elem
 
 
+# operands of each op: (name in messages, kernel binding, element type, shape as a function of B, H, G, D)
+_F32_OPERANDS = (("q", "q", "f32"), ("k_cache", "kc", "f32"), ("v_cache", "vc", "f32"), ("k_new", "kn", "f32"),
+                 ("v_new", "vn", "f32"))
+_INT8_OPERANDS = (("q", "q", "f32"), ("k_codes", "kc", "si8"), ("k_scales", "ks", "f32"), ("v_codes", "vc", "si8"),
+                  ("v_scales", "vs", "f32"), ("k_new", "kn", "si8"), ("k_new_scale", "kns", "f32"),
+                  ("v_new", "vn", "si8"), ("v_new_scale", "vns", "f32"))
+OPERANDS = {OP_NAME: _F32_OPERANDS, OP_NAME_INT8: _INT8_OPERANDS}
+
+
 def plan(op: ir.Operation) -> tuple[AttentionSpec, int]:
-    """The kernel's shape and the layer index of one ``torch.msd.decode_attention``; an
+    """The kernel's shape and the layer index of one ``torch.msd.decode_attention[_int8]``; an
     :class:`~msd.errors.OptionError` naming the operand that does not fit."""
-    names = ("q", "k_cache", "v_cache", "k_new", "v_new")
-    if len(op.operands) != 6 or len(op.results) != 1:
-        raise OptionError(f"{OP_NAME}: expected 6 operands and 1 result, got {len(op.operands)} and "
+    name = ir.StringAttr(op.attributes["name"]).value
+    table = OPERANDS[name]
+    if len(op.operands) != len(table) + 1 or len(op.results) != 1:
+        raise OptionError(f"{name}: expected {len(table) + 1} operands and 1 result, got {len(op.operands)} and "
                           f"{len(op.results)}")
-    shapes = []
-    for name, v in zip(names, op.operands):
+    shapes = {}
+    for (what, _key, elem), v in zip(table, op.operands):
         sh = _shape(v.type)
-        if sh is None or sh[1] != "f32":
-            raise OptionError(f"{OP_NAME}: {name} must be an f32 tensor, got {v.type}")
-        shapes.append(sh[0])
-    q, kc, vc, kn, vn = shapes
+        if sh is None or sh[1] != elem:
+            raise OptionError(f"{name}: {what} must be a {elem} tensor, got {v.type}")
+        shapes[what] = sh[0]
+    q = shapes["q"]
     if len(q) != 4 or None in q:
-        raise OptionError(f"{OP_NAME}: q must be [B, kv_heads, group, D] with static sizes, got {q}")
+        raise OptionError(f"{name}: q must be [B, kv_heads, group, D] with static sizes, got {q}")
     b, h, g, d = q
     if d % BLOCK:
-        raise OptionError(f"{OP_NAME}: the head dim {d} is not a multiple of {BLOCK}")
-    for name, sh in (("k_cache", kc), ("v_cache", vc)):
-        if len(sh) != 5 or sh[2:] != [b, h, d] or sh[1] is None:
-            raise OptionError(f"{OP_NAME}: {name} must be [T, layers, {b}, {h}, {d}] (layers static), got {sh}")
-    if kc[1] != vc[1]:
-        raise OptionError(f"{OP_NAME}: k_cache and v_cache hold {kc[1]} and {vc[1]} layers")
-    for name, sh in (("k_new", kn), ("v_new", vn)):
-        if sh != [b, h, 1, d]:
-            raise OptionError(f"{OP_NAME}: {name} must be [{b}, {h}, 1, {d}], got {sh}")
+        raise OptionError(f"{name}: the head dim {d} is not a multiple of {BLOCK}")
+    layers = shapes[table[1][0]][1] if len(shapes[table[1][0]]) == 5 else None
+    spec = AttentionSpec(b, h, g, d, layers or 0, int8=name == OP_NAME_INT8)
+    for (what, key, _), sh in zip(table, shapes.values()):
+        want = spec.types()[key].split("x")[:-1]
+        got = ["?" if x is None else str(x) for x in sh]
+        if layers is None or got != want:
+            raise OptionError(f"{name}: {what} must be [{', '.join(want)}] (T = '?', layers static), got {sh}")
     result = _shape(op.results[0].type)
     if result is None or result[0] != q or result[1] != "f32":
-        raise OptionError(f"{OP_NAME}: the result must be f32 {q}, got {op.results[0].type}")
-    layer_def = op.operands[5].owner
+        raise OptionError(f"{name}: the result must be f32 {q}, got {op.results[0].type}")
+    layer_def = op.operands[len(table)].owner
     if not isinstance(layer_def, ir.Operation | ir.OpView) or layer_def.name != "torch.constant.int":
-        raise OptionError(f"{OP_NAME}: the layer index must be a constant integer")
+        raise OptionError(f"{name}: the layer index must be a constant integer")
     layer = ir.IntegerAttr(layer_def.attributes["value"]).value
-    if not 0 <= layer < kc[1]:
-        raise OptionError(f"{OP_NAME}: layer {layer} is outside the cache's {kc[1]} layers")
-    return AttentionSpec(b, h, g, d, kc[1]), layer
+    if not 0 <= layer < layers:
+        raise OptionError(f"{name}: layer {layer} is outside the cache's {layers} layers")
+    return spec, layer
+
+
+def _dispatch(symbol: str, results: list[ir.Type], workload: list[ir.Value], arguments: list[ir.Value],
+              argument_dims: list[ir.Value]) -> ir.Operation:
+    """``flow.dispatch @symbol::@symbol[workload](arguments)`` (results static, none tied)."""
+    index = ir.IndexType.get()
+    return ir.Operation.create(
+        "flow.dispatch", results=results, operands=[*workload, *arguments, *argument_dims],
+        attributes={
+            "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([symbol, symbol])]),
+            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([len(workload), len(arguments), len(argument_dims), 0]),
+            "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(index, -1)] * len(results)),
+        })
 
 
 def _emit(op: ir.Operation, spec: AttentionSpec, layer: int) -> None:
     types = spec.types()
+    table = OPERANDS[ir.StringAttr(op.attributes["name"]).value]
     with ir.InsertionPoint(op), op.location:
         builtin = []
-        for v, key in zip(op.operands[:5], ("q", "kc", "vc", "kn", "vn")):
+        for v, (_, key, _) in zip(op.operands, table):
             t = ir.RankedTensorType.parse(f"tensor<{types[key]}>")
             builtin.append(ir.Operation.create("torch_c.to_builtin_tensor", results=[t], operands=[v]).result)
         index = ir.IndexType.get()
@@ -324,17 +454,13 @@ def _emit(op: ir.Operation, spec: AttentionSpec, layer: int) -> None:
         t_dim = ir.Operation.create("tensor.dim", results=[index], operands=[builtin[1], zero]).result
         lay = ir.Operation.create("arith.constant", results=[index],
                                   attributes={"value": ir.IntegerAttr.get(index, layer)}).result
-        entry = ir.ArrayAttr.get([ir.SymbolRefAttr.get([spec.symbol, spec.symbol])])
-        out_t = ir.RankedTensorType.parse(f"tensor<{types['o']}>")
-        dispatch = ir.Operation.create(
-            "flow.dispatch", results=[out_t], operands=[t_dim, *builtin, t_dim, lay, t_dim, t_dim],
-            attributes={
-                "entry_points": entry,
-                "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, 7, 2, 0]),
-                "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(index, -1)]),
-            })
+        parts = [ir.RankedTensorType.parse(f"tensor<{types[k]}>") for k in ("pa", "pm")]
+        dynamic = [t_dim] * sum("?" in types[key] for _, key, _ in table)
+        attention = _dispatch(spec.symbol, parts, [t_dim], [*builtin, t_dim, lay], dynamic)
+        out_t = ir.RankedTensorType.parse(f"tensor<{types['q']}>")
+        combined = _dispatch(spec.combine_symbol, [out_t], [t_dim], list(attention.results), [])
         back = ir.Operation.create("torch_c.from_builtin_tensor", results=[op.results[0].type],
-                                   operands=[dispatch.result])
+                                   operands=[combined.result])
     op.results[0].replace_all_uses_with(back.result)
     op.erase()
 
@@ -349,7 +475,7 @@ def run(module: ir.Operation, options: DecodeAttentionOptions | None = None, /, 
     found: list[ir.Operation] = []
 
     def visit(o: ir.Operation) -> ir.WalkResult:
-        if o.name == "torch.operator" and ir.StringAttr(o.attributes["name"]).value == OP_NAME:
+        if o.name == "torch.operator" and ir.StringAttr(o.attributes["name"]).value in OPERANDS:
             found.append(o)
         return ir.WalkResult.ADVANCE
 
@@ -357,17 +483,19 @@ def run(module: ir.Operation, options: DecodeAttentionOptions | None = None, /, 
     specs: dict[str, AttentionSpec] = {}
     for op in found:
         spec, layer = plan(op)
-        where = str(op.location)
+        name, where = ir.StringAttr(op.attributes["name"]).value, str(op.location)
         _emit(op, spec, layer)
         specs[spec.symbol] = spec
-        report.decisions.append(Decision(OP_NAME, where, True, f"{spec.symbol} (layer {layer})"))
+        report.decisions.append(Decision(name, where, True, f"{spec.symbol} (layer {layer})"))
     body = module.regions[0].blocks[0]
     present = {ir.StringAttr(o.attributes["sym_name"]).value for o in body.operations if "sym_name" in o.attributes}
     for symbol, spec in specs.items():
         if symbol not in present:
-            parsed = ir.Module.parse(spec.executable(), module.context)  # kept alive while the op moves
-            parsed.body.operations[0].move_before(body.operations[0])
+            for text in spec.executables():
+                parsed = ir.Module.parse(text, module.context)  # kept alive while the op moves
+                parsed.body.operations[0].move_before(body.operations[0])
     return report
 
 
-__all__ = ["BLOCK", "NAME", "OP_NAME", "SUMMARY", "AttentionSpec", "DecodeAttentionOptions", "plan", "run"]
+__all__ = ["BLOCK", "NAME", "OPERANDS", "OP_NAME", "OP_NAME_INT8", "SUMMARY", "AttentionSpec", "DecodeAttentionOptions",
+           "plan", "run"]

@@ -1,7 +1,8 @@
-"""msd's decode-attention kernel (``torch.ops.msd.decode_attention`` → ``--msd-decode-attention``):
+"""msd's decode-attention kernels (``torch.ops.msd.decode_attention[_int8]`` → ``--msd-decode-attention``):
 compiled through IREE for this CPU and checked against a float64 reference over cache lengths around
-the kernel's block of 16 keys; the eager op against the model's own attention; the reference ops for
-targets without the kernel; and the errors for shapes the kernel does not take."""
+the kernel's block of 16 keys and its splits, for the f32 and the int8 cache; the eager op against the
+model's own attention; the reference ops for targets without the kernel; and the errors for shapes the
+kernel does not take."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from msd.compiler.ops import decode_attention
 from msd.errors import OptionError
 from msd.passes.decode_attention import BLOCK
 
-LENGTHS = (1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5, 130)  # cached tokens T
+LENGTHS = (1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK, 3 * BLOCK - 1, 3 * BLOCK + 5, 130)  # T: around blocks, splits
 
 
 class _Layer(torch.nn.Module):
@@ -62,6 +63,44 @@ def test_kernel_matches_float64_reference(shape, layer) -> None:
         scale = max(float(np.abs(args[2]).max()), float(np.abs(args[4]).max()))
         err = float(np.abs(got - want).max())
         assert err <= 2e-6 * scale, f"T={t}: max error {err:.3g}"
+
+
+class _Int8Layer(torch.nn.Module):
+    def __init__(self, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, q, kc, ks, vc, vs, kn, kns, vn, vns):
+        return torch.ops.msd.decode_attention_int8(q, kc, ks, vc, vs, kn, kns, vn, vns, self.layer)
+
+
+def _int8_inputs(t: int, b: int, h: int, g: int, d: int, layers: int, seed: int) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    codes = lambda *shape: torch.randint(-127, 128, shape, generator=gen, dtype=torch.int8)  # noqa: E731
+    scales = lambda *shape: torch.rand(*shape, generator=gen) * 0.05 + 0.01  # noqa: E731
+    return (torch.randn(b, h, g, d, generator=gen), codes(t, layers, b, h, d), scales(t, layers, b, h),
+            codes(t, layers, b, h, d), scales(t, layers, b, h), codes(b, h, 1, d), scales(b, h, 1),
+            codes(b, h, 1, d), scales(b, h, 1))
+
+
+def test_int8_kernel_matches_float64_reference() -> None:
+    """The int8 cache (codes and one scale per token and head): the kernel against the float64 value of
+    ``softmax(q·(codes·scale)ᵀ)·(codes·scale)``.  Error ≤ 1e-5 · max|v| (its scores reach ~100, ten times
+    the f32 test's: the f32 rounding of a score moves the softmax more)."""
+    from msd.compiler.ops import _reference_int8
+
+    shape, layer = (1, 3, 3, 64, 4), 2
+    example = _int8_inputs(5, *shape, seed=0)
+    t = torch.export.Dim("T", min=1, max=4096)
+    dyn = (None, {0: t}, {0: t}, {0: t}, {0: t}, None, None, None, None)
+    cm = msd.compile(_Int8Layer(layer), example, dynamic_shapes=dyn)
+    for n in LENGTHS:
+        args = _int8_inputs(n, *shape, seed=n)
+        got = cm(*args).numpy()
+        want = _reference_int8(*(x.double() if x.is_floating_point() else x for x in args), layer).numpy()
+        scale = float((args[3].abs().amax() * args[4].amax()).item())
+        err = float(np.abs(got - want).max())
+        assert err <= 1e-5 * scale, f"T={n}: max error {err:.3g}"
 
 
 def test_the_new_token_and_the_layer_matter() -> None:

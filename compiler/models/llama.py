@@ -124,11 +124,12 @@ class Attention(nn.Module):
         ``past`` is the whole cache, token-major, all layers: ``(k, v)`` f32 ``[T, n_layers, B,
         n_kv_heads, D]``, or for ``kv_cache="int8"`` ``(k_codes, k_scales, v_codes, v_scales)``, int8
         codes with one f32 scale per (layer, head, token) ``[T, n_layers, B, n_kv_heads]``; ``()`` when
-        nothing precedes the new tokens.  ``fused``: a one-token step over an f32 cache attends with
-        ``torch.ops.msd.decode_attention`` (:mod:`msd.compiler.ops`; the same values, one kernel
-        dispatch once msd compiles it) when the head dim is a multiple of 16.  The new tokens' keys and
-        values are returned in the same form with ``B, n_kv_heads, S`` leading (int8: quantized
-        symmetrically per token, ``amax/127``, round half to even); the caller appends them.  Attention
+        nothing precedes the new tokens.  ``fused``: a one-token step attends with
+        ``torch.ops.msd.decode_attention`` (``_int8`` for the int8 cache; :mod:`msd.compiler.ops`: the
+        same values, msd's decode-attention kernels once compiled) when the head dim is a multiple of
+        16.  The new tokens' keys and values are returned in the same form with ``B, n_kv_heads, S``
+        leading (int8: quantized symmetrically per token, ``amax/127``, round half to even); the caller
+        appends them.  Attention
         reads ``codes · scale`` ("dequantize then attend": the reference msd's pass rewrites into int8
         ``q·Kᵀ`` and ``P·V``) over the ``T + S`` keys: past, then new.  ``hidden`` ``[S, T + S]`` is an
         additive float mask (−inf where key ``j`` lies after query ``s``, i.e. ``j > T + s``; None when
@@ -144,8 +145,12 @@ class Attention(nn.Module):
             new = (kq, kqs, vq, vqs)
         hkv, group, d = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
         qg = q.unflatten(1, (hkv, group))  # query head h = kv·group + j reads kv head h // group
-        if fused and past and kv_cache == "float" and isinstance(s, int) and s == 1 and d % 16 == 0:
-            out = torch.ops.msd.decode_attention(qg.squeeze(3) * (1.0 / math.sqrt(d)), past[0], past[1], k, v, layer)
+        if fused and past and isinstance(s, int) and s == 1 and d % 16 == 0:
+            qs = qg.squeeze(3) * (1.0 / math.sqrt(d))
+            if kv_cache == "float":
+                out = torch.ops.msd.decode_attention(qs, past[0], past[1], k, v, layer)
+            else:
+                out = torch.ops.msd.decode_attention_int8(qs, *past, *new, layer)
             return self.o_proj(out.reshape(b, 1, c.n_heads * d)), new
         # this layer's past entries [T, B, H, ...] -> [B, H, T, ...], then the new ones after them
         full = [torch.cat([p[:, layer].movedim(0, 2), n], dim=2) for p, n in zip(past, new)] if past else list(new)

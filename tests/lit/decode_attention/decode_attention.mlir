@@ -1,13 +1,20 @@
 // RUN: msd-opt %s --msd-decode-attention | FileCheck %s
+// RUN: msd-opt %s --msd-decode-attention | FileCheck %s --check-prefix=I8
 // RUN: msd-opt %s --msd-decode-attention --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=REPORT
 
 // --msd-decode-attention: the custom op torch.ops.msd.decode_attention (as the FX importer writes it,
-// on the torch dialect) becomes one dispatch of msd's attention kernel: the operands as builtin
-// tensors, the cached tokens T as the dispatch's workload and dynamic dim, the layer index as a
-// constant; the kernel's executable is added once for the two layers that share its shape.
+// on the torch dialect) becomes two dispatches of msd's kernels: the attention over splits of the
+// cached keys (workgroups per head and split, each writing its accumulator, running max and sum; the
+// operands as builtin tensors, the cached tokens T as the workload and dynamic dim, the layer index a
+// constant), then their combination.  The executables are added once for the two layers that share
+// their shape; 2 KV heads get 4 splits (8 workgroups).
 
-// CHECK:       stream.executable private @msd_decode_attention_b1_h2_g3_d32_l2
-// CHECK:         func.func @msd_decode_attention_b1_h2_g3_d32_l2(
+// CHECK:       stream.executable private @msd_decode_attention_b1_h2_g3_d32_l2_s4_combine
+// CHECK:         math.exp
+// CHECK:       stream.executable private @msd_decode_attention_b1_h2_g3_d32_l2_s4
+// CHECK:         stream.executable.export public @msd_decode_attention_b1_h2_g3_d32_l2_s4
+// CHECK-NEXT:      arith.constant 8 : index
+// CHECK:         func.func @msd_decode_attention_b1_h2_g3_d32_l2_s4(
 // CHECK:           scf.for
 // CHECK:             memref.prefetch
 // CHECK:             math.exp
@@ -17,13 +24,16 @@
 // CHECK:         %[[KC:.*]] = torch_c.to_builtin_tensor %arg1 : !torch.vtensor<[?,2,1,2,32],f32> -> tensor<?x2x1x2x32xf32>
 // CHECK:         %[[T:.*]] = tensor.dim %[[KC]], %c0
 // CHECK:         %[[L0:.*]] = arith.constant 0 : index
-// CHECK:         flow.dispatch @msd_decode_attention_b1_h2_g3_d32_l2::@msd_decode_attention_b1_h2_g3_d32_l2[%[[T]]]({{.*}}, %[[T]], %[[L0]]) : (tensor<1x2x3x32xf32>, tensor<?x2x1x2x32xf32>{%[[T]]}, tensor<?x2x1x2x32xf32>{%[[T]]}, tensor<1x2x1x32xf32>, tensor<1x2x1x32xf32>, index, index) -> tensor<1x2x3x32xf32>
-// CHECK:         torch_c.from_builtin_tensor
+// CHECK:         %[[P:.*]]:2 = flow.dispatch @msd_decode_attention_b1_h2_g3_d32_l2_s4::@msd_decode_attention_b1_h2_g3_d32_l2_s4[%[[T]]]({{.*}}, %[[T]], %[[L0]]) : (tensor<1x2x3x32xf32>, tensor<?x2x1x2x32xf32>{%[[T]]}, tensor<?x2x1x2x32xf32>{%[[T]]}, tensor<1x2x1x32xf32>, tensor<1x2x1x32xf32>, index, index) -> (tensor<1x2x4x3x32xf32>, tensor<1x2x4x3x2xf32>)
+// CHECK:         %[[O:.*]] = flow.dispatch @msd_decode_attention_b1_h2_g3_d32_l2_s4_combine::@msd_decode_attention_b1_h2_g3_d32_l2_s4_combine[%[[T]]](%[[P]]#0, %[[P]]#1) : (tensor<1x2x4x3x32xf32>, tensor<1x2x4x3x2xf32>) -> tensor<1x2x3x32xf32>
+// CHECK:         torch_c.from_builtin_tensor %[[O]]
 // CHECK:         %[[L1:.*]] = arith.constant 1 : index
-// CHECK:         flow.dispatch @msd_decode_attention_b1_h2_g3_d32_l2::@msd_decode_attention_b1_h2_g3_d32_l2[{{.*}}]({{.*}}, %[[L1]])
+// CHECK:         flow.dispatch @msd_decode_attention_b1_h2_g3_d32_l2_s4::@msd_decode_attention_b1_h2_g3_d32_l2_s4[{{.*}}]({{.*}}, %[[L1]])
+// CHECK:         flow.dispatch @msd_decode_attention_b1_h2_g3_d32_l2_s4_combine
 
-// REPORT: rewritten: torch.msd.decode_attention at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2 (layer 0)
-// REPORT: rewritten: torch.msd.decode_attention at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2 (layer 1)
+// REPORT: rewritten: torch.msd.decode_attention at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2_s4 (layer 0)
+// REPORT: rewritten: torch.msd.decode_attention at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2_s4 (layer 1)
+// REPORT: rewritten: torch.msd.decode_attention_int8 at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2_s4_i8 (layer 1)
 
 func.func @decode(%q: !torch.vtensor<[1,2,3,32],f32>, %kc: !torch.vtensor<[?,2,1,2,32],f32>,
                   %vc: !torch.vtensor<[?,2,1,2,32],f32>, %k: !torch.vtensor<[1,2,1,32],f32>,
@@ -33,4 +43,24 @@ func.func @decode(%q: !torch.vtensor<[1,2,3,32],f32>, %kc: !torch.vtensor<[?,2,1
   %0 = torch.operator "torch.msd.decode_attention"(%q, %kc, %vc, %k, %v, %int0) : (!torch.vtensor<[1,2,3,32],f32>, !torch.vtensor<[?,2,1,2,32],f32>, !torch.vtensor<[?,2,1,2,32],f32>, !torch.vtensor<[1,2,1,32],f32>, !torch.vtensor<[1,2,1,32],f32>, !torch.int) -> !torch.vtensor<[1,2,3,32],f32>
   %1 = torch.operator "torch.msd.decode_attention"(%0, %kc, %vc, %k, %v, %int1) : (!torch.vtensor<[1,2,3,32],f32>, !torch.vtensor<[?,2,1,2,32],f32>, !torch.vtensor<[?,2,1,2,32],f32>, !torch.vtensor<[1,2,1,32],f32>, !torch.vtensor<[1,2,1,32],f32>, !torch.int) -> !torch.vtensor<[1,2,3,32],f32>
   return %1 : !torch.vtensor<[1,2,3,32],f32>
+}
+
+// The int8 cache: codes and one f32 scale per (token, layer, sequence, head); the kernel converts the
+// codes and multiplies them by their scale as it loads a row.  (Its executables come first: each is
+// added at the top of the module.)
+
+// I8-LABEL: stream.executable private @msd_decode_attention_b1_h2_g3_d32_l2_s4_i8
+// I8:           arith.sitofp %{{.*}} : vector<32xi8> to vector<32xf32>
+// I8-LABEL: func.func @decode_int8(
+// I8:         flow.dispatch @msd_decode_attention_b1_h2_g3_d32_l2_s4_i8::@msd_decode_attention_b1_h2_g3_d32_l2_s4_i8[%[[T:.*]]]({{.*}}) : (tensor<1x2x3x32xf32>, tensor<?x2x1x2x32xi8>{%[[T]]}, tensor<?x2x1x2xf32>{%[[T]]}, tensor<?x2x1x2x32xi8>{%[[T]]}, tensor<?x2x1x2xf32>{%[[T]]}, tensor<1x2x1x32xi8>, tensor<1x2x1xf32>, tensor<1x2x1x32xi8>, tensor<1x2x1xf32>, index, index)
+// I8:         flow.dispatch @msd_decode_attention_b1_h2_g3_d32_l2_s4_i8_combine
+
+func.func @decode_int8(%q: !torch.vtensor<[1,2,3,32],f32>, %kc: !torch.vtensor<[?,2,1,2,32],si8>,
+                       %ks: !torch.vtensor<[?,2,1,2],f32>, %vc: !torch.vtensor<[?,2,1,2,32],si8>,
+                       %vs: !torch.vtensor<[?,2,1,2],f32>, %k: !torch.vtensor<[1,2,1,32],si8>,
+                       %kns: !torch.vtensor<[1,2,1],f32>, %v: !torch.vtensor<[1,2,1,32],si8>,
+                       %vns: !torch.vtensor<[1,2,1],f32>) -> !torch.vtensor<[1,2,3,32],f32> {
+  %int1 = torch.constant.int 1
+  %0 = torch.operator "torch.msd.decode_attention_int8"(%q, %kc, %ks, %vc, %vs, %k, %kns, %v, %vns, %int1) : (!torch.vtensor<[1,2,3,32],f32>, !torch.vtensor<[?,2,1,2,32],si8>, !torch.vtensor<[?,2,1,2],f32>, !torch.vtensor<[?,2,1,2,32],si8>, !torch.vtensor<[?,2,1,2],f32>, !torch.vtensor<[1,2,1,32],si8>, !torch.vtensor<[1,2,1],f32>, !torch.vtensor<[1,2,1,32],si8>, !torch.vtensor<[1,2,1],f32>, !torch.int) -> !torch.vtensor<[1,2,3,32],f32>
+  return %0 : !torch.vtensor<[1,2,3,32],f32>
 }
