@@ -48,11 +48,11 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
+from _steps import time_greedy  # noqa: E402
 
 import msd  # noqa: E402
 from msd.compiler.llm.generate import (  # noqa: E402
@@ -222,63 +222,26 @@ def wait_for_idle(max_wait_s: float, log: Log, threshold: float = 0.25) -> None:
 
 
 def time_steps(label: str, gen: Generator, prompt: list[int], n_decode: int) -> SpeedRow:
-    """Warm up (8-token prefill, 2 decodes), then one timed prefill of ``prompt`` and ``n_decode``
-    greedy decode steps (stop tokens ignored), each call timed from Python (numpy in, numpy out, the new
-    cache entries appended to the host cache)."""
+    """:func:`_steps.time_greedy` of ``gen`` as a row (the other load on the machine measured around it)."""
     row = SpeedRow(label, len(prompt), decode_tokens=n_decode)
-    warm = gen.empty_cache()
-    _, *new = gen.prefill(np.asarray([prompt[:8]]))
-    warm.append(new)
-    for j in range(2):
-        _, *new = gen.decode(np.asarray([[prompt[8 + j]]]), *warm.past())
-        warm.append(new)
-    cache = gen.empty_cache()
     with OtherLoad() as other:
-        t0 = time.perf_counter()
-        logits, *new = gen.prefill(np.asarray([prompt]))
-        cache.append(new)
-        nxt = int(logits[0].argmax())
-        row.prefill_s = time.perf_counter() - t0
-        row.tokens.append(nxt)
-        t0 = time.perf_counter()
-        for _ in range(n_decode):
-            logits, *new = gen.decode(np.asarray([[nxt]]), *cache.past())
-            cache.append(new)
-            nxt = int(logits[0].argmax())
-            row.tokens.append(nxt)
-        row.decode_s = time.perf_counter() - t0
+        row.prefill_s, row.decode_s, row.tokens = time_greedy(gen, prompt, n_decode)
     row.other_cores = other.cores
     return row
 
 
 # Run in a fresh interpreter: msd's runtime alone (no torch), the saved artifact, the same loop as
-# time_steps (TextGenerator's step functions and cache), timings printed as JSON.
+# time_steps (_steps.time_greedy over TextGenerator's step functions and cache), timings printed as JSON.
 _TORCH_FREE_TIMER = """
-import json, sys, time
-import numpy as np
+import json, sys
 import iree.runtime as rt
-folder, prompt, n_decode, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+bench, folder = sys.argv[1], sys.argv[2]
+prompt, n_decode, threads = json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 rt.flags.parse_flags(f"--task_topology_group_count={threads}")
+sys.path.insert(0, bench)
+from _steps import time_greedy
 from msd.runtime.generate import TextGenerator
-gen = TextGenerator.load(folder)
-warm = gen.empty_cache()
-_, *new = gen.prefill(np.asarray([prompt[:8]]))
-warm.append(new)
-for j in range(2):
-    _, *new = gen.decode(np.asarray([[prompt[8 + j]]]), *warm.past())
-    warm.append(new)
-cache = gen.empty_cache()
-t0 = time.perf_counter()
-logits, *new = gen.prefill(np.asarray([prompt]))
-cache.append(new)
-tokens = [int(logits[0].argmax())]
-prefill_s = time.perf_counter() - t0
-t0 = time.perf_counter()
-for _ in range(n_decode):
-    logits, *new = gen.decode(np.asarray([[tokens[-1]]]), *cache.past())
-    cache.append(new)
-    tokens.append(int(logits[0].argmax()))
-decode_s = time.perf_counter() - t0
+prefill_s, decode_s, tokens = time_greedy(TextGenerator.load(folder), prompt, n_decode)
 print(json.dumps({"prefill_s": prefill_s, "decode_s": decode_s, "tokens": tokens, "torch": "torch" in sys.modules}))
 """
 
@@ -289,8 +252,8 @@ def time_saved_artifact(label: str, gen: Generator, prompt: list[int], n_decode:
     row = SpeedRow(label, len(prompt), decode_tokens=n_decode)
     with tempfile.TemporaryDirectory() as d, OtherLoad() as other:
         folder = gen.save(Path(d) / "artifact")
-        r = subprocess.run([sys.executable, "-c", _TORCH_FREE_TIMER, str(folder), json.dumps(prompt), str(n_decode),
-                            str(threads)], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-c", _TORCH_FREE_TIMER, str(Path(__file__).resolve().parent), str(folder),
+                            json.dumps(prompt), str(n_decode), str(threads)], capture_output=True, text=True)
     row.other_cores = other.cores
     if r.returncode != 0:
         row.note = f"the torch-free process failed: {r.stderr.strip()[-300:]}"
