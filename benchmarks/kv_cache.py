@@ -11,7 +11,7 @@ and slices 1/2/3, where the pass rewrites both ``q·Kᵀ`` and ``P·V`` into int
 codes.  Mean KL to both references, perplexity, top-1 agreement.
 
 Speed: greedy decode tokens/s with the cache holding 128 … 2048 tokens, for msd slices=2 with the f32
-cache (decode attends in msd's decode-attention kernels) and with the int8 cache (one compile each),
+and the int8 cache (decode attends in msd's decode-attention kernels; one compile each),
 and llama.cpp on the same file and prompts (when ``llama-cpp-python`` is installed), in interleaved
 rounds; the KV bytes each decode token reads; a plot (``docs/kv_cache.png``, when matplotlib is
 installed: ``pip install matplotlib``).
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     res = speed(path, model, ctxs, args.rounds, args.new_tokens, args.threads, log)
     c = model.cfg
     png = args.output.parent / "kv_cache.png"
-    figure = plot(res, png, f"SmolLM2-135M Q4_1 decode, {args.threads} threads, {cpu_model()}")
+    figure = plot(res, png, f"SmolLM2-135M Q4_1 decode, {args.threads} threads ({time.strftime('%Y-%m-%d')})")
     names = list(res)
     rows = []
     for ctx in ctxs:
@@ -218,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         f"topics {' + '.join(SPEED_TOPICS)}), so the cache holds about `context` tokens; median of "
         f"{args.rounds} interleaved rounds (msd: one compile per cache format, capacity {max(ctxs)}; llama.cpp: "
         "its default f16 KV cache, one fresh context per round). msd's decode reads the filled part of the "
-        "cache in place (`KVCache` shares its buffers with IREE's CPU device); with the f32 cache it attends "
-        "in msd's decode-attention kernels, with the int8 cache through the pass's int8 attention "
-        "contractions (which concatenate past and new entries on every call). KV bytes: what one token's "
+        "cache in place (`KVCache` shares its buffers with IREE's CPU device) and attends in msd's "
+        "decode-attention kernels (the int8 one converts and scales each row's codes as it loads them). KV "
+        "bytes: what one token's "
         f"attention reads ({c.n_layers} layers × {c.n_kv_heads} KV heads × context × (K and V), "
         f"{c.head_dim} f32, or {c.head_dim} int8 + one f32 scale per token).",
         "",

@@ -1,10 +1,11 @@
 """``msd.compiler.ops``: torch custom ops that msd compiles into kernels of its own.
 
 ``torch.ops.msd.decode_attention`` — one decode step's attention over a token-major KV cache;
-``torch.ops.msd.decode_attention_int8`` — the same over an int8 cache (codes and per-token scales).  Eager
+``torch.ops.msd.decode_attention_int8`` — the same over an int8 cache (codes and per-token scales);
+``torch.ops.msd.prefill_attention`` — a prompt's causal attention over itself.  Eager
 torch runs the reference below; ``torch.export`` keeps the op whole, and msd's
-``--msd-decode-attention`` pass (:mod:`msd.passes.decode_attention`) compiles it into one kernel
-dispatch for CPU targets.  For other targets the compiler driver decomposes it into the reference's
+``--msd-attention-kernels`` pass (:mod:`msd.passes.attention_kernels`) compiles them into kernels of
+msd's own for CPU targets.  For other targets the compiler driver decomposes it into the reference's
 tensor ops (:func:`decompose_for`) before import.
 """
 
@@ -75,14 +76,40 @@ def _(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: t
     return torch.empty_like(q)
 
 
+def _reference_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    s = q.shape[3]
+    positions = torch.arange(s, device=q.device)
+    later = (positions.view(1, -1) > positions.view(-1, 1)).to(torch.long)  # key after query
+    table = torch.cat([torch.zeros(1, device=q.device), torch.full((1,), float("-inf"), device=q.device)])
+    scores = torch.einsum("bhgsd,bhtd->bhgst", q, k) + table[later]  # an additive mask (see llama.py)
+    e = torch.exp(scores - scores.amax(-1, keepdim=True))
+    return torch.einsum("bhgst,bhtd->bhgsd", e * (1.0 / e.sum(-1, keepdim=True)), v)
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::prefill_attention", mutates_args=())
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal softmax attention of ``S`` new tokens over themselves (a prompt's first step: no cache).
+
+    ``q`` ``[B, kv_heads, group, S, D]``: each token's query heads grouped by the KV head they read
+    (already scaled by ``1/√D``); ``k``/``v`` ``[B, kv_heads, S, D]``.  Query ``s`` attends to keys
+    ``0 … s``.  Returns ``[B, kv_heads, group, S, D]`` (f32)."""
+    return _reference_prefill(q, k, v)
+
+
+@prefill_attention.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
 def decompose_for(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """``program`` with every msd op replaced by its reference tensor ops (for targets msd has no
     kernel for); unchanged when it has none."""
     ops = {torch.ops.msd.decode_attention.default: _reference,
-           torch.ops.msd.decode_attention_int8.default: _reference_int8}
+           torch.ops.msd.decode_attention_int8.default: _reference_int8,
+           torch.ops.msd.prefill_attention.default: _reference_prefill}
     if not any(n.op == "call_function" and n.target in ops for n in program.graph.nodes):
         return program
     return program.run_decompositions(ops)
 
 
-__all__ = ["decode_attention", "decode_attention_int8", "decompose_for"]
+__all__ = ["decode_attention", "decode_attention_int8", "decompose_for", "prefill_attention"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from iree.compiler import ir
 
-from . import decode_attention, decompose_activations, prepack_parameters
+from . import attention_kernels, decompose_activations, prepack_parameters
 from .pass_options import OptionSpec, PassOptionError, PassOptions
 from .report import Decision, Report
 
@@ -41,8 +41,8 @@ PASSES: dict[str, PassInfo] = {
     info.name: info for info in [
         PassInfo(decompose_activations.NAME, decompose_activations.SUMMARY, decompose_activations.DecomposeOptions,
                  decompose_activations.run),
-        PassInfo(decode_attention.NAME, decode_attention.SUMMARY, decode_attention.DecodeAttentionOptions,
-                 decode_attention.run),
+        PassInfo(attention_kernels.NAME, attention_kernels.SUMMARY, attention_kernels.AttentionKernelsOptions,
+                 attention_kernels.run),
         PassInfo(prepack_parameters.NAME, prepack_parameters.SUMMARY, prepack_parameters.PrepackOptions,
                  prepack_parameters.run),
     ]

@@ -140,8 +140,8 @@ TINY_INT8_TOL = {0: 1e-4, 1: 3e-2, 2: 1e-3}
 @pytest.mark.parametrize("slices", [0, 1, 2])
 def test_int8_kv_generator_compiles_and_follows_eager(tmp_path, slices: int) -> None:
     """The compiled prefill/decode/score of an int8 cache (msd slices=1/2: both attention contractions
-    of prefill and score rewritten, decode in msd's int8 decode-attention kernel; the IREE baseline
-    slices=0, whose decode also uses that kernel) against the same steps in eager torch, on the tiny GGUF
+    of score rewritten, prefill and decode in msd's attention kernels; the IREE baseline slices=0, whose
+    prefill and decode also use those kernels) against the same steps in eager torch, on the tiny GGUF
     model: teacher-forced logits and greedy tokens."""
     pytest.importorskip("gguf", reason="the GGUF front end needs the 'gguf' package")
     from test_gguf import write_tiny_gguf
@@ -152,8 +152,8 @@ def test_int8_kv_generator_compiles_and_follows_eager(tmp_path, slices: int) -> 
     gen = compile_generator(path, slices=slices, max_ctx=32, score=True, kv_cache="int8")
     ref = eager_generator(path, 32, model=gen.model, kv_cache="int8")
     attention = [d for d in gen.compiled.report.decisions if "dynamic K" in d.reason]
-    # P·V of 2 layers in prefill and score (decode attends in msd's decode-attention kernel)
-    assert len(attention) == (0 if slices == 0 else 2 * 2)
+    # P·V of 2 layers in score (prefill and decode attend in msd's attention kernels)
+    assert len(attention) == (0 if slices == 0 else 2)
     ids = [5, 200, 17, 262, 42, 99, 3, 150, 7, 11, 64, 9, 30]
     want, got = ref.next_token_logits(ids, chunk=5), gen.next_token_logits(ids, chunk=5)
     assert float((got - want).abs().max() / want.abs().max()) < TINY_INT8_TOL[slices]

@@ -207,7 +207,7 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEF
     if max_ctx < 3:
         raise OptionError(f"max_ctx={max_ctx} is too small")
     model = model if model is not None else G.load_gguf(gguf_path)
-    # decode attends in one msd kernel per layer on CPU targets (msd.compiler.ops.decode_attention)
+    # prefill and decode attend in msd's kernels on CPU targets (msd.compiler.ops)
     fused_attention = resolve_target(target).backend == "llvm-cpu"
     s_example, t_example = min(8, max_ctx - 1), min(5, max_ctx - 1)
     past = model.empty_cache(1, kv_cache, length=t_example)
@@ -216,7 +216,7 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEF
     tokens = torch.zeros(1, s_example, dtype=torch.long)
     past_dims = tuple({0: held} for _ in past)  # forward's *past: one entry
     functions = {
-        "prefill": (CachedStep(model, kv_cache), (tokens,), ({1: seq},)),
+        "prefill": (CachedStep(model, kv_cache, fused_attention=fused_attention), (tokens,), ({1: seq},)),
         "decode": (CachedStep(model, kv_cache, fused_attention=fused_attention),
                    (torch.zeros(1, 1, dtype=torch.long), *past), (None, past_dims)),
     }

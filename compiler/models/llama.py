@@ -127,7 +127,8 @@ class Attention(nn.Module):
         nothing precedes the new tokens.  ``fused``: a one-token step attends with
         ``torch.ops.msd.decode_attention`` (``_int8`` for the int8 cache; :mod:`msd.compiler.ops`: the
         same values, msd's decode-attention kernels once compiled) when the head dim is a multiple of
-        16.  The new tokens' keys and values are returned in the same form with ``B, n_kv_heads, S``
+        16, and a first step (no past) with ``torch.ops.msd.prefill_attention``.  The new tokens' keys
+        and values are returned in the same form with ``B, n_kv_heads, S``
         leading (int8: quantized symmetrically per token, ``amax/127``, round half to even); the caller
         appends them.  Attention
         reads ``codes · scale`` ("dequantize then attend": the reference msd's pass rewrites into int8
@@ -152,6 +153,11 @@ class Attention(nn.Module):
             else:
                 out = torch.ops.msd.decode_attention_int8(qs, *past, *new, layer)
             return self.o_proj(out.reshape(b, 1, c.n_heads * d)), new
+        if fused and not past and d % 16 == 0:  # a prompt's first step: causal attention over itself
+            kd, vd = (k, v) if kv_cache == "float" else (new[0].to(torch.float32) * new[1].unsqueeze(-1),
+                                                         new[2].to(torch.float32) * new[3].unsqueeze(-1))
+            out = torch.ops.msd.prefill_attention(qg * (1.0 / math.sqrt(d)), kd, vd).flatten(1, 2)
+            return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * d)), new
         # this layer's past entries [T, B, H, ...] -> [B, H, T, ...], then the new ones after them
         full = [torch.cat([p[:, layer].movedim(0, 2), n], dim=2) for p, n in zip(past, new)] if past else list(new)
         if kv_cache == "float":

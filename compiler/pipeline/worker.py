@@ -161,7 +161,7 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     from msd.compiler.pipeline.iree_session import IreeSession
     from msd.cost.hardware import PROFILES
     from msd.passes import run_pass
-    from msd.passes.decode_attention import NAME as DECODE_ATTENTION
+    from msd.passes.attention_kernels import NAME as ATTENTION_KERNELS
     from msd.passes.prepack_parameters import NAME as PREPACK
     from msd.passes.prepack_parameters import parameter_keys, split
 
@@ -170,7 +170,7 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     module = ir.Module.parse(req.module, context=session.context)
     op = module.operation
     with session.context, ir.Location.unknown():
-        attention = run_pass(op, DECODE_ATTENTION)  # torch dialect: before IREE's input conversion
+        attention = run_pass(op, ATTENTION_KERNELS)  # torch dialect: before IREE's input conversion
     session.load(op)
     stage("input")
     session.run_phases("start", "input")

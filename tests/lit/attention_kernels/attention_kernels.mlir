@@ -1,8 +1,8 @@
-// RUN: msd-opt %s --msd-decode-attention | FileCheck %s
-// RUN: msd-opt %s --msd-decode-attention | FileCheck %s --check-prefix=I8
-// RUN: msd-opt %s --msd-decode-attention --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=REPORT
+// RUN: msd-opt %s --msd-attention-kernels | FileCheck %s
+// RUN: msd-opt %s --msd-attention-kernels | FileCheck %s --check-prefix=I8
+// RUN: msd-opt %s --msd-attention-kernels --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=REPORT
 
-// --msd-decode-attention: the custom op torch.ops.msd.decode_attention (as the FX importer writes it,
+// --msd-attention-kernels: the custom op torch.ops.msd.decode_attention (as the FX importer writes it,
 // on the torch dialect) becomes two dispatches of msd's kernels: the attention over splits of the
 // cached keys (workgroups per head and split, each writing its accumulator, running max and sum; the
 // operands as builtin tensors, the cached tokens T as the workload and dynamic dim, the layer index a

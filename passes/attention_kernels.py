@@ -1,4 +1,5 @@
-"""``--msd-decode-attention``: one token's attention over a token-major KV cache, in msd's own kernels.
+"""``--msd-attention-kernels``: attention in msd's own kernels — a decode step's over the token-major KV
+cache, and a prompt's causal attention over itself.
 
 A decode step attends one new query token (its ``G`` query heads per KV head stacked as rows) over the
 ``T`` cached keys and values plus its own.  Written in tensor ops (as the reference of
@@ -12,10 +13,16 @@ over blocks of :data:`BLOCK` keys, the new token's key and value taking the plac
 workgroups are (sequence, KV head, split), a split being a range of blocks (flash-decoding: a model
 with few KV heads still keeps every thread streaming).  The second combines the splits' results.
 
-The pass runs on the **torch** dialect, before IREE's input conversion (which cannot lower the op):
+A prompt's first step (prefill, no cache) attends causally over its own ``S`` tokens.  In tensor ops
+that is an ``S × S`` score matrix per head, materialised, exponentiated element by element and
+multiplied back (the largest non-matmul dispatch of a SmolLM2 prefill).  ``torch.msd.prefill_attention``
+becomes one dispatch of a kernel with a workgroup per (sequence, KV head, query position): the same
+block-of-16 online softmax over the keys up to its position, the last block masked.
+
+The pass runs on the **torch** dialect, before IREE's input conversion (which cannot lower the ops):
 
 1. **match** — ``torch.operator "torch.msd.decode_attention"`` (what the FX importer makes of the
-   custom op);
+   custom op), its ``_int8`` variant and ``torch.msd.prefill_attention``;
 2. **plan** — :class:`AttentionSpec` from the operand types (f32, static heads, head dim a multiple
    of :data:`BLOCK`, layers and batch; dynamic ``T``) and the constant layer index; anything else is
    an error naming the operand, since IREE could not lower the op either;
@@ -40,17 +47,18 @@ from msd.errors import OptionError
 from .pass_options import PassOptions
 from .report import Decision, Report
 
-NAME = "msd-decode-attention"
-SUMMARY = "one kernel dispatch per decode-step attention over the token-major KV cache (torch dialect)"
+NAME = "msd-attention-kernels"
+SUMMARY = "decode and prefill attention in msd's own kernels (torch dialect, before IREE's input phase)"
 OP_NAME = "torch.msd.decode_attention"  # the FX importer's name for torch.ops.msd.decode_attention
 OP_NAME_INT8 = "torch.msd.decode_attention_int8"  # ... and for torch.ops.msd.decode_attention_int8
+PREFILL_OP_NAME = "torch.msd.prefill_attention"  # ... and for torch.ops.msd.prefill_attention
 SYMBOL_PREFIX = "msd_decode_attention_"
 BLOCK = 16  # keys scored per online-softmax update
 MIN_WORKGROUPS = 8  # (sequence, KV head, split) workgroups at least: SmolLM2's 3 KV heads on 2 threads
 
 
 @dataclass(frozen=True)
-class DecodeAttentionOptions(PassOptions):
+class AttentionKernelsOptions(PassOptions):
     pass_name: ClassVar[str] = NAME
 
 
@@ -100,10 +108,34 @@ class AttentionSpec:
         return [_Writer(self).executable(), _Writer(self).combine()]
 
 
+@dataclass(frozen=True)
+class PrefillSpec:
+    """One prefill attention's static shape (``S``, the prompt's tokens, is dynamic)."""
+
+    batch: int
+    kv_heads: int
+    group: int
+    head_dim: int
+    int8: bool = False  # (the prefill kernel reads f32 keys and values)
+    splits: int = 1
+
+    @property
+    def symbol(self) -> str:
+        return f"msd_prefill_attention_b{self.batch}_h{self.kv_heads}_g{self.group}_d{self.head_dim}"
+
+    def types(self) -> dict[str, str]:
+        b, h, g, d = self.batch, self.kv_heads, self.group, self.head_dim
+        return {"q": f"{b}x{h}x{g}x?x{d}xf32", "k": f"{b}x{h}x?x{d}xf32", "v": f"{b}x{h}x?x{d}xf32",
+                "o": f"{b}x{h}x{g}x?x{d}xf32"}
+
+    def executables(self) -> list[str]:
+        return [_Writer(self).prefill()]
+
+
 class _Writer:
     """The kernel's text, line by line (SSA names made unique per block of keys)."""
 
-    def __init__(self, spec: AttentionSpec) -> None:
+    def __init__(self, spec: AttentionSpec | PrefillSpec) -> None:
         self.s = spec
         self.lines: list[str] = []
         self.vd = f"vector<{spec.head_dim}xf32>"
@@ -227,13 +259,19 @@ class _Writer:
         e(f"{ind}{name} = arith.mulf {name}f, {name}sb : {vd}")
         return name
 
-    def header(self, symbol: str, workgroups: int, types: dict[str, str], scalars: str) -> None:
-        """An executable's export (``workgroups`` in x), its function's bindings as memrefs named like
-        ``types``' keys (a ``?`` dim sized ``%T``), the common constants."""
+    def header(self, symbol: str, workgroups: int, types: dict[str, str], scalars: str,
+               per_token: bool = False) -> None:
+        """An executable's export (``workgroups`` in x, times the workload ``%t`` when ``per_token``),
+        its function's bindings as memrefs named like ``types``' keys (a ``?`` dim sized ``%T``), the
+        common constants."""
         s, e = self.s, self.emit
         e(f"stream.executable private @{symbol} {{")
         e(f"  stream.executable.export public @{symbol} workgroups(%t: index) -> (index, index, index) {{")
-        e(f"    %x = arith.constant {workgroups} : index")
+        if per_token:
+            e(f"    %w = arith.constant {workgroups} : index")
+            e("    %x = arith.muli %w, %t : index")
+        else:
+            e(f"    %x = arith.constant {workgroups} : index")
         e("    %one = arith.constant 1 : index")
         e("    stream.return %x, %one, %one : index, index, index")
         e("  }")
@@ -292,6 +330,71 @@ class _Writer:
             e(f"      %out{g} = arith.divf {num}, %db{g} : {vd}")
             e(f"      vector.transfer_write %out{g}, %o[%b, %h, %c{g}, %c0] {{in_bounds = [true]}} : {vd}, "
               f"memref<{types['o']}>")
+        self.footer()
+        return "\n".join(self.lines)
+
+    def prefill(self) -> str:
+        """The prefill kernel: workgroup (b, h, s) attends query position ``s``'s ``group`` rows to keys
+        ``0 … s`` in blocks of :data:`BLOCK`, the block holding ``s`` masked past it."""
+        s, e, vd = self.s, self.emit, self.vd
+        types = s.types()
+        mem = {k: f"memref<{t}>" for k, t in types.items()}
+        self.header(s.symbol, s.batch * s.kv_heads, types, "%T: index", per_token=True)
+        e("      %ninf = arith.constant 0xFF800000 : f32")
+        e(f"      %zd = arith.constant dense<0.0> : {vd}")
+        e("      %wid = stream.dispatch.workgroup.id[0] : index")
+        e("      %pos = arith.remui %wid, %T : index")
+        e("      %bh = arith.divui %wid, %T : index")
+        e(f"      %b = arith.divui %bh, %c{s.kv_heads} : index")
+        e(f"      %h = arith.remui %bh, %c{s.kv_heads} : index")
+        for g in range(s.group):
+            e(f"      %q{g} = vector.transfer_read %q[%b, %h, %c{g}, %pos, %c0], %f0 {{in_bounds = [true]}} : "
+              f"{mem['q']}, {vd}")
+            for c in range(self.chunks):
+                e(f"      %q{g}c{c} = {self.chunk(f'%q{g}', c)}")
+        e("      %n = arith.addi %pos, %c1 : index")
+        e(f"      %nblk = arith.divui %n, %c{BLOCK} : index")
+        e(f"      %tmain = arith.muli %nblk, %c{BLOCK} : index")
+        state = [*(f"%m{g}" for g in range(s.group)), *(f"%l{g}" for g in range(s.group)),
+                 *(f"%a{g}" for g in range(s.group))]
+        inits = ["%ninf"] * s.group + ["%f0"] * s.group + ["%zd"] * s.group
+        state_types = ["f32"] * (2 * s.group) + [vd] * s.group
+        e(f"      %st:{len(state)} = scf.for %t0 = %c0 to %tmain step %c{BLOCK} iter_args("
+          + ", ".join(f"{n} = {i}" for n, i in zip(state, inits)) + f") -> ({', '.join(state_types)}) {{")
+
+        def key(x: str, r: int, ind: str) -> str:  # row r of a full block
+            e(f"{ind}%{x}j{r} = arith.addi %t0, %c{r} : index")
+            e(f"{ind}%{x}{r} = vector.transfer_read %{x}[%b, %h, %{x}j{r}, %c0], %f0 {{in_bounds = [true]}} : "
+              f"{mem[x]}, {vd}")
+            return f"%{x}{r}"
+
+        new = self.update("M", state, None, "        ", key)
+        e(f"        scf.yield {', '.join(new)} : {', '.join(state_types)}")
+        e("      }")
+        after = [f"%st#{i}" for i in range(len(state))]
+        e("      %haslast = arith.cmpi ult, %tmain, %n : index")
+        e(f"      %fin:{len(state)} = scf.if %haslast -> ({', '.join(state_types)}) {{")
+        for r in range(BLOCK):  # keys tmain + r, those after pos masked (and read at pos instead)
+            e(f"        %u{r} = arith.addi %tmain, %c{r} : index")
+            e(f"        %ok{r} = arith.cmpi ule, %u{r}, %pos : index")
+            e(f"        %uc{r} = arith.minui %u{r}, %pos : index")
+
+        def last(x: str, r: int, ind: str) -> str:
+            e(f"{ind}%{x}u{r} = vector.transfer_read %{x}[%b, %h, %uc{r}, %c0], %f0 {{in_bounds = [true]}} : "
+              f"{mem[x]}, {vd}")
+            return f"%{x}u{r}"
+
+        final = self.update("L", after, [f"%ok{r}" for r in range(BLOCK)], "        ", last)
+        e(f"        scf.yield {', '.join(final)} : {', '.join(state_types)}")
+        e("      } else {")
+        e(f"        scf.yield {', '.join(after)} : {', '.join(state_types)}")
+        e("      }")
+        for g in range(s.group):
+            l_, a = f"%fin#{s.group + g}", f"%fin#{2 * s.group + g}"
+            e(f"      %lb{g} = vector.broadcast {l_} : f32 to {vd}")
+            e(f"      %out{g} = arith.divf {a}, %lb{g} : {vd}")
+            e(f"      vector.transfer_write %out{g}, %o[%b, %h, %c{g}, %pos, %c0] {{in_bounds = [true]}} : {vd}, "
+              f"{mem['o']}")
         self.footer()
         return "\n".join(self.lines)
 
@@ -428,14 +531,15 @@ def plan(op: ir.Operation) -> tuple[AttentionSpec, int]:
 
 
 def _dispatch(symbol: str, results: list[ir.Type], workload: list[ir.Value], arguments: list[ir.Value],
-              argument_dims: list[ir.Value]) -> ir.Operation:
-    """``flow.dispatch @symbol::@symbol[workload](arguments)`` (results static, none tied)."""
+              argument_dims: list[ir.Value], result_dims: tuple[ir.Value, ...] = ()) -> ir.Operation:
+    """``flow.dispatch @symbol::@symbol[workload](arguments)`` (none of the results tied)."""
     index = ir.IndexType.get()
     return ir.Operation.create(
-        "flow.dispatch", results=results, operands=[*workload, *arguments, *argument_dims],
+        "flow.dispatch", results=results, operands=[*workload, *arguments, *argument_dims, *result_dims],
         attributes={
             "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([symbol, symbol])]),
-            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([len(workload), len(arguments), len(argument_dims), 0]),
+            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([len(workload), len(arguments), len(argument_dims),
+                                                             len(result_dims)]),
             "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(index, -1)] * len(results)),
         })
 
@@ -465,28 +569,80 @@ def _emit(op: ir.Operation, spec: AttentionSpec, layer: int) -> None:
     op.erase()
 
 
-def run(module: ir.Operation, options: DecodeAttentionOptions | None = None, /, **kwargs: object) -> Report:
+def plan_prefill(op: ir.Operation) -> PrefillSpec:
+    """The prefill kernel's shape for one ``torch.msd.prefill_attention``; an
+    :class:`~msd.errors.OptionError` naming the operand that does not fit."""
+    name = PREFILL_OP_NAME
+    if len(op.operands) != 3 or len(op.results) != 1:
+        raise OptionError(f"{name}: expected 3 operands and 1 result, got {len(op.operands)} and {len(op.results)}")
+    shapes = []
+    for what, v in zip(("q", "k", "v"), op.operands):
+        sh = _shape(v.type)
+        if sh is None or sh[1] != "f32":
+            raise OptionError(f"{name}: {what} must be an f32 tensor, got {v.type}")
+        shapes.append(sh[0])
+    q = shapes[0]
+    if len(q) != 5 or None in (q[0], q[1], q[2], q[4]):
+        raise OptionError(f"{name}: q must be [B, kv_heads, group, S, D] (only S dynamic), got {q}")
+    spec = PrefillSpec(q[0], q[1], q[2], q[4])
+    if spec.head_dim % BLOCK:
+        raise OptionError(f"{name}: the head dim {spec.head_dim} is not a multiple of {BLOCK}")
+    for what, key, sh in zip(("q", "k", "v"), ("q", "k", "v"), shapes):
+        want = spec.types()[key].split("x")[:-1]
+        if ["?" if x is None else str(x) for x in sh] != want:
+            raise OptionError(f"{name}: {what} must be [{', '.join(want)}] (S = '?'), got {sh}")
+    result = _shape(op.results[0].type)
+    if result is None or result[0] != q or result[1] != "f32":
+        raise OptionError(f"{name}: the result must be f32 {q}, got {op.results[0].type}")
+    return spec
+
+
+def _emit_prefill(op: ir.Operation, spec: PrefillSpec) -> None:
+    types = spec.types()
+    with ir.InsertionPoint(op), op.location:
+        builtin = []
+        for v, key in zip(op.operands, ("q", "k", "v")):
+            t = ir.RankedTensorType.parse(f"tensor<{types[key]}>")
+            builtin.append(ir.Operation.create("torch_c.to_builtin_tensor", results=[t], operands=[v]).result)
+        index = ir.IndexType.get()
+        two = ir.Operation.create("arith.constant", results=[index],
+                                  attributes={"value": ir.IntegerAttr.get(index, 2)}).result
+        s_dim = ir.Operation.create("tensor.dim", results=[index], operands=[builtin[1], two]).result
+        out_t = ir.RankedTensorType.parse(f"tensor<{types['o']}>")
+        out = _dispatch(spec.symbol, [out_t], [s_dim], [*builtin, s_dim], [s_dim] * 3, (s_dim,))
+        back = ir.Operation.create("torch_c.from_builtin_tensor", results=[op.results[0].type], operands=[out.result])
+    op.results[0].replace_all_uses_with(back.result)
+    op.erase()
+
+
+def run(module: ir.Operation, options: AttentionKernelsOptions | None = None, /, **kwargs: object) -> Report:
     """Apply the pass to ``module`` (torch dialect) in place; one decision per decode attention."""
     if options is None:
-        options = DecodeAttentionOptions(**kwargs)
+        options = AttentionKernelsOptions(**kwargs)
     elif kwargs:
         raise TypeError("run() takes options or keyword arguments, not both")
     report = Report(NAME)
     found: list[ir.Operation] = []
 
     def visit(o: ir.Operation) -> ir.WalkResult:
-        if o.name == "torch.operator" and ir.StringAttr(o.attributes["name"]).value in OPERANDS:
+        if o.name == "torch.operator" and ir.StringAttr(o.attributes["name"]).value in (*OPERANDS, PREFILL_OP_NAME):
             found.append(o)
         return ir.WalkResult.ADVANCE
 
     module.walk(visit, ir.WalkOrder.PRE_ORDER)
-    specs: dict[str, AttentionSpec] = {}
+    specs: dict[str, AttentionSpec | PrefillSpec] = {}
     for op in found:
-        spec, layer = plan(op)
         name, where = ir.StringAttr(op.attributes["name"]).value, str(op.location)
-        _emit(op, spec, layer)
+        if name == PREFILL_OP_NAME:
+            spec = plan_prefill(op)
+            _emit_prefill(op, spec)
+            what = spec.symbol
+        else:
+            spec, layer = plan(op)
+            _emit(op, spec, layer)
+            what = f"{spec.symbol} (layer {layer})"
         specs[spec.symbol] = spec
-        report.decisions.append(Decision(name, where, True, f"{spec.symbol} (layer {layer})"))
+        report.decisions.append(Decision(name, where, True, what))
     body = module.regions[0].blocks[0]
     present = {ir.StringAttr(o.attributes["sym_name"]).value for o in body.operations if "sym_name" in o.attributes}
     for symbol, spec in specs.items():
@@ -497,5 +653,5 @@ def run(module: ir.Operation, options: DecodeAttentionOptions | None = None, /, 
     return report
 
 
-__all__ = ["BLOCK", "NAME", "OPERANDS", "OP_NAME", "OP_NAME_INT8", "SUMMARY", "AttentionSpec", "DecodeAttentionOptions",
-           "plan", "run"]
+__all__ = ["BLOCK", "NAME", "OPERANDS", "OP_NAME", "OP_NAME_INT8", "PREFILL_OP_NAME", "SUMMARY",
+           "AttentionKernelsOptions", "AttentionSpec", "PrefillSpec", "plan", "plan_prefill", "run"]

@@ -1,8 +1,8 @@
-"""msd's decode-attention kernels (``torch.ops.msd.decode_attention[_int8]`` → ``--msd-decode-attention``):
-compiled through IREE for this CPU and checked against a float64 reference over cache lengths around
-the kernel's block of 16 keys and its splits, for the f32 and the int8 cache; the eager op against the
-model's own attention; the reference ops for targets without the kernel; and the errors for shapes the
-kernel does not take."""
+"""msd's attention kernels (``torch.ops.msd.decode_attention[_int8]``, ``prefill_attention`` →
+``--msd-attention-kernels``): compiled through IREE for this CPU and checked against a float64
+reference over cache (or prompt) lengths around the kernels' block of 16 keys and the decode kernel's
+splits, for the f32 and the int8 cache; the eager op against the model's own attention; the reference
+ops for targets without the kernels; and the errors for shapes the kernels do not take."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import msd
 from msd.compiler.ops import decode_attention
 from msd.errors import OptionError
-from msd.passes.decode_attention import BLOCK
+from msd.passes.attention_kernels import BLOCK
 
 LENGTHS = (1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK, 3 * BLOCK - 1, 3 * BLOCK + 5, 130)  # T: around blocks, splits
 
@@ -101,6 +101,37 @@ def test_int8_kernel_matches_float64_reference() -> None:
         scale = float((args[3].abs().amax() * args[4].amax()).item())
         err = float(np.abs(got - want).max())
         assert err <= 1e-5 * scale, f"T={n}: max error {err:.3g}"
+
+
+class _Prefill(torch.nn.Module):
+    def forward(self, q, k, v):
+        return torch.ops.msd.prefill_attention(q, k, v)
+
+
+def _prefill64(q, k, v) -> np.ndarray:
+    q, k, v = (x.double().numpy() for x in (q, k, v))
+    s = np.einsum("bhgsd,bhtd->bhgst", q, k)
+    n = q.shape[3]
+    s = np.where(np.tril(np.ones((n, n), bool)), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return np.einsum("bhgst,bhtd->bhgsd", p / p.sum(-1, keepdims=True), v)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 3, 64), (2, 2, 1, 32)], ids=["smollm2-heads", "batch2-mha"])
+def test_prefill_kernel_matches_float64_reference(shape) -> None:
+    """The causal prefill kernel (a workgroup per query position; blocks of 16 keys, the last masked)
+    against float64 at prompt lengths around the block: error ≤ 2e-6 · max|v|."""
+    b, h, g, d = shape
+    gen = torch.Generator().manual_seed(0)
+    example = (torch.randn(b, h, g, 5, d, generator=gen), torch.randn(b, h, 5, d, generator=gen),
+               torch.randn(b, h, 5, d, generator=gen))
+    n = torch.export.Dim("S", min=1, max=4096)
+    cm = msd.compile(_Prefill(), example, dynamic_shapes=({3: n}, {2: n}, {2: n}))
+    for s in (1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5):
+        args = (torch.randn(b, h, g, s, d, generator=gen), torch.randn(b, h, s, d, generator=gen),
+                torch.randn(b, h, s, d, generator=gen))
+        err = float(np.abs(cm(*args).numpy() - _prefill64(*args)).max())
+        assert err <= 2e-6 * float(args[2].abs().max()), f"S={s}: max error {err:.3g}"
 
 
 def test_the_new_token_and_the_layer_matter() -> None:
