@@ -84,9 +84,18 @@ class Function:
         outs = ", ".join(s.describe() for s in self.outputs)
         return f"{signature(self.name, self.inputs)} -> ({outs})"
 
+    @property
+    def host_device(self) -> object | None:
+        """The module's IREE device when it shares the host's memory (``Module.host_device``): a KV cache
+        imported into it is read in place (``msd.runtime.generate.KVCache``)."""
+        return self._module.host_device
+
     def __call__(self, *args: Any) -> Any:
+        import iree.runtime as rt
+
         torch_in = any(type(a).__module__.startswith("torch") for a in args)
-        result = self._module(*[to_numpy(a) for a in args])
+        # a device buffer view (KVCache.past on a host-sharing device) goes through as it is
+        result = self._module(*[a if isinstance(a, rt.HalBufferView) else to_numpy(a) for a in args])
         if not torch_in:
             return result
         if isinstance(result, tuple):
