@@ -192,18 +192,25 @@ def cpu_busy_s() -> float:
     return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
+def own_cpu_s() -> float:
+    """CPU seconds of this process and of its children that have been waited for."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 class OtherLoad:
     """``with OtherLoad() as o: ...`` → ``o.cores``: CPU cores that other processes kept busy on
-    average during the block (machine busy time minus this process's CPU time, over wall time)."""
+    average during the block (machine busy time minus the CPU time of this process and of the children
+    it waited for, such as the torch-free row's timing process, over wall time)."""
 
     def __enter__(self) -> OtherLoad:
         self.cores = math.nan
-        self._busy, self._own, self._t = cpu_busy_s(), time.process_time(), time.perf_counter()
+        self._busy, self._own, self._t = cpu_busy_s(), own_cpu_s(), time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         wall = time.perf_counter() - self._t
-        other = (cpu_busy_s() - self._busy) - (time.process_time() - self._own)
+        other = (cpu_busy_s() - self._busy) - (own_cpu_s() - self._own)
         self.cores = max(other / wall, 0.0) if wall > 0 else math.nan
 
 
