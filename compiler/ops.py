@@ -2,6 +2,8 @@
 
 ``torch.ops.msd.decode_attention`` — one decode step's attention over a token-major KV cache;
 ``torch.ops.msd.decode_attention_int8`` — the same over an int8 cache (codes and per-token scales);
+``torch.ops.msd.decode_attention_ragged`` (and ``_ragged_int8``) — the same for a batch of sequences
+that each hold their own number of cached tokens (``lengths``);
 ``torch.ops.msd.prefill_attention`` — a prompt's causal attention over itself.  Eager
 torch runs the reference below; ``torch.export`` keeps the op whole, and msd's
 ``--msd-attention-kernels`` pass (:mod:`msd.passes.attention_kernels`) compiles them into kernels of
@@ -16,13 +18,33 @@ import torch
 OP_NAMESPACE = "msd"
 
 
-def _reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
-               v_new: torch.Tensor, layer: int) -> torch.Tensor:
-    kd = torch.cat([k_cache[:, layer].movedim(0, 2), k_new], dim=2)  # [B, H, T + 1, D]
-    vd = torch.cat([v_cache[:, layer].movedim(0, 2), v_new], dim=2)
+def _attend(q: torch.Tensor, kd: torch.Tensor, vd: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Softmax attention of ``q`` ``[B, H, G, D]`` over keys/values ``[B, H, T + 1, D]`` (the last one the
+    new token's); with ``lengths`` ``[B]``, sequence ``b`` sees only cached keys ``0 … lengths[b] - 1``
+    and its new one."""
     scores = torch.einsum("bhgd,bhtd->bhgt", q, kd)
+    if lengths is not None:
+        scores = scores + ragged_mask(lengths, kd.shape[2] - 1).view(kd.shape[0], 1, 1, -1)
     e = torch.exp(scores - scores.amax(-1, keepdim=True))
     return torch.einsum("bhgt,bhtd->bhgd", e * (1.0 / e.sum(-1, keepdim=True)), vd)
+
+
+def ragged_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
+    """Additive mask ``[B, T + 1]``: −inf on cached key ``j`` when ``j >= lengths[b]`` (a row past
+    sequence ``b``'s end), 0 on the others and on the new token's key ``T``.  A lookup in ``[0, −inf]``
+    rather than a bool select (see :mod:`msd.compiler.models.llama`)."""
+    keys = torch.arange(t, device=lengths.device).view(1, -1)
+    new = torch.zeros(lengths.shape[0], 1, dtype=torch.long, device=lengths.device)  # the new token's key
+    past_end = torch.cat([(keys >= lengths.view(-1, 1)).to(torch.long), new], dim=1)  # (no i1 `and`: IREE)
+    table = torch.cat([torch.zeros(1, device=lengths.device), torch.full((1,), float("-inf"), device=lengths.device)])
+    return table[past_end]
+
+
+def _reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
+               v_new: torch.Tensor, layer: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    kd = torch.cat([k_cache[:, layer].movedim(0, 2), k_new], dim=2)  # [B, H, T + 1, D]
+    vd = torch.cat([v_cache[:, layer].movedim(0, 2), v_new], dim=2)
+    return _attend(q, kd, vd, lengths)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::decode_attention", mutates_args=())
@@ -45,7 +67,7 @@ def _(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torc
 
 def _reference_int8(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: torch.Tensor,
                     v_scales: torch.Tensor, k_new: torch.Tensor, k_new_scale: torch.Tensor, v_new: torch.Tensor,
-                    v_new_scale: torch.Tensor, layer: int) -> torch.Tensor:
+                    v_new_scale: torch.Tensor, layer: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
     def dequantized(codes, scales, new, new_scale):
         c = torch.cat([codes[:, layer].movedim(0, 2), new], dim=2)  # [B, H, T + 1, D]
         s = torch.cat([scales[:, layer].movedim(0, 2), new_scale], dim=2)  # [B, H, T + 1]
@@ -53,9 +75,7 @@ def _reference_int8(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tens
 
     kd = dequantized(k_codes, k_scales, k_new, k_new_scale)
     vd = dequantized(v_codes, v_scales, v_new, v_new_scale)
-    scores = torch.einsum("bhgd,bhtd->bhgt", q, kd)
-    e = torch.exp(scores - scores.amax(-1, keepdim=True))
-    return torch.einsum("bhgt,bhtd->bhgd", e * (1.0 / e.sum(-1, keepdim=True)), vd)
+    return _attend(q, kd, vd, lengths)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::decode_attention_int8", mutates_args=())
@@ -73,6 +93,52 @@ def decode_attention_int8(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torc
 def _(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: torch.Tensor, v_scales: torch.Tensor,
       k_new: torch.Tensor, k_new_scale: torch.Tensor, v_new: torch.Tensor, v_new_scale: torch.Tensor,
       layer: int) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
+def _reference_ragged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
+                      v_new: torch.Tensor, lengths: torch.Tensor, layer: int) -> torch.Tensor:
+    return _reference(q, k_cache, v_cache, k_new, v_new, layer, lengths)
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::decode_attention_ragged", mutates_args=())
+def decode_attention_ragged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
+                            v_new: torch.Tensor, lengths: torch.Tensor, layer: int) -> torch.Tensor:
+    """:func:`decode_attention` for ``B`` independent sequences of their own lengths: ``lengths`` ``[B]``
+    (int64) holds how many cached tokens each sequence has (``0 … T``, ``T`` the cache view's rows);
+    sequence ``b`` attends to cache rows ``0 … lengths[b] - 1`` (rows after them, another sequence's
+    length, are not read) and to its new token, which is at position ``lengths[b]``."""
+    return _reference(q, k_cache, v_cache, k_new, v_new, layer, lengths)
+
+
+@decode_attention_ragged.register_fake
+def _(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+      lengths: torch.Tensor, layer: int) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
+def _reference_ragged_int8(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: torch.Tensor,
+                           v_scales: torch.Tensor, k_new: torch.Tensor, k_new_scale: torch.Tensor,
+                           v_new: torch.Tensor, v_new_scale: torch.Tensor, lengths: torch.Tensor,
+                           layer: int) -> torch.Tensor:
+    return _reference_int8(q, k_codes, k_scales, v_codes, v_scales, k_new, k_new_scale, v_new, v_new_scale, layer,
+                           lengths)
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::decode_attention_ragged_int8", mutates_args=())
+def decode_attention_ragged_int8(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor,
+                                 v_codes: torch.Tensor, v_scales: torch.Tensor, k_new: torch.Tensor,
+                                 k_new_scale: torch.Tensor, v_new: torch.Tensor, v_new_scale: torch.Tensor,
+                                 lengths: torch.Tensor, layer: int) -> torch.Tensor:
+    """:func:`decode_attention_int8` with ``lengths`` as in :func:`decode_attention_ragged`."""
+    return _reference_ragged_int8(q, k_codes, k_scales, v_codes, v_scales, k_new, k_new_scale, v_new, v_new_scale,
+                                  lengths, layer)
+
+
+@decode_attention_ragged_int8.register_fake
+def _(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: torch.Tensor, v_scales: torch.Tensor,
+      k_new: torch.Tensor, k_new_scale: torch.Tensor, v_new: torch.Tensor, v_new_scale: torch.Tensor,
+      lengths: torch.Tensor, layer: int) -> torch.Tensor:
     return torch.empty_like(q)
 
 
@@ -106,10 +172,13 @@ def decompose_for(program: torch.export.ExportedProgram) -> torch.export.Exporte
     kernel for); unchanged when it has none."""
     ops = {torch.ops.msd.decode_attention.default: _reference,
            torch.ops.msd.decode_attention_int8.default: _reference_int8,
+           torch.ops.msd.decode_attention_ragged.default: _reference_ragged,
+           torch.ops.msd.decode_attention_ragged_int8.default: _reference_ragged_int8,
            torch.ops.msd.prefill_attention.default: _reference_prefill}
     if not any(n.op == "call_function" and n.target in ops for n in program.graph.nodes):
         return program
     return program.run_decompositions(ops)
 
 
-__all__ = ["decode_attention", "decode_attention_int8", "decompose_for", "prefill_attention"]
+__all__ = ["decode_attention", "decode_attention_int8", "decode_attention_ragged", "decode_attention_ragged_int8",
+           "decompose_for", "prefill_attention", "ragged_mask"]

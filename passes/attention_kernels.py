@@ -22,7 +22,9 @@ block-of-16 online softmax over the keys up to its position, the last block mask
 The pass runs on the **torch** dialect, before IREE's input conversion (which cannot lower the ops):
 
 1. **match** — ``torch.operator "torch.msd.decode_attention"`` (what the FX importer makes of the
-   custom op), its ``_int8`` variant and ``torch.msd.prefill_attention``;
+   custom op), its ``_int8`` variant, the ``_ragged`` ones (a batch of sequences of their own lengths:
+   an i64 ``[B]`` operand; sequence ``b``'s workgroups read its first ``lengths[b]`` rows and put its
+   new token at that position) and ``torch.msd.prefill_attention``;
 2. **plan** — :class:`AttentionSpec` from the operand types (f32, static heads, head dim a multiple
    of :data:`BLOCK`, layers and batch; dynamic ``T``) and the constant layer index; anything else is
    an error naming the operand, since IREE could not lower the op either;
@@ -51,6 +53,8 @@ NAME = "msd-attention-kernels"
 SUMMARY = "decode and prefill attention in msd's own kernels (torch dialect, before IREE's input phase)"
 OP_NAME = "torch.msd.decode_attention"  # the FX importer's name for torch.ops.msd.decode_attention
 OP_NAME_INT8 = "torch.msd.decode_attention_int8"  # ... and for torch.ops.msd.decode_attention_int8
+OP_NAME_RAGGED = "torch.msd.decode_attention_ragged"  # ... torch.ops.msd.decode_attention_ragged
+OP_NAME_RAGGED_INT8 = "torch.msd.decode_attention_ragged_int8"  # ... torch.ops.msd.decode_attention_ragged_int8
 PREFILL_OP_NAME = "torch.msd.prefill_attention"  # ... and for torch.ops.msd.prefill_attention
 SYMBOL_PREFIX = "msd_decode_attention_"
 BLOCK = 16  # keys scored per online-softmax update
@@ -73,6 +77,7 @@ class AttentionSpec:
     head_dim: int
     layers: int
     int8: bool = False  # the cache holds int8 codes and one f32 scale per (token, layer, sequence, head)
+    ragged: bool = False  # an i64 operand [B]: each sequence's cached tokens (the rows it reads), <= T
 
     @property
     def splits(self) -> int:
@@ -83,7 +88,7 @@ class AttentionSpec:
     @property
     def symbol(self) -> str:
         return (f"{SYMBOL_PREFIX}b{self.batch}_h{self.kv_heads}_g{self.group}_d{self.head_dim}"
-                f"_l{self.layers}_s{self.splits}{'_i8' if self.int8 else ''}")
+                f"_l{self.layers}_s{self.splits}{'_i8' if self.int8 else ''}{'_r' if self.ragged else ''}")
 
     @property
     def combine_symbol(self) -> str:
@@ -100,6 +105,8 @@ class AttentionSpec:
         else:
             cache, new = f"?x{n}x{b}x{h}x{d}xf32", f"{b}x{h}x1x{d}xf32"
             ins = {"kc": cache, "vc": cache, "kn": new, "vn": new}
+        if self.ragged:
+            ins["len"] = f"{b}xi64"
         return {"q": f"{b}x{h}x{g}x{d}xf32", **ins, "pa": f"{b}x{h}x{s}x{g}x{d}xf32",
                 "pm": f"{b}x{h}x{s}x{g}x2xf32"}
 
@@ -162,6 +169,12 @@ class _Writer:
         e(f"      %sp = arith.remui %wid, %c{s.splits} : index")
         e(f"      %b = arith.divui %bh, %c{s.kv_heads} : index")
         e(f"      %h = arith.remui %bh, %c{s.kv_heads} : index")
+        tv = "%T"  # the keys this sequence has cached
+        if s.ragged:  # its own length, never more than the rows the cache view holds
+            e(f"      %lenv = memref.load %len[%b] : {mem['len']}")
+            e("      %leni = arith.index_cast %lenv : i64 to index")
+            e("      %Tb = arith.minui %leni, %T : index")
+            tv = "%Tb"
         for g in range(s.group):
             e(f"      %q{g} = vector.transfer_read %q[%b, %h, %c{g}, %c0], %f0 {{in_bounds = [true]}} : "
               f"{mem['q']}, {vd}")
@@ -169,7 +182,7 @@ class _Writer:
                 e(f"      %q{g}c{c} = {self.chunk(f'%q{g}', c)}")
         # blocks of keys: nblk full ones (cached keys only), then the last, which holds key T (the new
         # token's); split sp takes blocks [first, first + per) of the nblk + 1
-        e(f"      %nblk = arith.divui %T, %c{BLOCK} : index")
+        e(f"      %nblk = arith.divui {tv}, %c{BLOCK} : index")
         e(f"      %tmain = arith.muli %nblk, %c{BLOCK} : index")
         e("      %nall = arith.addi %nblk, %c1 : index")
         e(f"      %per0 = arith.addi %nall, %c{s.splits - 1} : index")
@@ -215,8 +228,8 @@ class _Writer:
         e(f"      %fin:{len(state)} = scf.if %haslast -> ({', '.join(state_types)}) {{")
         for r in range(BLOCK):
             e(f"        %u{r} = arith.addi %tmain, %c{r} : index")
-            e(f"        %in{r} = arith.cmpi ult, %u{r}, %T : index")
-            e(f"        %ok{r} = arith.cmpi ule, %u{r}, %T : index")
+            e(f"        %in{r} = arith.cmpi ult, %u{r}, {tv} : index")
+            e(f"        %ok{r} = arith.cmpi ule, %u{r}, {tv} : index")
 
         def last(x: str, r: int, ind: str) -> str:  # row r of the last block: cached, or the new token's
             e(f"{ind}%{x}u{r} = scf.if %in{r} -> ({vd}) {{")
@@ -488,11 +501,13 @@ _F32_OPERANDS = (("q", "q", "f32"), ("k_cache", "kc", "f32"), ("v_cache", "vc", 
 _INT8_OPERANDS = (("q", "q", "f32"), ("k_codes", "kc", "si8"), ("k_scales", "ks", "f32"), ("v_codes", "vc", "si8"),
                   ("v_scales", "vs", "f32"), ("k_new", "kn", "si8"), ("k_new_scale", "kns", "f32"),
                   ("v_new", "vn", "si8"), ("v_new_scale", "vns", "f32"))
-OPERANDS = {OP_NAME: _F32_OPERANDS, OP_NAME_INT8: _INT8_OPERANDS}
+_LENGTHS = (("lengths", "len", "si64"),)
+OPERANDS = {OP_NAME: _F32_OPERANDS, OP_NAME_INT8: _INT8_OPERANDS, OP_NAME_RAGGED: _F32_OPERANDS + _LENGTHS,
+            OP_NAME_RAGGED_INT8: _INT8_OPERANDS + _LENGTHS}
 
 
 def plan(op: ir.Operation) -> tuple[AttentionSpec, int]:
-    """The kernel's shape and the layer index of one ``torch.msd.decode_attention[_int8]``; an
+    """The kernel's shape and the layer index of one ``torch.msd.decode_attention[_ragged][_int8]``; an
     :class:`~msd.errors.OptionError` naming the operand that does not fit."""
     name = ir.StringAttr(op.attributes["name"]).value
     table = OPERANDS[name]
@@ -512,7 +527,8 @@ def plan(op: ir.Operation) -> tuple[AttentionSpec, int]:
     if d % BLOCK:
         raise OptionError(f"{name}: the head dim {d} is not a multiple of {BLOCK}")
     layers = shapes[table[1][0]][1] if len(shapes[table[1][0]]) == 5 else None
-    spec = AttentionSpec(b, h, g, d, layers or 0, int8=name == OP_NAME_INT8)
+    spec = AttentionSpec(b, h, g, d, layers or 0, int8=name in (OP_NAME_INT8, OP_NAME_RAGGED_INT8),
+                         ragged=name in (OP_NAME_RAGGED, OP_NAME_RAGGED_INT8))
     for (what, key, _), sh in zip(table, shapes.values()):
         want = spec.types()[key].split("x")[:-1]
         got = ["?" if x is None else str(x) for x in sh]
@@ -653,5 +669,6 @@ def run(module: ir.Operation, options: AttentionKernelsOptions | None = None, /,
     return report
 
 
-__all__ = ["BLOCK", "NAME", "OPERANDS", "OP_NAME", "OP_NAME_INT8", "PREFILL_OP_NAME", "SUMMARY",
+__all__ = ["BLOCK", "NAME", "OPERANDS", "OP_NAME", "OP_NAME_INT8", "OP_NAME_RAGGED", "OP_NAME_RAGGED_INT8",
+           "PREFILL_OP_NAME", "SUMMARY",
            "AttentionKernelsOptions", "AttentionSpec", "PrefillSpec", "plan", "plan_prefill", "run"]

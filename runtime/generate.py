@@ -132,6 +132,73 @@ def _imported(device: object, array: np.ndarray) -> tuple[object, object]:
     return buffer, map_dtype_to_element_type(array.dtype)
 
 
+class SlotCache(KVCache):
+    """The KV cache of a batch of independent sequences, one per *slot*: the buffers of a
+    :class:`KVCache` whose entries have a batch dim of ``slots`` (``[capacity, layers, slots, ...]``),
+    with a length per slot.  :meth:`put` stores a sequence's prefill entries in a free slot; a batched
+    decode step reads :meth:`past` (the first ``max(lengths)`` rows of every slot) with
+    :meth:`step_lengths` (each slot's own length: a step attends only to its slot's rows) and
+    :meth:`append` writes each active slot's new entry at that slot's length.  :meth:`release` frees a
+    slot for the next sequence (its rows are overwritten, never cleared: the lengths mask them)."""
+
+    def __init__(self, entries: Sequence[tuple[Sequence[int], np.dtype | str]], capacity: int,
+                 device: object | None = None) -> None:
+        if not entries or len(entries[0][0]) < 2:
+            raise OptionError("a slot cache's entries are [layers, slots, ...] per token")
+        super().__init__(entries, capacity, device)
+        self.slots = int(entries[0][0][1])
+        self.lengths = np.zeros(self.slots, np.int64)
+        self.active = np.zeros(self.slots, bool)
+
+    def free_slots(self) -> list[int]:
+        return [int(s) for s in np.flatnonzero(~self.active)]
+
+    def put(self, slot: int, new: Sequence[np.ndarray]) -> None:
+        """Store one sequence's first entries (a prefill's, ``[S, layers, 1, ...]``) in free ``slot``."""
+        if not 0 <= slot < self.slots or self.active[slot]:
+            raise ValueError(f"slot {slot} is not a free slot of {self.slots}")
+        if len(new) != len(self.buffers):
+            raise ValueError(f"a step returned {len(new)} cache tensors, the cache has {len(self.buffers)}")
+        n = new[0].shape[0]
+        for i, (b, e) in enumerate(zip(self.buffers, new)):
+            want = (n, b.shape[1], 1, *b.shape[3:])
+            if e.shape != want or e.dtype != b.dtype:
+                raise ValueError(f"cache tensor {i}: got {e.dtype} {list(e.shape)}, expected {b.dtype} {list(want)}")
+        if n > self.capacity:
+            raise ValueError(f"{n} tokens exceed the cache capacity max_ctx={self.capacity}")
+        for b, e in zip(self.buffers, new):
+            b[:n, :, slot] = e[:, :, 0]
+        self.lengths[slot], self.active[slot] = n, True
+
+    def release(self, slot: int) -> None:
+        self.active[slot] = False
+
+    def step_lengths(self) -> np.ndarray:
+        """Each slot's cached tokens (0 for a free slot: its step's result is not used)."""
+        return np.where(self.active, self.lengths, 0)
+
+    def past(self) -> tuple[object, ...]:
+        self.length = max(1, int(self.step_lengths().max()))  # the view's rows (a step needs one at least)
+        return super().past()
+
+    def append(self, new: Sequence[np.ndarray]) -> None:
+        """Store a batched decode step's new entries ``[1, layers, slots, ...]``: each active slot's at
+        row ``lengths[slot]`` of its own column."""
+        if len(new) != len(self.buffers):
+            raise ValueError(f"a step returned {len(new)} cache tensors, the cache has {len(self.buffers)}")
+        for i, (b, e) in enumerate(zip(self.buffers, new)):
+            if e.shape != (1, *b.shape[1:]) or e.dtype != b.dtype:
+                raise ValueError(f"cache tensor {i}: got {e.dtype} {list(e.shape)}, expected {b.dtype}"
+                                 f" {[1, *b.shape[1:]]}")
+        for s in np.flatnonzero(self.active):
+            if self.lengths[s] >= self.capacity:
+                raise ValueError(f"slot {s}: {self.lengths[s]} + 1 tokens exceed the cache capacity"
+                                 f" max_ctx={self.capacity}")
+            for b, e in zip(self.buffers, new):
+                b[self.lengths[s], :, s] = e[0, :, s]
+            self.lengths[s] += 1
+
+
 def greedy(prefill: StepFn, decode: StepFn, ids: list[int], cache: KVCache, max_new_tokens: int,
            stop_ids: set[int], on_token: Callable[[int], None] | None = None,
            stats: GenerationStats | None = None) -> list[int]:
@@ -160,6 +227,61 @@ def greedy(prefill: StepFn, decode: StepFn, ids: list[int], cache: KVCache, max_
         stats.decode_tokens += 1
     stats.decode_s = time.perf_counter() - t0
     stats.new_tokens = len(out)
+    return out
+
+
+def greedy_batch(prefill: StepFn, decode_batch: StepFn, prompts: Sequence[list[int]], cache: SlotCache,
+                 max_new_tokens: int, stop_ids: set[int], on_token: Callable[[int, int], None] | None = None,
+                 stats: GenerationStats | None = None) -> list[list[int]]:
+    """Greedy ids after each of ``prompts``, as :func:`greedy` gives them one by one, decoded together:
+    each prompt is prefilled (``prefill(tokens [1, S])``) into a free slot of ``cache``; then one
+    ``decode_batch(tokens [slots, 1], lengths [slots], *past)`` call per step advances every active
+    sequence by a token.  A sequence that stops frees its slot for the next waiting prompt (continuous
+    batching).  ``on_token(i, id)``: prompt ``i`` got token ``id``.  ``stats``: prefill tokens and time
+    summed over the prompts; decode tokens summed over the sequences (a step of ``n`` active sequences
+    makes ``n``) and the decode steps' time."""
+    stats = stats if stats is not None else GenerationStats()
+    out: list[list[int]] = [[] for _ in prompts]
+    waiting = list(range(len(prompts)))[::-1]
+    owner = [-1] * cache.slots  # the prompt each slot serves
+    nxt = np.zeros((cache.slots, 1), np.int64)
+
+    def take(i: int, token: int) -> bool:  # record a token; whether prompt i goes on
+        out[i].append(token)
+        if on_token is not None:
+            on_token(i, token)
+        return token not in stop_ids and len(out[i]) < max_new_tokens
+
+    if max_new_tokens <= 0:
+        return out
+    while True:
+        for slot in cache.free_slots():
+            while waiting:
+                i = waiting.pop()
+                t0 = time.perf_counter()
+                logits, *new = prefill(np.asarray([prompts[i]], dtype=np.int64))
+                stats.prefill_s += time.perf_counter() - t0
+                stats.prefill_tokens += len(prompts[i])
+                token = int(np.argmax(logits[0]))
+                if take(i, token):
+                    cache.put(slot, new)
+                    owner[slot], nxt[slot, 0] = i, token
+                    break
+        live = np.flatnonzero(cache.active)
+        if not len(live):
+            break
+        t0 = time.perf_counter()
+        lengths = cache.step_lengths()
+        logits, *new = decode_batch(np.where(cache.active[:, None], nxt, 0), lengths, *cache.past())
+        cache.append(new)
+        stats.decode_s += time.perf_counter() - t0
+        stats.decode_tokens += len(live)
+        for slot in live:
+            token = int(np.argmax(logits[slot]))
+            nxt[slot, 0] = token
+            if not take(owner[slot], token):
+                cache.release(slot)
+    stats.new_tokens = sum(len(o) for o in out)
     return out
 
 
@@ -210,18 +332,21 @@ class GenerationSettings:
     stop_ids: tuple[int, ...]
     chat_template: str  # the prompt text around USER_MARKER (which occurs once)
     source: str = ""  # the file it was compiled from (a name, for people)
+    batch: int = 1  # sequences per call of the batched decode step "decode_batch" (1: there is none)
 
     def to_json(self) -> dict:
         d = {"max_ctx": self.max_ctx, "kv_cache": self.kv_cache,
              "cache": [{"shape": list(shape), "dtype": dtype} for shape, dtype in self.cache],
              "stop_ids": sorted(self.stop_ids), "chat_template": self.chat_template, "source": self.source}
+        if self.batch > 1:
+            d["batch"] = self.batch
         return check(GENERATION, d, "generation settings")
 
     @classmethod
     def from_json(cls, d: object, where: str = "generation settings") -> GenerationSettings:
         d = check(GENERATION, d, where)
         return cls(d["max_ctx"], d["kv_cache"], tuple((tuple(t["shape"]), t["dtype"]) for t in d["cache"]),
-                   tuple(d["stop_ids"]), d["chat_template"], d["source"])
+                   tuple(d["stop_ids"]), d["chat_template"], d["source"], d.get("batch", 1))
 
     def render(self, user: str) -> str:
         """The chat prompt for ``user``'s text (plain substitution: the text is never interpreted)."""
@@ -234,10 +359,16 @@ class GreedyGenerator:
     returning the logits and the new tokens' cache entries) with a host :class:`KVCache` of ``max_ctx``
     tokens.  Subclasses say how a prompt is rendered (:meth:`render`) and what a cache entry is
     (:meth:`cache_entries`).  One generator may serve several threads: each call keeps its own cache and
-    stats, and :attr:`last_stats` is the calling thread's last generation."""
+    stats, and :attr:`last_stats` is the calling thread's last generation.
 
-    def __init__(self, prefill: StepFn, decode: StepFn, tokenizer, stop_ids: set[int], max_ctx: int) -> None:
-        self.prefill, self.decode = prefill, decode
+    ``decode_batch`` (optional: ``(tokens [slots, 1], lengths [slots], *past) → (logits [slots, vocab],
+    *new)``) decodes ``slots`` independent sequences per call: :meth:`generate_ids_batch` then runs
+    several prompts together (:func:`greedy_batch`); without it they run one after the other."""
+
+    def __init__(self, prefill: StepFn, decode: StepFn, tokenizer, stop_ids: set[int], max_ctx: int,
+                 decode_batch: StepFn | None = None, slots: int = 1) -> None:
+        self.prefill, self.decode, self.decode_batch = prefill, decode, decode_batch
+        self.slots = slots if decode_batch is not None else 1
         self.tokenizer, self.stop_ids, self.max_ctx = tokenizer, set(stop_ids), max_ctx
         self._local = threading.local()
 
@@ -271,6 +402,50 @@ class GreedyGenerator:
         return greedy(self.prefill, self.decode, ids, self.empty_cache(), max_new_tokens, self.stop_ids,
                       on_token, stats)
 
+    def slot_cache(self) -> SlotCache:
+        """A cache for :attr:`slots` sequences decoded together (needs ``decode_batch``)."""
+        if self.decode_batch is None:
+            raise OptionError("this generator has no batched decode step (compile with batch > 1)")
+        entries = [((shape[0], self.slots, *shape[2:]), dtype) for shape, dtype in self.cache_entries()]
+        return SlotCache(entries, self.max_ctx, getattr(self.decode_batch, "host_device", None))
+
+    def generate_ids_batch(self, prompts: Sequence[list[int]], max_new_tokens: int,
+                           on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+        """Greedy token ids after each prompt of ``prompts`` (as :meth:`generate_ids` gives them one by
+        one), :attr:`slots` sequences decoded per step (:func:`greedy_batch`; one at a time without a
+        batched decode step).  ``on_token(i, id)``: prompt ``i`` got token ``id``.  :attr:`last_stats`
+        sums the prompts' prefill and decode tokens and times (decode tok/s: tokens of all sequences per
+        second of decode steps)."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise OptionError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        prompts = [list(ids) for ids in prompts]
+        for i, ids in enumerate(prompts):
+            try:
+                check_prompt(ids, max_new_tokens, self.max_ctx)
+            except OptionError as e:
+                raise OptionError(f"prompt {i}: {e}") from None
+        stats = GenerationStats()
+        if self.decode_batch is None:
+            out = []
+            for i, ids in enumerate(prompts):
+                one = GenerationStats()
+                cb = None if on_token is None else (lambda t, i=i: on_token(i, t))
+                out.append(greedy(self.prefill, self.decode, ids, self.empty_cache(), max_new_tokens,
+                                  self.stop_ids, cb, one))
+                for f in ("prefill_tokens", "prefill_s", "decode_tokens", "decode_s", "new_tokens"):
+                    setattr(stats, f, getattr(stats, f) + getattr(one, f))
+        else:
+            out = greedy_batch(self.prefill, self.decode_batch, prompts, self.slot_cache(), max_new_tokens,
+                               self.stop_ids, on_token, stats)
+        self._local.stats = stats
+        return out
+
+    def generate_batch(self, prompt_texts: Sequence[str], max_new_tokens: int, chat: bool = True) -> list[str]:
+        """Greedy replies to each of ``prompt_texts`` (:meth:`generate_ids_batch`)."""
+        prompts = [self.encode(text, chat) for text in prompt_texts]
+        return [self.tokenizer.decode(ids, skip_special_tokens=True)
+                for ids in self.generate_ids_batch(prompts, max_new_tokens)]
+
     def generate(self, prompt_text: str, max_new_tokens: int, chat: bool = True,
                  callback: Callable[[str], None] | None = None) -> str:
         """Greedy reply to ``prompt_text`` (in the chat template when ``chat``); ``callback`` receives each
@@ -284,7 +459,9 @@ class TextGenerator(GreedyGenerator):
     """Greedy generation over a loaded GGUF artifact (see the module docstring)."""
 
     def __init__(self, artifact: Artifact, tokenizer, settings: GenerationSettings) -> None:
-        super().__init__(artifact.prefill, artifact.decode, tokenizer, set(settings.stop_ids), settings.max_ctx)
+        batched = artifact.functions["decode_batch"] if settings.batch > 1 else None
+        super().__init__(artifact.prefill, artifact.decode, tokenizer, set(settings.stop_ids), settings.max_ctx,
+                         batched, settings.batch)
         self.artifact, self.settings = artifact, settings
 
     @classmethod
@@ -336,7 +513,28 @@ def _check_steps(art: Artifact, settings: GenerationSettings) -> None:
             if out.dtype != dtype or tuple(out.shape[1:]) != tuple(shape):
                 raise ArtifactError(f"{where}: {fn.name} returns {out.describe()} for cache tensor {i}, but the"
                                     f" settings say {dtype}{list(shape)} per token")
+    if settings.batch > 1:
+        _check_batch_step(art, settings)
 
 
-__all__ = ["GenerationSettings", "GenerationStats", "GreedyGenerator", "KVCache", "TextGenerator", "TextStream",
-           "check_prompt", "greedy"]
+def _check_batch_step(art: Artifact, settings: GenerationSettings) -> None:
+    """``decode_batch`` takes token ids ``[batch, 1]``, lengths ``[batch]`` and the cache tensors with
+    ``batch`` sequences per entry, and returns logits and new entries of that form."""
+    where, fn, n = art.folder / "msd.json", art.functions["decode_batch"], settings.batch
+    if len(fn.inputs) != 2 + len(settings.cache) or len(fn.outputs) != 1 + len(settings.cache):
+        raise ArtifactError(f"{where}: decode_batch takes {len(fn.inputs)} inputs and returns {len(fn.outputs)}"
+                            f" outputs; with {len(settings.cache)} cache tensors it needs {2 + len(settings.cache)}"
+                            f" and {1 + len(settings.cache)}")
+    for spec, shape, what in ((fn.inputs[0], (n, 1), "token ids"), (fn.inputs[1], (n,), "lengths")):
+        if spec.dtype != "i64" or tuple(spec.shape) != shape:
+            raise ArtifactError(f"{where}: decode_batch's {what} input is {spec.describe()}, not i64{list(shape)}")
+    for i, (shape, dtype) in enumerate(settings.cache):
+        entry = (shape[0], n, *shape[2:])
+        for spec in (fn.inputs[2 + i], fn.outputs[1 + i]):
+            if spec.dtype != dtype or tuple(spec.shape[1:]) != entry:
+                raise ArtifactError(f"{where}: decode_batch has {spec.describe()} for cache tensor {i}; batch {n}"
+                                    f" needs {dtype}{list(entry)} per token")
+
+
+__all__ = ["GenerationSettings", "GenerationStats", "GreedyGenerator", "KVCache", "SlotCache", "TextGenerator",
+           "TextStream", "check_prompt", "greedy", "greedy_batch"]

@@ -293,7 +293,7 @@ GENERATION = Record({
     "stop_ids": List(Int(0), max_len=64),
     "chat_template": _ChatTemplate(),
     "source": Str(max_len=4096),
-})
+}, {"batch": Int(2, 1024)})  # slots of the batched decode step "decode_batch" (absent: none)
 METADATA = Record({}, {"generation": GENERATION})
 
 
@@ -307,6 +307,8 @@ def _manifest_rules(v: dict, at: str) -> None:
         missing = {"prefill", "decode"} - set(v["functions"])
         if missing:
             raise _Bad("functions", f"a text-generation artifact needs {', '.join(sorted(missing))}")
+        if "batch" in v["metadata"]["generation"] and "decode_batch" not in v["functions"]:
+            raise _Bad("functions", "a text-generation artifact with a batch needs decode_batch")
         if "tokenizer.json" not in v["files"]:
             raise _Bad("files", "a text-generation artifact must list tokenizer.json")
 

@@ -168,3 +168,85 @@ def test_targets_without_the_kernel_get_the_reference_ops() -> None:
 def test_head_dim_not_a_multiple_of_the_block_is_an_error() -> None:
     with pytest.raises((OptionError, msd.CompileError), match=f"head dim 24 is not a multiple of {BLOCK}"):
         _compile(0, (1, 2, 2, 24, 2), emit="linalg")
+
+
+# ------------------------------------------------------------------ sequences of their own lengths
+class _Ragged(torch.nn.Module):
+    def __init__(self, layer: int, int8: bool) -> None:
+        super().__init__()
+        self.layer, self.int8 = layer, int8
+
+    def forward(self, *args):
+        op = torch.ops.msd.decode_attention_ragged_int8 if self.int8 else torch.ops.msd.decode_attention_ragged
+        return op(*args, self.layer)
+
+
+def _ragged64(q, kd, vd, lengths: list[int], t: int) -> np.ndarray:
+    """float64 attention per sequence ``b`` over its first ``lengths[b]`` cached keys and the new one
+    (``kd``/``vd`` ``[B, H, T + 1, D]``, float64)."""
+    out = np.zeros(q.shape)
+    for b, n in enumerate(lengths):
+        keep = [*range(n), t]
+        s = np.einsum("hgd,htd->hgt", q[b], kd[b][:, keep])
+        p = np.exp(s - s.max(-1, keepdims=True))
+        out[b] = np.einsum("hgt,htd->hgd", p / p.sum(-1, keepdims=True), vd[b][:, keep])
+    return out
+
+
+RAGGED_CASES = {4: ((37, [0, 7, 16, 37]), (130, [130, 1, 64, 95]), (1, [1, 0, 0, 1])),
+                2: ((37, [0, 37]), (130, [17, 130]), (1, [1, 0]))}
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["f32", "int8"])
+@pytest.mark.parametrize("shape", [(4, 2, 3, 32, 3), (2, 1, 2, 64, 2)], ids=["4seq", "2seq-4splits"])
+def test_ragged_kernel_reads_each_sequence_up_to_its_length(int8: bool, shape) -> None:
+    """Sequences sharing a cache view of T rows, each with its own length (0, inside a block, a block
+    edge, T), in one and in several splits per head: the kernel against float64 attention over each
+    sequence's own rows and new token.  Rows past a sequence's length hold large values, so reading one
+    would show as O(1) errors."""
+    (b, h, g, d, layers), layer = shape, 1
+    splits = max(1, -(-8 // (b * h)))
+    t_dim = torch.export.Dim("T", min=1, max=4096)
+    make = _int8_inputs if int8 else _inputs
+    lengths0 = torch.tensor([0, 3, 5, 5][:b])
+    example = (*make(5, b, h, g, d, layers, seed=0), lengths0)
+    cached = (1, 2, 3, 4) if int8 else (1, 2)
+    dyn = tuple({0: t_dim} if i in cached else None for i in range(len(example)))
+    cm = msd.compile(_Ragged(layer, int8), example, dynamic_shapes=(dyn,))  # forward(*args): one entry
+    text = msd.compile(_Ragged(layer, int8), example, dynamic_shapes=(dyn,), emit="linalg")
+    assert f"@msd_decode_attention_b{b}_h{h}_g{g}_d{d}_l{layers}_s{splits}{'_i8' if int8 else ''}_r" in text
+    for t, lengths in RAGGED_CASES[b]:
+        args = list(make(t, b, h, g, d, layers, seed=t))
+        if int8:
+            q, kc, ks, vc, vs, kn, kns, vn, vns = args
+            for i, n in enumerate(lengths):  # codes past the end of a sequence: huge scales
+                ks[n:, :, i] = 1e3
+                vs[n:, :, i] = 1e3
+            kd = np.concatenate([(kc.double() * ks.double().unsqueeze(-1))[:, layer].permute(1, 2, 0, 3).numpy(),
+                                 (kn.double() * kns.double().unsqueeze(-1)).numpy()], axis=2)
+            vd = np.concatenate([(vc.double() * vs.double().unsqueeze(-1))[:, layer].permute(1, 2, 0, 3).numpy(),
+                                 (vn.double() * vns.double().unsqueeze(-1)).numpy()], axis=2)
+            scale, tol = float((vc.abs().amax() * vs[:, :, :].clamp(max=1.0).amax()).item()), 1e-5
+        else:
+            q, kc, vc, kn, vn = args
+            for i, n in enumerate(lengths):
+                kc[n:, :, i] = 1e3
+                vc[n:, :, i] = 1e3
+            kd = np.concatenate([kc[:, layer].double().permute(1, 2, 0, 3).numpy(), kn.double().numpy()], axis=2)
+            vd = np.concatenate([vc[:, layer].double().permute(1, 2, 0, 3).numpy(), vn.double().numpy()], axis=2)
+            scale, tol = float(max(vc.clamp(max=100).abs().max(), vn.abs().max())), 2e-6
+        lens = torch.tensor(lengths)
+        got = cm(*args, lens).numpy()
+        want = _ragged64(q.double().numpy(), kd, vd, lengths, t)
+        err = float(np.abs(got - want).max())
+        assert err <= tol * scale, f"T={t}, lengths {lengths}: max error {err:.3g}"
+        eager = _Ragged(layer, int8)(*args, lens).double().numpy()
+        assert float(np.abs(eager - want).max()) <= tol * scale, "the eager op is the same attention"
+
+
+def test_ragged_lengths_equal_to_the_view_match_the_plain_kernel() -> None:
+    """With every length equal to the cache view's rows, the ragged op is :func:`decode_attention`."""
+    q, kc, vc, kn, vn = _inputs(21, 2, 2, 2, 32, 2, seed=3)
+    want = decode_attention(q, kc, vc, kn, vn, 1)
+    got = torch.ops.msd.decode_attention_ragged(q, kc, vc, kn, vn, torch.tensor([21, 21]), 1)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

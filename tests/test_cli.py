@@ -107,16 +107,19 @@ def test_generate_from_a_gguf_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kv_cache", ["float", "int8"])
 def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path, kv_cache: str) -> None:
     """`msd compile model.gguf` saves prefill + decode + tokenizer; `msd generate DIR` runs it torch-free
-    and says what the eager reference says (f32 or int8 KV cache); a tampered tokenizer is refused."""
+    and says what the eager reference says (f32 or int8 KV cache); a tampered tokenizer is refused.  The
+    int8 artifact also gets a batched decode step (``--batch 2``): several prompts decode together."""
     from test_gguf import write_tiny_gguf
 
     path = write_tiny_gguf(tmp_path / "tiny.gguf")
-    proc = _msd("compile", str(path), "-o", "llm", "--max-ctx", "32", "--kv-cache", kv_cache, "--json",
+    batch = ["--batch", "2"] if kv_cache == "int8" else []
+    proc = _msd("compile", str(path), "-o", "llm", "--max-ctx", "32", "--kv-cache", kv_cache, *batch, "--json",
                 cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["max_ctx"] == 32
     manifest = json.loads((tmp_path / "llm" / "msd.json").read_text())
-    assert set(manifest["functions"]) == {"prefill", "decode"} and "tokenizer.json" in manifest["files"]
+    steps = {"prefill", "decode", *(["decode_batch"] if batch else [])}
+    assert set(manifest["functions"]) == steps and "tokenizer.json" in manifest["files"]
     settings = manifest["metadata"]["generation"]
     assert settings["max_ctx"] == 32 and settings["kv_cache"] == kv_cache
     dtypes = [t["dtype"] for t in settings["cache"]]
@@ -136,6 +139,14 @@ def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path, kv_cach
     ids = eager.generate_ids(eager.encode("hello", chat=False), 6)
     assert saved["text"] == eager.tokenizer.decode(ids, skip_special_tokens=True)
     assert saved["decode_tokens"] == eager.last_stats.decode_tokens
+    if batch:  # three prompts, two decoded at a time: each reply as it is alone
+        run = subprocess.run([sys.executable, "-c", no_torch, "generate", "llm", "hello", "a b", "the", "--no-chat",
+                              "--max-new-tokens", "5", "--json"], cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        both = json.loads(run.stdout)
+        assert both["batch"] == 2
+        assert both["texts"] == [eager.tokenizer.decode(eager.generate_ids(eager.encode(p, chat=False), 5),
+                                                        skip_special_tokens=True) for p in ("hello", "a b", "the")]
     import shutil
 
     old = tmp_path / "old"  # settings whose cache list does not match what decode takes
@@ -151,7 +162,7 @@ def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path, kv_cach
     proc = _msd("generate", "llm", "hello", cwd=tmp_path)
     assert proc.returncode == 1 and "tokenizer.json was modified" in proc.stderr
     proc = _msd("compile", "my_models:build", "-o", "o", "--max-ctx", "8", cwd=tmp_path)
-    assert proc.returncode == 1 and "--max-ctx and --kv-cache apply to .gguf models only" in proc.stderr
+    assert proc.returncode == 1 and "--max-ctx, --kv-cache and --batch apply to .gguf models only" in proc.stderr
 
 
 def test_compile_with_cost_decisions_and_mx_slices(tmp_path: Path) -> None:

@@ -65,6 +65,15 @@ class CachedStep(nn.Module):
                                fused_attention=self.fused_attention)
 
 
+class BatchStep(CachedStep):
+    """The batched decode step to export: ``forward(tokens [B, 1], lengths [B], *past)``, sequences of
+    their own lengths (``LlamaModel.step(lengths=...)``)."""
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.llama.step(tokens, *past, kv_cache=self.kv_cache, fused_attention=self.fused_attention,
+                               lengths=lengths)
+
+
 @dataclass
 class NextTokenStats:
     """How a model's teacher-forced next-token distributions compare with a reference's over the same
@@ -116,6 +125,16 @@ def eager_steps(model: LlamaModel, kv_cache: str = "float") -> tuple[StepFn, Ste
     return run(True), run(True), run(False)
 
 
+def eager_batch_step(model: LlamaModel, kv_cache: str = "float") -> StepFn:
+    """The batched decode step ``(tokens [B, 1], lengths [B], *past)`` in eager torch (the reference)."""
+    def call(tokens: np.ndarray, lengths: np.ndarray, *past: np.ndarray) -> tuple[np.ndarray, ...]:
+        with torch.no_grad():
+            out = model.step(torch.from_numpy(np.ascontiguousarray(tokens)), *(torch.from_numpy(p) for p in past),
+                             kv_cache=kv_cache, lengths=torch.from_numpy(np.asarray(lengths, np.int64)))
+        return tuple(o.numpy() for o in out)
+    return call
+
+
 class Generator(GreedyGenerator):
     """Greedy generation over numpy step functions (compiled or eager): ``prefill(tokens)`` and
     ``decode(token, *past)``, each returning the logits and the new tokens' cache entries; ``score``
@@ -125,8 +144,8 @@ class Generator(GreedyGenerator):
 
     def __init__(self, prefill: StepFn, decode: StepFn, model: LlamaModel, tokenizer, stop_ids: set[int],
                  max_ctx: int, compiled=None, score: StepFn | None = None, kv_cache: str = "float",
-                 source: str | Path = "") -> None:
-        super().__init__(prefill, decode, tokenizer, stop_ids, max_ctx)
+                 source: str | Path = "", decode_batch: StepFn | None = None, batch: int = 1) -> None:
+        super().__init__(prefill, decode, tokenizer, stop_ids, max_ctx, decode_batch, batch)
         self.score, self.kv_cache, self.model, self.source = score, kv_cache, model, str(source)
         self.compiled = compiled  # the CompiledModule, when there is one
 
@@ -142,7 +161,7 @@ class Generator(GreedyGenerator):
             max_ctx=self.max_ctx, kv_cache=self.kv_cache,
             cache=tuple((tuple(shape), RUNTIME_DTYPES[dt]) for shape, dt in self.model.cache_entries(1, self.kv_cache)),
             stop_ids=tuple(sorted(self.stop_ids)), chat_template=G.chat_prompt(USER_MARKER),
-            source=Path(self.source).name)
+            source=Path(self.source).name, batch=self.slots)
 
     def save(self, folder: str | Path) -> Path:
         """Write the compiled prefill + decode, the tokenizer and :meth:`settings` as one artifact that
@@ -185,27 +204,43 @@ def _stop_ids(path, tokenizer) -> set[int]:
 
 
 def eager_generator(gguf_path: str | Path, max_ctx: int = DEFAULT_MAX_CTX,
-                    model: LlamaModel | None = None, kv_cache: str = "float") -> Generator:
-    """The reference: the same cache path (``LlamaModel.step``) in eager torch."""
+                    model: LlamaModel | None = None, kv_cache: str = "float", batch: int = 1) -> Generator:
+    """The reference: the same cache path (``LlamaModel.step``) in eager torch; ``batch`` > 1: with a
+    batched decode step of that many sequences (:meth:`Generator.generate_ids_batch`)."""
+    _check_batch(batch)
     model = model if model is not None else G.load_gguf(gguf_path)
     prefill, decode, score = eager_steps(model, kv_cache)
     tok = G.tokenizer_from_gguf(gguf_path)
     return Generator(prefill, decode, model, tok, _stop_ids(gguf_path, tok), max_ctx, score=score,
-                     kv_cache=kv_cache, source=gguf_path)
+                     kv_cache=kv_cache, source=gguf_path,
+                     decode_batch=eager_batch_step(model, kv_cache) if batch > 1 else None, batch=batch)
+
+
+MAX_BATCH = 1024
+
+
+def _check_batch(batch: object) -> None:
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise OptionError(f"batch must be an integer from 1 to {MAX_BATCH} (sequences decoded together), "
+                          f"got {batch!r}")
 
 
 def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEFAULT_MAX_CTX,
                       target: str = "llvm-cpu", model: LlamaModel | None = None,
                       progress: Callable[[str], None] | None = None, score: bool = False,
-                      kv_cache: str = "float", cpu_kernel: str = "auto") -> Generator:
+                      kv_cache: str = "float", cpu_kernel: str = "auto", batch: int = 1) -> Generator:
     """Compile ``prefill`` (dynamic prompt length) and ``decode`` into one msd artifact with shared
     weights and return a :class:`Generator` over it; ``score=True`` adds the all-positions entry point
     ``score`` (dynamic length) for :meth:`Generator.next_token_logits`; ``kv_cache``: "float" (f32 K/V)
-    or "int8" (codes + a scale per head and token); ``cpu_kernel``: as for ``msd.compile``."""
+    or "int8" (codes + a scale per head and token); ``cpu_kernel``: as for ``msd.compile``; ``batch`` >
+    1 adds ``decode_batch``, one step of ``batch`` independent sequences of their own lengths
+    (:meth:`Generator.generate_ids_batch`: each prompt prefilled alone into a slot, then decoded
+    together)."""
     import msd
 
     if max_ctx < 3:
         raise OptionError(f"max_ctx={max_ctx} is too small")
+    _check_batch(batch)
     model = model if model is not None else G.load_gguf(gguf_path)
     # prefill and decode attend in msd's kernels on CPU targets (msd.compiler.ops)
     fused_attention = resolve_target(target).backend == "llvm-cpu"
@@ -222,11 +257,16 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEF
     }
     if score:
         functions["score"] = (CachedStep(model, kv_cache, last_only=False), (tokens, *past), ({1: seq}, past_dims))
+    if batch > 1:
+        functions["decode_batch"] = (
+            BatchStep(model, kv_cache, fused_attention=fused_attention),
+            (torch.zeros(batch, 1, dtype=torch.long), torch.full((batch,), t_example, dtype=torch.long),
+             *model.empty_cache(batch, kv_cache, length=t_example)), (None, None, past_dims))
     cm = msd.compile_functions(functions, target=target, slices=slices, progress=progress, cpu_kernel=cpu_kernel)
     tok = G.tokenizer_from_gguf(gguf_path)
     return Generator(cm.function("prefill"), cm.function("decode"), model, tok, _stop_ids(gguf_path, tok), max_ctx,
                      compiled=cm, score=cm.function("score") if score else None, kv_cache=kv_cache,
-                     source=gguf_path)
+                     source=gguf_path, decode_batch=cm.function("decode_batch") if batch > 1 else None, batch=batch)
 
 
 @functools.lru_cache(maxsize=1)
@@ -248,5 +288,6 @@ def generate(gguf_path: str | Path, prompt: str, max_new_tokens: int = 64, slice
     return gen.generate(prompt, max_new_tokens, chat=chat, callback=stream)
 
 
-__all__ = ["DEFAULT_MAX_CTX", "CachedStep", "GenerationStats", "Generator", "NextTokenStats", "compile_generator",
-           "eager_generator", "eager_steps", "generate", "next_token_stats"]
+__all__ = ["DEFAULT_MAX_CTX", "MAX_BATCH", "BatchStep", "CachedStep", "GenerationStats", "Generator",
+           "NextTokenStats", "compile_generator", "eager_batch_step", "eager_generator", "eager_steps", "generate",
+           "next_token_stats"]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msd.compiler import ops as _ops  # noqa: F401 - registers torch.ops.msd.decode_attention
+from msd.compiler.ops import ragged_mask
 from msd.errors import OptionError
 
 KV_CACHE_FORMATS = ("float", "int8")  # f32 K/V, or int8 codes with one f32 scale per (head, token)
@@ -116,8 +117,8 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * c.head_dim))
 
     def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: tuple[torch.Tensor, ...],
-                       hidden: torch.Tensor | None, kv_cache: str, layer: int,
-                       fused: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+                       hidden: torch.Tensor | None, kv_cache: str, layer: int, fused: bool = False,
+                       lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Attention of the ``S`` new tokens over layer ``layer``'s ``T`` past entries and themselves →
         ``(output, new entries)``.
 
@@ -135,7 +136,9 @@ class Attention(nn.Module):
         ``q·Kᵀ`` and ``P·V``) over the ``T + S`` keys: past, then new.  ``hidden`` ``[S, T + S]`` is an
         additive float mask (−inf where key ``j`` lies after query ``s``, i.e. ``j > T + s``; None when
         ``S = 1``).  Grouped-query heads are attended as ``[B·n_kv_heads, group·S, ·]``: the query heads
-        sharing a KV head stack along the rows."""
+        sharing a KV head stack along the rows.  ``lengths`` ``[B]`` (a one-token step of sequences of
+        their own lengths, :meth:`LlamaModel.step`): sequence ``b`` reads its first ``lengths[b]`` past
+        entries (``hidden`` then masks the others; fused: ``torch.ops.msd.decode_attention_ragged``)."""
         c = self.cfg
         b, s, _ = x.shape
         q, k, v = self._qkv(x, cos, sin)
@@ -148,7 +151,11 @@ class Attention(nn.Module):
         qg = q.unflatten(1, (hkv, group))  # query head h = kv·group + j reads kv head h // group
         if fused and past and isinstance(s, int) and s == 1 and d % 16 == 0:
             qs = qg.squeeze(3) * (1.0 / math.sqrt(d))
-            if kv_cache == "float":
+            if lengths is not None:
+                op = (torch.ops.msd.decode_attention_ragged if kv_cache == "float"
+                      else torch.ops.msd.decode_attention_ragged_int8)
+                out = op(qs, *past, *new, lengths, layer)
+            elif kv_cache == "float":
                 out = torch.ops.msd.decode_attention(qs, past[0], past[1], k, v, layer)
             else:
                 out = torch.ops.msd.decode_attention_int8(qs, *past, *new, layer)
@@ -200,9 +207,9 @@ class Block(nn.Module):
         return x + self.mlp(self.ffn_norm(x))
 
     def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: tuple[torch.Tensor, ...],
-                       hidden: torch.Tensor | None, kv_cache: str, layer: int,
-                       fused: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        h, new = self.attn.forward_cached(self.attn_norm(x), cos, sin, past, hidden, kv_cache, layer, fused)
+                       hidden: torch.Tensor | None, kv_cache: str, layer: int, fused: bool = False,
+                       lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        h, new = self.attn.forward_cached(self.attn_norm(x), cos, sin, past, hidden, kv_cache, layer, fused, lengths)
         x = x + h
         return x + self.mlp(self.ffn_norm(x)), new
 
@@ -254,7 +261,8 @@ class LlamaModel(nn.Module):
         return tuple(torch.zeros((length, *shape), dtype=dtype) for shape, dtype in self.cache_entries(batch, kv_cache))
 
     def step(self, tokens: torch.Tensor, *past: torch.Tensor, kv_cache: str = "float",
-             last_only: bool = True, fused_attention: bool = False) -> tuple[torch.Tensor, ...]:
+             last_only: bool = True, fused_attention: bool = False,
+             lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """KV-cache forward: ``tokens [B, S]`` at positions ``T .. T+S-1`` after the ``T`` tokens held in
         ``past`` → ``(logits, *new)``.  ``past`` is the cache in ``kv_cache`` format, token-major (one
         ``[T, *entry]`` tensor per :meth:`cache_entries` entry), or nothing at all for ``T = 0``
@@ -264,7 +272,12 @@ class LlamaModel(nn.Module):
         whatever the capacity of the caller's cache.  Nothing is mutated and no tensor value reaches
         Python control flow, so it exports with a dynamic ``S`` (prefill) or ``S = 1`` (decode) and a
         dynamic ``T``.  ``fused_attention``: a one-token step attends through
-        ``torch.ops.msd.decode_attention`` (:meth:`Attention.forward_cached`)."""
+        ``torch.ops.msd.decode_attention`` (:meth:`Attention.forward_cached`).
+
+        ``lengths`` (int64 ``[B]``, a one-token step only): the ``B`` sequences are independent and each
+        has its own number of past tokens, ``lengths[b] <= T``: sequence ``b``'s token is at position
+        ``lengths[b]`` and attends to its first ``lengths[b]`` past entries (the rows after them belong
+        to longer sequences, or to none); its new entries go to row ``lengths[b]`` of its cache."""
         entries = self.cache_entries(tokens.shape[0], kv_cache)
         if past and len(past) != len(entries):
             raise OptionError(f"kv_cache={kv_cache!r} takes {len(entries)} cache tensors, got {len(past)}")
@@ -272,7 +285,14 @@ class LlamaModel(nn.Module):
         t = past[0].shape[0] if past else 0
         positions = (torch.arange(s, device=tokens.device) + t).unsqueeze(0).expand(b, s)  # [B, S]
         hidden = None
-        if not (isinstance(s, int) and s == 1):  # one new token sees every key: no mask
+        if lengths is not None:
+            if not (past and isinstance(s, int) and s == 1):
+                raise OptionError("lengths: sequences of their own lengths take one-token steps after a past")
+            if tuple(lengths.shape) != (b,):
+                raise OptionError(f"lengths must be [{b}] (one per sequence), got {list(lengths.shape)}")
+            positions = lengths.view(b, 1)
+            hidden = ragged_mask(lengths, t).view(b, 1, 1, 1, t + 1)  # [B, ·, ·, S = 1, T + 1]
+        elif not (isinstance(s, int) and s == 1):  # one new token sees every key: no mask
             # additive mask [S, T + S]: -inf on keys after each query, by a lookup (gather) in [0, -inf]
             # rather than a bool select, so that msd's matmul pass sees a float operand for the attention
             # matmuls (a bool mask reads to it as an i1 "integer weight")
@@ -286,7 +306,7 @@ class LlamaModel(nn.Module):
         x = self.embed(tokens)
         new: list[list[torch.Tensor]] = [[] for _ in entries]
         for i, blk in enumerate(self.blocks):
-            x, layer = blk.forward_cached(x, cos, sin, past, hidden, kv_cache, i, fused_attention)
+            x, layer = blk.forward_cached(x, cos, sin, past, hidden, kv_cache, i, fused_attention, lengths)
             for acc, e in zip(new, layer):
                 acc.append(e)
         if last_only:

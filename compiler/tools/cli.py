@@ -1,12 +1,13 @@
 """The ``msd`` command: compile models, and run, inspect or time saved artifacts.
 
     msd compile my_models:build -o out/ [--target llvm-cpu] [--slices 2]
-    msd compile model.gguf -o llm/ [--max-ctx 2048]
+    msd compile model.gguf -o llm/ [--max-ctx 2048] [--batch 4]
     msd run out/ --input x.npy [--output y.npy]
     msd inspect out/
     msd bench out/ [--shape 1x4096] [--reps 50]
     msd generate model.gguf "prompt" [--max-new-tokens 64] [--slices 2] [--max-ctx 512]
     msd generate llm/ "prompt"             # a compiled .gguf artifact: no torch, no compiler
+    msd generate llm/ "one" "two" "three"  # several prompts, decoded together (compiled with --batch)
 
 ``compile`` takes a Python entry point ``module:function`` that returns ``(model, example_inputs)``
 or ``(model, example_inputs, dynamic_shapes)``.  ``run``, ``inspect`` and ``bench`` need only the
@@ -102,13 +103,14 @@ def _compile_gguf(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     max_ctx = args.max_ctx or DEFAULT_MAX_CTX
     gen = compile_generator(args.entry, slices=args.slices, max_ctx=max_ctx, target=args.target,
-                            progress=_progress(args, start), kv_cache=args.kv_cache)
+                            progress=_progress(args, start), kv_cache=args.kv_cache, batch=args.batch or 1)
     folder = gen.save(args.output)
     report = gen.compiled.report
     _say(args, f"[{time.perf_counter() - start:6.1f}s] saved {folder} (run it: msd generate {folder} \"prompt\")")
     _say(args, report.format())
     return {"artifact": str(folder), "seconds": round(time.perf_counter() - start, 3),
-            "rewritten": len(report.rewritten), "skipped": len(report.skipped), "max_ctx": max_ctx}
+            "rewritten": len(report.rewritten), "skipped": len(report.skipped), "max_ctx": max_ctx,
+            "batch": gen.slots}
 
 
 def _check_output(out: str) -> None:
@@ -206,8 +208,8 @@ def cmd_compile(args: argparse.Namespace) -> dict:
     gguf = args.entry.endswith(".gguf")
     if gguf and not Path(args.entry).is_file():
         raise CliError(f"no such GGUF file: {args.entry}")
-    if not gguf and (args.max_ctx is not None or args.kv_cache is not None):
-        raise CliError("--max-ctx and --kv-cache apply to .gguf models only")
+    if not gguf and (args.max_ctx is not None or args.kv_cache is not None or args.batch is not None):
+        raise CliError("--max-ctx, --kv-cache and --batch apply to .gguf models only")
     _check_output(args.output)
     _check_target(args.target)
     with _removed_if_unfinished(args.output):
@@ -358,12 +360,12 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- generate
 def cmd_generate(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
-    fixed = [f"--{name.replace('_', '-')}" for name in ("slices", "max_ctx", "kv_cache")
+    fixed = [f"--{name.replace('_', '-')}" for name in ("slices", "max_ctx", "kv_cache", "batch")
              if getattr(args, name) is not None]
     if Path(args.gguf).is_dir() and fixed:
         raise CliError(f"{args.gguf} is a compiled artifact{_baked(Path(args.gguf))}: {', '.join(fixed)} "
                        f"{'is' if len(fixed) == 1 else 'are'} fixed when compiling (msd compile model.gguf -o DIR"
-                       " --slices N --max-ctx N --kv-cache float|int8)")
+                       " --slices N --max-ctx N --kv-cache float|int8 --batch N)")
     if Path(args.gguf).is_file() and args.device is not None:
         raise CliError("--device applies to artifact folders (a .gguf file is compiled for and run on this CPU)")
     args.slices = 2 if args.slices is None else args.slices
@@ -378,8 +380,9 @@ def cmd_generate(args: argparse.Namespace) -> dict:
         from msd.compiler.llm.generate import compile_generator
 
         ctx = {"max_ctx": args.max_ctx} if args.max_ctx else {}  # default: compile_generator's (2048)
+        batch = args.batch if args.batch is not None else min(len(args.prompt), 8) if len(args.prompt) > 1 else 1
         gen = compile_generator(args.gguf, slices=args.slices, progress=_progress(args, start), kv_cache=args.kv_cache,
-                                **ctx)
+                                batch=batch, **ctx)
         _say(args, f"[{time.perf_counter() - start:6.1f}s] compiled prefill + decode")
         slices = args.slices
     else:
@@ -389,7 +392,18 @@ def cmd_generate(args: argparse.Namespace) -> dict:
         if not args.json:
             print(piece, end="", flush=True)
 
-    text = gen.generate(args.prompt, args.max_new_tokens, chat=not args.no_chat, callback=stream)
+    if len(args.prompt) > 1:
+        texts = gen.generate_batch(args.prompt, args.max_new_tokens, chat=not args.no_chat)
+        if not args.json:
+            for i, text in enumerate(texts):
+                print(f"[{i + 1}] {text}")
+        st = gen.last_stats
+        _say(args, f"{len(texts)} prompts, {gen.slots} decoded together: prefill {st.prefill_tokens} tokens at"
+                   f" {st.prefill_tok_s:.1f} tok/s, decode {st.decode_tokens} tokens at {st.decode_tok_s:.1f} tok/s"
+                   f" (slices={slices})")
+        return {"texts": texts, "batch": gen.slots, "prefill_tokens": st.prefill_tokens, "prefill_s": st.prefill_s,
+                "decode_tokens": st.decode_tokens, "decode_s": st.decode_s, "slices": slices}
+    text = gen.generate(args.prompt[0], args.max_new_tokens, chat=not args.no_chat, callback=stream)
     if not args.json:
         print()
     st = gen.last_stats
@@ -405,7 +419,7 @@ def _baked(folder: Path) -> str:
         manifest = json.loads((folder / MANIFEST).read_text())
         settings = manifest.get("metadata", {}).get("generation", {})
         baked = {"slices": manifest.get("slices"), "max_ctx": settings.get("max_ctx"),
-                 "kv_cache": settings.get("kv_cache")}
+                 "kv_cache": settings.get("kv_cache"), "batch": settings.get("batch")}
     except (OSError, ValueError, AttributeError):
         return ""
     shown = ", ".join(f"{k}={v}" for k, v in baked.items() if v is not None)
@@ -453,6 +467,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--kv-cache", default=None, choices=("float", "int8"),
                    help=".gguf only: KV cache in f32 (default), or int8 with a scale per head and token (MSD"
                         " attention)")
+    c.add_argument("--batch", type=_int_range(1, 1024), default=None,
+                   help=".gguf only: also compile a decode step of N sequences at once (default 1: none); 'msd"
+                        " generate DIR p1 p2 ...' then decodes up to N prompts together")
     c.set_defaults(func=cmd_compile)
 
     for name, func, text in (("run", cmd_run, "run an artifact on .npy inputs"),
@@ -474,7 +491,7 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate text greedily from a GGUF Llama model (compiled on the fly) or"
                                         " from an artifact folder written by 'msd compile model.gguf'")
     g.add_argument("gguf", help="a .gguf file (Q8_0 / Q4_0 / Q4_1 / F16 / F32 tensors), or an artifact folder")
-    g.add_argument("prompt")
+    g.add_argument("prompt", nargs="+", help="one prompt, or several: replies printed in order, [1] [2] ...")
     g.add_argument("--max-new-tokens", type=_int_range(1), default=64, help="at most this many tokens (default 64)")
     g.add_argument("--slices", type=_int_range(0, 3), default=None,
                    help=".gguf files: activation slices 1-3 (default 2); 0 = IREE's own lowering")
@@ -485,6 +502,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--kv-cache", default=None, choices=("float", "int8"),
                    help=".gguf files: KV cache in f32 (default), or int8 with a scale per head and token (MSD"
                         " attention)")
+    g.add_argument("--batch", type=_int_range(1, 1024), default=None,
+                   help=".gguf files: sequences decoded together (default: the number of prompts, at most 8)")
     g.add_argument("--device", default=None, help="artifact folders: IREE driver (default: the target's)")
     g.set_defaults(func=cmd_generate)
     for s in sub.choices.values():

@@ -1,5 +1,6 @@
 // RUN: msd-opt %s --msd-attention-kernels | FileCheck %s
 // RUN: msd-opt %s --msd-attention-kernels | FileCheck %s --check-prefix=I8
+// RUN: msd-opt %s --msd-attention-kernels | FileCheck %s --check-prefix=RAGGED
 // RUN: msd-opt %s --msd-attention-kernels --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=REPORT
 
 // --msd-attention-kernels: the custom op torch.ops.msd.decode_attention (as the FX importer writes it,
@@ -34,6 +35,7 @@
 // REPORT: rewritten: torch.msd.decode_attention at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2_s4 (layer 0)
 // REPORT: rewritten: torch.msd.decode_attention at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2_s4 (layer 1)
 // REPORT: rewritten: torch.msd.decode_attention_int8 at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2_s4_i8 (layer 1)
+// REPORT: rewritten: torch.msd.decode_attention_ragged at {{.*}}: msd_decode_attention_b2_h2_g3_d32_l2_s2_r (layer 1)
 
 func.func @decode(%q: !torch.vtensor<[1,2,3,32],f32>, %kc: !torch.vtensor<[?,2,1,2,32],f32>,
                   %vc: !torch.vtensor<[?,2,1,2,32],f32>, %k: !torch.vtensor<[1,2,1,32],f32>,
@@ -63,4 +65,25 @@ func.func @decode_int8(%q: !torch.vtensor<[1,2,3,32],f32>, %kc: !torch.vtensor<[
   %int1 = torch.constant.int 1
   %0 = torch.operator "torch.msd.decode_attention_int8"(%q, %kc, %ks, %vc, %vs, %k, %kns, %v, %vns, %int1) : (!torch.vtensor<[1,2,3,32],f32>, !torch.vtensor<[?,2,1,2,32],si8>, !torch.vtensor<[?,2,1,2],f32>, !torch.vtensor<[?,2,1,2,32],si8>, !torch.vtensor<[?,2,1,2],f32>, !torch.vtensor<[1,2,1,32],si8>, !torch.vtensor<[1,2,1],f32>, !torch.vtensor<[1,2,1,32],si8>, !torch.vtensor<[1,2,1],f32>, !torch.int) -> !torch.vtensor<[1,2,3,32],f32>
   return %0 : !torch.vtensor<[1,2,3,32],f32>
+}
+
+// Sequences of their own lengths (a batched decode step): an i64 operand [B]; each workgroup loads
+// its sequence's length and bounds its keys by it (never by more than the T rows of the view).
+
+// RAGGED-LABEL: stream.executable private @msd_decode_attention_b2_h2_g3_d32_l2_s2_r {
+// RAGGED:         func.func @msd_decode_attention_b2_h2_g3_d32_l2_s2_r({{.*}}, %[[T:.*]]: index, %{{.*}}: index)
+// RAGGED:         %[[LEN:.*]] = memref.load %{{.*}}[%{{.*}}] : memref<2xi64>
+// RAGGED:         %[[LI:.*]] = arith.index_cast %[[LEN]] : i64 to index
+// RAGGED:         %[[TB:.*]] = arith.minui %[[LI]], %[[T]] : index
+// RAGGED:         arith.divui %[[TB]], %c16 : index
+// RAGGED-LABEL: func.func @decode_ragged(
+// RAGGED:         %[[L:.*]] = torch_c.to_builtin_tensor %arg5 : !torch.vtensor<[2],si64> -> tensor<2xi64>
+// RAGGED:         flow.dispatch @msd_decode_attention_b2_h2_g3_d32_l2_s2_r::@msd_decode_attention_b2_h2_g3_d32_l2_s2_r[%[[T:.*]]]({{.*}}, %[[L]], %[[T]], {{.*}}) : (tensor<2x2x3x32xf32>, tensor<?x2x2x2x32xf32>{%[[T]]}, tensor<?x2x2x2x32xf32>{%[[T]]}, tensor<2x2x1x32xf32>, tensor<2x2x1x32xf32>, tensor<2xi64>, index, index)
+
+func.func @decode_ragged(%q: !torch.vtensor<[2,2,3,32],f32>, %kc: !torch.vtensor<[?,2,2,2,32],f32>,
+                         %vc: !torch.vtensor<[?,2,2,2,32],f32>, %k: !torch.vtensor<[2,2,1,32],f32>,
+                         %v: !torch.vtensor<[2,2,1,32],f32>, %len: !torch.vtensor<[2],si64>) -> !torch.vtensor<[2,2,3,32],f32> {
+  %int1 = torch.constant.int 1
+  %0 = torch.operator "torch.msd.decode_attention_ragged"(%q, %kc, %vc, %k, %v, %len, %int1) : (!torch.vtensor<[2,2,3,32],f32>, !torch.vtensor<[?,2,2,2,32],f32>, !torch.vtensor<[?,2,2,2,32],f32>, !torch.vtensor<[2,2,1,32],f32>, !torch.vtensor<[2,2,1,32],f32>, !torch.vtensor<[2],si64>, !torch.int) -> !torch.vtensor<[2,2,3,32],f32>
+  return %0 : !torch.vtensor<[2,2,3,32],f32>
 }
