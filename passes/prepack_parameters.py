@@ -186,8 +186,7 @@ class _Packing:
 
 def _plan(dispatch: ir.Operation, block: ir.Block, params: dict[str, tuple[str, str]],
           min_bytes: int, positions: _Positions) -> _Packing | str:
-    roles = [ir.StringAttr(a).value for a in dispatch.attributes[ROLES_ATTR]] \
-        if ROLES_ATTR in dispatch.attributes else []
+    roles = [ir.StringAttr(a).value for a in dispatch.attributes[ROLES_ATTR]]
     at, slices, why = [], [], []
     for i, v in enumerate(_dispatch_arguments(dispatch)):
         if not isinstance(v.type, ir.RankedTensorType):
@@ -384,7 +383,9 @@ def run(module: ir.Operation, options: PrepackOptions | None = None, /, **kwargs
     dispatches: list[ir.Operation] = []
 
     def visit(o: ir.Operation) -> ir.WalkResult:
-        if o.name == "flow.dispatch" and _callee(o).startswith(SYMBOL_PREFIX):
+        # msd's kernels that read a weight say what each operand is (the linear kernels); the others
+        # (activation quantizing, attention) read only values computed per call
+        if o.name == "flow.dispatch" and _callee(o).startswith(SYMBOL_PREFIX) and ROLES_ATTR in o.attributes:
             dispatches.append(o)
         return ir.WalkResult.ADVANCE
 

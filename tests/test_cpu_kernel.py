@@ -2,6 +2,7 @@
 
 - the kernel alone, through IREE, against a float64 reference of its own arithmetic (odd M, N not a
   multiple of the lanes, group 32 and 128, slices 1-3, offsets) on the ISAs this CPU has;
+- the activation-quantizing kernel alone, against the arithmetic of the tensor ops it replaces;
 - every variant compiled for a CPU that has it and disassembled: the byte dot product is there;
 - whole models through ``msd.compile`` (``cpu_kernel`` auto/explicit): within the float64 error bound
   of the method, with a dynamic M, the report naming the kernel, and the same result as IREE's
@@ -22,6 +23,7 @@ import msd
 from helpers import error_bound, mlp
 from msd.compiler.pipeline.targets import kernel_isas, resolve
 from msd.passes.decompose_activations.cpu_kernel import ISAS, SLICE_RADIX, KernelSpec
+from msd.passes.decompose_activations.quantize_kernel import QuantizeSpec
 
 HOST_ISAS = kernel_isas(resolve("llvm-cpu"))
 # A CPU that has each variant (the disassembly check compiles for it, whatever this host is) and the
@@ -140,6 +142,80 @@ def test_kernel_matches_its_float64_arithmetic(isa: str, tmp_path: Path) -> None
             assert got.shape == (m, n)
             rel = np.abs(got - ref).max() / np.abs(ref).max()
             assert rel < 1e-6, (spec.symbol, m, rel)  # f32 accumulation of exact integer dots
+
+
+# ----------------------------------------------------------------------------------------------
+# The activation-quantizing kernel alone
+
+
+def _quantize_reference(x: np.ndarray, spec: QuantizeSpec) -> tuple[np.ndarray, ...]:
+    """The tensor ops' arithmetic (emit_kernel's fallback) in numpy f32: codes, scales, group sums."""
+    m, k, g = x.shape[0], spec.k, spec.group
+    xg = x.reshape(m, spec.groups, g)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        amax = np.abs(xg).max(-1) if spec.scale_per_group else np.abs(x).max(-1, keepdims=True)
+        amax = np.where(np.isnan(amax), np.float32(np.nan), amax).astype(np.float32)
+        s = np.where(amax < np.inf, np.maximum(amax, np.float32(1.17549435e-38)) / np.float32(127), np.nan)
+        s = s.astype(np.float32)
+        t = xg / (s[:, :, None] if spec.scale_per_group else s[:, :, None])
+        ok = np.abs(t) < np.inf
+        codes = []
+        for _ in range(spec.slices):
+            d = np.clip(np.rint(t), -127, 127).astype(np.float32)
+            codes.append(np.where(ok, d, 0).astype(np.int32) + spec.act_bias)
+            t = ((t - d) * np.float32(SLICE_RADIX)).astype(np.float32)
+    a = np.stack(codes, 1).reshape(m, spec.slices, k).astype(np.uint8).view(np.int8)
+    return a, s, xg.sum(-1, dtype=np.float64)
+
+
+QUANTIZE_CASES = [  # k, group, slices, scale per group, offset, code bias
+    (96, 32, 2, True, True, 128), (96, 96, 3, False, False, 0), (256, 128, 1, False, True, 128),
+    (64, 16, 2, True, False, 0), (40, 20, 2, True, True, 128),
+]
+
+
+def test_quantize_kernel_matches_the_tensor_ops(tmp_path: Path) -> None:
+    """Codes and scales bit for bit as emit_kernel's tensor ops compute them (one scale per group or
+    per row, 1-3 slices, VNNI's +128), sums to f32 rounding; rows of zeros, of huge values, with an inf
+    (scale NaN, codes 0) and with a NaN; odd M and a group that is not a multiple of 8 lanes."""
+    import iree.runtime as rt
+
+    for i, (k, g, p, per_group, offset, bias) in enumerate(QUANTIZE_CASES):
+        spec = QuantizeSpec(k, g, p, per_group, offset, bias)
+        outs = [f"tensor<{t}>" for key, t in spec.types().items() if key != "x"]
+        src = (f"module {{\n{spec.executable()}\nutil.func public @quantize(%x: tensor<?x{k}xf32>) -> "
+               f"({', '.join(outs)}) {{\n  %c0 = arith.constant 0 : index\n"
+               f"  %m = tensor.dim %x, %c0 : tensor<?x{k}xf32>\n"
+               f"  %r:{len(outs)} = flow.dispatch @{spec.symbol}::@{spec.symbol}[%m](%x, %m) : "
+               f"(tensor<?x{k}xf32>{{%m}}, index) -> ({', '.join(o + '{%m}' for o in outs)})\n"
+               f"  util.return {', '.join(f'%r#{j}' for j in range(len(outs)))} : {', '.join(outs)}\n}}\n}}\n")
+        (tmp_path / "q.mlir").write_text(src)
+        vmfb = tmp_path / "q.vmfb"
+        proc = subprocess.run([find_tool("iree-compile"), str(tmp_path / "q.mlir"), *resolve("llvm-cpu").flags,
+                               "-o", str(vmfb)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ctx = rt.SystemContext(config=rt.Config("local-task"))
+        ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb.read_bytes()))
+        rng = np.random.default_rng(i)
+        for m in (1, 7):
+            x = (rng.standard_normal((m, k)) * rng.choice([1e-3, 1.0, 1e3], (m, 1))).astype(np.float32)
+            if m == 7:
+                x[1] = 0.0
+                x[2] *= np.float32(1e30)
+                x[3, 5] = np.inf
+                x[4, k - 1] = np.nan
+            got = [np.asarray(v) for v in ctx.modules.module["quantize"](x)]
+            a, s, sums = _quantize_reference(x, spec)
+            np.testing.assert_array_equal(got[0], a, err_msg=f"{spec.symbol} M={m}: codes")
+            # an all-zero row's scale FLT_MIN/127 is subnormal: the CPU may flush it to zero (its codes are
+            # 0 and its result 0 either way)
+            sub = (s > 0) & (s < np.finfo(np.float32).tiny)
+            assert np.all((got[1][sub] == s[sub]) | (got[1][sub] == 0))
+            np.testing.assert_array_equal(got[1][~sub], s[~sub], err_msg=f"{spec.symbol} M={m}: scales")
+            if offset:
+                fine = np.isfinite(sums)
+                np.testing.assert_allclose(got[2][fine], sums[fine], rtol=1e-5,
+                                           atol=1e-5 * np.abs(x[np.isfinite(x)]).max())
 
 
 ARM = [isa for isa in sorted(ISAS) if ISAS[isa].dot in ("sdot", "smmla")]

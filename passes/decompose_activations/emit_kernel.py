@@ -7,7 +7,8 @@ msd generates itself.  Around it, ordinary tensor ops:
 1. the activation, as ``[M, K]`` rows: ``amax`` per row (or per row and group) and, with a zero
    point / min in the weight, the sums per (row, group); the slices' codes as bytes (``code + 128``
    for VNNI, which reads them as unsigned bytes; the signed code for AVX2 and Arm) — once per row,
-   before the kernel;
+   before the kernel, by one dispatch of :mod:`.quantize_kernel` for f32 rows (the linears that read
+   the same activation share it after CSE), by tensor ops otherwise;
 2. the weight side, which reads only the weight and so is computed once when the module loads (IREE
    hoists it): the integer codes relaid into the kernel's tiles, the accumulator start
    ``-128·Σ_{k∈g} w`` (VNNI), and the scale and offset per (channel, group);
@@ -43,6 +44,7 @@ from .emit_common import (
     split_map,
 )
 from .plan import Plan
+from .quantize_kernel import QuantizeSpec
 
 PARALLEL, REDUCTION = _ir.PARALLEL, _ir.REDUCTION
 
@@ -122,10 +124,11 @@ def _weight_layout(p: Plan) -> str | None:
     return None
 
 
-def emit(p: Plan, spec: KernelSpec) -> ir.Value:
+def emit(p: Plan, spec: KernelSpec, kernels: dict[str, KernelSpec | QuantizeSpec]) -> ir.Value:
     """Emit ``p.c`` as the kernel ``spec`` at the current insertion point; return the value that
-    replaces its result.  The kernel's executable itself is added to the module by the pass
-    (:func:`executables`)."""
+    replaces its result.  The kernels it dispatches are added to ``kernels`` (by symbol), whose
+    executables the pass adds to the module at the end (:func:`executables`)."""
+    kernels[spec.symbol] = spec
     x = fold_k_scale(p.x, p.x_map, p.k_scale)
     x_t = _ir.tensor_type(x)
     nm = len(p.m_dims)
@@ -135,12 +138,17 @@ def emit(p: Plan, spec: KernelSpec) -> ir.Value:
     mf = _ir.size_of(rows, 0)
     xg = _ir.expand(rows, [[0], [1, 2]], [mf, groups, g])  # [M, G, g]
 
-    amax, sums = _activation_stats(p, spec, xg, mf)
-    scale = _slice_scale(amax)
-    codes = _codes(spec, xg, scale, mf)
+    if isinstance(_ir.elem_type(rows), ir.F32Type):
+        q = QuantizeSpec(spec.k, g, spec.slices, spec.scale_per_group, spec.offset, spec.act_bias)
+        kernels[q.symbol] = q
+        dyn = _quantize(q, rows)
+    else:
+        amax, sums = _activation_stats(p, spec, xg, mf)
+        scale = _slice_scale(amax)
+        codes = _codes(spec, xg, scale, mf)
+        dyn = [_dynamic_rows(v) for v in [codes, scale, *([sums] if spec.offset else [])]]
     weights = _weight_operands(p, spec)
 
-    dyn = [_dynamic_rows(v) for v in [codes, scale, *([sums] if spec.offset else [])]]
     m = tensor.DimOp(dyn[0], _ir.index_const(0)).result
     operands = [*dyn, *weights]
     y = _dispatch(spec, operands, m, len(dyn))
@@ -155,6 +163,22 @@ def emit(p: Plan, spec: KernelSpec) -> ir.Value:
 
 
 # ============================================================================= the activation
+def _quantize(q: QuantizeSpec, rows: ir.Value) -> list[ir.Value]:
+    """``[codes, scale, (sums)]`` of f32 ``rows`` ``[M, K]`` by one dispatch of the kernel ``q``
+    (M dynamic, one workgroup per row)."""
+    x = _dynamic_rows(rows)
+    m = tensor.DimOp(x, _ir.index_const(0)).result
+    results = [ir.RankedTensorType.parse(f"tensor<{t}>") for key, t in q.types().items() if key != "x"]
+    op = ir.Operation.create(
+        "flow.dispatch", results=results, operands=[m, x, m, m, *[m] * len(results)],
+        attributes={
+            "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([q.symbol, q.symbol])]),
+            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, 2, 1, len(results)]),
+            "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)] * len(results)),
+        })
+    return list(op.results)
+
+
 def _activation_stats(p: Plan, spec: KernelSpec, xg: ir.Value, mf: _ir.Size) -> tuple[ir.Value, ir.Value | None]:
     """``amax`` ``[M, G or 1]`` and, with an offset, the group sums ``[M, G]`` of ``xg`` ``[M, G, g]``."""
     groups = spec.groups
@@ -382,7 +406,7 @@ def _map(n: int, positions: list) -> ir.AffineMap:
     return _ir.dims_map(n, positions)
 
 
-def executables(module: ir.Operation, specs: dict[str, KernelSpec]) -> None:
+def executables(module: ir.Operation, specs: dict[str, KernelSpec | QuantizeSpec]) -> None:
     """Add the ``stream.executable`` of each kernel in ``specs`` to ``module`` (once per symbol)."""
     body = module.regions[0].blocks[0]
     present = {ir.StringAttr(op.attributes["sym_name"]).value for op in body.operations

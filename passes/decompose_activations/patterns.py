@@ -22,6 +22,7 @@ from .decide import decide
 from .match import Contraction
 from .options import DecomposeOptions
 from .plan import Plan, plan
+from .quantize_kernel import QuantizeSpec
 
 
 class DecomposeContraction:
@@ -30,7 +31,7 @@ class DecomposeContraction:
 
     def __init__(self, root: str, contraction: Callable[[ir.Operation], Contraction | None],
                  options: DecomposeOptions, policy: Policy | None, report: Report,
-                 kernels: dict[str, KernelSpec]) -> None:
+                 kernels: dict[str, KernelSpec | QuantizeSpec]) -> None:
         self.root, self.contraction = root, contraction
         self.kernels = kernels  # the fused kernels emitted so far, by symbol (their executables are added last)
         self.options = options
@@ -51,8 +52,7 @@ class DecomposeContraction:
         p = self._with_kernel(p)
         with rewriter.ip, op.location:
             if p.kernel is not None:
-                y = emit_kernel.emit(p, p.kernel)
-                self.kernels[p.kernel.symbol] = p.kernel
+                y = emit_kernel.emit(p, p.kernel, self.kernels)
             else:
                 y = emit_scaled.emit(p) if p.block_scaled else emit_int8.emit(p)
         self._record(op, True, p.describe(), **p.cost)

@@ -1,0 +1,189 @@
+"""The activation-quantizing kernel that feeds the fused MSD linear (:mod:`.cpu_kernel`), as MLIR text.
+
+One dispatch turns f32 activation rows ``x [M, K]`` into what the linear kernel reads:
+
+- ``s [M, G]`` (one scale per row and group) or ``[M, 1]`` (per row): ``max(amax, FLT_MIN) / 127``,
+  NaN where ``amax`` is not finite;
+- ``a [M, P, K] i8``: slice ``p``'s digit of ``x / s`` (``d_1 = round(t)``, ``d_{p+1} = round(254·(t_p −
+  d_p))``, half to even, clamped to ±127; 0 where ``x / s`` is not finite), stored ``+ act_bias``
+  (128 for VNNI's unsigned bytes);
+- with a weight offset, ``xs [M, G]``: the group sums of ``x``.
+
+These are the same values the tensor ops of :mod:`.emit_kernel` compute (``_activation_stats``,
+``_slice_scale``, ``_codes``: the fallback for other element types), which IREE made three dispatches
+per activation (a reduction, the scale, the codes) and, in a decode step, three of the ~30 per layer.
+Here a workgroup quantizes one row: it reads the row in chunks of up to 32 lanes, once for the maxima
+(and sums) and once for the codes (the row stays in L1 between the two).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cpu_kernel import SYMBOL_PREFIX
+from .emit_common import FLT_MIN, QMAX, SLICE_RADIX
+
+
+@dataclass(frozen=True)
+class QuantizeSpec:
+    """One instance of the kernel: K, the group length (K itself for one scale per row), the slices,
+    whether the scale is per group, whether group sums are wanted, and the stored code's bias."""
+
+    k: int
+    group: int
+    slices: int
+    scale_per_group: bool
+    offset: bool
+    act_bias: int
+
+    def __post_init__(self) -> None:
+        if self.k % self.group or self.group % 4:
+            raise ValueError(f"K={self.k} in groups of {self.group}: groups must divide K and be multiples of 4")
+
+    @property
+    def groups(self) -> int:
+        return self.k // self.group
+
+    @property
+    def chunk(self) -> int:
+        """Lanes read at a time: the largest of 32, 16, 8, 4 that divides the group."""
+        return next(c for c in (32, 16, 8, 4) if self.group % c == 0)
+
+    @property
+    def symbol(self) -> str:
+        return (f"{SYMBOL_PREFIX}quantize_k{self.k}_g{self.group}_p{self.slices}{'_sg' if self.scale_per_group else ''}"
+                f"{'_off' if self.offset else ''}_b{self.act_bias}")
+
+    def types(self) -> dict[str, str]:
+        """Each binding's memref type (``?``: the rows M): the input, then the results."""
+        p, k, g = self.slices, self.k, self.groups
+        out = {"x": f"?x{k}xf32", "a": f"?x{p}x{k}xi8", "s": f"?x{g if self.scale_per_group else 1}xf32"}
+        if self.offset:
+            out["xs"] = f"?x{g}xf32"
+        return out
+
+    def executable(self) -> str:
+        return _Writer(self).text()
+
+
+class _Writer:
+    def __init__(self, spec: QuantizeSpec) -> None:
+        self.s = spec
+        self.lines: list[str] = []
+        self.v = f"vector<{spec.chunk}xf32>"
+
+    def e(self, line: str) -> None:
+        self.lines.append(line)
+
+    def text(self) -> str:
+        s, e, v = self.s, self.e, self.v
+        types = s.types()
+        sym = s.symbol
+        e(f"stream.executable private @{sym} {{")
+        e(f"  stream.executable.export public @{sym} workgroups(%m: index) -> (index, index, index) {{")
+        e("    %one = arith.constant 1 : index")
+        e("    stream.return %m, %one, %one : index, index, index")
+        e("  }")
+        e("  builtin.module {")
+        args = ", ".join(f"%{k}_b: !stream.binding" for k in types)
+        e(f"    func.func @{sym}({args}, %M: index) {{")
+        for c in sorted({0, 1, s.chunk, s.group, s.groups, *range(s.slices)}):
+            e(f"      %c{c} = arith.constant {c} : index")
+        for k, t in types.items():
+            e(f"      %{k} = stream.binding.subspan %{k}_b[%c0] : !stream.binding -> memref<{t}>{{%M}}")
+        e("      %f0 = arith.constant 0.0 : f32")
+        e(f"      %zero = arith.constant dense<0.0> : {v}")
+        e(f"      %inf = arith.constant dense<0x7F800000> : {v}")
+        e(f"      %lo = arith.constant dense<{-QMAX}> : {v}")
+        e(f"      %hi = arith.constant dense<{QMAX}> : {v}")
+        e(f"      %radix = arith.constant dense<{SLICE_RADIX}> : {v}")
+        e(f"      %bias = arith.constant dense<{s.act_bias}> : vector<{s.chunk}xi32>")
+        e("      %r = stream.dispatch.workgroup.id[0] : index")
+        if s.scale_per_group:
+            e(f"      scf.for %gi = %c0 to %c{s.groups} step %c1 {{")
+            e(f"        %base = arith.muli %gi, %c{s.group} : index")
+            self.stats("        ", "%gi")
+            self.scale("        ", "%gi")
+            self.codes("        ")
+            e("      }")
+        else:
+            e(f"      %row:2 = scf.for %gi = %c0 to %c{s.groups} step %c1 iter_args(%pm = %f0, %ps = %f0)"
+              " -> (f32, f32) {")
+            e(f"        %base = arith.muli %gi, %c{s.group} : index")
+            self.stats("        ", "%gi", carried="%pm")
+            e("        scf.yield %am, %sm : f32, f32")
+            e("      }")
+            self.scale("      ", "%c0", amax="%row#0")
+            e(f"      scf.for %gi = %c0 to %c{s.groups} step %c1 {{")
+            e(f"        %base = arith.muli %gi, %c{s.group} : index")
+            self.codes("        ")
+            e("      }")
+        e("      return")
+        e("    }")
+        e("  }")
+        e("}")
+        return "\n".join(self.lines)
+
+    def stats(self, ind: str, g: str, carried: str = "%f0") -> None:
+        """``%am`` = max(``carried``, max |x| over this group), ``%sm`` its sum (stored as ``xs[r, g]``
+        when wanted)."""
+        s, e, v = self.s, self.e, self.v
+        e(f"{ind}%st:2 = scf.for %ci = %c0 to %c{s.group} step %c{s.chunk} iter_args(%m0 = {carried}, %s0 = %f0)"
+          " -> (f32, f32) {")
+        e(f"{ind}  %k = arith.addi %base, %ci : index")
+        e(f"{ind}  %xv = vector.transfer_read %x[%r, %k], %f0 {{in_bounds = [true]}} : memref<{s.types()['x']}>, {v}")
+        e(f"{ind}  %ax = math.absf %xv : {v}")
+        e(f"{ind}  %mx = vector.reduction <maximumf>, %ax : {v} into f32")
+        e(f"{ind}  %m1 = arith.maximumf %m0, %mx : f32")
+        e(f"{ind}  %sx = vector.reduction <add>, %xv : {v} into f32")
+        e(f"{ind}  %s1 = arith.addf %s0, %sx : f32")
+        e(f"{ind}  scf.yield %m1, %s1 : f32, f32")
+        e(f"{ind}}}")
+        e(f"{ind}%am = arith.addf %st#0, %f0 : f32")
+        e(f"{ind}%sm = arith.addf %st#1, %f0 : f32")
+        if s.offset:
+            e(f"{ind}memref.store %sm, %xs[%r, {g}] : memref<{s.types()['xs']}>")
+
+    def scale(self, ind: str, g: str, amax: str = "%am") -> None:
+        """``%sc`` = the first slice's scale from ``amax``, stored as ``s[r, g]``."""
+        e = self.e
+        e(f"{ind}%fl = arith.constant {FLT_MIN!r} : f32")
+        e(f"{ind}%q = arith.constant {QMAX} : f32")
+        e(f"{ind}%nan = arith.constant 0x7FC00000 : f32")
+        e(f"{ind}%pinf = arith.constant 0x7F800000 : f32")
+        e(f"{ind}%floor = arith.maximumf {amax}, %fl : f32")
+        e(f"{ind}%sq = arith.divf %floor, %q : f32")
+        e(f"{ind}%fin = arith.cmpf olt, {amax}, %pinf : f32")
+        e(f"{ind}%sc = arith.select %fin, %sq, %nan : f32")
+        e(f"{ind}memref.store %sc, %s[%r, {g}] : memref<{self.s.types()['s']}>")
+
+    def codes(self, ind: str) -> None:
+        """This group's codes of every slice, with ``%sc`` the row's (or group's) scale."""
+        s, e, v = self.s, self.e, self.v
+        vi, vb = f"vector<{s.chunk}xi32>", f"vector<{s.chunk}xi8>"
+        e(f"{ind}%scb = vector.broadcast %sc : f32 to {v}")
+        e(f"{ind}scf.for %ci = %c0 to %c{s.group} step %c{s.chunk} {{")
+        e(f"{ind}  %k = arith.addi %base, %ci : index")
+        e(f"{ind}  %xv = vector.transfer_read %x[%r, %k], %f0 {{in_bounds = [true]}} : memref<{s.types()['x']}>, {v}")
+        e(f"{ind}  %t0 = arith.divf %xv, %scb : {v}")
+        e(f"{ind}  %at = math.absf %t0 : {v}")
+        e(f"{ind}  %ok = arith.cmpf olt, %at, %inf : {v}")
+        t = "%t0"
+        for p in range(s.slices):
+            e(f"{ind}  %r{p} = math.roundeven {t} : {v}")
+            e(f"{ind}  %l{p} = arith.maximumf %r{p}, %lo : {v}")
+            e(f"{ind}  %d{p} = arith.minimumf %l{p}, %hi : {v}")
+            e(f"{ind}  %z{p} = arith.select %ok, %d{p}, %zero : vector<{s.chunk}xi1>, {v}")
+            e(f"{ind}  %i{p} = arith.fptosi %z{p} : {v} to {vi}")
+            e(f"{ind}  %b{p} = arith.addi %i{p}, %bias : {vi}")
+            e(f"{ind}  %y{p} = arith.trunci %b{p} : {vi} to {vb}")
+            e(f"{ind}  vector.transfer_write %y{p}, %a[%r, %c{p}, %k] {{in_bounds = [true]}} : {vb}, "
+              f"memref<{s.types()['a']}>")
+            if p + 1 < s.slices:
+                e(f"{ind}  %e{p} = arith.subf {t}, %d{p} : {v}")
+                e(f"{ind}  %t{p + 1} = arith.mulf %e{p}, %radix : {v}")
+                t = f"%t{p + 1}"
+        e(f"{ind}}}")
+
+
+__all__ = ["QuantizeSpec"]
