@@ -30,7 +30,11 @@ sys.path.insert(0, str(REPO / "tests"))  # the torchao / PT2E model builders the
 
 from test_frontends import _torchao_model, pt2e_mlp  # noqa: E402
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _report import write_block  # noqa: E402
+
 OUTPUT = REPO / "docs" / "formats.md"
+BEGIN, END = "<!-- formats.py: begin -->", "<!-- formats.py: end -->"  # the rest of the file is hand-written
 TARGETS = ("llvm-cpu",)  # the only target msd compiles for today
 
 
@@ -90,9 +94,10 @@ def measure(build: Callable[[], nn.Module], f64: bool, width: int) -> dict:
 def main() -> None:
     start = time.time()
     lines = [
+        BEGIN,
         "# Weight formats × front ends × targets",
         "",
-        "Produced by `python benchmarks/formats.py` (rewritten on every run) on "
+        "Produced by `python benchmarks/formats.py` (its block is rewritten on every run) on "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC with torch {torch.__version__}, "
         f"iree-base-compiler {version('iree-base-compiler')}, torchao {version('torchao')}.",
         "",
@@ -112,8 +117,8 @@ def main() -> None:
             print(lines[-1], flush=True)
     lines += ["", "What the pass said (slices=2):", "", *details, "",
               "Targets other than llvm-cpu are not supported by `msd.compile` yet.",
-              "", f"Run time: {time.time() - start:.0f} s."]
-    OUTPUT.write_text("\n".join(lines) + "\n")
+              "", f"Run time: {time.time() - start:.0f} s.", END]
+    write_block(OUTPUT, "\n".join(lines), BEGIN, END)
     print(f"wrote {OUTPUT}")
 
 

@@ -427,9 +427,11 @@ KINDS = (
     # data-tiled matmuls are named "mmt4d" (global-optimization path) or "matmul"
     ("int8 matmuls (MSD slices × weight codes)", lambda n: _is_matmul(n) and "i8xi8xi32" in n),
     ("MSD rescale + sum of per-group int32 partials", lambda n: "reduction" in n and "_i32x" in n),
-    ("activation slicing to int8", lambda n: n.endswith("xi8") or "xi8_to_" in n),
-    ("attention: msd's decode kernels (msd_decode_attention_*), or f32 q·kᵀ, softmax, p·v",
-     lambda n: n.startswith("msd_decode_attention_") or "softmax" in n or (_is_matmul(n) and "_f32" in n)),
+    ("activation slicing to int8 (msd_quantize_*, or IREE's dispatches)",
+     lambda n: n.startswith("msd_quantize_") or n.endswith("xi8") or "xi8_to_" in n),
+    ("attention: msd's kernels (msd_decode_attention_*, msd_prefill_attention_*), or f32 q·kᵀ, softmax, p·v",
+     lambda n: n.startswith(("msd_decode_attention_", "msd_prefill_attention_")) or "softmax" in n
+     or (_is_matmul(n) and "_f32" in n)),
     ("KV cache: copies (the step's concatenation) and data-tiling packs", lambda n: "memcpy" in n or "_pack_" in n),
     ("other: RoPE, norms, residuals, epilogues", lambda n: True),
 )

@@ -112,6 +112,17 @@ def _interpret(v: IntAffine, unsigned: bool) -> IntAffine:
     return v
 
 
+def _elementwise_on_tensors(op: ir.Operation) -> bool:
+    """An ``arith`` op on ranked tensors, every operand of the result's shape (not a constant)."""
+    if op.name == "arith.constant" or len(op.results) != 1:
+        return False
+    t = op.results[0].type
+    if not isinstance(t, ir.RankedTensorType):
+        return False
+    return all(isinstance(o.type, ir.RankedTensorType) and ir.RankedTensorType(o.type).shape == t.shape
+               for o in op.operands)
+
+
 @dataclass(frozen=True)
 class FloatAffine:
     """A float value ``scale·q + offset`` with ``scale``, ``offset`` K-invariant (None = 0)."""
@@ -194,6 +205,10 @@ class WeightTrace:
             traced = self._try_generic(owner, value, amap)
             if traced is not None:
                 return traced
+        if name is not None and name.startswith("arith.") and _elementwise_on_tensors(owner):
+            # the dequantization written as arith ops on whole tensors (no linalg.generic): the same
+            # scalar evaluation, each operand read at the same index
+            return self._body_op(owner, [self.tensor(o, amap) for o in owner.operands])
         if name == "linalg.transpose":
             perm = list(ir.DenseI64ArrayAttr(owner.attributes["permutation"]))
             inv = [perm.index(j) for j in range(len(perm))]
@@ -311,16 +326,16 @@ class WeightTrace:
                 self.leaves.append(leaf)
                 return IntAffine(0, (IntTerm(1, leaf, False),), et.width, raw=True)
             self.found_integer = True
-            if et.width != 8:
+            if et.width > 8:
                 raise NotHandled(
-                    f"integer weight of type i{et.width}: only 8-bit weights fit the int8 matmul"
+                    f"integer weight of type i{et.width}: only weights of 8 bits or fewer fit the int8 matmul"
                 )
             t = _ir.tensor_type(value)
             if any(u is None or (u == ("const", 0) and t.get_dim_size(i) != 1)
                    for i, u in enumerate(_ir.k_usage(e, self.k_dim) for e in amap.results)):
                 raise NotHandled("integer weight read through a non-trivial indexing map")
-            self.q_leaves.append(leaf)
-            return IntAffine(1, (), 8, raw=True, q_urange=unsigned_range(value))
+            self.q_leaves.append(leaf)  # (i1 … i7: widened to i8 when emitted, see Plan.q_width)
+            return IntAffine(1, (), et.width, raw=True, q_urange=unsigned_range(value))
         if not _ir.is_float(et):
             raise NotHandled(f"weight chain reads a tensor of unsupported element type {et}")
         if uses_k:  # a per-K scale can be folded into the activation; the plan checks it is one

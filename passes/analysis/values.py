@@ -40,7 +40,16 @@ def _bounded(values: set[int] | frozenset[int]) -> Values | None:
 
 
 def value_set(v: ir.Value, depth: int = 0) -> Values | None:
-    """Possible element values of the integer tensor ``v`` (see the module docstring)."""
+    """Possible element values of the integer tensor ``v`` (see the module docstring).  An element
+    type narrower than 8 bits bounds them by itself: ``iN`` holds one of its ``2**N`` values."""
+    width = _width(_ir.elem_type(v))
+    found = _value_set(v, depth)
+    if found is None and width is not None and width < 8:
+        return frozenset(_wrap(x, width) for x in range(1 << width))
+    return found
+
+
+def _value_set(v: ir.Value, depth: int) -> Values | None:
     if depth > MAX_DEPTH or _width(_ir.elem_type(v)) is None:
         return None
     op = _ir.producer(v)

@@ -189,3 +189,18 @@ def scalar_expr(e: Expr, leaf_arg: Callable[[Leaf], ir.Value]) -> ir.Value:
 __all__ = ["EPILOGUE_MARK", "FLT_MIN", "QMAX", "SLICE_RADIX", "centred", "drop_unit_dims", "fold_k_scale",
            "mark_epilogue", "residual_maxima", "row_scale", "scalar_expr", "select_slice", "slice_digits",
            "slice_index", "split_map", "split_operand"]
+
+
+# ============================================================================= narrow weights
+def widened_weight(q: ir.Value, unsigned: bool) -> ir.Value:
+    """The integer weight ``q`` as i8 for the int8 matmul: a narrower element type (``i1`` … ``i7``)
+    zero-extended when the dequantization reads it unsigned, else sign-extended; i8 as it is."""
+    t = _ir.tensor_type(q)
+    if ir.IntegerType(t.element_type).width == 8:
+        return q
+    i8 = ir.IntegerType.get_signless(8)
+    ext = arith.ExtUIOp if unsigned else arith.ExtSIOp
+    ident = ir.AffineMap.get_identity(t.rank)
+    sizes = [_ir.size_of(q, i) for i in range(t.rank)]
+    return _ir.generic([q], [_ir.empty(sizes, i8)], [ident, ident], [_ir.PARALLEL] * t.rank,
+                       lambda v, _o: [ext(i8, v).result])[0]

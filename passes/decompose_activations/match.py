@@ -88,6 +88,49 @@ def generic(op: ir.Operation) -> Contraction | None:
     return _float(Contraction(op, lhs, rhs, init, tuple(_ir.maps_of(op)), tuple(_ir.iterator_types(op))))
 
 
+def merge_reductions(c: Contraction) -> tuple[Contraction, list[ir.Operation]] | str:
+    """``c`` with its two reduction dims merged into one, as IREE-style group quantization writes a
+    matmul (``x [M, G, g]`` · ``w [N, G, g]``, reducing over the groups and within them): each operand
+    collapsed (``tensor.collapse_shape`` of the two dims, created at the current insertion point) and
+    the maps rewritten over one dim fewer.  Returns the new contraction and the ops created (to erase
+    if it is not rewritten after all), or why the dims cannot be merged: they must be plain dims read
+    outer-then-inner next to each other by both operands, the inner one of static size."""
+    r1, r2 = c.reductions
+    if _ir.dim_positions(c.maps[2]) is None:
+        return "the result is not indexed by plain dims"
+    positions = []
+    for which, m in (("activation", c.maps[0]), ("weight", c.maps[1])):
+        dims = _ir.dim_positions(m)
+        if dims is None or r1 not in dims or r2 not in dims:
+            return f"the {which} does not read both reduction dims as plain dims"
+        at = dims.index(r1)
+        if dims.index(r2) != at + 1:
+            return f"the {which} does not read the two reduction dims next to each other (outer, inner)"
+        positions.append(at)
+    created, operands = [], []
+    for v, at in zip((c.lhs, c.rhs), positions):
+        t = _ir.tensor_type(v)
+        if t.is_dynamic_dim(at + 1):
+            for o in reversed(created):
+                o.erase()
+            return "the inner reduction dim has a dynamic size"
+        groups = [[i] for i in range(at)] + [[at, at + 1]] + [[i] for i in range(at + 2, t.rank)]
+        merged = _ir.collapse(v, groups)
+        created.append(_ir.producer(merged))
+        operands.append(merged)
+
+    def renumber(m: ir.AffineMap) -> ir.AffineMap:
+        out = []
+        for d in _ir.dim_positions(m):
+            if d != r2:
+                out.append(ir.AffineDimExpr.get(d - (d > r2)))
+        return ir.AffineMap.get(m.n_dims - 1, 0, out)
+
+    maps = tuple(renumber(m) for m in c.maps)
+    iterators = tuple(it for d, it in enumerate(c.iterators) if d != r2)
+    return Contraction(c.op, operands[0], operands[1], c.init, maps, iterators), created
+
+
 def _named_maps(op: ir.Operation, default: tuple[list[int], ...], n: int) -> list[ir.AffineMap]:
     if "indexing_maps" in op.attributes:
         return _ir.maps_of(op)
@@ -106,4 +149,4 @@ def _float(c: Contraction) -> Contraction | None:
     return c if _ir.is_float(_ir.elem_type(c.op.results[0])) else None
 
 
-__all__ = ["Contraction", "batch_matmul", "contract", "generic", "matmul"]
+__all__ = ["Contraction", "batch_matmul", "contract", "generic", "matmul", "merge_reductions"]

@@ -19,6 +19,7 @@ from . import emit_int8, emit_kernel, emit_scaled, match
 from .cleanup import erase_dead_producers
 from .cpu_kernel import KernelSpec
 from .decide import decide
+from .emit_common import widened_weight
 from .match import Contraction
 from .options import DecomposeOptions
 from .plan import Plan, plan
@@ -44,19 +45,34 @@ class DecomposeContraction:
         c = self.contraction(op)
         if c is None:
             return True  # not a float contraction: not a candidate, nothing to report
+        created: list[ir.Operation] = []  # reshapes made to merge two reduction dims
+        if len(c.reductions) == 2:
+            with rewriter.ip, op.location:
+                merged = match.merge_reductions(c)
+            if isinstance(merged, str):
+                self._record(op, False, f"2 reduction dims that cannot be merged into one: {merged}")
+                return True
+            c, created = merged
         try:
             p = decide(plan(c, self.options), self.policy)
         except NotHandled as e:
+            for o in reversed(created):  # leave the IR as it was
+                o.erase()
             self._record(op, False, str(e), **e.fields)
             return True
-        p = self._with_kernel(p)
+        if created:
+            p = replace(p, notes=(*p.notes, "its two reduction dims (groups, within a group) merged into one"))
         with rewriter.ip, op.location:
+            if p.q_width < 8:  # i1 … i7 codes: the matmuls (and the kernel choice) read them as i8
+                note = f"i{p.q_width} weight {'zero' if p.q_shift else 'sign'}-extended to i8"
+                p = replace(p, q=widened_weight(p.q, p.q_shift > 0), notes=(*p.notes, note))
+            p = self._with_kernel(p)
             if p.kernel is not None:
                 y = emit_kernel.emit(p, p.kernel, self.kernels)
             else:
                 y = emit_scaled.emit(p) if p.block_scaled else emit_int8.emit(p)
         self._record(op, True, p.describe(), **p.cost)
-        operands = list(op.operands)
+        operands = [*(o.result for o in created), *op.operands]  # (a merge's reshapes the emitters did not read)
         rewriter.replace_op(op, [y])
         erase_dead_producers(operands, rewriter)
         return False

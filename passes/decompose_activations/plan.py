@@ -35,7 +35,7 @@ class Plan:
     # -- the operands, as the weight trace found them
     x: ir.Value  # the float activation
     x_map: ir.AffineMap
-    q: ir.Value  # the 8-bit integer weight, used untouched
+    q: ir.Value  # the integer weight (8 bits or fewer), used untouched (narrower: widened first, q_width)
     q_map: ir.AffineMap
     scale: Expr  # constant along K (or per group of K)
     offset: Expr | None  # a zero point / float offset; None: none
@@ -62,6 +62,12 @@ class Plan:
     cost_note: str = ""  # what the cost model said, appended to the report's reason
     kernel: KernelSpec | None = None  # emitted as this fused CPU kernel (emit_kernel), else emit_int8
     kernel_note: str = ""  # why the fused kernel asked for was not used
+
+    @property
+    def q_width(self) -> int:
+        """Bits of the weight's element type: under 8, the emitters read it widened to i8 (zero-extended
+        when the dequantization reads it unsigned, ``q_shift`` > 0; else sign-extended)."""
+        return ir.IntegerType(_ir.elem_type(self.q)).width
 
     @property
     def block_scaled(self) -> bool:
