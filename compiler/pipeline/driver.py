@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from iree.compiler import ir
 
+from msd.compiler.frontends.importable import importable
 from msd.compiler.frontends.thirdparty import normalize
 from msd.compiler.ops import decompose_for
 from msd.cost import profile_for
@@ -128,6 +129,8 @@ def compile_functions(
             program = export(model, example_inputs, dyn[0] if dyn else None)
         # torchao / PT2E dequantize ops → plain torch arithmetic on the untouched integer tensors.
         program = normalize(program)
+        # boolean ops IREE's torch input pipeline cannot lower (transformers' masks) → ones it can
+        program = importable(program)
         # msd's own ops (compiler/ops.py) have kernels on CPU targets only; elsewhere their reference
         programs[name] = program if tgt.backend == "llvm-cpu" else decompose_for(program)
     # This process only imports (torch → torch MLIR, in a context of IREE's); the flags go to the worker.
