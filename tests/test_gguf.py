@@ -38,20 +38,46 @@ def _vocab() -> list[str]:
     return sorted(pre_tokenizers.ByteLevel.alphabet()) + ["".join(w) for w in WORDS] + SPECIALS
 
 
-def write_tiny_gguf(path: Path, *, tied: bool = True, override: dict[str, Q] | None = None, seed: int = 0) -> Path:
-    """A 2-layer tiny Llama with Q8_0 / Q4_0 / Q4_1 / F16 / F32 tensors and a byte-level BPE vocab."""
+# Block types gguf-py cannot quantize: written as random blocks (codes, sub-scales) with small f16 super
+# scales, so that the weights are about N(0, 0.1)-sized: (d, dmin) per type.
+RANDOM_BLOCKS = {Q.Q4_K: (5e-4, 5e-4), Q.Q5_K: (3e-4, 3e-4), Q.Q6_K: (1e-4, None)}
+
+
+def random_blocks(qtype: Q, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Random GGUF blocks of ``qtype`` for a ``shape`` [N, K] tensor: uint8 ``[N, bytes per row]``."""
+    per, nbytes = gguf.GGML_QUANT_SIZES[qtype]
+    n, k = shape
+    raw = rng.integers(0, 256, (n, k // per, nbytes), dtype=np.uint8)
+    d, dmin = RANDOM_BLOCKS[qtype]
+    where = [(208, d)] if qtype == Q.Q6_K else [(0, d), (2, dmin)]  # the f16 fields' byte offsets
+    for at, value in where:
+        f16 = (rng.random((n, k // per)) * 2 * value).astype(np.float16)
+        raw[..., at:at + 2] = f16.view(np.uint8).reshape(n, k // per, 2)
+    return raw.reshape(n, -1)
+
+
+def write_tiny_gguf(path: Path, *, tied: bool = True, override: dict[str, Q] | None = None, seed: int = 0,
+                    hidden: int = HIDDEN, ffn: int = FFN, layer_types: list[dict[str, Q]] | None = None) -> Path:
+    """A tiny Llama (by default 2 layers with Q8_0 / Q4_0 / Q4_1 / F16 / F32 tensors) and a byte-level BPE
+    vocab; ``hidden``, ``ffn`` and the per-layer projection types may be changed (K-quants need
+    multiples of 256)."""
+    layer_types = LAYER_TYPES if layer_types is None else layer_types
+    kv = hidden // HEADS * KV_HEADS
+    shapes = {"attn_q": (hidden, hidden), "attn_k": (kv, hidden), "attn_v": (kv, hidden),
+              "attn_output": (hidden, hidden), "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden),
+              "ffn_down": (hidden, ffn)}
     rng = np.random.default_rng(seed)
     vocab = _vocab()
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(LAYERS)
+    w.add_block_count(len(layer_types))
     w.add_context_length(128)
-    w.add_embedding_length(HIDDEN)
-    w.add_feed_forward_length(FFN)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
     w.add_head_count(HEADS)
     w.add_head_count_kv(KV_HEADS)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_dimension_count(HIDDEN // HEADS)
+    w.add_rope_dimension_count(hidden // HEADS)
     w.add_vocab_size(len(vocab))
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("smollm")
@@ -65,18 +91,20 @@ def write_tiny_gguf(path: Path, *, tied: bool = True, override: dict[str, Q] | N
         data = (rng.standard_normal(shape) * std).astype(np.float32)
         if qtype in (Q.F32, Q.F16):
             w.add_tensor(name, gguf.quants.quantize(data, qtype))
+        elif qtype in RANDOM_BLOCKS:
+            w.add_tensor(name, random_blocks(qtype, shape, rng), raw_dtype=qtype)
         else:
             w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
 
-    add("token_embd.weight", (len(vocab), HIDDEN), Q.Q8_0, std=1.0)
-    for i, types in enumerate(LAYER_TYPES):
-        add(f"blk.{i}.attn_norm.weight", (HIDDEN,), Q.F32)
-        add(f"blk.{i}.ffn_norm.weight", (HIDDEN,), Q.F32)
+    add("token_embd.weight", (len(vocab), hidden), Q.Q8_0, std=1.0)
+    for i, types in enumerate(layer_types):
+        add(f"blk.{i}.attn_norm.weight", (hidden,), Q.F32)
+        add(f"blk.{i}.ffn_norm.weight", (hidden,), Q.F32)
         for proj, qtype in types.items():
-            add(f"blk.{i}.{proj}.weight", SHAPES[proj], qtype)
-    add("output_norm.weight", (HIDDEN,), Q.F32)
+            add(f"blk.{i}.{proj}.weight", shapes[proj], qtype)
+    add("output_norm.weight", (hidden,), Q.F32)
     if not tied:
-        add("output.weight", (len(vocab), HIDDEN), Q.Q4_1)
+        add("output.weight", (len(vocab), hidden), Q.Q4_1)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -9,7 +9,18 @@ them (:class:`GGUFLinear`, :class:`GGUFEmbedding`):
 - ``Q8_0``: blocks of 32 int8 codes + one f16 scale ``d``: ``w = d·q``;
 - ``Q4_0``: blocks of 32 4-bit codes + f16 ``d``: ``w = d·(q − 8)``;
 - ``Q4_1``: blocks of 32 4-bit codes + f16 ``d`` + f16 min ``m``: ``w = d·q + m``;
+- ``Q5_0`` / ``Q5_1``: as Q4_0 / Q4_1 with 5-bit codes (the fifth bits in a 32-bit plane per block):
+  ``w = d·(q − 16)`` / ``w = d·q + m``;
+- ``Q4_K`` / ``Q5_K``: super-blocks of 256 = 8 sub-blocks of 32 with 6-bit integer scales ``sc`` and
+  mins ``mn`` under f16 ``d`` / ``dmin``: ``w = (d·sc)·q − dmin·mn``;
+- ``Q6_K``: super-blocks of 256 = 16 sub-blocks of 16, int8 scales under f16 ``d``, 6-bit codes:
+  ``w = (d·sc)·(q − 32)``;
 - ``F32`` / ``F16``: plain float tensors.
+
+Every block format becomes the pass's group-wise form, exactly (the same f32 operations as ggml's
+dequantization, bit for bit): unsigned codes ``q`` ``[N, K]``, a scale per (row, group) and either a
+float offset per (row, group) or an integer zero (8, 16, 32) subtracted from the codes.  The K-quants'
+integer sub-scales are multiplied by ``d`` at load time (one f32 per sub-block, as ggml does).
 
 4-bit codes are unpacked at load time (GGUF order: within a block of 32, the low nibbles of the
 16 bytes hold elements 0..15 and the high nibbles elements 16..31) into uint8 ``[N, K]`` buffers, one
@@ -47,10 +58,16 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-BLOCK = 32  # elements per Q8_0 / Q4_0 / Q4_1 block
-SUPPORTED_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
-# bytes per block: f16 d (+ f16 m) + codes
-_BLOCK_BYTES = {"Q8_0": 2 + BLOCK, "Q4_0": 2 + BLOCK // 2, "Q4_1": 4 + BLOCK // 2}
+BLOCK = 32  # elements per Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 block
+SUPER = 256  # elements per K-quant super-block
+SUPPORTED_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
+# bytes per block (of BLOCK elements, or SUPER for the K-quants)
+_BLOCK_BYTES = {"Q8_0": 2 + BLOCK, "Q4_0": 2 + BLOCK // 2, "Q4_1": 4 + BLOCK // 2, "Q5_0": 2 + 4 + BLOCK // 2,
+                "Q5_1": 4 + 4 + BLOCK // 2, "Q4_K": 4 + 12 + SUPER // 2, "Q5_K": 4 + 12 + SUPER // 8 + SUPER // 2,
+                "Q6_K": SUPER // 2 + SUPER // 4 + SUPER // 16 + 2}
+_BLOCK_ELEMENTS = {q: SUPER if q.endswith("_K") else BLOCK for q in _BLOCK_BYTES}
+# the integer subtracted from the codes before the scale (the others have a float offset, or none)
+ZERO = {"Q4_0": 8, "Q5_0": 16, "Q6_K": 32}
 _FLOAT_BYTES = {"F32": 4, "F16": 2}
 
 # ----------------------------------------------------------------------------------------------
@@ -59,10 +76,11 @@ _FLOAT_BYTES = {"F32": 4, "F16": 2}
 
 @dataclass
 class GGUFTensor:
-    """One weight as stored in the file, unpacked to torch: ``codes`` int8 (Q8_0) or uint8 (Q4_*)
-    ``[N, K]``, ``scale`` f32 ``[N, K/32]``, ``offset`` f32 ``[N, K/32]`` (Q4_1 only); for Q4_*
-    also ``packed`` uint8 ``[N, K/2]``, the file's two codes per byte (per 32-block: elements 0..15 in
-    the low nibbles, 16..31 in the high ones); for F32/F16 only ``weight`` (``[N, K]`` or 1-D)."""
+    """One weight as stored in the file, unpacked to torch: ``codes`` int8 (Q8_0) or uint8 (the others)
+    ``[N, K]``, ``scale`` f32 ``[N, K/g]`` (``g`` 32, or 16 for Q6_K), ``offset`` f32 ``[N, K/g]``
+    (Q4_1, Q5_1, Q4_K, Q5_K: ``w = scale·q + offset``); for the 4-bit types also ``packed`` uint8
+    ``[N, K/2]``, two codes per byte (per 32-block: elements 0..15 in the low nibbles, 16..31 in the
+    high ones — the file's order for Q4_0/Q4_1, re-packed so for Q4_K); for F32/F16 only ``weight``."""
 
     name: str
     qtype: str
@@ -91,9 +109,10 @@ def unpack_blocks(name: str, qtype: str, raw: np.ndarray, shape: tuple[int, ...]
     if qtype in _FLOAT_BYTES:
         need = n * k * _FLOAT_BYTES[qtype]
     else:
-        if k % BLOCK:
-            raise GGUFError(f"tensor {name!r}: row length {k} is not a multiple of {BLOCK}")
-        need = n * (k // BLOCK) * _BLOCK_BYTES[qtype]
+        per = _BLOCK_ELEMENTS[qtype]
+        if k % per:
+            raise GGUFError(f"tensor {name!r} ({qtype}): row length {k} is not a multiple of {per}")
+        need = n * (k // per) * _BLOCK_BYTES[qtype]
     raw = np.asarray(raw)
     if raw.nbytes != need:
         raise GGUFError(f"tensor {name!r} ({qtype}, shape {shape}) needs {need} bytes, got {raw.nbytes}")
@@ -102,6 +121,8 @@ def unpack_blocks(name: str, qtype: str, raw: np.ndarray, shape: tuple[int, ...]
         dtype = np.float32 if qtype == "F32" else np.float16
         arr = raw.view(dtype).reshape(shape)
         return GGUFTensor(name, qtype, shape, weight=torch.from_numpy(arr.copy()))
+    if qtype not in ("Q8_0", "Q4_0", "Q4_1"):
+        return _unpack_wide(name, qtype, raw.reshape(n, k // _BLOCK_ELEMENTS[qtype], _BLOCK_BYTES[qtype]), n, k)
     nb = k // BLOCK
     blocks = raw.reshape(n, nb, _BLOCK_BYTES[qtype])
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
@@ -120,15 +141,90 @@ def unpack_blocks(name: str, qtype: str, raw: np.ndarray, shape: tuple[int, ...]
                       scale=torch.from_numpy(d), offset=offset, packed=packed_codes)
 
 
+def _f16(b: np.ndarray) -> np.ndarray:
+    """Little-endian f16 from the last axis' two bytes → f32."""
+    return np.ascontiguousarray(b).view(np.float16)[..., 0].astype(np.float32)
+
+
+def _nibble_halves(codes: np.ndarray) -> np.ndarray:
+    """4-bit codes ``[n, K]`` packed two per byte in msd's "halves" order (per 32 elements: 0..15 in
+    the low nibbles, 16..31 in the high ones)."""
+    n, k = codes.shape
+    c = codes.reshape(n, k // BLOCK, 2, BLOCK // 2)
+    return np.ascontiguousarray((c[:, :, 0] | (c[:, :, 1] << 4)).astype(np.uint8).reshape(n, k // 2))
+
+
+def _k_scales_mins(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 8 six-bit scales and mins packed in a K-quant super-block's 12 bytes ``s`` ``[..., 12]``:
+    sub-blocks 0..3 in the low 6 bits of bytes 0..3 (scales) and 4..7 (mins); 4..7 from the nibbles of
+    bytes 8..11 with their top 2 bits in the top bits of bytes 0..7."""
+    s = s.astype(np.uint8)
+    sc = np.empty((*s.shape[:-1], 8), np.uint8)
+    mn = np.empty_like(sc)
+    sc[..., :4] = s[..., 0:4] & 63
+    mn[..., :4] = s[..., 4:8] & 63
+    sc[..., 4:] = (s[..., 8:12] & 0x0F) | ((s[..., 0:4] >> 6) << 4)
+    mn[..., 4:] = (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)
+    return sc, mn
+
+
+def _unpack_wide(name: str, qtype: str, blocks: np.ndarray, n: int, k: int) -> GGUFTensor:
+    """Q5_0, Q5_1, Q4_K, Q5_K, Q6_K blocks ``[n, blocks per row, bytes]`` → codes (uint8, one per byte),
+    scale and offset per group, as the module docstring describes."""
+    nb = blocks.shape[1]
+    packed = offset = None
+    if qtype in ("Q5_0", "Q5_1"):
+        start = 2 if qtype == "Q5_0" else 4
+        scale = _f16(blocks[..., 0:2])
+        qh = np.ascontiguousarray(blocks[..., start:start + 4]).view("<u4")[..., 0]  # [n, nb]
+        qs = blocks[..., start + 4:]  # [n, nb, 16]
+        high = (qh[..., None] >> np.arange(32, dtype=np.uint32)) & 1  # the fifth bit of elements 0..31
+        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1) | (high.astype(np.uint8) << 4)
+        if qtype == "Q5_1":
+            offset = _f16(blocks[..., 2:4])
+    elif qtype in ("Q4_K", "Q5_K"):
+        d, dmin = _f16(blocks[..., 0:2]), _f16(blocks[..., 2:4])
+        sc, mn = _k_scales_mins(blocks[..., 4:16])
+        scale = d[..., None] * sc.astype(np.float32)  # [n, nb, 8]: (d·sc) as ggml rounds it
+        offset = -(dmin[..., None] * mn.astype(np.float32))
+        qs = blocks[..., -SUPER // 2:].reshape(n, nb, 4, 32)  # 4 chunks of 64 elements, 32 bytes each
+        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # [n, nb, 4, 64]: low nibbles, then high
+        if qtype == "Q5_K":
+            qh = blocks[..., 16:16 + SUPER // 8]  # [n, nb, 32]: bit 2c of byte l → element 64c + l, 2c+1 → +32
+            bits = (qh[..., None, :] >> np.arange(8, dtype=np.uint8)[:, None]) & 1  # [n, nb, 8, 32]
+            codes = codes | (bits.reshape(n, nb, 4, 64) << 4)
+        else:
+            packed = True
+        scale, offset = scale.reshape(n, nb * 8), offset.reshape(n, nb * 8)
+    else:  # Q6_K
+        ql = blocks[..., 0:128].reshape(n, nb, 2, 64)
+        qh = blocks[..., 128:192].reshape(n, nb, 2, 32)
+        sc = np.ascontiguousarray(blocks[..., 192:208]).view(np.int8)
+        d = _f16(blocks[..., 208:210])
+        low = np.concatenate([ql & 0x0F, ql >> 4], axis=-1)  # [n, nb, 2, 128]: per half, elements 0..127
+        high = np.concatenate([(qh >> s) & 3 for s in (0, 2, 4, 6)], axis=-1)  # elements 0..31, 32..63, ...
+        codes = low | (high << 4)
+        scale = (d[..., None] * sc.astype(np.float32)).reshape(n, nb * 16)
+    codes = np.ascontiguousarray(codes.astype(np.uint8).reshape(n, k))
+    if packed:
+        packed = torch.from_numpy(_nibble_halves(codes))
+    return GGUFTensor(name, qtype, (n, k), codes=torch.from_numpy(codes),
+                      scale=torch.from_numpy(np.ascontiguousarray(scale, np.float32).reshape(n, -1)),
+                      offset=None if offset is None else torch.from_numpy(np.ascontiguousarray(offset, np.float32)
+                                                                           .reshape(n, -1)),
+                      packed=packed)
+
+
 def dequantize_codes(qtype: str, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
-    """Plain-torch dequantization of ``codes [..., K]`` with per-32-block ``scale``/``offset``
-    ``[..., K/32]`` → f32 ``[..., K]`` (bit-identical to ``gguf.quants.dequantize``)."""
+    """Plain-torch dequantization of ``codes [..., K]`` with per-group ``scale``/``offset`` ``[..., K/g]``
+    → f32 ``[..., K]`` (bit-identical to ``gguf.quants.dequantize``)."""
     lead, k = codes.shape[:-1], codes.shape[-1]
-    q = codes.reshape(*lead, k // BLOCK, BLOCK).to(torch.float32)
-    if qtype == "Q4_0":
-        q = q - 8.0
+    g = k // scale.shape[-1]
+    q = codes.reshape(*lead, k // g, g).to(torch.float32)
+    if qtype in ZERO:
+        q = q - float(ZERO[qtype])
     w = q * scale.unsqueeze(-1)
-    if qtype == "Q4_1":
+    if offset is not None:
         w = w + offset.unsqueeze(-1)
     return w.reshape(*lead, k)
 
@@ -136,10 +232,11 @@ def dequantize_codes(qtype: str, codes: torch.Tensor, scale: torch.Tensor, offse
 class GGUFLinear(nn.Module):
     """Bias-free linear layer whose weight is a GGUF tensor kept in its file format.
 
-    Buffers: ``codes`` (int8 ``[N, K]``, Q8_0) or ``packed`` (Q4_0/Q4_1: uint8 ``[N, K/2]``, the
-    file's two 4-bit codes per byte, unpacked in ``forward`` — so the codes' range [0, 15] is visible
-    to msd's pass, which then centres them exactly by 8), ``scale`` (f32 ``[N, K/32]``), ``offset``
-    (f32 ``[N, K/32]``, Q4_1 only); or ``weight`` (``[N, K]``, f32/f16) for float tensors.
+    Buffers: ``codes`` (int8 ``[N, K]``, Q8_0; uint8, the 5- and 6-bit types) or ``packed``
+    (Q4_0/Q4_1/Q4_K: uint8 ``[N, K/2]``, two 4-bit codes per byte, unpacked in ``forward`` — so the
+    codes' range [0, 15] is visible to msd's pass, which then centres them exactly by 8), ``scale``
+    (f32 ``[N, K/g]``), ``offset`` (f32 ``[N, K/g]``: Q4_1, Q5_1, Q4_K, Q5_K); or ``weight``
+    (``[N, K]``, f32/f16) for float tensors.
     ``forward`` = dequantize + ``F.linear``: traced (``torch.export``, ``torch.compile``), the
     dequantization is in the graph for msd's pass to find; run eagerly, the float weight is made once
     and kept (until a buffer changes), so an eager reference does not dequantize on every token.
@@ -210,7 +307,7 @@ class GGUFEmbedding(nn.Module):
         t = self.table
         if t.qtype in ("F32", "F16"):
             return t.weight[tokens].to(torch.float32)
-        offset = t.offset[tokens] if t.qtype == "Q4_1" else None
+        offset = t.offset[tokens] if "offset" in t._buffers else None
         return dequantize_codes(t.qtype, t.rows(tokens), t.scale[tokens], offset)
 
 

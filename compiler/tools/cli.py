@@ -490,7 +490,8 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--reps", type=_int_range(1), default=50, help="timed calls (default 50)")
     g = sub.add_parser("generate", help="generate text greedily from a GGUF Llama model (compiled on the fly) or"
                                         " from an artifact folder written by 'msd compile model.gguf'")
-    g.add_argument("gguf", help="a .gguf file (Q8_0 / Q4_0 / Q4_1 / F16 / F32 tensors), or an artifact folder")
+    g.add_argument("gguf", help="a .gguf Llama file (Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K, Q6_K, F16, F32 "
+                                        "tensors), or an artifact folder")
     g.add_argument("prompt", nargs="+", help="one prompt, or several: replies printed in order, [1] [2] ...")
     g.add_argument("--max-new-tokens", type=_int_range(1), default=64, help="at most this many tokens (default 64)")
     g.add_argument("--slices", type=_int_range(0, 3), default=None,
