@@ -69,6 +69,11 @@ _BLOCK_ELEMENTS = {q: SUPER if q.endswith("_K") else BLOCK for q in _BLOCK_BYTES
 # the integer subtracted from the codes before the scale (the others have a float offset, or none)
 ZERO = {"Q4_0": 8, "Q5_0": 16, "Q6_K": 32}
 _FLOAT_BYTES = {"F32": 4, "F16": 2}
+# GGUF architectures read (one LlamaConfig each: metadata under "<arch>.*"): qwen2 adds q/k/v biases,
+# qwen3 RMS-normalizes each q and k head before RoPE; both rotate halves of a head ("NEOX" RoPE),
+# which msd's llama (adjacent pairs) reads after permuting the q and k rows at load time.
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+NEOX_ROPE = ("qwen2", "qwen3")
 
 # ----------------------------------------------------------------------------------------------
 # Quantized tensors
@@ -357,37 +362,39 @@ def _reads_file(read: Callable[[GGUFFile], T]) -> Callable[[str | Path | GGUFFil
 
 @_reads_file
 def read_config(f: GGUFFile) -> LlamaConfig:
-    """The :class:`LlamaConfig` of a llama GGUF file, every value type-checked and sanity-checked (positive
-    counts, heads dividing the hidden size, ``vocab_size`` equal to the rows of ``token_embd.weight``)."""
+    """The :class:`LlamaConfig` of a llama, qwen2 or qwen3 GGUF file, every value type-checked and
+    sanity-checked (positive counts, heads dividing the hidden size, ``vocab_size`` equal to the rows of
+    ``token_embd.weight``).  Metadata keys are ``<architecture>.*``."""
     p = f.path
     arch = f.get_str("general.architecture")
-    if arch != "llama":
-        raise UnsupportedGGUFError(f"{p}: GGUF architecture {arch!r} is not supported (only 'llama')")
-    n_layers = _positive(f, "llama.block_count", f.get_int("llama.block_count"))
-    hidden = _positive(f, "llama.embedding_length", f.get_int("llama.embedding_length"))
-    n_heads = _positive(f, "llama.attention.head_count", f.get_int("llama.attention.head_count"))
-    n_kv_heads = _positive(f, "llama.attention.head_count_kv", f.get_int("llama.attention.head_count_kv", n_heads))
+    if arch not in ARCHITECTURES:
+        raise UnsupportedGGUFError(f"{p}: GGUF architecture {arch!r} is not supported (supported: "
+                                   f"{', '.join(ARCHITECTURES)})")
+    n_layers = _positive(f, f"{arch}.block_count", f.get_int(f"{arch}.block_count"))
+    hidden = _positive(f, f"{arch}.embedding_length", f.get_int(f"{arch}.embedding_length"))
+    n_heads = _positive(f, f"{arch}.attention.head_count", f.get_int(f"{arch}.attention.head_count"))
+    n_kv_heads = _positive(f, f"{arch}.attention.head_count_kv", f.get_int(f"{arch}.attention.head_count_kv", n_heads))
     if n_heads % n_kv_heads:
-        raise GGUFError(f"{p}: llama.attention.head_count={n_heads} is not a multiple of"
-                        f" llama.attention.head_count_kv={n_kv_heads}")
-    if "llama.attention.key_length" in f.fields:
-        head_dim = _positive(f, "llama.attention.key_length", f.get_int("llama.attention.key_length"))
+        raise GGUFError(f"{p}: {arch}.attention.head_count={n_heads} is not a multiple of"
+                        f" {arch}.attention.head_count_kv={n_kv_heads}")
+    if f"{arch}.attention.key_length" in f.fields:
+        head_dim = _positive(f, f"{arch}.attention.key_length", f.get_int(f"{arch}.attention.key_length"))
     elif hidden % n_heads:
-        raise GGUFError(f"{p}: llama.embedding_length={hidden} is not divisible by"
-                        f" llama.attention.head_count={n_heads}")
+        raise GGUFError(f"{p}: {arch}.embedding_length={hidden} is not divisible by"
+                        f" {arch}.attention.head_count={n_heads}")
     else:
         head_dim = hidden // n_heads
     if head_dim % 2:
         raise GGUFError(f"{p}: the head dimension {head_dim} is odd; RoPE rotates pairs of elements")
-    value_dim = f.get_int("llama.attention.value_length", head_dim)
+    value_dim = f.get_int(f"{arch}.attention.value_length", head_dim)
     if value_dim != head_dim:
         raise UnsupportedGGUFError(f"{p}: value heads of {value_dim} elements differ from key heads of {head_dim};"
                                    f" msd's llama reads equal key and value head sizes only")
-    rope_dim = f.get_int("llama.rope.dimension_count", head_dim)
+    rope_dim = f.get_int(f"{arch}.rope.dimension_count", head_dim)
     if rope_dim != head_dim:
         raise UnsupportedGGUFError(
             f"{p}: partial RoPE (rope.dimension_count={rope_dim}, head dim {head_dim}) is not supported")
-    scaling = f.get_str("llama.rope.scaling.type", "none")
+    scaling = f.get_str(f"{arch}.rope.scaling.type", "none")
     if scaling not in ("none", ""):
         raise UnsupportedGGUFError(f"{p}: RoPE scaling {scaling!r} is not supported")
     embd = f.tensor("token_embd.weight")
@@ -396,21 +403,22 @@ def read_config(f: GGUFFile) -> LlamaConfig:
     if len(embd.shape) != 2:
         raise GGUFError(f"{p}: tensor 'token_embd.weight' has dims {list(embd.shape)}, expected 2 dims"
                         f" [embedding_length, vocab_size]")
-    vocab = _positive(f, "llama.vocab_size", f.get_int("llama.vocab_size", embd.shape[1]))
+    vocab = _positive(f, f"{arch}.vocab_size", f.get_int(f"{arch}.vocab_size", embd.shape[1]))
     if vocab != embd.shape[1]:
-        raise GGUFError(f"{p}: llama.vocab_size={vocab} but tensor 'token_embd.weight' has {embd.shape[1]} rows")
+        raise GGUFError(f"{p}: {arch}.vocab_size={vocab} but tensor 'token_embd.weight' has {embd.shape[1]} rows")
     return LlamaConfig(
         n_layers=n_layers,
         hidden=hidden,
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
-        ffn=_positive(f, "llama.feed_forward_length", f.get_int("llama.feed_forward_length")),
+        ffn=_positive(f, f"{arch}.feed_forward_length", f.get_int(f"{arch}.feed_forward_length")),
         vocab=vocab,
-        rope_base=_finite(f, "llama.rope.freq_base", f.get_float("llama.rope.freq_base", 10000.0), 0.0, True),
-        rms_eps=_finite(f, "llama.attention.layer_norm_rms_epsilon",
-                        f.get_float("llama.attention.layer_norm_rms_epsilon", 1e-5), 0.0, False),
+        rope_base=_finite(f, f"{arch}.rope.freq_base", f.get_float(f"{arch}.rope.freq_base", 10000.0), 0.0, True),
+        rms_eps=_finite(f, f"{arch}.attention.layer_norm_rms_epsilon",
+                        f.get_float(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5), 0.0, False),
         head_dim=head_dim,
-        context_length=_positive(f, "llama.context_length", f.get_int("llama.context_length", 2048)),
+        context_length=_positive(f, f"{arch}.context_length", f.get_int(f"{arch}.context_length", 2048)),
+        arch=arch, qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3",
     )
 
 
@@ -425,6 +433,10 @@ def llama_tensor_shapes(cfg: LlamaConfig, tied: bool) -> dict[str, tuple[int, ..
                    b + "attn_v.weight": (kv, h), b + "attn_output.weight": (h, q), b + "ffn_norm.weight": (h,),
                    b + "ffn_gate.weight": (cfg.ffn, h), b + "ffn_up.weight": (cfg.ffn, h),
                    b + "ffn_down.weight": (h, cfg.ffn)}
+        if cfg.qkv_bias:
+            shapes |= {b + "attn_q.bias": (q,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)}
+        if cfg.qk_norm:
+            shapes |= {b + "attn_q_norm.weight": (cfg.head_dim,), b + "attn_k_norm.weight": (cfg.head_dim,)}
     shapes["output_norm.weight"] = (h,)
     if not tied:
         shapes["output.weight"] = (cfg.vocab, h)
@@ -487,6 +499,22 @@ def _read_tensors(f: GGUFFile, names: list[str]) -> dict[str, GGUFTensor]:
     return out
 
 
+def _rows_to_pairs(t: GGUFTensor, head_dim: int) -> GGUFTensor:
+    """``t`` with the rows (or, 1-D, the elements) of each head reordered from halves to pairs: row
+    ``i`` of a head's first half and row ``i`` of its second half become rows ``2i`` and ``2i + 1``, so
+    that rotating adjacent pairs (msd's RoPE) rotates what NEOX RoPE rotates.  q and k get the same
+    order, so their dot products — the attention — are unchanged."""
+    half = head_dim // 2
+    n = t.shape[0]
+    order = torch.arange(n).view(n // head_dim, 2, half).transpose(1, 2).reshape(n)
+
+    def rows(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x[order].contiguous()
+
+    return GGUFTensor(t.name, t.qtype, t.shape, codes=rows(t.codes), scale=rows(t.scale), offset=rows(t.offset),
+                      weight=rows(t.weight), packed=rows(t.packed))
+
+
 def load_gguf(path: str | Path | GGUFFile) -> LlamaModel:
     """Build a :class:`LlamaModel` from a GGUF file (tensors kept in their stored formats).  The file,
     its config and the shapes of the tensors it needs are checked first: a bad file raises
@@ -494,6 +522,12 @@ def load_gguf(path: str | Path | GGUFFile) -> LlamaModel:
     with _opened(path) as f:
         cfg = read_config(f)
         tensors = _read_tensors(f, list(check_llama_tensors(f, cfg)))
+
+    if cfg.arch in NEOX_ROPE:  # q/k rows (and their biases, head norms) into msd's pair order
+        for name in tensors:
+            if name.split(".", 2)[-1] in ("attn_q.weight", "attn_k.weight", "attn_q.bias", "attn_k.bias",
+                                          "attn_q_norm.weight", "attn_k_norm.weight"):
+                tensors[name] = _rows_to_pairs(tensors[name], cfg.head_dim)
 
     def lin(name: str) -> GGUFLinear:
         return GGUFLinear(tensors[name])
@@ -505,8 +539,10 @@ def load_gguf(path: str | Path | GGUFFile) -> LlamaModel:
     blocks = []
     for i in range(cfg.n_layers):
         p = f"blk.{i}."
+        bias = tuple(tensors[p + f"attn_{x}.bias"].weight for x in "qkv") if cfg.qkv_bias else None
+        qk_norm = (norm(p + "attn_q_norm.weight"), norm(p + "attn_k_norm.weight")) if cfg.qk_norm else None
         attn = Attention(cfg, lin(p + "attn_q.weight"), lin(p + "attn_k.weight"), lin(p + "attn_v.weight"),
-                         lin(p + "attn_output.weight"))
+                         lin(p + "attn_output.weight"), bias, qk_norm)
         mlp = MLP(lin(p + "ffn_gate.weight"), lin(p + "ffn_up.weight"), lin(p + "ffn_down.weight"))
         blocks.append(Block(cfg, norm(p + "attn_norm.weight"), attn, norm(p + "ffn_norm.weight"), mlp))
     lm_head = lin("output.weight") if "output.weight" in tensors else embed

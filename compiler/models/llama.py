@@ -46,6 +46,9 @@ class LlamaConfig:
     rms_eps: float = 1e-5
     head_dim: int = 0
     context_length: int = 2048
+    arch: str = "llama"  # the GGUF architecture it was read from
+    qkv_bias: bool = False  # q, k, v projections add a bias (qwen2)
+    qk_norm: bool = False  # q and k heads are RMS-normalized before RoPE (qwen3)
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -89,18 +92,34 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: LlamaConfig, q: nn.Module, k: nn.Module, v: nn.Module, o: nn.Module) -> None:
+    """``bias``: the q, k, v projections' biases (``cfg.qkv_bias``); ``qk_norm``: the RMSNorms of each
+    q and k head (``cfg.qk_norm``), applied before RoPE."""
+
+    def __init__(self, cfg: LlamaConfig, q: nn.Module, k: nn.Module, v: nn.Module, o: nn.Module,
+                 bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                 qk_norm: tuple[nn.Module, nn.Module] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = q, k, v, o
+        if bias is not None:
+            for name, b in zip(("q_bias", "k_bias", "v_bias"), bias):
+                self.register_buffer(name, b.to(torch.float32))
+        self.q_norm, self.k_norm = qk_norm if qk_norm is not None else (None, None)
+
+    def _project(self, x: torch.Tensor, which: str, heads: int) -> torch.Tensor:
+        b, s, _ = x.shape
+        y = getattr(self, f"{which}_proj")(x)
+        if f"{which}_bias" in self._buffers:
+            y = y + self._buffers[f"{which}_bias"]
+        y = y.view(b, s, heads, self.cfg.head_dim)
+        norm = self.q_norm if which == "q" else self.k_norm if which == "k" else None
+        return (norm(y) if norm is not None else y).transpose(1, 2)
 
     def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Projected heads ``[B, heads, S, D]`` with RoPE applied to q and k."""
         c = self.cfg
-        b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, c.n_heads, c.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, s, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        q, k, v = self._project(x, "q", c.n_heads), self._project(x, "k", c.n_kv_heads), self._project(
+            x, "v", c.n_kv_heads)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,135 @@
+"""GGUF architectures beside llama: qwen2 (q/k/v biases) and qwen3 (per-head q/k RMSNorm), both with
+"NEOX" RoPE (halves of a head rotated together).  A tiny random model of each is built with Hugging
+Face transformers (the reference implementation of those families), written to GGUF as llama.cpp's
+converter names and lays out its tensors, read by msd, and its logits compared with transformers'
+(f32 weights: the same function to f32 rounding); then the same file with Q8_0 projections compiles
+with every linear rewritten and generates the eager model's tokens.  An unknown architecture is
+refused by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+gguf = pytest.importorskip("gguf", reason="the GGUF front end needs the 'gguf' package")
+transformers = pytest.importorskip("transformers", reason="the HF reference needs 'transformers' (test extra)")
+
+from msd.compiler.models import gguf as G  # noqa: E402
+from msd.errors import UnsupportedGGUFError  # noqa: E402
+
+Q = gguf.GGMLQuantizationType
+CFG = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0, rms_norm_eps=1e-6,
+           tie_word_embeddings=False)
+# HF parameter name (per layer) → llama.cpp tensor name
+LAYER_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+               "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+               "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+
+
+def _hf_model(arch: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if arch == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**CFG))
+    else:
+        model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**CFG, head_dim=16))
+    with torch.no_grad():  # non-trivial norms and biases (they start as ones and zeros)
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                p.add_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+def _gguf_name(hf: str) -> str:
+    if hf == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    if hf == "lm_head.weight":
+        return "output.weight"
+    _, _, i, rest = hf.split(".", 3)  # model.layers.<i>.<module>.<weight|bias>
+    module, kind = rest.rsplit(".", 1)
+    return f"blk.{i}.{LAYER_NAMES[module]}.{kind}"
+
+
+def write_gguf(model: torch.nn.Module, arch: str, path: Path, projections: Q = Q.F32) -> Path:
+    """The HF model as llama.cpp's converter writes it for ``arch`` (no q/k row permutation: NEOX)."""
+    c = model.config
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_freq_base(float(c.rope_theta if hasattr(c, "rope_theta") else c.rope_parameters["rope_theta"]))
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    for name, p in model.state_dict().items():
+        data = p.detach().to(torch.float32).numpy()
+        qtype = projections if data.ndim == 2 and "embed" not in name else Q.F32
+        if qtype == Q.F32:
+            w.add_tensor(_gguf_name(name), data)
+        else:
+            w.add_tensor(_gguf_name(name), gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_logits_equal_transformers(arch: str, tmp_path: Path) -> None:
+    hf = _hf_model(arch)
+    model = G.load_gguf(write_gguf(hf, arch, tmp_path / f"{arch}.gguf"))
+    assert model.cfg.arch == arch and model.cfg.qkv_bias == (arch == "qwen2") and model.cfg.qk_norm == (arch == "qwen3")
+    ids = torch.randint(0, CFG["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(input_ids=ids).logits
+        got = model(ids)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        # and through the KV-cache step (prefill, then one token at a time)
+        logits, *cache = model.step(ids[:1, :10], last_only=False)
+        torch.testing.assert_close(logits[0], want[0, :10], rtol=1e-4, atol=1e-4)
+        for j in range(10, 14):
+            logits, *new = model.step(ids[:1, j:j + 1], *cache)
+            cache = [torch.cat([c, n]) for c, n in zip(cache, new)]
+            torch.testing.assert_close(logits[0], want[0, j], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_quantized_file_compiles_and_decodes_like_eager(arch: str, tmp_path: Path) -> None:
+    import msd
+    from msd.compiler.llm.generate import CachedStep
+
+    path = write_gguf(_hf_model(arch), arch, tmp_path / f"{arch}.gguf", projections=Q.Q8_0)
+    model = G.load_gguf(path)
+    ids = torch.randint(0, CFG["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(2))
+    step = CachedStep(model, fused_attention=True)
+    cm = msd.compile(step, (ids,), dynamic_shapes=({1: torch.export.Dim("S", min=1, max=64)},))
+    assert len(cm.report.rewritten) == 2 * 7 + 1 and not cm.report.skipped, cm.report.format()
+    logits = cm(ids)[0]
+    with torch.no_grad():
+        want = step(ids)[0]
+    assert float((logits - want).abs().max()) <= 5e-4 * float(want.abs().max())
+    assert torch.equal(logits.argmax(-1), want.argmax(-1))
+
+
+def test_other_architectures_are_refused_by_name(tmp_path: Path) -> None:
+    w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), "gemma3")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 16), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UnsupportedGGUFError, match="GGUF architecture 'gemma3' is not supported .supported: llama, "
+                                                   "qwen2, qwen3."):
+        G.load_gguf(tmp_path / "g.gguf")
