@@ -133,3 +133,49 @@ def test_other_architectures_are_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedGGUFError, match="GGUF architecture 'gemma3' is not supported .supported: llama, "
                                                    "qwen2, qwen3."):
         G.load_gguf(tmp_path / "g.gguf")
+
+
+QWEN_TEMPLATE = (  # ChatML as Qwen files write it (Jinja)
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def _tiny_with_template(path: Path, template: str | None) -> Path:
+    from test_gguf import write_tiny_gguf
+
+    write_tiny_gguf(path)
+    if template is None:
+        return path
+    r = gguf.GGUFReader(str(path))  # copy the file with the template added
+    w = gguf.GGUFWriter(str(path.with_suffix(".t.gguf")), "llama")
+    for field in r.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        w.add_key_value(field.name, field.contents(), field.types[0],
+                        field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
+    w.add_chat_template(template)
+    for t in r.tensors:
+        w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path.with_suffix(".t.gguf")
+
+
+def test_chat_template_from_the_file_is_rendered_with_jinja(tmp_path: Path) -> None:
+    from msd.compiler.llm.generate import eager_generator
+    from msd.errors import GGUFError
+
+    gen = eager_generator(_tiny_with_template(tmp_path / "a.gguf", QWEN_TEMPLATE), 32)
+    assert gen.render("Hi {there}") == "<|im_start|>user\nHi {there}<|im_end|>\n<|im_start|>assistant\n"
+    assert gen.settings().chat_template == "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    default = eager_generator(_tiny_with_template(tmp_path / "b.gguf", None), 32)
+    assert default.render("Hi") == G.chat_prompt("Hi")  # no template in the file: ChatML as SmolLM2's
+    broken = eager_generator(_tiny_with_template(tmp_path / "c.gguf", "{% for m in messages %}{{ m['content'] "), 32)
+    with pytest.raises(GGUFError, match="tokenizer.chat_template does not render"):
+        broken.render("Hi")
+    twice = eager_generator(_tiny_with_template(tmp_path / "d.gguf", "{{ messages[0]['content'] * 2 }}"), 32)
+    with pytest.raises(GGUFError, match="exactly once"):
+        twice.render("Hi")

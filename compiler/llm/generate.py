@@ -149,8 +149,14 @@ class Generator(GreedyGenerator):
         self.score, self.kv_cache, self.model, self.source = score, kv_cache, model, str(source)
         self.compiled = compiled  # the CompiledModule, when there is one
 
+    @functools.cached_property
+    def chat_template(self) -> str:
+        """The prompt around :data:`USER_MARKER` (the GGUF file's chat template, :func:`G.chat_template`)."""
+        return G.chat_template(self.source, USER_MARKER) if self.source else G.chat_prompt(USER_MARKER)
+
     def render(self, prompt_text: str) -> str:
-        return G.chat_prompt(prompt_text)
+        before, after = self.chat_template.split(USER_MARKER)
+        return before + prompt_text + after
 
     def cache_entries(self) -> list[tuple[tuple[int, ...], np.dtype]]:
         return [(shape, DTYPES[RUNTIME_DTYPES[dt]]) for shape, dt in self.model.cache_entries(1, self.kv_cache)]
@@ -160,7 +166,7 @@ class Generator(GreedyGenerator):
         return GenerationSettings(
             max_ctx=self.max_ctx, kv_cache=self.kv_cache,
             cache=tuple((tuple(shape), RUNTIME_DTYPES[dt]) for shape, dt in self.model.cache_entries(1, self.kv_cache)),
-            stop_ids=tuple(sorted(self.stop_ids)), chat_template=G.chat_prompt(USER_MARKER),
+            stop_ids=tuple(sorted(self.stop_ids)), chat_template=self.chat_template,
             source=Path(self.source).name, batch=self.slots)
 
     def save(self, folder: str | Path) -> Path:

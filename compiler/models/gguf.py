@@ -635,6 +635,47 @@ def chat_prompt(user: str, system: str = "You are a helpful AI assistant named S
             f"<|im_start|>assistant\n")
 
 
+_SLOT = "\x00msd-user-text\x00"  # stands for the user's text while a template renders
+
+
+def chat_template(path_or_file: str | Path | GGUFFile, marker: str) -> str:
+    """The chat prompt for one user turn, with ``marker`` where the user's text goes: the file's
+    ``tokenizer.chat_template`` (Jinja, rendered in a sandbox with ``messages=[{"role": "user", ...}]``,
+    ``add_generation_prompt=True`` and the file's BOS/EOS tokens), or SmolLM2's ChatML
+    (:func:`chat_prompt`) when the file has none.  A template that does not render, or that does not
+    put the text in once as it is, raises :class:`GGUFError` (``--no-chat`` skips templates)."""
+    with _opened(path_or_file) as f:
+        return _chat_template(f, marker)
+
+
+def _chat_template(f: GGUFFile, marker: str) -> str:
+    if "tokenizer.chat_template" not in f.fields:
+        return chat_prompt(marker)
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    tokens = f.get_array("tokenizer.ggml.tokens", "str", [])
+
+    def token(key: str) -> str:
+        i = f.get_int(f"tokenizer.ggml.{key}_token_id", -1)
+        return tokens[i] if 0 <= i < len(tokens) else ""
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    try:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        text = env.from_string(f.get_str("tokenizer.chat_template")).render(
+            messages=[{"role": "user", "content": _SLOT}], add_generation_prompt=True,
+            bos_token=token("bos"), eos_token=token("eos"))
+    except TemplateError as e:
+        raise GGUFError(f"{f.path}: tokenizer.chat_template does not render: {e}") from None
+    if text.count(_SLOT) != 1:
+        raise GGUFError(f"{f.path}: tokenizer.chat_template does not place the user's text exactly once, unchanged")
+    return text.replace(_SLOT, marker)
+
+
 def special_token_id(reader_or_path: str | Path | GGUFFile, key: str) -> int | None:
     """The id in ``tokenizer.ggml.{key}_token_id`` (e.g. ``key="eos"``), or None when the file has none;
     an id that is not an integer or lies outside ``tokenizer.ggml.tokens`` raises :class:`GGUFError`."""
@@ -646,5 +687,6 @@ def special_token_id(reader_or_path: str | Path | GGUFFile, key: str) -> int | N
 
 
 __all__ = ["SUPPORTED_TYPES", "GGUFEmbedding", "GGUFError", "GGUFFile", "GGUFLinear", "GGUFTensor",
-           "UnsupportedGGUFError", "chat_prompt", "check_llama_tensors", "dequantize_codes", "llama_tensor_shapes",
+           "UnsupportedGGUFError", "chat_prompt", "chat_template", "check_llama_tensors", "dequantize_codes",
+           "llama_tensor_shapes",
            "load_gguf", "read_config", "read_tensors", "special_token_id", "tokenizer_from_gguf", "unpack_blocks"]
