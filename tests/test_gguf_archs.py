@@ -56,8 +56,16 @@ def _gguf_name(hf: str) -> str:
     return f"blk.{i}.{LAYER_NAMES[module]}.{kind}"
 
 
+def _halves_to_pairs(w: np.ndarray, head_dim: int) -> np.ndarray:
+    """llama.cpp's converter's q/k row order for llama files: each head's rows (halves, as HF rotates
+    them) interleaved into adjacent pairs."""
+    n = w.shape[0]
+    return w.reshape(n // head_dim, 2, head_dim // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def write_gguf(model: torch.nn.Module, arch: str, path: Path, projections: Q = Q.F32) -> Path:
-    """The HF model as llama.cpp's converter writes it for ``arch`` (no q/k row permutation: NEOX)."""
+    """The HF model as llama.cpp's converter writes it for ``arch``: for llama, q/k rows interleaved
+    into pairs and Llama 3's RoPE scaling as ``rope_freqs.weight``; for qwen, as they are (NEOX)."""
     c = model.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(c.num_hidden_layers)
@@ -73,16 +81,42 @@ def write_gguf(model: torch.nn.Module, arch: str, path: Path, projections: Q = Q
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     for name, p in model.state_dict().items():
         data = p.detach().to(torch.float32).numpy()
+        if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            data = _halves_to_pairs(data, head_dim)
         qtype = projections if data.ndim == 2 and "embed" not in name else Q.F32
         if qtype == Q.F32:
             w.add_tensor(_gguf_name(name), data)
         else:
             w.add_tensor(_gguf_name(name), gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+    rotary = model.model.rotary_emb
+    if arch == "llama" and getattr(rotary, "rope_type", "default") != "default":  # the scaled frequencies
+        base = 1.0 / (c.rope_parameters["rope_theta"] ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        w.add_tensor("rope_freqs.weight", (base / rotary.inv_freq.float()).numpy().astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def _llama3() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(**{**CFG, "max_position_embeddings": 256}, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def test_llama3_rope_scaling_equals_transformers(tmp_path: Path) -> None:
+    """Llama 3's scaled RoPE frequencies, read from ``rope_freqs.weight``: logits equal to transformers'
+    (at positions past the original context, where the scaling matters)."""
+    hf = _llama3()
+    model = G.load_gguf(write_gguf(hf, "llama", tmp_path / "l3.gguf"))
+    factors = model.cfg.rope_freq_factors
+    assert factors is not None and len(factors) == 8 and max(factors) == 8.0 and min(factors) < 8.0
+    ids = torch.randint(0, CFG["vocab_size"], (1, 48), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3"])

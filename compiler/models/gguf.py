@@ -419,7 +419,22 @@ def read_config(f: GGUFFile) -> LlamaConfig:
         head_dim=head_dim,
         context_length=_positive(f, f"{arch}.context_length", f.get_int(f"{arch}.context_length", 2048)),
         arch=arch, qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3",
+        rope_freq_factors=_rope_freq_factors(f, head_dim),
     )
+
+
+def _rope_freq_factors(f: GGUFFile, head_dim: int) -> tuple[float, ...] | None:
+    """``rope_freqs.weight`` (Llama 3.1+: one frequency divisor per rotated pair, F32), if the file has it."""
+    t = f.tensor("rope_freqs.weight")
+    if t is None:
+        return None
+    if t.ggml_type != "F32" or t.torch_shape != (head_dim // 2,):
+        raise GGUFError(f"{f.path}: tensor 'rope_freqs.weight' is {t.ggml_type} {list(t.shape)}, expected F32"
+                        f" [{head_dim // 2}] (a divisor per rotated pair)")
+    factors = np.ascontiguousarray(t.data()).reshape(-1).view(np.float32)
+    if not np.all(np.isfinite(factors) & (factors > 0)):
+        raise GGUFError(f"{f.path}: tensor 'rope_freqs.weight' holds factors that are not finite and positive")
+    return tuple(float(x) for x in factors)
 
 
 def llama_tensor_shapes(cfg: LlamaConfig, tied: bool) -> dict[str, tuple[int, ...]]:
@@ -438,6 +453,8 @@ def llama_tensor_shapes(cfg: LlamaConfig, tied: bool) -> dict[str, tuple[int, ..
         if cfg.qk_norm:
             shapes |= {b + "attn_q_norm.weight": (cfg.head_dim,), b + "attn_k_norm.weight": (cfg.head_dim,)}
     shapes["output_norm.weight"] = (h,)
+    if cfg.rope_freq_factors is not None:
+        shapes["rope_freqs.weight"] = (cfg.head_dim // 2,)
     if not tied:
         shapes["output.weight"] = (cfg.vocab, h)
     return shapes

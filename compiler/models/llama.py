@@ -49,6 +49,8 @@ class LlamaConfig:
     arch: str = "llama"  # the GGUF architecture it was read from
     qkv_bias: bool = False  # q, k, v projections add a bias (qwen2)
     qk_norm: bool = False  # q and k heads are RMS-normalized before RoPE (qwen3)
+    # per rotated pair, a divisor of its frequency (Llama 3's RoPE scaling: GGUF's rope_freqs.weight)
+    rope_freq_factors: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -67,11 +69,15 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float,
+                 factors: tuple[float, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE's tables ``[..., S, head_dim]`` for :func:`apply_rope`: pair ``i`` (lanes ``2i, 2i+1``) is
-    rotated by ``pos · base^(−2i/head_dim)``; ``cos`` holds that angle's cosine in both lanes of the
-    pair, ``sin`` its sine negated in the first lane."""
+    rotated by ``pos · base^(−2i/head_dim) / factors[i]`` (``factors``: Llama 3's frequency scaling, as
+    llama.cpp applies ``rope_freqs``); ``cos`` holds that angle's cosine in both lanes of the pair,
+    ``sin`` its sine negated in the first lane."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    if factors is not None:
+        inv_freq = inv_freq / torch.tensor(factors, dtype=torch.float32)
     ang = positions.to(torch.float32).unsqueeze(-1) * inv_freq
     c, s = torch.cos(ang), torch.sin(ang)
     return torch.stack([c, c], dim=-1).flatten(-2), torch.stack([-s, s], dim=-1).flatten(-2)
@@ -255,7 +261,7 @@ class LlamaModel(nn.Module):
         b, s = tokens.shape
         if positions is None:
             positions = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_freq_factors)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         x = self.embed(tokens)
         for blk in self.blocks:
@@ -320,7 +326,7 @@ class LlamaModel(nn.Module):
             table = torch.cat([torch.zeros(1, device=tokens.device),
                                torch.full((1,), float("-inf"), device=tokens.device)])
             hidden = table[later]
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_freq_factors)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         x = self.embed(tokens)
         new: list[list[torch.Tensor]] = [[] for _ in entries]
