@@ -214,8 +214,8 @@ def test_forward_matches_float_reference(tmp_path, tied) -> None:
 
 
 def test_unsupported_block_type_is_named(tmp_path) -> None:
-    path = write_tiny_gguf(tmp_path / "bad.gguf", override={"blk.1.ffn_up.weight": Q.Q5_0})
-    with pytest.raises(G.UnsupportedGGUFError, match=r"'blk\.1\.ffn_up\.weight' has GGML type Q5_0"):
+    path = write_tiny_gguf(tmp_path / "bad.gguf", override={"blk.1.ffn_up.weight": Q.BF16})
+    with pytest.raises(G.UnsupportedGGUFError, match=r"'blk\.1\.ffn_up\.weight' has GGML type BF16"):
         G.load_gguf(path)
 
 

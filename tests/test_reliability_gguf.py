@@ -373,8 +373,8 @@ def test_unpack_blocks_refuses_inconsistent_sizes() -> None:
         G.unpack_blocks("w", "F32", raw, (4,))
     with pytest.raises(GGUFError, match="positive sizes"):
         G.unpack_blocks("w", "F16", raw, (0, 34))
-    with pytest.raises(UnsupportedGGUFError, match="GGML type Q5_0"):
-        G.unpack_blocks("w", "Q5_0", raw, (2, 32))
+    with pytest.raises(UnsupportedGGUFError, match="GGML type Q2_K"):
+        G.unpack_blocks("w", "Q2_K", raw, (2, 32))
 
 
 # ----------------------------------------------------------------------------------------------
