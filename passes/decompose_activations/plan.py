@@ -140,7 +140,7 @@ def _operands(c: Contraction, options: DecomposeOptions) -> Plan:
     if not _ir.is_float(out_t) or isinstance(out_t, ir.F64Type):
         raise NotHandled(f"result element type {out_t} (f32, f16 or bf16 expected)")
     if len(c.reductions) != 1:
-        raise NotHandled(f"{len(c.reductions)} reduction dims (exactly one expected)")
+        raise NotHandled(f"{len(c.reductions)} reduction dims (one, or two that merge into one, expected)")
     (k,) = c.reductions
     errors = []
     for w_idx in (1, 0):

@@ -103,7 +103,7 @@ class _Writer:
             e(f"      scf.for %gi = %c0 to %c{s.groups} step %c1 {{")
             e(f"        %base = arith.muli %gi, %c{s.group} : index")
             self.stats("        ", "%gi")
-            self.scale("        ", "%gi")
+            self.scale("        ", "%gi", amax="%st#0")
             self.codes("        ")
             e("      }")
         else:
@@ -111,7 +111,7 @@ class _Writer:
               " -> (f32, f32) {")
             e(f"        %base = arith.muli %gi, %c{s.group} : index")
             self.stats("        ", "%gi", carried="%pm")
-            e("        scf.yield %am, %sm : f32, f32")
+            e("        scf.yield %st#0, %st#1 : f32, f32")
             e("      }")
             self.scale("      ", "%c0", amax="%row#0")
             e(f"      scf.for %gi = %c0 to %c{s.groups} step %c1 {{")
@@ -125,7 +125,7 @@ class _Writer:
         return "\n".join(self.lines)
 
     def stats(self, ind: str, g: str, carried: str = "%f0") -> None:
-        """``%am`` = max(``carried``, max |x| over this group), ``%sm`` its sum (stored as ``xs[r, g]``
+        """``%st#0`` = max(``carried``, max |x| over this group), ``%st#1`` its sum (stored as ``xs[r, g]``
         when wanted)."""
         s, e, v = self.s, self.e, self.v
         e(f"{ind}%st:2 = scf.for %ci = %c0 to %c{s.group} step %c{s.chunk} iter_args(%m0 = {carried}, %s0 = %f0)"
@@ -139,12 +139,10 @@ class _Writer:
         e(f"{ind}  %s1 = arith.addf %s0, %sx : f32")
         e(f"{ind}  scf.yield %m1, %s1 : f32, f32")
         e(f"{ind}}}")
-        e(f"{ind}%am = arith.addf %st#0, %f0 : f32")
-        e(f"{ind}%sm = arith.addf %st#1, %f0 : f32")
         if s.offset:
-            e(f"{ind}memref.store %sm, %xs[%r, {g}] : memref<{s.types()['xs']}>")
+            e(f"{ind}memref.store %st#1, %xs[%r, {g}] : memref<{s.types()['xs']}>")
 
-    def scale(self, ind: str, g: str, amax: str = "%am") -> None:
+    def scale(self, ind: str, g: str, amax: str) -> None:
         """``%sc`` = the first slice's scale from ``amax``, stored as ``s[r, g]``."""
         e = self.e
         e(f"{ind}%fl = arith.constant {FLT_MIN!r} : f32")
