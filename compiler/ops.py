@@ -18,15 +18,27 @@ import torch
 OP_NAMESPACE = "msd"
 
 
-def _attend(q: torch.Tensor, kd: torch.Tensor, vd: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+def _attend(q: torch.Tensor, kd: torch.Tensor, vd: torch.Tensor, lengths: torch.Tensor | None,
+            window: int = 0) -> torch.Tensor:
     """Softmax attention of ``q`` ``[B, H, G, D]`` over keys/values ``[B, H, T + 1, D]`` (the last one the
     new token's); with ``lengths`` ``[B]``, sequence ``b`` sees only cached keys ``0 … lengths[b] - 1``
-    and its new one."""
+    and its new one; ``window`` (> 0): only the last ``window`` of those (its own key included)."""
     scores = torch.einsum("bhgd,bhtd->bhgt", q, kd)
+    t = kd.shape[2] - 1
     if lengths is not None:
-        scores = scores + ragged_mask(lengths, kd.shape[2] - 1).view(kd.shape[0], 1, 1, -1)
+        scores = scores + ragged_mask(lengths, t).view(kd.shape[0], 1, 1, -1)
+    if window:
+        ends = lengths if lengths is not None else torch.full((kd.shape[0],), t, device=kd.device)
+        keys = torch.arange(t, device=kd.device).view(1, -1)
+        early = torch.cat([(keys <= ends.view(-1, 1) - window).to(torch.long),
+                           torch.zeros(kd.shape[0], 1, dtype=torch.long, device=kd.device)], dim=1)
+        scores = scores + _mask_table(kd.device)[early].view(kd.shape[0], 1, 1, -1)
     e = torch.exp(scores - scores.amax(-1, keepdim=True))
     return torch.einsum("bhgt,bhtd->bhgd", e * (1.0 / e.sum(-1, keepdim=True)), vd)
+
+
+def _mask_table(device: torch.device) -> torch.Tensor:  # an additive mask's values: [0, −inf]
+    return torch.cat([torch.zeros(1, device=device), torch.full((1,), float("-inf"), device=device)])
 
 
 def ragged_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
@@ -36,38 +48,39 @@ def ragged_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
     keys = torch.arange(t, device=lengths.device).view(1, -1)
     new = torch.zeros(lengths.shape[0], 1, dtype=torch.long, device=lengths.device)  # the new token's key
     past_end = torch.cat([(keys >= lengths.view(-1, 1)).to(torch.long), new], dim=1)  # (no i1 `and`: IREE)
-    table = torch.cat([torch.zeros(1, device=lengths.device), torch.full((1,), float("-inf"), device=lengths.device)])
-    return table[past_end]
+    return _mask_table(lengths.device)[past_end]
 
 
 def _reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
-               v_new: torch.Tensor, layer: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+               v_new: torch.Tensor, layer: int, window: int = 0, lengths: torch.Tensor | None = None) -> torch.Tensor:
     kd = torch.cat([k_cache[:, layer].movedim(0, 2), k_new], dim=2)  # [B, H, T + 1, D]
     vd = torch.cat([v_cache[:, layer].movedim(0, 2), v_new], dim=2)
-    return _attend(q, kd, vd, lengths)
+    return _attend(q, kd, vd, lengths, window)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::decode_attention", mutates_args=())
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
-                     v_new: torch.Tensor, layer: int) -> torch.Tensor:
+                     v_new: torch.Tensor, layer: int, window: int = 0) -> torch.Tensor:
     """Softmax attention of one new token's query rows over the cached keys of ``layer`` and its own.
 
     ``q`` ``[B, kv_heads, group, D]``: the token's query heads grouped by the KV head they read (already
     scaled by ``1/√D``); ``k_cache``/``v_cache`` ``[T, layers, B, kv_heads, D]``: the cache, token-major,
     all layers; ``k_new``/``v_new`` ``[B, kv_heads, 1, D]``: the token's own key and value, which
-    attend as key ``T``.  Returns ``[B, kv_heads, group, D]`` (f32)."""
-    return _reference(q, k_cache, v_cache, k_new, v_new, layer)
+    attend as key ``T``; ``window`` > 0 (a sliding-window layer): only keys ``T − window + 1 … T``.
+    Returns ``[B, kv_heads, group, D]`` (f32)."""
+    return _reference(q, k_cache, v_cache, k_new, v_new, layer, window)
 
 
 @decode_attention.register_fake
 def _(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
-      v_new: torch.Tensor, layer: int) -> torch.Tensor:
+      v_new: torch.Tensor, layer: int, window: int = 0) -> torch.Tensor:
     return torch.empty_like(q)
 
 
 def _reference_int8(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: torch.Tensor,
                     v_scales: torch.Tensor, k_new: torch.Tensor, k_new_scale: torch.Tensor, v_new: torch.Tensor,
-                    v_new_scale: torch.Tensor, layer: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+                    v_new_scale: torch.Tensor, layer: int, window: int = 0,
+                    lengths: torch.Tensor | None = None) -> torch.Tensor:
     def dequantized(codes, scales, new, new_scale):
         c = torch.cat([codes[:, layer].movedim(0, 2), new], dim=2)  # [B, H, T + 1, D]
         s = torch.cat([scales[:, layer].movedim(0, 2), new_scale], dim=2)  # [B, H, T + 1]
@@ -75,95 +88,100 @@ def _reference_int8(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tens
 
     kd = dequantized(k_codes, k_scales, k_new, k_new_scale)
     vd = dequantized(v_codes, v_scales, v_new, v_new_scale)
-    return _attend(q, kd, vd, lengths)
+    return _attend(q, kd, vd, lengths, window)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::decode_attention_int8", mutates_args=())
 def decode_attention_int8(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: torch.Tensor,
                           v_scales: torch.Tensor, k_new: torch.Tensor, k_new_scale: torch.Tensor,
-                          v_new: torch.Tensor, v_new_scale: torch.Tensor, layer: int) -> torch.Tensor:
+                          v_new: torch.Tensor, v_new_scale: torch.Tensor, layer: int,
+                          window: int = 0) -> torch.Tensor:
     """:func:`decode_attention` over an int8 cache: keys and values are int8 codes ``[T, layers, B,
     kv_heads, D]`` with one f32 scale per (token, layer, sequence, head) ``[T, layers, B, kv_heads]``
     (the new token's: ``[B, kv_heads, 1, D]`` codes, ``[B, kv_heads, 1]`` scales); attends to
     ``codes · scale``."""
-    return _reference_int8(q, k_codes, k_scales, v_codes, v_scales, k_new, k_new_scale, v_new, v_new_scale, layer)
+    return _reference_int8(q, k_codes, k_scales, v_codes, v_scales, k_new, k_new_scale, v_new, v_new_scale, layer,
+                           window)
 
 
 @decode_attention_int8.register_fake
 def _(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: torch.Tensor, v_scales: torch.Tensor,
       k_new: torch.Tensor, k_new_scale: torch.Tensor, v_new: torch.Tensor, v_new_scale: torch.Tensor,
-      layer: int) -> torch.Tensor:
+      layer: int, window: int = 0) -> torch.Tensor:
     return torch.empty_like(q)
 
 
 def _reference_ragged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
-                      v_new: torch.Tensor, lengths: torch.Tensor, layer: int) -> torch.Tensor:
-    return _reference(q, k_cache, v_cache, k_new, v_new, layer, lengths)
+                      v_new: torch.Tensor, lengths: torch.Tensor, layer: int, window: int = 0) -> torch.Tensor:
+    return _reference(q, k_cache, v_cache, k_new, v_new, layer, window, lengths)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::decode_attention_ragged", mutates_args=())
 def decode_attention_ragged(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
-                            v_new: torch.Tensor, lengths: torch.Tensor, layer: int) -> torch.Tensor:
+                            v_new: torch.Tensor, lengths: torch.Tensor, layer: int,
+                            window: int = 0) -> torch.Tensor:
     """:func:`decode_attention` for ``B`` independent sequences of their own lengths: ``lengths`` ``[B]``
     (int64) holds how many cached tokens each sequence has (``0 … T``, ``T`` the cache view's rows);
     sequence ``b`` attends to cache rows ``0 … lengths[b] - 1`` (rows after them, another sequence's
-    length, are not read) and to its new token, which is at position ``lengths[b]``."""
-    return _reference(q, k_cache, v_cache, k_new, v_new, layer, lengths)
+    length, are not read) and to its new token, which is at position ``lengths[b]`` (``window`` > 0:
+    only rows ``lengths[b] − window + 1`` and later)."""
+    return _reference(q, k_cache, v_cache, k_new, v_new, layer, window, lengths)
 
 
 @decode_attention_ragged.register_fake
 def _(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-      lengths: torch.Tensor, layer: int) -> torch.Tensor:
+      lengths: torch.Tensor, layer: int, window: int = 0) -> torch.Tensor:
     return torch.empty_like(q)
 
 
 def _reference_ragged_int8(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: torch.Tensor,
                            v_scales: torch.Tensor, k_new: torch.Tensor, k_new_scale: torch.Tensor,
                            v_new: torch.Tensor, v_new_scale: torch.Tensor, lengths: torch.Tensor,
-                           layer: int) -> torch.Tensor:
+                           layer: int, window: int = 0) -> torch.Tensor:
     return _reference_int8(q, k_codes, k_scales, v_codes, v_scales, k_new, k_new_scale, v_new, v_new_scale, layer,
-                           lengths)
+                           window, lengths)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::decode_attention_ragged_int8", mutates_args=())
 def decode_attention_ragged_int8(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor,
                                  v_codes: torch.Tensor, v_scales: torch.Tensor, k_new: torch.Tensor,
                                  k_new_scale: torch.Tensor, v_new: torch.Tensor, v_new_scale: torch.Tensor,
-                                 lengths: torch.Tensor, layer: int) -> torch.Tensor:
+                                 lengths: torch.Tensor, layer: int, window: int = 0) -> torch.Tensor:
     """:func:`decode_attention_int8` with ``lengths`` as in :func:`decode_attention_ragged`."""
     return _reference_ragged_int8(q, k_codes, k_scales, v_codes, v_scales, k_new, k_new_scale, v_new, v_new_scale,
-                                  lengths, layer)
+                                  lengths, layer, window)
 
 
 @decode_attention_ragged_int8.register_fake
 def _(q: torch.Tensor, k_codes: torch.Tensor, k_scales: torch.Tensor, v_codes: torch.Tensor, v_scales: torch.Tensor,
       k_new: torch.Tensor, k_new_scale: torch.Tensor, v_new: torch.Tensor, v_new_scale: torch.Tensor,
-      lengths: torch.Tensor, layer: int) -> torch.Tensor:
+      lengths: torch.Tensor, layer: int, window: int = 0) -> torch.Tensor:
     return torch.empty_like(q)
 
 
-def _reference_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _reference_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int = 0) -> torch.Tensor:
     s = q.shape[3]
     positions = torch.arange(s, device=q.device)
     later = (positions.view(1, -1) > positions.view(-1, 1)).to(torch.long)  # key after query
-    table = torch.cat([torch.zeros(1, device=q.device), torch.full((1,), float("-inf"), device=q.device)])
-    scores = torch.einsum("bhgsd,bhtd->bhgst", q, k) + table[later]  # an additive mask (see llama.py)
+    if window:  # or `window` or more positions before it
+        later = later + (positions.view(1, -1) <= positions.view(-1, 1) - window).to(torch.long)
+    scores = torch.einsum("bhgsd,bhtd->bhgst", q, k) + _mask_table(q.device)[later]  # an additive mask (see llama.py)
     e = torch.exp(scores - scores.amax(-1, keepdim=True))
     return torch.einsum("bhgst,bhtd->bhgsd", e * (1.0 / e.sum(-1, keepdim=True)), v)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::prefill_attention", mutates_args=())
-def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int = 0) -> torch.Tensor:
     """Causal softmax attention of ``S`` new tokens over themselves (a prompt's first step: no cache).
 
     ``q`` ``[B, kv_heads, group, S, D]``: each token's query heads grouped by the KV head they read
     (already scaled by ``1/√D``); ``k``/``v`` ``[B, kv_heads, S, D]``.  Query ``s`` attends to keys
-    ``0 … s``.  Returns ``[B, kv_heads, group, S, D]`` (f32)."""
-    return _reference_prefill(q, k, v)
+    ``0 … s`` (``window`` > 0: ``s − window + 1 … s``).  Returns ``[B, kv_heads, group, S, D]`` (f32)."""
+    return _reference_prefill(q, k, v, window)
 
 
 @prefill_attention.register_fake
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int = 0) -> torch.Tensor:
     return torch.empty_like(q)
 
 

@@ -32,6 +32,11 @@ The pass runs on the **torch** dialect, before IREE's input conversion (which ca
    ``flow.dispatch`` ops of the kernels' ``stream.executable``s (added once per shape), the result
    back as a torch tensor.
 
+A sliding-window layer (Gemma 3's local layers: the op's trailing ``window`` operand, a constant) gets
+kernels of its own (``_w<window>`` in the symbol): a query at position ``p`` starts at the block holding
+key ``max(0, p − window + 1)``, and the rows of that block before it score −inf; the splits of a decode
+step divide the window's blocks, not the whole cache.
+
 The kernels are plain ``vector``/``scf``/``math`` on f32 (no ISA intrinsics), so they serve every CPU
 target IREE's ``llvm-cpu`` backend compiles for.
 """
@@ -78,6 +83,7 @@ class AttentionSpec:
     layers: int
     int8: bool = False  # the cache holds int8 codes and one f32 scale per (token, layer, sequence, head)
     ragged: bool = False  # an i64 operand [B]: each sequence's cached tokens (the rows it reads), <= T
+    window: int = 0  # > 0: a sliding-window layer's, only the last `window` keys (the new one included)
 
     @property
     def splits(self) -> int:
@@ -88,7 +94,8 @@ class AttentionSpec:
     @property
     def symbol(self) -> str:
         return (f"{SYMBOL_PREFIX}b{self.batch}_h{self.kv_heads}_g{self.group}_d{self.head_dim}"
-                f"_l{self.layers}_s{self.splits}{'_i8' if self.int8 else ''}{'_r' if self.ragged else ''}")
+                f"_l{self.layers}_s{self.splits}{'_i8' if self.int8 else ''}{'_r' if self.ragged else ''}"
+                f"{f'_w{self.window}' if self.window else ''}")
 
     @property
     def combine_symbol(self) -> str:
@@ -125,10 +132,12 @@ class PrefillSpec:
     head_dim: int
     int8: bool = False  # (the prefill kernel reads f32 keys and values)
     splits: int = 1
+    window: int = 0  # > 0: query s attends to keys s - window + 1 ... s only
 
     @property
     def symbol(self) -> str:
-        return f"msd_prefill_attention_b{self.batch}_h{self.kv_heads}_g{self.group}_d{self.head_dim}"
+        return (f"msd_prefill_attention_b{self.batch}_h{self.kv_heads}_g{self.group}_d{self.head_dim}"
+                f"{f'_w{self.window}' if self.window else ''}")
 
     def types(self) -> dict[str, str]:
         b, h, g, d = self.batch, self.kv_heads, self.group, self.head_dim
@@ -175,19 +184,24 @@ class _Writer:
             e("      %leni = arith.index_cast %lenv : i64 to index")
             e("      %Tb = arith.minui %leni, %T : index")
             tv = "%Tb"
+        self.window_start(tv)  # %lo: the first key attended to
         for g in range(s.group):
             e(f"      %q{g} = vector.transfer_read %q[%b, %h, %c{g}, %c0], %f0 {{in_bounds = [true]}} : "
               f"{mem['q']}, {vd}")
             for c in range(self.chunks):
                 e(f"      %q{g}c{c} = {self.chunk(f'%q{g}', c)}")
         # blocks of keys: nblk full ones (cached keys only), then the last, which holds key T (the new
-        # token's); split sp takes blocks [first, first + per) of the nblk + 1
+        # token's); split sp takes blocks [first, first + per) of those from the one holding %lo (block 0
+        # without a window)
         e(f"      %nblk = arith.divui {tv}, %c{BLOCK} : index")
         e(f"      %tmain = arith.muli %nblk, %c{BLOCK} : index")
         e("      %nall = arith.addi %nblk, %c1 : index")
-        e(f"      %per0 = arith.addi %nall, %c{s.splits - 1} : index")
+        e(f"      %blo = arith.divui %lo, %c{BLOCK} : index")
+        e("      %nspan = arith.subi %nall, %blo : index")
+        e(f"      %per0 = arith.addi %nspan, %c{s.splits - 1} : index")
         e(f"      %per = arith.divui %per0, %c{s.splits} : index")
-        e("      %first = arith.muli %sp, %per : index")
+        e("      %first0 = arith.muli %sp, %per : index")
+        e("      %first = arith.addi %blo, %first0 : index")
         e("      %end0 = arith.addi %first, %per : index")
         e("      %end = arith.minui %end0, %nall : index")
         e("      %fullend = arith.minui %end, %nblk : index")
@@ -216,7 +230,7 @@ class _Writer:
                   f"{mem[x + 's']}")
             return self.row(x, f"%{x}{r}", f"%{x}r{r}", ind)
 
-        new = self.update("M", state, None, "        ", cached)
+        new = self.update("M", state, self.window_rows("%t0", "        "), "        ", cached)
         e(f"        scf.yield {', '.join(new)} : {', '.join(state_types)}")
         e("      }")
         after = [f"%st#{i}" for i in range(len(state))]
@@ -230,6 +244,9 @@ class _Writer:
             e(f"        %u{r} = arith.addi %tmain, %c{r} : index")
             e(f"        %in{r} = arith.cmpi ult, %u{r}, {tv} : index")
             e(f"        %ok{r} = arith.cmpi ule, %u{r}, {tv} : index")
+            if s.window:
+                e(f"        %okl{r} = arith.cmpi uge, %u{r}, %lo : index")
+                e(f"        %okw{r} = arith.andi %ok{r}, %okl{r} : i1")
 
         def last(x: str, r: int, ind: str) -> str:  # row r of the last block: cached, or the new token's
             e(f"{ind}%{x}u{r} = scf.if %in{r} -> ({vd}) {{")
@@ -239,7 +256,8 @@ class _Writer:
             e(f"{ind}}}")
             return f"%{x}u{r}"
 
-        final = self.update("L", after, [f"%ok{r}" for r in range(BLOCK)], "        ", last)
+        ok = "%okw" if s.window else "%ok"
+        final = self.update("L", after, [f"{ok}{r}" for r in range(BLOCK)], "        ", last)
         e(f"        scf.yield {', '.join(final)} : {', '.join(state_types)}")
         e("      } else {")
         e(f"        scf.yield {', '.join(after)} : {', '.join(state_types)}")
@@ -252,6 +270,29 @@ class _Writer:
               f"{mem['pa']}")
         self.footer()
         return "\n".join(self.lines)
+
+    def window_start(self, last: str) -> None:
+        """``%lo``: the first key a query at position ``last`` attends to, ``max(0, last + 1 − window)``
+        (0 without a window)."""
+        w, e = self.s.window, self.emit
+        if not w:
+            e("      %lo = arith.constant 0 : index")
+            return
+        e(f"      %cwin = arith.constant {w} : index")
+        e(f"      %lo1 = arith.addi {last}, %c1 : index")
+        e("      %lobig = arith.cmpi ugt, %lo1, %cwin : index")
+        e("      %lod = arith.subi %lo1, %cwin : index")
+        e("      %lo = arith.select %lobig, %lod, %c0 : index")
+
+    def window_rows(self, t0: str, ind: str) -> list[str] | None:
+        """Per row of the block starting at ``t0``: whether it is at or after ``%lo`` (None without a
+        window: every row of a full block is a key)."""
+        if not self.s.window:
+            return None
+        for r in range(BLOCK):
+            self.emit(f"{ind}%wr{r} = arith.addi {t0}, %c{r} : index")
+            self.emit(f"{ind}%wv{r} = arith.cmpi uge, %wr{r}, %lo : index")
+        return [f"%wv{r}" for r in range(BLOCK)]
 
     def row(self, x: str, name: str, t: str | None, ind: str) -> str:
         """Emit the load of a key (``x`` = "k") or value ("v") row as f32 ``{D}`` named ``name``: cache
@@ -368,11 +409,14 @@ class _Writer:
         e("      %n = arith.addi %pos, %c1 : index")
         e(f"      %nblk = arith.divui %n, %c{BLOCK} : index")
         e(f"      %tmain = arith.muli %nblk, %c{BLOCK} : index")
+        self.window_start("%pos")
+        e(f"      %blo = arith.divui %lo, %c{BLOCK} : index")
+        e(f"      %tstart = arith.muli %blo, %c{BLOCK} : index")
         state = [*(f"%m{g}" for g in range(s.group)), *(f"%l{g}" for g in range(s.group)),
                  *(f"%a{g}" for g in range(s.group))]
         inits = ["%ninf"] * s.group + ["%f0"] * s.group + ["%zd"] * s.group
         state_types = ["f32"] * (2 * s.group) + [vd] * s.group
-        e(f"      %st:{len(state)} = scf.for %t0 = %c0 to %tmain step %c{BLOCK} iter_args("
+        e(f"      %st:{len(state)} = scf.for %t0 = %tstart to %tmain step %c{BLOCK} iter_args("
           + ", ".join(f"{n} = {i}" for n, i in zip(state, inits)) + f") -> ({', '.join(state_types)}) {{")
 
         def key(x: str, r: int, ind: str) -> str:  # row r of a full block
@@ -381,7 +425,7 @@ class _Writer:
               f"{mem[x]}, {vd}")
             return f"%{x}{r}"
 
-        new = self.update("M", state, None, "        ", key)
+        new = self.update("M", state, self.window_rows("%t0", "        "), "        ", key)
         e(f"        scf.yield {', '.join(new)} : {', '.join(state_types)}")
         e("      }")
         after = [f"%st#{i}" for i in range(len(state))]
@@ -391,13 +435,17 @@ class _Writer:
             e(f"        %u{r} = arith.addi %tmain, %c{r} : index")
             e(f"        %ok{r} = arith.cmpi ule, %u{r}, %pos : index")
             e(f"        %uc{r} = arith.minui %u{r}, %pos : index")
+            if s.window:
+                e(f"        %okl{r} = arith.cmpi uge, %u{r}, %lo : index")
+                e(f"        %okw{r} = arith.andi %ok{r}, %okl{r} : i1")
 
         def last(x: str, r: int, ind: str) -> str:
             e(f"{ind}%{x}u{r} = vector.transfer_read %{x}[%b, %h, %uc{r}, %c0], %f0 {{in_bounds = [true]}} : "
               f"{mem[x]}, {vd}")
             return f"%{x}u{r}"
 
-        final = self.update("L", after, [f"%ok{r}" for r in range(BLOCK)], "        ", last)
+        ok = "%okw" if s.window else "%ok"
+        final = self.update("L", after, [f"{ok}{r}" for r in range(BLOCK)], "        ", last)
         e(f"        scf.yield {', '.join(final)} : {', '.join(state_types)}")
         e("      } else {")
         e(f"        scf.yield {', '.join(after)} : {', '.join(state_types)}")
@@ -511,9 +559,9 @@ def plan(op: ir.Operation) -> tuple[AttentionSpec, int]:
     :class:`~msd.errors.OptionError` naming the operand that does not fit."""
     name = ir.StringAttr(op.attributes["name"]).value
     table = OPERANDS[name]
-    if len(op.operands) != len(table) + 1 or len(op.results) != 1:
-        raise OptionError(f"{name}: expected {len(table) + 1} operands and 1 result, got {len(op.operands)} and "
-                          f"{len(op.results)}")
+    if len(op.operands) not in (len(table) + 1, len(table) + 2) or len(op.results) != 1:
+        raise OptionError(f"{name}: expected {len(table) + 1} operands (and a window) and 1 result, got "
+                          f"{len(op.operands)} and {len(op.results)}")
     shapes = {}
     for (what, _key, elem), v in zip(table, op.operands):
         sh = _shape(v.type)
@@ -527,8 +575,11 @@ def plan(op: ir.Operation) -> tuple[AttentionSpec, int]:
     if d % BLOCK:
         raise OptionError(f"{name}: the head dim {d} is not a multiple of {BLOCK}")
     layers = shapes[table[1][0]][1] if len(shapes[table[1][0]]) == 5 else None
+    window = _constant_int(op, len(table) + 1, name, "window") if len(op.operands) == len(table) + 2 else 0
+    if window < 0:
+        raise OptionError(f"{name}: the window {window} is negative")
     spec = AttentionSpec(b, h, g, d, layers or 0, int8=name in (OP_NAME_INT8, OP_NAME_RAGGED_INT8),
-                         ragged=name in (OP_NAME_RAGGED, OP_NAME_RAGGED_INT8))
+                         ragged=name in (OP_NAME_RAGGED, OP_NAME_RAGGED_INT8), window=window)
     for (what, key, _), sh in zip(table, shapes.values()):
         want = spec.types()[key].split("x")[:-1]
         got = ["?" if x is None else str(x) for x in sh]
@@ -537,13 +588,18 @@ def plan(op: ir.Operation) -> tuple[AttentionSpec, int]:
     result = _shape(op.results[0].type)
     if result is None or result[0] != q or result[1] != "f32":
         raise OptionError(f"{name}: the result must be f32 {q}, got {op.results[0].type}")
-    layer_def = op.operands[len(table)].owner
-    if not isinstance(layer_def, ir.Operation | ir.OpView) or layer_def.name != "torch.constant.int":
-        raise OptionError(f"{name}: the layer index must be a constant integer")
-    layer = ir.IntegerAttr(layer_def.attributes["value"]).value
+    layer = _constant_int(op, len(table), name, "layer index")
     if not 0 <= layer < layers:
         raise OptionError(f"{name}: layer {layer} is outside the cache's {layers} layers")
     return spec, layer
+
+
+def _constant_int(op: ir.Operation, i: int, name: str, what: str) -> int:
+    """The value of operand ``i`` of ``op``, a ``torch.constant.int``; else an error naming ``what``."""
+    d = op.operands[i].owner
+    if not isinstance(d, ir.Operation | ir.OpView) or d.name != "torch.constant.int":
+        raise OptionError(f"{name}: the {what} must be a constant integer")
+    return ir.IntegerAttr(d.attributes["value"]).value
 
 
 def _dispatch(symbol: str, results: list[ir.Type], workload: list[ir.Value], arguments: list[ir.Value],
@@ -589,8 +645,12 @@ def plan_prefill(op: ir.Operation) -> PrefillSpec:
     """The prefill kernel's shape for one ``torch.msd.prefill_attention``; an
     :class:`~msd.errors.OptionError` naming the operand that does not fit."""
     name = PREFILL_OP_NAME
-    if len(op.operands) != 3 or len(op.results) != 1:
-        raise OptionError(f"{name}: expected 3 operands and 1 result, got {len(op.operands)} and {len(op.results)}")
+    if len(op.operands) not in (3, 4) or len(op.results) != 1:
+        raise OptionError(f"{name}: expected 3 operands (and a window) and 1 result, got {len(op.operands)} and "
+                          f"{len(op.results)}")
+    window = _constant_int(op, 3, name, "window") if len(op.operands) == 4 else 0
+    if window < 0:
+        raise OptionError(f"{name}: the window {window} is negative")
     shapes = []
     for what, v in zip(("q", "k", "v"), op.operands):
         sh = _shape(v.type)
@@ -600,7 +660,7 @@ def plan_prefill(op: ir.Operation) -> PrefillSpec:
     q = shapes[0]
     if len(q) != 5 or None in (q[0], q[1], q[2], q[4]):
         raise OptionError(f"{name}: q must be [B, kv_heads, group, S, D] (only S dynamic), got {q}")
-    spec = PrefillSpec(q[0], q[1], q[2], q[4])
+    spec = PrefillSpec(q[0], q[1], q[2], q[4], window=window)
     if spec.head_dim % BLOCK:
         raise OptionError(f"{name}: the head dim {spec.head_dim} is not a multiple of {BLOCK}")
     for what, key, sh in zip(("q", "k", "v"), ("q", "k", "v"), shapes):

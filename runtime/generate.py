@@ -385,7 +385,7 @@ class GreedyGenerator:
 
     def encode(self, prompt_text: str, chat: bool = True) -> list[int]:
         text = self.render(prompt_text) if chat else prompt_text
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self.tokenizer.encode(text, add_special_tokens=True).ids  # BOS when the vocabulary asks for it
 
     def empty_cache(self) -> KVCache:
         """A cache for one generation; shared with the device when the decode step runs on one that shares

@@ -157,15 +157,15 @@ def test_quantized_file_compiles_and_decodes_like_eager(arch: str, tmp_path: Pat
 
 
 def test_other_architectures_are_refused_by_name(tmp_path: Path) -> None:
-    w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), "gemma3")
+    w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), "gemma2")
     w.add_block_count(1)
     w.add_tensor("token_embd.weight", np.zeros((8, 16), np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(UnsupportedGGUFError, match="GGUF architecture 'gemma3' is not supported .supported: llama, "
-                                                   "qwen2, qwen3."):
+    with pytest.raises(UnsupportedGGUFError, match="GGUF architecture 'gemma2' is not supported .supported: llama, "
+                                                   "qwen2, qwen3, gemma3."):
         G.load_gguf(tmp_path / "g.gguf")
 
 

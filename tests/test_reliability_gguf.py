@@ -350,7 +350,8 @@ def test_quantized_norm_is_refused(base) -> None:
     ({"tokenizer.ggml.bos_token_id": ("int32", -1)}, "'tokenizer.ggml.bos_token_id' is -1"),
     ({"tokenizer.ggml.eos_token_id": ("string", "2")}, "'tokenizer.ggml.eos_token_id' has type string"),
     ({"tokenizer.ggml.tokens": ("array[string]", [])}, "tokenizer.ggml.tokens is empty"),
-    ({"tokenizer.ggml.pre": ("string", "qwen2")}, "tokenizer.ggml.pre='qwen2' is not supported"),
+    ({"tokenizer.ggml.pre": ("string", "deepseek-llm")}, "tokenizer.ggml.pre='deepseek-llm' is not supported"),
+    ({"tokenizer.ggml.model": ("string", "llama")}, "tokenizer.ggml.scores"),  # SentencePiece without scores
 ])
 def test_tokenizer_checks(base, kv, text) -> None:
     path = variant(base, "tok.gguf", kv=kv)

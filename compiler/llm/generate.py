@@ -46,7 +46,7 @@ from msd.runtime.generate import (
 from msd.runtime.module import DTYPES
 
 DEFAULT_MAX_CTX = 2048  # KV-cache capacity (prompt + new tokens) of the generators
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>", "<end_of_turn>")
 
 
 class CachedStep(nn.Module):

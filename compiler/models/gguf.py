@@ -70,10 +70,16 @@ _BLOCK_ELEMENTS = {q: SUPER if q.endswith("_K") else BLOCK for q in _BLOCK_BYTES
 ZERO = {"Q4_0": 8, "Q5_0": 16, "Q6_K": 32}
 _FLOAT_BYTES = {"F32": 4, "F16": 2}
 # GGUF architectures read (one LlamaConfig each: metadata under "<arch>.*"): qwen2 adds q/k/v biases,
-# qwen3 RMS-normalizes each q and k head before RoPE; both rotate halves of a head ("NEOX" RoPE),
-# which msd's llama (adjacent pairs) reads after permuting the q and k rows at load time.
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
-NEOX_ROPE = ("qwen2", "qwen3")
+# qwen3 RMS-normalizes each q and k head before RoPE; gemma3 does too, and scales the embedding by
+# √hidden, gates its MLP with GELU (tanh), normalizes the attention's and the MLP's outputs again, and
+# lets five of every six layers attend to a sliding window with a RoPE base of their own (10000, as
+# llama.cpp hard-codes it); all three rotate halves of a head ("NEOX" RoPE), which msd's llama
+# (adjacent pairs) reads after permuting the q and k rows at load time.  Mistral's GGUF files are
+# written as "llama".
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+NEOX_ROPE = ("qwen2", "qwen3", "gemma3")
+GEMMA3_SWA_PATTERN = 6  # layers i with i % 6 < 5 attend to a window (llama.cpp's set_swa_pattern(6))
+GEMMA3_SWA_ROPE_BASE = 10000.0
 
 # ----------------------------------------------------------------------------------------------
 # Quantized tensors
@@ -395,8 +401,14 @@ def read_config(f: GGUFFile) -> LlamaConfig:
         raise UnsupportedGGUFError(
             f"{p}: partial RoPE (rope.dimension_count={rope_dim}, head dim {head_dim}) is not supported")
     scaling = f.get_str(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", ""):
-        raise UnsupportedGGUFError(f"{p}: RoPE scaling {scaling!r} is not supported")
+    if scaling not in ("none", "", "linear"):
+        raise UnsupportedGGUFError(f"{p}: RoPE scaling {scaling!r} is not supported (only 'linear')")
+    factors = _rope_freq_factors(f, head_dim)
+    if scaling == "linear":  # positions divided by the factor: every frequency divided by it
+        k = f"{arch}.rope.scaling.factor"
+        linear = _finite(f, k, f.get_float(k, 1.0), 0.0, True)
+        if linear != 1.0:
+            factors = tuple(x * linear for x in (factors or (1.0,) * (head_dim // 2)))
     embd = f.tensor("token_embd.weight")
     if embd is None:
         raise GGUFError(f"{p}: the file has no tensor 'token_embd.weight'")
@@ -418,9 +430,27 @@ def read_config(f: GGUFFile) -> LlamaConfig:
                         f.get_float(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5), 0.0, False),
         head_dim=head_dim,
         context_length=_positive(f, f"{arch}.context_length", f.get_int(f"{arch}.context_length", 2048)),
-        arch=arch, qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3",
-        rope_freq_factors=_rope_freq_factors(f, head_dim),
+        arch=arch, qkv_bias=arch == "qwen2", qk_norm=arch in ("qwen3", "gemma3"),
+        rope_freq_factors=factors,
+        **(_gemma3(f, n_layers, hidden, n_heads, head_dim) if arch == "gemma3" else {}),
     )
+
+
+def _gemma3(f: GGUFFile, n_layers: int, hidden: int, n_heads: int, head_dim: int) -> dict[str, object]:
+    """Gemma 3's differences from llama, as llama.cpp reads them: the embedding scaled by √hidden, GeGLU,
+    post-norms, the query scale (``1/√(hidden/heads)`` for the 62-layer 27B, ``1/√head_dim`` otherwise),
+    and a sliding window (``gemma3.attention.sliding_window``) on five of every six layers, which rotate
+    with RoPE base 10000 and no scaling.  Logit soft-capping (Gemma 2's) is refused."""
+    for key in ("gemma3.final_logit_softcapping", "gemma3.attn_logit_softcapping"):
+        if key in f.fields and f.get_float(key) != 0.0:
+            raise UnsupportedGGUFError(f"{f.path}: {key}={f.get_float(key)} (logit soft-capping) is not supported")
+    window = f.get_int("gemma3.attention.sliding_window", 0)
+    if window < 0:
+        raise GGUFError(f"{f.path}: metadata key 'gemma3.attention.sliding_window' is {window}, expected >= 0")
+    layers = tuple(i for i in range(n_layers) if i % GEMMA3_SWA_PATTERN < GEMMA3_SWA_PATTERN - 1) if window else ()
+    return dict(embed_scale=math.sqrt(hidden), activation="gelu_tanh", post_norms=True,
+                attn_scale=1.0 / math.sqrt(hidden / n_heads if n_layers == 62 else head_dim),
+                sliding_window=window, sliding_layers=layers, rope_base_local=GEMMA3_SWA_ROPE_BASE)
 
 
 def _rope_freq_factors(f: GGUFFile, head_dim: int) -> tuple[float, ...] | None:
@@ -452,9 +482,9 @@ def llama_tensor_shapes(cfg: LlamaConfig, tied: bool) -> dict[str, tuple[int, ..
             shapes |= {b + "attn_q.bias": (q,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)}
         if cfg.qk_norm:
             shapes |= {b + "attn_q_norm.weight": (cfg.head_dim,), b + "attn_k_norm.weight": (cfg.head_dim,)}
+        if cfg.post_norms:
+            shapes |= {b + "post_attention_norm.weight": (h,), b + "post_ffw_norm.weight": (h,)}
     shapes["output_norm.weight"] = (h,)
-    if cfg.rope_freq_factors is not None:
-        shapes["rope_freqs.weight"] = (cfg.head_dim // 2,)
     if not tied:
         shapes["output.weight"] = (cfg.vocab, h)
     return shapes
@@ -487,7 +517,8 @@ def check_llama_tensors(reader: str | Path | GGUFFile, cfg: LlamaConfig) -> dict
         out[name] = t
     # A tensor the llama graph would not read changes the model it belongs to (attention biases of a
     # Qwen-style file, Llama 3.1's rope_freqs factors): ignoring it would be a silently wrong model.
-    unused = [t.name for t in f.tensors if t.name not in out]
+    # (rope_freqs.weight, checked and read by read_config, is the config's rope_freq_factors.)
+    unused = [t.name for t in f.tensors if t.name not in out and t.name != "rope_freqs.weight"]
     if unused:
         shown = ", ".join(repr(n) for n in unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
         raise UnsupportedGGUFError(f"{p}: the file holds tensor(s) msd's llama does not use: {shown}; running"
@@ -559,9 +590,10 @@ def load_gguf(path: str | Path | GGUFFile) -> LlamaModel:
         bias = tuple(tensors[p + f"attn_{x}.bias"].weight for x in "qkv") if cfg.qkv_bias else None
         qk_norm = (norm(p + "attn_q_norm.weight"), norm(p + "attn_k_norm.weight")) if cfg.qk_norm else None
         attn = Attention(cfg, lin(p + "attn_q.weight"), lin(p + "attn_k.weight"), lin(p + "attn_v.weight"),
-                         lin(p + "attn_output.weight"), bias, qk_norm)
-        mlp = MLP(lin(p + "ffn_gate.weight"), lin(p + "ffn_up.weight"), lin(p + "ffn_down.weight"))
-        blocks.append(Block(cfg, norm(p + "attn_norm.weight"), attn, norm(p + "ffn_norm.weight"), mlp))
+                         lin(p + "attn_output.weight"), bias, qk_norm, layer=i)
+        mlp = MLP(lin(p + "ffn_gate.weight"), lin(p + "ffn_up.weight"), lin(p + "ffn_down.weight"), cfg.activation)
+        post = (norm(p + "post_attention_norm.weight"), norm(p + "post_ffw_norm.weight")) if cfg.post_norms else None
+        blocks.append(Block(cfg, norm(p + "attn_norm.weight"), attn, norm(p + "ffn_norm.weight"), mlp, post))
     lm_head = lin("output.weight") if "output.weight" in tensors else embed
     model = LlamaModel(cfg, GGUFEmbedding(embed), blocks, norm("output_norm.weight"), lm_head, tied=lm_head is embed)
     return model.eval()
@@ -586,21 +618,71 @@ def _special_ids(f: GGUFFile, n_tokens: int) -> dict[str, int]:
     return out
 
 
+# llama.cpp's pre-tokenizer regexes (tokenizer.ggml.pre) for byte-level BPE vocabularies
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")  # digits one by one
+SPACE = "\u2581"  # SentencePiece's visible space "▁"
+
+
 @_reads_file
 def tokenizer_from_gguf(f: GGUFFile) -> Tokenizer:
-    """A ``tokenizers.Tokenizer`` (byte-level BPE) built from ``tokenizer.ggml.tokens`` and
-    ``tokenizer.ggml.merges``; control tokens (type 3) and user-defined tokens (type 4) are added
-    as special tokens so chat markers like ``<|im_start|>`` map to their single ids.  Array types, token
-    types, special-token ids and every merge's tokens are checked (:class:`GGUFError` otherwise)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A ``tokenizers.Tokenizer`` for the vocabulary stored in the file:
+
+    - ``tokenizer.ggml.model = "gpt2"``: byte-level BPE from ``tokenizer.ggml.tokens`` and
+      ``tokenizer.ggml.merges``, split first by the pre-tokenizer ``tokenizer.ggml.pre`` names (gpt2,
+      smollm/starcoder, llama3, qwen2);
+    - ``"llama"`` (SentencePiece-style: Llama 1/2, Mistral, Gemma): llama.cpp's SPM tokenizer — spaces as
+      ``▁`` (and one before the text when ``tokenizer.ggml.add_space_prefix``), then adjacent pieces merged
+      highest ``tokenizer.ggml.scores`` first, unknown characters as ``<0xXX>`` byte tokens — as a BPE
+      whose merge ranks follow the scores.
+
+    ``tokenizer.ggml.add_bos_token`` (default: true for "llama", false for "gpt2", as llama.cpp) puts the
+    BOS token first when encoding with ``add_special_tokens=True``.
+
+    Control tokens (type 3) are added as special tokens so chat markers like ``<|im_start|>`` map to their
+    single ids; user-defined tokens (type 4) are matched the same way but decode as text.  Array types,
+    token types, special-token ids and every merge's tokens are checked (:class:`GGUFError` otherwise)."""
+    from tokenizers import AddedToken, processors
 
     p = f.path
     kind = f.get_str("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise UnsupportedGGUFError(f"{p}: tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' byte-level BPE)")
+    if kind not in ("gpt2", "llama"):
+        raise UnsupportedGGUFError(f"{p}: tokenizer.ggml.model={kind!r} is not supported (only 'gpt2' byte-level"
+                                   " BPE and 'llama' SentencePiece)")
     tokens = f.get_array("tokenizer.ggml.tokens", "str")
     if not tokens:
         raise GGUFError(f"{p}: tokenizer.ggml.tokens is empty")
+    types = f.get_array("tokenizer.ggml.token_type", "int", [1] * len(tokens))
+    if len(types) != len(tokens):
+        raise GGUFError(f"{p}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+    bad = next((i for i, ty in enumerate(types) if ty not in TOKEN_TYPES), None)
+    if bad is not None:
+        raise GGUFError(f"{p}: tokenizer.ggml.token_type[{bad}] is {types[bad]}, not a llama token type (0..6)")
+    special_ids = _special_ids(f, len(tokens))
+    try:
+        tok = _byte_level_bpe(f, tokens) if kind == "gpt2" else _sentencepiece(f, tokens, types, special_ids)
+        if _adds_bos(f):
+            bos_id = special_ids["tokenizer.ggml.bos_token_id"]
+            bos = tokens[bos_id]
+            tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                               special_tokens=[(bos, bos_id)])
+        # both matched in the raw text before the model, as llama.cpp does; a decode that skips special
+        # tokens drops the control ones only (user-defined ones are text: Gemma's runs of spaces, "\n")
+        pairs = list(zip(tokens, types))
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in pairs if ty == 3])
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in pairs if ty == 4])
+    except GGUFError:
+        raise
+    except Exception as e:  # the tokenizers library's own refusal, e.g. of a token it cannot add
+        raise GGUFError(f"{p}: the tokenizer stored in the file could not be built: {e}") from e
+    return tok
+
+
+def _byte_level_bpe(f: GGUFFile, tokens: list[str]) -> Tokenizer:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    p = f.path
     vocab = {t: i for i, t in enumerate(tokens)}
     merges = []
     for i, m in enumerate(f.get_array("tokenizer.ggml.merges", "str")):
@@ -612,38 +694,63 @@ def tokenizer_from_gguf(f: GGUFFile) -> Tokenizer:
                 raise GGUFError(f"{p}: tokenizer.ggml.merges[{i}] = {m!r} uses {t!r}, which is not in"
                                 f" tokenizer.ggml.tokens")
         merges.append((a, b))
-    types = f.get_array("tokenizer.ggml.token_type", "int", [1] * len(tokens))
-    if len(types) != len(tokens):
-        raise GGUFError(f"{p}: tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
-    bad = next((i for i, ty in enumerate(types) if ty not in TOKEN_TYPES), None)
-    if bad is not None:
-        raise GGUFError(f"{p}: tokenizer.ggml.token_type[{bad}] is {types[bad]}, not a llama token type (0..6)")
-    _special_ids(f, len(tokens))
     pre = f.get_str("tokenizer.ggml.pre", "default")
-    try:
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        if pre in ("smollm", "starcoder", "refact"):  # llama.cpp: split every digit, then the GPT-2 regex
-            tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-        elif pre in ("default", "gpt2", "gpt-2"):
-            tok.pre_tokenizer = byte_level
-        elif pre in ("llama3", "llama-bpe", "llama-v3"):
-            llama3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                      r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-            tok.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(llama3), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ])
-        else:
-            raise UnsupportedGGUFError(f"{p}: tokenizer.ggml.pre={pre!r} is not supported")
-        tok.decoder = decoders.ByteLevel()
-        special = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty in (3, 4)]
-        tok.add_special_tokens(special)
-    except GGUFError:
-        raise
-    except Exception as e:  # the tokenizers library's own refusal, e.g. of a token it cannot add
-        raise GGUFError(f"{p}: the tokenizer stored in the file could not be built: {e}") from e
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in ("smollm", "starcoder", "refact"):  # llama.cpp: split every digit, then the GPT-2 regex
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif pre in ("default", "gpt2", "gpt-2"):
+        tok.pre_tokenizer = byte_level
+    elif pre in ("llama3", "llama-bpe", "llama-v3", "qwen2"):
+        split = _QWEN2_SPLIT if pre == "qwen2" else _LLAMA3_SPLIT
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        raise UnsupportedGGUFError(f"{p}: tokenizer.ggml.pre={pre!r} is not supported")
+    tok.decoder = decoders.ByteLevel()
     return tok
+
+
+def _sentencepiece(f: GGUFFile, tokens: list[str], types: list[int], special_ids: dict[str, int]) -> Tokenizer:
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    p = f.path
+    scores = f.get_array("tokenizer.ggml.scores", "float")
+    if len(scores) != len(tokens):
+        raise GGUFError(f"{p}: tokenizer.ggml.scores has {len(scores)} entries for {len(tokens)} tokens")
+    score = np.asarray(scores, dtype=np.float64)
+    if not np.all(np.isfinite(score)):
+        raise GGUFError(f"{p}: tokenizer.ggml.scores holds values that are not finite")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    # llama.cpp merges the adjacent pair whose joined text is the token of highest score (the leftmost
+    # pair on a tie): every split of every token into two tokens is a merge, ranked by the joined
+    # token's score (then its id, then the left part's, for a total order)
+    rows = [(i, vocab[t[:j]], t[:j], t[j:]) for i, t in enumerate(tokens)
+            for j in range(1, len(t)) if t[:j] in vocab and t[j:] in vocab]
+    joined = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    left = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+    order = np.lexsort((left, joined, -score[joined])) if rows else []
+    merges = [(rows[k][2], rows[k][3]) for k in order]
+    unk = special_ids.get("tokenizer.ggml.unknown_token_id")
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    fallback = all(t in vocab for t in byte_tokens)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=tokens[unk] if unk is not None else None,
+                               byte_fallback=fallback, fuse_unk=True))
+    prefix = f.get_bool("tokenizer.ggml.add_space_prefix", True)
+    steps = [normalizers.Prepend(SPACE)] if prefix else []
+    tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", SPACE)])
+    decode = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    tok.decoder = decoders.Sequence([*decode, decoders.Strip(" ", 1, 0)] if prefix else decode)
+    return tok
+
+
+def _adds_bos(f: GGUFFile) -> bool:
+    """Whether encoding puts the BOS token first: ``tokenizer.ggml.add_bos_token``, by default true for
+    SentencePiece vocabularies and false for byte-level BPE (llama.cpp's defaults), and a BOS id given."""
+    default = f.get_str("tokenizer.ggml.model", "") == "llama"
+    return f.get_bool("tokenizer.ggml.add_bos_token", default) and "tokenizer.ggml.bos_token_id" in f.fields
 
 
 def chat_prompt(user: str, system: str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face") -> str:
@@ -653,20 +760,26 @@ def chat_prompt(user: str, system: str = "You are a helpful AI assistant named S
 
 
 _SLOT = "\x00msd-user-text\x00"  # stands for the user's text while a template renders
+# Gemma's turns, for a gemma3 file without a template (its BOS comes from the tokenizer)
+GEMMA_TURNS = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
 
 
 def chat_template(path_or_file: str | Path | GGUFFile, marker: str) -> str:
     """The chat prompt for one user turn, with ``marker`` where the user's text goes: the file's
     ``tokenizer.chat_template`` (Jinja, rendered in a sandbox with ``messages=[{"role": "user", ...}]``,
-    ``add_generation_prompt=True`` and the file's BOS/EOS tokens), or SmolLM2's ChatML
-    (:func:`chat_prompt`) when the file has none.  A template that does not render, or that does not
-    put the text in once as it is, raises :class:`GGUFError` (``--no-chat`` skips templates)."""
+    ``add_generation_prompt=True`` and the file's BOS/EOS tokens), or when the file has none, Gemma's
+    turns for a gemma3 file and SmolLM2's ChatML (:func:`chat_prompt`) for the others.  When the
+    tokenizer puts BOS first itself (``tokenizer.ggml.add_bos_token``) the template's ``bos_token`` is
+    empty, so that the prompt holds one BOS.  A template that does not render, or that does not put the
+    text in once as it is, raises :class:`GGUFError` (``--no-chat`` skips templates)."""
     with _opened(path_or_file) as f:
         return _chat_template(f, marker)
 
 
 def _chat_template(f: GGUFFile, marker: str) -> str:
     if "tokenizer.chat_template" not in f.fields:
+        if f.get_str("general.architecture", "") == "gemma3":
+            return GEMMA_TURNS.format(marker)
         return chat_prompt(marker)
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -685,7 +798,7 @@ def _chat_template(f: GGUFFile, marker: str) -> str:
         env.globals["raise_exception"] = raise_exception
         text = env.from_string(f.get_str("tokenizer.chat_template")).render(
             messages=[{"role": "user", "content": _SLOT}], add_generation_prompt=True,
-            bos_token=token("bos"), eos_token=token("eos"))
+            bos_token="" if _adds_bos(f) else token("bos"), eos_token=token("eos"))
     except TemplateError as e:
         raise GGUFError(f"{f.path}: tokenizer.chat_template does not render: {e}") from None
     if text.count(_SLOT) != 1:

@@ -21,6 +21,7 @@ from msd.compiler.ops import ragged_mask
 from msd.errors import OptionError
 
 KV_CACHE_FORMATS = ("float", "int8")  # f32 K/V, or int8 codes with one f32 scale per (head, token)
+ACTIVATIONS = ("silu", "gelu_tanh")
 
 
 def softmax_last(scores: torch.Tensor) -> torch.Tensor:
@@ -51,10 +52,36 @@ class LlamaConfig:
     qk_norm: bool = False  # q and k heads are RMS-normalized before RoPE (qwen3)
     # per rotated pair, a divisor of its frequency (Llama 3's RoPE scaling: GGUF's rope_freqs.weight)
     rope_freq_factors: tuple[float, ...] | None = None
+    # Gemma 3's differences (all off for llama):
+    embed_scale: float = 1.0  # the embedded rows are multiplied by it (gemma3: √hidden)
+    activation: str = "silu"  # the MLP's gate activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    post_norms: bool = False  # the attention's and the MLP's outputs are RMS-normalized before each residual add
+    attn_scale: float = 0.0  # q is multiplied by it before q·k (0: 1/√head_dim)
+    sliding_window: int = 0  # the layers in sliding_layers attend to the last sliding_window positions only
+    sliding_layers: tuple[int, ...] = ()
+    rope_base_local: float = 0.0  # the RoPE base of the sliding layers (0: rope_base)
 
     def __post_init__(self) -> None:
         if not self.head_dim:
             self.head_dim = self.hidden // self.n_heads
+        if not self.attn_scale:
+            self.attn_scale = 1.0 / math.sqrt(self.head_dim)
+        if not self.rope_base_local:
+            self.rope_base_local = self.rope_base
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.sliding_layers and self.sliding_window <= 0:
+            raise ValueError("sliding_layers need a positive sliding_window")
+
+    def window(self, layer: int) -> int:
+        """How many positions (its own included) layer ``layer``'s queries attend to; 0: all before them."""
+        return self.sliding_window if layer in self.sliding_layers else 0
+
+    def layer_rope(self, layer: int) -> tuple[float, tuple[float, ...] | None]:
+        """Layer ``layer``'s RoPE base and frequency divisors (a sliding layer's are never scaled)."""
+        if layer in self.sliding_layers:
+            return self.rope_base_local, None
+        return self.rope_base, self.rope_freq_factors
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
 
@@ -103,9 +130,10 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: LlamaConfig, q: nn.Module, k: nn.Module, v: nn.Module, o: nn.Module,
                  bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                 qk_norm: tuple[nn.Module, nn.Module] | None = None) -> None:
+                 qk_norm: tuple[nn.Module, nn.Module] | None = None, layer: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
+        self.window = cfg.window(layer)  # 0, or the positions a sliding-window layer's queries attend to
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = q, k, v, o
         if bias is not None:
             for name, b in zip(("q_bias", "k_bias", "v_bias"), bias):
@@ -135,8 +163,10 @@ class Attention(nn.Module):
         group = c.n_heads // c.n_kv_heads  # query head h reads kv head h // group
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-        scores = torch.matmul(q * (1.0 / math.sqrt(c.head_dim)), k.transpose(-1, -2))  # scale q: [S, d], not [S, T]
+        scores = torch.matmul(q * c.attn_scale, k.transpose(-1, -2))  # scale q: [S, d], not [S, T]
         causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
+        if self.window:
+            causal = causal & ~torch.ones(s, s, dtype=torch.bool, device=x.device).tril(-self.window)
         scores = scores.masked_fill(~causal, float("-inf"))
         out = torch.matmul(softmax_last(scores), v)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * c.head_dim))
@@ -159,8 +189,9 @@ class Attention(nn.Module):
         appends them.  Attention
         reads ``codes · scale`` ("dequantize then attend": the reference msd's pass rewrites into int8
         ``q·Kᵀ`` and ``P·V``) over the ``T + S`` keys: past, then new.  ``hidden`` ``[S, T + S]`` is an
-        additive float mask (−inf where key ``j`` lies after query ``s``, i.e. ``j > T + s``; None when
-        ``S = 1``).  Grouped-query heads are attended as ``[B·n_kv_heads, group·S, ·]``: the query heads
+        additive float mask (−inf where key ``j`` lies after query ``s``, i.e. ``j > T + s``, and for a
+        sliding-window layer where it lies ``window`` or more positions before it; None when ``S = 1``
+        and every key is seen).  Grouped-query heads are attended as ``[B·n_kv_heads, group·S, ·]``: the query heads
         sharing a KV head stack along the rows.  ``lengths`` ``[B]`` (a one-token step of sequences of
         their own lengths, :meth:`LlamaModel.step`): sequence ``b`` reads its first ``lengths[b]`` past
         entries (``hidden`` then masks the others; fused: ``torch.ops.msd.decode_attention_ragged``)."""
@@ -174,21 +205,22 @@ class Attention(nn.Module):
             new = (kq, kqs, vq, vqs)
         hkv, group, d = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
         qg = q.unflatten(1, (hkv, group))  # query head h = kv·group + j reads kv head h // group
+        w = self.window
         if fused and past and isinstance(s, int) and s == 1 and d % 16 == 0:
-            qs = qg.squeeze(3) * (1.0 / math.sqrt(d))
+            qs = qg.squeeze(3) * c.attn_scale
             if lengths is not None:
                 op = (torch.ops.msd.decode_attention_ragged if kv_cache == "float"
                       else torch.ops.msd.decode_attention_ragged_int8)
-                out = op(qs, *past, *new, lengths, layer)
+                out = op(qs, *past, *new, lengths, layer, w)
             elif kv_cache == "float":
-                out = torch.ops.msd.decode_attention(qs, past[0], past[1], k, v, layer)
+                out = torch.ops.msd.decode_attention(qs, past[0], past[1], k, v, layer, w)
             else:
-                out = torch.ops.msd.decode_attention_int8(qs, *past, *new, layer)
+                out = torch.ops.msd.decode_attention_int8(qs, *past, *new, layer, w)
             return self.o_proj(out.reshape(b, 1, c.n_heads * d)), new
         if fused and not past and d % 16 == 0:  # a prompt's first step: causal attention over itself
             kd, vd = (k, v) if kv_cache == "float" else (new[0].to(torch.float32) * new[1].unsqueeze(-1),
                                                          new[2].to(torch.float32) * new[3].unsqueeze(-1))
-            out = torch.ops.msd.prefill_attention(qg * (1.0 / math.sqrt(d)), kd, vd).flatten(1, 2)
+            out = torch.ops.msd.prefill_attention(qg * c.attn_scale, kd, vd, w).flatten(1, 2)
             return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * d)), new
         # this layer's past entries [T, B, H, ...] -> [B, H, T, ...], then the new ones after them
         full = [torch.cat([p[:, layer].movedim(0, 2), n], dim=2) for p, n in zip(past, new)] if past else list(new)
@@ -198,12 +230,31 @@ class Attention(nn.Module):
             kc, ks, vc, vs = full
             kd = kc.to(torch.float32) * ks.unsqueeze(-1)
             vd = vc.to(torch.float32) * vs.unsqueeze(-1)
-        # q scaled by 1/√d rather than the scores divided: [S, d] multiplies instead of [S, T] divisions
-        scores = torch.einsum("bhgsd,bhtd->bhgst", qg * (1.0 / math.sqrt(d)), kd)
+        # q scaled (1/√d) rather than the scores divided: [S, d] multiplies instead of [S, T] divisions
+        scores = torch.einsum("bhgsd,bhtd->bhgst", qg * c.attn_scale, kd)
         if hidden is not None:
             scores = scores + hidden
         out = torch.einsum("bhgst,bhtd->bhgsd", softmax_last(scores), vd).flatten(1, 2)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * d)), new
+
+
+def window_mask(positions: torch.Tensor, t: int, window: int, hidden: torch.Tensor | None,
+                lengths: torch.Tensor | None) -> torch.Tensor:
+    """``hidden`` (the step's additive mask, or None: nothing masked) with −inf added on the keys that
+    lie ``window`` or more positions before their query (a sliding-window layer's).  Keys ``0 … T + S −
+    1``; the queries at ``positions`` ``[B, S]``.  With ``lengths`` (one-token steps of sequences of their
+    own lengths) sequence ``b``'s query is at ``lengths[b]`` and its new key (index ``T``) is never early."""
+    if lengths is not None:
+        keys = torch.arange(t, device=positions.device).view(1, -1)
+        early = torch.cat([(keys <= lengths.view(-1, 1) - window).to(torch.long),
+                           torch.zeros(lengths.shape[0], 1, dtype=torch.long, device=positions.device)], dim=1)
+        early = early.view(-1, 1, 1, 1, t + 1)  # [B, ·, ·, S = 1, T + 1], as the ragged mask
+    else:
+        keys = torch.arange(t + positions.shape[1], device=positions.device)
+        early = (keys.view(1, -1) <= positions[0].view(-1, 1) - window).to(torch.long)  # [S, T + S]
+    table = torch.cat([torch.zeros(1, device=positions.device),
+                       torch.full((1,), float("-inf"), device=positions.device)])
+    return table[early] if hidden is None else hidden + table[early]
 
 
 def quantize_per_token(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,29 +265,45 @@ def quantize_per_token(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class MLP(nn.Module):
-    def __init__(self, gate: nn.Module, up: nn.Module, down: nn.Module) -> None:
+    """``down(act(gate(x)) · up(x))``: SwiGLU (``activation="silu"``) or GeGLU with the tanh-approximated
+    GELU (``"gelu_tanh"``, Gemma's)."""
+
+    def __init__(self, gate: nn.Module, up: nn.Module, down: nn.Module, activation: str = "silu") -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
         self.gate_proj, self.up_proj, self.down_proj = gate, up, down
+        self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        g = self.gate_proj(x)
+        a = F.silu(g) if self.activation == "silu" else F.gelu(g, approximate="tanh")
+        return self.down_proj(a * self.up_proj(x))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: LlamaConfig, attn_norm: RMSNorm, attn: Attention, ffn_norm: RMSNorm, mlp: MLP) -> None:
+    """Pre-norm residual block; ``post_norms`` (Gemma's): the attention's and the MLP's outputs are
+    normalized again before each residual add."""
+
+    def __init__(self, cfg: LlamaConfig, attn_norm: RMSNorm, attn: Attention, ffn_norm: RMSNorm, mlp: MLP,
+                 post_norms: tuple[RMSNorm, RMSNorm] | None = None) -> None:
         super().__init__()
         self.attn_norm, self.attn, self.ffn_norm, self.mlp = attn_norm, attn, ffn_norm, mlp
+        self.post_attn_norm, self.post_ffn_norm = post_norms if post_norms is not None else (None, None)
+
+    def _residual(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        x = x + (self.post_attn_norm(h) if self.post_attn_norm is not None else h)
+        h = self.mlp(self.ffn_norm(x))
+        return x + (self.post_ffn_norm(h) if self.post_ffn_norm is not None else h)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.ffn_norm(x))
+        return self._residual(x, self.attn(self.attn_norm(x), cos, sin))
 
     def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: tuple[torch.Tensor, ...],
                        hidden: torch.Tensor | None, kv_cache: str, layer: int, fused: bool = False,
                        lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         h, new = self.attn.forward_cached(self.attn_norm(x), cos, sin, past, hidden, kv_cache, layer, fused, lengths)
-        x = x + h
-        return x + self.mlp(self.ffn_norm(x)), new
+        return self._residual(x, h), new
 
 
 class LlamaModel(nn.Module):
@@ -261,12 +328,24 @@ class LlamaModel(nn.Module):
         b, s = tokens.shape
         if positions is None:
             positions = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_freq_factors)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        x = self.embed(tokens)
-        for blk in self.blocks:
-            x = blk(x, cos, sin)
+        tables = self._rope_tables(positions)
+        x = self._embed(tokens)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, *tables[self.cfg.layer_rope(i)])
         return self.lm_head(self.norm(x))
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        return x * self.cfg.embed_scale if self.cfg.embed_scale != 1.0 else x
+
+    def _rope_tables(self, positions: torch.Tensor) -> dict[tuple, tuple[torch.Tensor, torch.Tensor]]:
+        """RoPE's ``(cos, sin)`` ``[B, 1, S, D]`` per (base, divisors) the layers use (one, or Gemma's two)."""
+        c = self.cfg
+        out = {}
+        for rope in dict.fromkeys(c.layer_rope(i) for i in range(len(self.blocks))):
+            cos, sin = rope_cos_sin(positions, c.head_dim, *rope)
+            out[rope] = (cos.unsqueeze(1), sin.unsqueeze(1))
+        return out
 
     def cache_entries(self, batch: int = 1, kv_cache: str = "float") -> list[tuple[tuple[int, ...], torch.dtype]]:
         """Shape and dtype of one token's entry in each cache tensor (the cache is token-major: a
@@ -326,12 +405,14 @@ class LlamaModel(nn.Module):
             table = torch.cat([torch.zeros(1, device=tokens.device),
                                torch.full((1,), float("-inf"), device=tokens.device)])
             hidden = table[later]
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_freq_factors)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        x = self.embed(tokens)
+        tables = self._rope_tables(positions)
+        windows = dict.fromkeys(self.cfg.window(i) for i in range(len(self.blocks)))
+        masks = {w: window_mask(positions, t, w, hidden, lengths) if w else hidden for w in windows}
+        x = self._embed(tokens)
         new: list[list[torch.Tensor]] = [[] for _ in entries]
         for i, blk in enumerate(self.blocks):
-            x, layer = blk.forward_cached(x, cos, sin, past, hidden, kv_cache, i, fused_attention, lengths)
+            x, layer = blk.forward_cached(x, *tables[self.cfg.layer_rope(i)], past, masks[self.cfg.window(i)],
+                                          kv_cache, i, fused_attention, lengths)
             for acc, e in zip(new, layer):
                 acc.append(e)
         if last_only:
@@ -371,5 +452,5 @@ class LlamaModel(nn.Module):
         return out
 
 
-__all__ = ["KV_CACHE_FORMATS", "Attention", "Block", "LlamaConfig", "LlamaModel", "MLP", "RMSNorm", "apply_rope",
-           "quantize_per_token", "rope_cos_sin"]
+__all__ = ["ACTIVATIONS", "KV_CACHE_FORMATS", "Attention", "Block", "LlamaConfig", "LlamaModel", "MLP", "RMSNorm",
+           "apply_rope", "quantize_per_token", "rope_cos_sin", "window_mask"]
