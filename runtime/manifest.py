@@ -287,7 +287,7 @@ class _ChatTemplate(Str):
 # ``metadata["generation"]``: how ``msd.runtime.generate.TextGenerator`` drives prefill and decode
 GENERATION = Record({
     "max_ctx": Int(3, 1 << 24),
-    "kv_cache": Str(("float", "int8")),
+    "kv_cache": Str(("float", "f16", "int8")),
     # one token's entry of each cache tensor (the host cache is [max_ctx, *shape])
     "cache": List(Record({"shape": List(Int(1, 1 << 20), max_len=8), "dtype": Str(DTYPE_NAMES)}), max_len=64),
     "stop_ids": List(Int(0), max_len=64),

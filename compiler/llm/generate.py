@@ -139,7 +139,7 @@ class Generator(GreedyGenerator):
     """Greedy generation over numpy step functions (compiled or eager): ``prefill(tokens)`` and
     ``decode(token, *past)``, each returning the logits and the new tokens' cache entries; ``score``
     (optional, ``(tokens, *past)`` → logits of every position) is used by :meth:`next_token_logits`;
-    ``kv_cache`` is the cache format ("float" or "int8") and ``max_ctx`` the host cache's capacity.
+    ``kv_cache`` is the cache format ("float", "f16" or "int8") and ``max_ctx`` the host cache's capacity.
     ``source`` is the GGUF file it was built from."""
 
     def __init__(self, prefill: StepFn, decode: StepFn, model: LlamaModel, tokenizer, stop_ids: set[int],

@@ -20,7 +20,9 @@ from msd.compiler import ops as _ops  # noqa: F401 - registers torch.ops.msd.dec
 from msd.compiler.ops import ragged_mask
 from msd.errors import OptionError
 
-KV_CACHE_FORMATS = ("float", "int8")  # f32 K/V, or int8 codes with one f32 scale per (head, token)
+# f32 K/V; f16 K/V (half the bytes, llama.cpp's default cache type); int8 codes with one f32 scale per
+# (head, token)
+KV_CACHE_FORMATS = ("float", "f16", "int8")
 ACTIVATIONS = ("silu", "gelu_tanh")
 
 
@@ -200,6 +202,9 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x, cos, sin)
         if kv_cache == "float":
             new: tuple[torch.Tensor, ...] = (k, v)
+        elif kv_cache == "f16":  # stored rounded to f16; attention reads what is stored, new entries too
+            new = (k.to(torch.float16), v.to(torch.float16))
+            k, v = new[0].to(torch.float32), new[1].to(torch.float32)
         else:
             (kq, kqs), (vq, vqs) = quantize_per_token(k), quantize_per_token(v)
             new = (kq, kqs, vq, vqs)
@@ -209,23 +214,23 @@ class Attention(nn.Module):
         if fused and past and isinstance(s, int) and s == 1 and d % 16 == 0:
             qs = qg.squeeze(3) * c.attn_scale
             if lengths is not None:
-                op = (torch.ops.msd.decode_attention_ragged if kv_cache == "float"
-                      else torch.ops.msd.decode_attention_ragged_int8)
+                op = (torch.ops.msd.decode_attention_ragged_int8 if kv_cache == "int8"
+                      else torch.ops.msd.decode_attention_ragged)
                 out = op(qs, *past, *new, lengths, layer, w)
-            elif kv_cache == "float":
-                out = torch.ops.msd.decode_attention(qs, past[0], past[1], k, v, layer, w)
+            elif kv_cache != "int8":  # f32 or f16 cache and new entries
+                out = torch.ops.msd.decode_attention(qs, past[0], past[1], new[0], new[1], layer, w)
             else:
                 out = torch.ops.msd.decode_attention_int8(qs, *past, *new, layer, w)
             return self.o_proj(out.reshape(b, 1, c.n_heads * d)), new
         if fused and not past and d % 16 == 0:  # a prompt's first step: causal attention over itself
-            kd, vd = (k, v) if kv_cache == "float" else (new[0].to(torch.float32) * new[1].unsqueeze(-1),
-                                                         new[2].to(torch.float32) * new[3].unsqueeze(-1))
+            kd, vd = (k, v) if kv_cache != "int8" else (new[0].to(torch.float32) * new[1].unsqueeze(-1),
+                                                        new[2].to(torch.float32) * new[3].unsqueeze(-1))
             out = torch.ops.msd.prefill_attention(qg * c.attn_scale, kd, vd, w).flatten(1, 2)
             return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * d)), new
         # this layer's past entries [T, B, H, ...] -> [B, H, T, ...], then the new ones after them
         full = [torch.cat([p[:, layer].movedim(0, 2), n], dim=2) for p, n in zip(past, new)] if past else list(new)
-        if kv_cache == "float":
-            kd, vd = full
+        if kv_cache != "int8":
+            kd, vd = (t.to(torch.float32) for t in full)
         else:
             kc, ks, vc, vs = full
             kd = kc.to(torch.float32) * ks.unsqueeze(-1)
@@ -350,12 +355,12 @@ class LlamaModel(nn.Module):
     def cache_entries(self, batch: int = 1, kv_cache: str = "float") -> list[tuple[tuple[int, ...], torch.dtype]]:
         """Shape and dtype of one token's entry in each cache tensor (the cache is token-major: a
         tensor is ``[T, *shape]``): ``kv_cache="float"`` → keys and values, f32 ``[n_layers, batch,
-        n_kv_heads, head_dim]``; ``"int8"`` → ``k_codes, k_scales, v_codes, v_scales``, codes int8 of
-        that shape and scales f32 ``[n_layers, batch, n_kv_heads]``."""
+        n_kv_heads, head_dim]``; ``"f16"`` → the same in f16; ``"int8"`` → ``k_codes, k_scales, v_codes,
+        v_scales``, codes int8 of that shape and scales f32 ``[n_layers, batch, n_kv_heads]``."""
         c = self.cfg
         shape = (c.n_layers, batch, c.n_kv_heads, c.head_dim)
-        if kv_cache == "float":
-            return [(shape, torch.float32)] * 2
+        if kv_cache in ("float", "f16"):
+            return [(shape, torch.float32 if kv_cache == "float" else torch.float16)] * 2
         if kv_cache == "int8":
             return [(shape, torch.int8), (shape[:-1], torch.float32)] * 2
         raise OptionError(f"kv_cache={kv_cache!r} is not supported (choose one of {', '.join(KV_CACHE_FORMATS)})")

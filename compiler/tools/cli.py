@@ -464,9 +464,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--max-ctx", type=_int_range(3), default=None,
                    help=".gguf only: KV-cache capacity in tokens, prompt + new (default 2048); decode cost follows the"
                         " text, not this")
-    c.add_argument("--kv-cache", default=None, choices=("float", "int8"),
-                   help=".gguf only: KV cache in f32 (default), or int8 with a scale per head and token (MSD"
-                        " attention)")
+    c.add_argument("--kv-cache", default=None, choices=("float", "f16", "int8"),
+                   help=".gguf only: KV cache in f32 (default), f16 (half the bytes), or int8 with a scale per head"
+                        " and token (MSD attention)")
     c.add_argument("--batch", type=_int_range(1, 1024), default=None,
                    help=".gguf only: also compile a decode step of N sequences at once (default 1: none); 'msd"
                         " generate DIR p1 p2 ...' then decodes up to N prompts together")
@@ -500,9 +500,9 @@ def parser() -> argparse.ArgumentParser:
                    help=".gguf files: KV-cache capacity in tokens, prompt + new (default 2048); decode cost follows"
                         " the text")
     g.add_argument("--no-chat", action="store_true", help="do not wrap the prompt in the chat template")
-    g.add_argument("--kv-cache", default=None, choices=("float", "int8"),
-                   help=".gguf files: KV cache in f32 (default), or int8 with a scale per head and token (MSD"
-                        " attention)")
+    g.add_argument("--kv-cache", default=None, choices=("float", "f16", "int8"),
+                   help=".gguf files: KV cache in f32 (default), f16 (half the bytes), or int8 with a scale per head"
+                        " and token (MSD attention)")
     g.add_argument("--batch", type=_int_range(1, 1024), default=None,
                    help=".gguf files: sequences decoded together (default: the number of prompts, at most 8)")
     g.add_argument("--device", default=None, help="artifact folders: IREE driver (default: the target's)")
