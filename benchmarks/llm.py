@@ -470,7 +470,7 @@ def gguf_bytes_per_token(model: LlamaModel) -> tuple[int, int]:
     for m in mats:
         n, k = m.out_features, m.in_features
         weights += n * k
-        if m.qtype in ("F32", "F16"):
+        if m.qtype in G.FLOAT_TYPES:
             total += n * k * (4 if m.qtype == "F32" else 2)
         else:
             block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[m.qtype]]

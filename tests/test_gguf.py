@@ -93,6 +93,9 @@ def write_tiny_gguf(path: Path, *, tied: bool = True, override: dict[str, Q] | N
             w.add_tensor(name, gguf.quants.quantize(data, qtype))
         elif qtype in RANDOM_BLOCKS:
             w.add_tensor(name, random_blocks(qtype, shape, rng), raw_dtype=qtype)
+        elif qtype == Q.Q8_1:  # a type msd does not read (and gguf-py does not quantize): zero blocks
+            block, size = gguf.GGML_QUANT_SIZES[qtype]
+            w.add_tensor(name, np.zeros((shape[0], shape[1] // block * size), np.uint8), raw_dtype=qtype)
         else:
             w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
 
@@ -214,8 +217,8 @@ def test_forward_matches_float_reference(tmp_path, tied) -> None:
 
 
 def test_unsupported_block_type_is_named(tmp_path) -> None:
-    path = write_tiny_gguf(tmp_path / "bad.gguf", override={"blk.1.ffn_up.weight": Q.BF16})
-    with pytest.raises(G.UnsupportedGGUFError, match=r"'blk\.1\.ffn_up\.weight' has GGML type BF16"):
+    path = write_tiny_gguf(tmp_path / "bad.gguf", override={"blk.1.ffn_up.weight": Q.Q8_1})
+    with pytest.raises(G.UnsupportedGGUFError, match=r"'blk\.1\.ffn_up\.weight' has GGML type Q8_1"):
         G.load_gguf(path)
 
 
@@ -264,7 +267,7 @@ def test_tiny_model_compiles_with_every_quantized_linear_rewritten(tmp_path) -> 
     import msd
 
     m = G.load_gguf(write_tiny_gguf(tmp_path / "c.gguf", seed=2))
-    quantized = [mod for mod in m.modules() if isinstance(mod, G.GGUFLinear) and mod.qtype not in ("F32", "F16")]
+    quantized = [mod for mod in m.modules() if isinstance(mod, G.GGUFLinear) and mod.qtype not in G.FLOAT_TYPES]
     tokens = torch.tensor([[5, 200, 17, 262, 42, 99, 3, 150]])
     cm = msd.compile(m, (tokens,))
     assert len(cm.report.rewritten) == len(quantized) == 13, cm.report.format()
@@ -272,3 +275,27 @@ def test_tiny_model_compiles_with_every_quantized_linear_rewritten(tmp_path) -> 
         ref = m(tokens)
     y = cm(tokens)
     assert float((y - ref).norm() / ref.norm()) < 5e-3
+
+
+def test_projections_of_one_type_are_fused_into_one_linear(tmp_path) -> None:
+    """q, k, v of one type load as one linear (rows stacked) and gate, up as another: the same logits
+    as the unfused model (bit for bit in eager torch), and compiled with one rewritten matmul each;
+    projections of different types (the default tiny model's) stay apart."""
+    import msd
+
+    same = {"attn_q": Q.Q4_1, "attn_k": Q.Q4_1, "attn_v": Q.Q4_1, "attn_output": Q.Q8_0, "ffn_gate": Q.Q4_0,
+            "ffn_up": Q.Q4_0, "ffn_down": Q.Q8_0}
+    path = write_tiny_gguf(tmp_path / "f.gguf", layer_types=[same, same], seed=3)
+    fused, apart = G.load_gguf(path), G.load_gguf(path, fuse=False)
+    a, mlp = fused.blocks[0].attn, fused.blocks[0].mlp
+    assert a.qkv_proj.out_features == HIDDEN + 2 * (HIDDEN // HEADS * KV_HEADS) and not hasattr(a, "q_proj")
+    assert mlp.gate_up_proj.out_features == 2 * FFN and mlp.gate_up_proj.qtype == "Q4_0"
+    assert hasattr(G.load_gguf(write_tiny_gguf(tmp_path / "m.gguf")).blocks[0].attn, "q_proj")  # mixed types
+    tokens = torch.tensor([[5, 200, 17, 262, 42, 99, 3, 150]])
+    with torch.no_grad():
+        assert torch.equal(fused(tokens), apart(tokens))
+    cm = msd.compile(fused, (tokens,))
+    assert len(cm.report.rewritten) == 2 * 4 + 1, cm.report.format()  # (the attention matmuls: float)
+    with torch.no_grad():
+        ref = apart(tokens)
+    assert float((cm(tokens) - ref).abs().max()) <= 5e-4 * float(ref.abs().max())

@@ -53,6 +53,17 @@ def test_block_type_dequantizes_exactly_as_gguf(qtype: Q) -> None:
         assert torch.equal(unpack_int4(t.packed, "halves"), t.codes)
 
 
+def test_bf16_reads_exactly() -> None:
+    rng = np.random.default_rng(7)
+    raw = gguf.quants.quantize(rng.standard_normal((3, 64)).astype(np.float32), Q.BF16)
+    t = G.unpack_blocks("w", "BF16", raw, (3, 64))
+    assert t.weight.dtype == torch.bfloat16
+    np.testing.assert_array_equal(t.weight.float().numpy(), gguf.quants.dequantize(raw, Q.BF16).reshape(3, 64))
+    lin = G.GGUFLinear(t)
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(lin(x), x @ t.weight.float().T)
+
+
 def test_other_block_types_are_refused_by_name() -> None:
     with pytest.raises(UnsupportedGGUFError, match="GGML type Q2_K, which msd's GGUF front end does not support"):
         G.unpack_blocks("w", "Q2_K", np.zeros((1, 84), np.uint8), (1, 256))

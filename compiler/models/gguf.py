@@ -15,7 +15,7 @@ them (:class:`GGUFLinear`, :class:`GGUFEmbedding`):
   mins ``mn`` under f16 ``d`` / ``dmin``: ``w = (d·sc)·q − dmin·mn``;
 - ``Q6_K``: super-blocks of 256 = 16 sub-blocks of 16, int8 scales under f16 ``d``, 6-bit codes:
   ``w = (d·sc)·(q − 32)``;
-- ``F32`` / ``F16``: plain float tensors.
+- ``F32`` / ``F16`` / ``BF16``: plain float tensors.
 
 Every block format becomes the pass's group-wise form, exactly (the same f32 operations as ggml's
 dequantization, bit for bit): unsigned codes ``q`` ``[N, K]``, a scale per (row, group) and either a
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
 BLOCK = 32  # elements per Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 block
 SUPER = 256  # elements per K-quant super-block
-SUPPORTED_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 # bytes per block (of BLOCK elements, or SUPER for the K-quants)
 _BLOCK_BYTES = {"Q8_0": 2 + BLOCK, "Q4_0": 2 + BLOCK // 2, "Q4_1": 4 + BLOCK // 2, "Q5_0": 2 + 4 + BLOCK // 2,
                 "Q5_1": 4 + 4 + BLOCK // 2, "Q4_K": 4 + 12 + SUPER // 2, "Q5_K": 4 + 12 + SUPER // 8 + SUPER // 2,
@@ -74,7 +74,8 @@ ZERO = {"Q4_0": 8, "Q5_0": 16, "Q6_K": 32}
 # slices' rounding error by |q − 128| (measured on Gemma 3's Q5_0 projections: slices=1 10x, slices=2
 # 50x the error of the centred codes)
 CODE_BITS = {"Q5_0": 5, "Q5_1": 5, "Q5_K": 5, "Q6_K": 6}
-_FLOAT_BYTES = {"F32": 4, "F16": 2}
+_FLOAT_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
+FLOAT_TYPES = tuple(_FLOAT_BYTES)
 # GGUF architectures read (one LlamaConfig each: metadata under "<arch>.*"): qwen2 adds q/k/v biases,
 # qwen3 RMS-normalizes each q and k head before RoPE; gemma3 does too, and scales the embedding by
 # √hidden, gates its MLP with GELU (tanh), normalizes the attention's and the MLP's outputs again, and
@@ -134,6 +135,9 @@ def unpack_blocks(name: str, qtype: str, raw: np.ndarray, shape: tuple[int, ...]
     if raw.nbytes != need:
         raise GGUFError(f"tensor {name!r} ({qtype}, shape {shape}) needs {need} bytes, got {raw.nbytes}")
     raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    if qtype == "BF16":  # numpy has no bfloat16: the bytes as int16, reinterpreted by torch
+        arr = torch.from_numpy(raw.view(np.int16).reshape(shape).copy()).view(torch.bfloat16)
+        return GGUFTensor(name, qtype, shape, weight=arr)
     if qtype in _FLOAT_BYTES:
         dtype = np.float32 if qtype == "F32" else np.float16
         arr = raw.view(dtype).reshape(shape)
@@ -292,7 +296,7 @@ class GGUFLinear(nn.Module):
         return unpack_int4(picked, "halves").reshape(*index.shape, self.in_features)
 
     def dequantized_weight(self) -> torch.Tensor:
-        if self.qtype in ("F32", "F16"):
+        if self.qtype in FLOAT_TYPES:
             return self.weight.to(torch.float32)
         return dequantize_codes(self.qtype, self.codes, self.scale, getattr(self, "offset", None))
 
@@ -324,7 +328,7 @@ class GGUFEmbedding(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         t = self.table
-        if t.qtype in ("F32", "F16"):
+        if t.qtype in FLOAT_TYPES:
             return t.weight[tokens].to(torch.float32)
         offset = t.offset[tokens] if "offset" in t._buffers else None
         return dequantize_codes(t.qtype, t.rows(tokens), t.scale[tokens], offset)
@@ -555,6 +559,17 @@ def _read_tensors(f: GGUFFile, names: list[str]) -> dict[str, GGUFTensor]:
     return out
 
 
+def stack_rows(ts: list[GGUFTensor]) -> GGUFTensor:
+    """The tensors ``ts`` (one type, one row length) as one, their rows one after the other."""
+    def cat(field: str) -> torch.Tensor | None:
+        parts = [getattr(t, field) for t in ts]
+        return None if parts[0] is None else torch.cat(parts)
+
+    n = sum(t.shape[0] for t in ts)
+    return GGUFTensor("+".join(t.name for t in ts), ts[0].qtype, (n, ts[0].shape[1]), codes=cat("codes"),
+                      scale=cat("scale"), offset=cat("offset"), weight=cat("weight"), packed=cat("packed"))
+
+
 def _rows_to_pairs(t: GGUFTensor, head_dim: int) -> GGUFTensor:
     """``t`` with the rows (or, 1-D, the elements) of each head reordered from halves to pairs: row
     ``i`` of a head's first half and row ``i`` of its second half become rows ``2i`` and ``2i + 1``, so
@@ -571,10 +586,14 @@ def _rows_to_pairs(t: GGUFTensor, head_dim: int) -> GGUFTensor:
                       weight=rows(t.weight), packed=rows(t.packed))
 
 
-def load_gguf(path: str | Path | GGUFFile) -> LlamaModel:
+def load_gguf(path: str | Path | GGUFFile, fuse: bool = True) -> LlamaModel:
     """Build a :class:`LlamaModel` from a GGUF file (tensors kept in their stored formats).  The file,
     its config and the shapes of the tensors it needs are checked first: a bad file raises
-    :class:`GGUFError` (or :class:`UnsupportedGGUFError`) naming the file and the problem."""
+    :class:`GGUFError` (or :class:`UnsupportedGGUFError`) naming the file and the problem.
+
+    ``fuse``: a layer's q, k and v projections become one linear (rows stacked) when the file stores
+    them in one type, and its gate and up projections too — the same values, from one matmul that reads
+    the activation once (a kernel dispatch per decode token and layer instead of three, and two)."""
     with _opened(path) as f:
         cfg = read_config(f)
         tensors = _read_tensors(f, list(check_llama_tensors(f, cfg)))
@@ -588,6 +607,12 @@ def load_gguf(path: str | Path | GGUFFile) -> LlamaModel:
     def lin(name: str) -> GGUFLinear:
         return GGUFLinear(tensors[name])
 
+    def fused(*names: str) -> GGUFLinear | None:
+        """One linear of the tensors ``names``' rows stacked, when they share a type (else None)."""
+        if not fuse or len({tensors[n].qtype for n in names}) != 1:
+            return None
+        return GGUFLinear(stack_rows([tensors[n] for n in names]))
+
     def norm(name: str) -> RMSNorm:
         return RMSNorm(tensors[name].weight, cfg.rms_eps)
 
@@ -597,9 +622,12 @@ def load_gguf(path: str | Path | GGUFFile) -> LlamaModel:
         p = f"blk.{i}."
         bias = tuple(tensors[p + f"attn_{x}.bias"].weight for x in "qkv") if cfg.qkv_bias else None
         qk_norm = (norm(p + "attn_q_norm.weight"), norm(p + "attn_k_norm.weight")) if cfg.qk_norm else None
-        attn = Attention(cfg, lin(p + "attn_q.weight"), lin(p + "attn_k.weight"), lin(p + "attn_v.weight"),
-                         lin(p + "attn_output.weight"), bias, qk_norm, layer=i)
-        mlp = MLP(lin(p + "ffn_gate.weight"), lin(p + "ffn_up.weight"), lin(p + "ffn_down.weight"), cfg.activation)
+        qkv = fused(p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight")
+        q, k, v = (qkv, None, None) if qkv is not None else (lin(p + f"attn_{x}.weight") for x in "qkv")
+        attn = Attention(cfg, q, k, v, lin(p + "attn_output.weight"), bias, qk_norm, layer=i)
+        gate_up = fused(p + "ffn_gate.weight", p + "ffn_up.weight")
+        gate, up = (gate_up, None) if gate_up is not None else (lin(p + "ffn_gate.weight"), lin(p + "ffn_up.weight"))
+        mlp = MLP(gate, up, lin(p + "ffn_down.weight"), cfg.activation)
         post = (norm(p + "post_attention_norm.weight"), norm(p + "post_ffw_norm.weight")) if cfg.post_norms else None
         blocks.append(Block(cfg, norm(p + "attn_norm.weight"), attn, norm(p + "ffn_norm.weight"), mlp, post))
     lm_head = lin("output.weight") if "output.weight" in tensors else embed
@@ -824,7 +852,7 @@ def special_token_id(reader_or_path: str | Path | GGUFFile, key: str) -> int | N
         return _special_ids(f, len(f.get_array("tokenizer.ggml.tokens", "str")))[name]
 
 
-__all__ = ["SUPPORTED_TYPES", "GGUFEmbedding", "GGUFError", "GGUFFile", "GGUFLinear", "GGUFTensor",
+__all__ = ["FLOAT_TYPES", "SUPPORTED_TYPES", "GGUFEmbedding", "GGUFError", "GGUFFile", "GGUFLinear", "GGUFTensor",
            "UnsupportedGGUFError", "chat_prompt", "chat_template", "check_llama_tensors", "dequantize_codes",
            "llama_tensor_shapes",
            "load_gguf", "read_config", "read_tensors", "special_token_id", "tokenizer_from_gguf", "unpack_blocks"]

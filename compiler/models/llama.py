@@ -128,7 +128,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 class Attention(nn.Module):
     """``bias``: the q, k, v projections' biases (``cfg.qkv_bias``); ``qk_norm``: the RMSNorms of each
-    q and k head (``cfg.qk_norm``), applied before RoPE."""
+    q and k head (``cfg.qk_norm``), applied before RoPE.  ``k`` and ``v`` None: ``q`` is one projection
+    whose output rows are q's, then k's, then v's (``qkv_proj``: one matmul, one kernel dispatch, where
+    three would read the same activation)."""
 
     def __init__(self, cfg: LlamaConfig, q: nn.Module, k: nn.Module, v: nn.Module, o: nn.Module,
                  bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
@@ -136,15 +138,19 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.window = cfg.window(layer)  # 0, or the positions a sliding-window layer's queries attend to
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = q, k, v, o
+        if (k is None) != (v is None):
+            raise ValueError("k and v are both projections, or both None (q then projects q, k and v)")
+        if k is None:
+            self.qkv_proj, self.o_proj = q, o
+        else:
+            self.q_proj, self.k_proj, self.v_proj, self.o_proj = q, k, v, o
         if bias is not None:
             for name, b in zip(("q_bias", "k_bias", "v_bias"), bias):
                 self.register_buffer(name, b.to(torch.float32))
         self.q_norm, self.k_norm = qk_norm if qk_norm is not None else (None, None)
 
-    def _project(self, x: torch.Tensor, which: str, heads: int) -> torch.Tensor:
+    def _project(self, x: torch.Tensor, y: torch.Tensor, which: str, heads: int) -> torch.Tensor:
         b, s, _ = x.shape
-        y = getattr(self, f"{which}_proj")(x)
         if f"{which}_bias" in self._buffers:
             y = y + self._buffers[f"{which}_bias"]
         y = y.view(b, s, heads, self.cfg.head_dim)
@@ -154,8 +160,13 @@ class Attention(nn.Module):
     def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Projected heads ``[B, heads, S, D]`` with RoPE applied to q and k."""
         c = self.cfg
-        q, k, v = self._project(x, "q", c.n_heads), self._project(x, "k", c.n_kv_heads), self._project(
-            x, "v", c.n_kv_heads)
+        if "qkv_proj" in self._modules:
+            nq, nkv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+            ys = self.qkv_proj(x).split([nq, nkv, nkv], dim=-1)
+        else:
+            ys = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = (self._project(x, y, which, heads)
+                   for y, which, heads in zip(ys, "qkv", (c.n_heads, c.n_kv_heads, c.n_kv_heads)))
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -271,19 +282,26 @@ def quantize_per_token(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class MLP(nn.Module):
     """``down(act(gate(x)) · up(x))``: SwiGLU (``activation="silu"``) or GeGLU with the tanh-approximated
-    GELU (``"gelu_tanh"``, Gemma's)."""
+    GELU (``"gelu_tanh"``, Gemma's).  ``up`` None: ``gate`` is one projection whose output rows are
+    gate's, then up's (``gate_up_proj``: one matmul, one kernel dispatch)."""
 
-    def __init__(self, gate: nn.Module, up: nn.Module, down: nn.Module, activation: str = "silu") -> None:
+    def __init__(self, gate: nn.Module, up: nn.Module | None, down: nn.Module, activation: str = "silu") -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
-        self.gate_proj, self.up_proj, self.down_proj = gate, up, down
+        if up is None:
+            self.gate_up_proj, self.down_proj = gate, down
+        else:
+            self.gate_proj, self.up_proj, self.down_proj = gate, up, down
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.gate_proj(x)
+        if "gate_up_proj" in self._modules:
+            g, u = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            g, u = self.gate_proj(x), self.up_proj(x)
         a = F.silu(g) if self.activation == "silu" else F.gelu(g, approximate="tanh")
-        return self.down_proj(a * self.up_proj(x))
+        return self.down_proj(a * u)
 
 
 class Block(nn.Module):
