@@ -799,6 +799,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=512, help="prefill length (default %(default)s)")
     p.add_argument("--decode-tokens", type=int, default=128, help="decode steps (default %(default)s)")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp row")
+    p.add_argument("--unfused-row", action="store_true",
+                   help="also time slices=2 of the model loaded with load_gguf(fuse=False): q, k, v and gate, up as"
+                        " separate linears (one kernel dispatch each) instead of one stacked linear each")
     p.add_argument("--codegen-row", action="store_true",
                    help="also time slices=2 with cpu_kernel='none' (IREE's lowering instead of msd's fused kernels)")
     p.add_argument("--wait-idle", type=float, default=300.0,
@@ -882,6 +885,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             wait_for_idle(args.wait_idle, log)
             speed.append(time_saved_artifact("msd slices=2, saved artifact, torch-free process", compiled[2].gen,
                                              prompt, args.decode_tokens, args.threads))
+        if args.unfused_row:  # the same slices=2 build, the projections as separate linears
+            plain = compile_msd(args.gguf, G.load_gguf(args.gguf, fuse=False), 2, args.max_ctx, log)
+            for r in range(2):  # alternating with the fused build: the machine's speed drifts
+                wait_for_idle(args.wait_idle, log)
+                speed.append(time_steps(f"msd slices=2, projections unfused (round {r + 1})", plain.gen, prompt,
+                                        args.decode_tokens))
+                wait_for_idle(args.wait_idle, log)
+                speed.append(time_steps(f"msd slices=2 (round {r + 2})", compiled[2].gen, prompt, args.decode_tokens))
+            del plain
+            gc.collect()
         if args.codegen_row:  # the same slices=2 build without the fused kernels: IREE's lowering of the int8 matmuls
             plain = compile_msd(args.gguf, model, 2, args.max_ctx, log, cpu_kernel="none")
             wait_for_idle(args.wait_idle, log)
