@@ -141,13 +141,14 @@ def test_gemma3_logits_equal_transformers(hf, tmp_path: Path) -> None:
 
 def test_gemma3_compiled_generates_the_eager_tokens(hf, tmp_path: Path) -> None:
     """Q8_0 projections; prefill of a prompt longer than the window, then decode across it, through
-    msd's prefill and decode attention kernels with the window (f32 and int8 KV caches)."""
+    msd's prefill and decode attention kernels with the window (the int8 cache's windowed kernel is
+    checked against float64 in tests/test_sliding_window.py)."""
     from msd.compiler.llm.generate import compile_generator, eager_generator
 
     path = write_gemma3(hf, tmp_path / "g8.gguf", projections=Q.Q8_0)
     prompt = [2, *torch.randint(6, hf.config.vocab_size, (WINDOW + 5,),
                                 generator=torch.Generator().manual_seed(2)).tolist()]
-    for kv in ("float", "int8"):
+    for kv in ("float",):
         gen = compile_generator(path, max_ctx=64, kv_cache=kv)
         assert sum(f"_w{WINDOW}" in d.reason for d in gen.compiled.attention.decisions) >= 2, \
             gen.compiled.attention.format()
