@@ -104,10 +104,11 @@ def test_generate_from_a_gguf_file(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "no such GGUF file" in proc.stderr
 
 
-@pytest.mark.parametrize("kv_cache", ["float", "int8"])
+@pytest.mark.parametrize("kv_cache", ["f16", "int8"])
 def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path, kv_cache: str) -> None:
     """`msd compile model.gguf` saves prefill + decode + tokenizer; `msd generate DIR` runs it torch-free
-    and says what the eager reference says (f32 or int8 KV cache); a tampered tokenizer is refused.  The
+    and says what the eager reference says (f16 or int8 KV cache; saved f32-cache artifacts are loaded
+    and run in tests/test_batch.py); a tampered tokenizer is refused.  The
     int8 artifact also gets a batched decode step (``--batch 2``): several prompts decode together."""
     from test_gguf import write_tiny_gguf
 
@@ -123,7 +124,7 @@ def test_compile_a_gguf_file_then_generate_without_torch(tmp_path: Path, kv_cach
     settings = manifest["metadata"]["generation"]
     assert settings["max_ctx"] == 32 and settings["kv_cache"] == kv_cache
     dtypes = [t["dtype"] for t in settings["cache"]]
-    assert dtypes == (["f32"] * 2 if kv_cache == "float" else ["i8", "f32"] * 2)  # the signature's dtype names
+    assert dtypes == (["f16"] * 2 if kv_cache == "f16" else ["i8", "f32"] * 2)  # the signature's dtype names
     if kv_cache == "int8":  # prefill and decode attend in msd's kernels: no int8 attention matmul is left
         decisions = [d for d in manifest["decisions"] if "per-K scale folded" in d.get("reason", "")]
         assert not decisions, manifest["decisions"]
