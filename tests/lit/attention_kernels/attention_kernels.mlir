@@ -1,6 +1,7 @@
 // RUN: msd-opt %s --msd-attention-kernels | FileCheck %s
 // RUN: msd-opt %s --msd-attention-kernels | FileCheck %s --check-prefix=I8
 // RUN: msd-opt %s --msd-attention-kernels | FileCheck %s --check-prefix=RAGGED
+// RUN: msd-opt %s --msd-attention-kernels | FileCheck %s --check-prefix=WINDOW
 // RUN: msd-opt %s --msd-attention-kernels --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=REPORT
 
 // --msd-attention-kernels: the custom op torch.ops.msd.decode_attention (as the FX importer writes it,
@@ -36,6 +37,8 @@
 // REPORT: rewritten: torch.msd.decode_attention at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2_s4 (layer 1)
 // REPORT: rewritten: torch.msd.decode_attention_int8 at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2_s4_i8 (layer 1)
 // REPORT: rewritten: torch.msd.decode_attention_ragged at {{.*}}: msd_decode_attention_b2_h2_g3_d32_l2_s2_r (layer 1)
+// REPORT: rewritten: torch.msd.decode_attention at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2_s4_w20_f16 (layer 0)
+// REPORT: rewritten: torch.msd.prefill_attention at {{.*}}: msd_prefill_attention_b1_h2_g3_d32_w20
 
 func.func @decode(%q: !torch.vtensor<[1,2,3,32],f32>, %kc: !torch.vtensor<[?,2,1,2,32],f32>,
                   %vc: !torch.vtensor<[?,2,1,2,32],f32>, %k: !torch.vtensor<[1,2,1,32],f32>,
@@ -86,4 +89,43 @@ func.func @decode_ragged(%q: !torch.vtensor<[2,2,3,32],f32>, %kc: !torch.vtensor
   %int1 = torch.constant.int 1
   %0 = torch.operator "torch.msd.decode_attention_ragged"(%q, %kc, %vc, %k, %v, %len, %int1) : (!torch.vtensor<[2,2,3,32],f32>, !torch.vtensor<[?,2,2,2,32],f32>, !torch.vtensor<[?,2,2,2,32],f32>, !torch.vtensor<[2,2,1,32],f32>, !torch.vtensor<[2,2,1,32],f32>, !torch.vtensor<[2],si64>, !torch.int) -> !torch.vtensor<[2,2,3,32],f32>
   return %0 : !torch.vtensor<[2,2,3,32],f32>
+}
+
+// A sliding-window layer (a trailing constant window: Gemma 3's local layers) over an f16 cache: a
+// kernel of its own that starts at the block holding key max(0, T + 1 - window), masks that block's
+// earlier rows, and widens each f16 row to f32 as it loads it; the prefill kernel takes the window too.
+
+// WINDOW-LABEL: stream.executable private @msd_prefill_attention_b1_h2_g3_d32_w20
+// WINDOW:         %[[CW:.*]] = arith.constant 20 : index
+// WINDOW:         arith.select
+// WINDOW:         scf.for %{{.*}} = %[[START:.*]] to
+// WINDOW-LABEL: stream.executable private @msd_decode_attention_b1_h2_g3_d32_l2_s4_w20_f16 {
+// WINDOW:         %[[W:.*]] = arith.constant 20 : index
+// WINDOW:         %[[T1:.*]] = arith.addi %{{.*}}, %c1 : index
+// WINDOW:         %[[BIG:.*]] = arith.cmpi ugt, %[[T1]], %[[W]] : index
+// WINDOW:         %[[D:.*]] = arith.subi %[[T1]], %[[W]] : index
+// WINDOW:         %[[LO:.*]] = arith.select %[[BIG]], %[[D]], %c0 : index
+// WINDOW:         arith.divui %[[LO]], %c16 : index
+// WINDOW:         scf.for
+// WINDOW:           arith.extf %{{.*}} : vector<32xf16> to vector<32xf32>
+// WINDOW:           arith.cmpi uge, %{{.*}}, %[[LO]] : index
+// WINDOW-LABEL: func.func @decode_window_f16(
+// WINDOW:         flow.dispatch @msd_decode_attention_b1_h2_g3_d32_l2_s4_w20_f16::@msd_decode_attention_b1_h2_g3_d32_l2_s4_w20_f16[%[[T:.*]]]({{.*}}) : (tensor<1x2x3x32xf32>, tensor<?x2x1x2x32xf16>{%[[T]]}, tensor<?x2x1x2x32xf16>{%[[T]]}, tensor<1x2x1x32xf16>, tensor<1x2x1x32xf16>, index, index)
+// WINDOW-LABEL: func.func @prefill_window(
+// WINDOW:         flow.dispatch @msd_prefill_attention_b1_h2_g3_d32_w20::@msd_prefill_attention_b1_h2_g3_d32_w20
+
+func.func @decode_window_f16(%q: !torch.vtensor<[1,2,3,32],f32>, %kc: !torch.vtensor<[?,2,1,2,32],f16>,
+                             %vc: !torch.vtensor<[?,2,1,2,32],f16>, %k: !torch.vtensor<[1,2,1,32],f16>,
+                             %v: !torch.vtensor<[1,2,1,32],f16>) -> !torch.vtensor<[1,2,3,32],f32> {
+  %int0 = torch.constant.int 0
+  %int20 = torch.constant.int 20
+  %0 = torch.operator "torch.msd.decode_attention"(%q, %kc, %vc, %k, %v, %int0, %int20) : (!torch.vtensor<[1,2,3,32],f32>, !torch.vtensor<[?,2,1,2,32],f16>, !torch.vtensor<[?,2,1,2,32],f16>, !torch.vtensor<[1,2,1,32],f16>, !torch.vtensor<[1,2,1,32],f16>, !torch.int, !torch.int) -> !torch.vtensor<[1,2,3,32],f32>
+  return %0 : !torch.vtensor<[1,2,3,32],f32>
+}
+
+func.func @prefill_window(%q: !torch.vtensor<[1,2,3,?,32],f32>, %k: !torch.vtensor<[1,2,?,32],f32>,
+                          %v: !torch.vtensor<[1,2,?,32],f32>) -> !torch.vtensor<[1,2,3,?,32],f32> {
+  %int20 = torch.constant.int 20
+  %0 = torch.operator "torch.msd.prefill_attention"(%q, %k, %v, %int20) : (!torch.vtensor<[1,2,3,?,32],f32>, !torch.vtensor<[1,2,?,32],f32>, !torch.vtensor<[1,2,?,32],f32>, !torch.int) -> !torch.vtensor<[1,2,3,?,32],f32>
+  return %0 : !torch.vtensor<[1,2,3,?,32],f32>
 }
