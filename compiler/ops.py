@@ -29,16 +29,23 @@ def _attend(q: torch.Tensor, kd: torch.Tensor, vd: torch.Tensor, lengths: torch.
         scores = scores + ragged_mask(lengths, t).view(kd.shape[0], 1, 1, -1)
     if window:
         ends = lengths if lengths is not None else torch.full((kd.shape[0],), t, device=kd.device)
-        keys = torch.arange(t, device=kd.device).view(1, -1)
-        early = torch.cat([(keys <= ends.view(-1, 1) - window).to(torch.long),
-                           torch.zeros(kd.shape[0], 1, dtype=torch.long, device=kd.device)], dim=1)
-        scores = scores + _mask_table(kd.device)[early].view(kd.shape[0], 1, 1, -1)
+        scores = scores + window_mask(ends, t, window).view(kd.shape[0], 1, 1, -1)
     e = torch.exp(scores - scores.amax(-1, keepdim=True))
     return torch.einsum("bhgt,bhtd->bhgd", e * (1.0 / e.sum(-1, keepdim=True)), vd)
 
 
 def _mask_table(device: torch.device) -> torch.Tensor:  # an additive mask's values: [0, −inf]
     return torch.cat([torch.zeros(1, device=device), torch.full((1,), float("-inf"), device=device)])
+
+
+def window_mask(ends: torch.Tensor, t: int, window: int) -> torch.Tensor:
+    """Additive mask ``[B, T + 1]`` of a one-token step of a sliding-window layer: −inf on cached key
+    ``j`` when it lies ``window`` or more positions before sequence ``b``'s query at ``ends[b]``
+    (``j <= ends[b] − window``), 0 on the others and on the new token's key ``T``."""
+    keys = torch.arange(t, device=ends.device).view(1, -1)
+    early = torch.cat([(keys <= ends.view(-1, 1) - window).to(torch.long),
+                       torch.zeros(ends.shape[0], 1, dtype=torch.long, device=ends.device)], dim=1)
+    return _mask_table(ends.device)[early]
 
 
 def ragged_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
@@ -199,4 +206,5 @@ def decompose_for(program: torch.export.ExportedProgram) -> torch.export.Exporte
 
 
 __all__ = ["decode_attention", "decode_attention_int8", "decode_attention_ragged", "decode_attention_ragged_int8",
-           "decompose_for", "prefill_attention", "ragged_mask"]
+           "decompose_for", "prefill_attention", "ragged_mask",
+           "window_mask"]

@@ -133,6 +133,7 @@ class PrefillSpec:
     group: int
     head_dim: int
     int8: bool = False  # (the prefill kernel reads f32 keys and values)
+    f16: bool = False
     splits: int = 1
     window: int = 0  # > 0: query s attends to keys s - window + 1 ... s only
 
@@ -159,7 +160,7 @@ class _Writer:
         self.vd = f"vector<{spec.head_dim}xf32>"
         self.vk = f"vector<{BLOCK}xf32>"
         self.chunks = spec.head_dim // BLOCK
-        self.elem_bytes = 1 if spec.int8 else 2 if getattr(spec, "f16", False) else 4  # of a cached K/V element
+        self.elem_bytes = 1 if spec.int8 else 2 if spec.f16 else 4  # of a cached K/V element
 
     def chunk(self, v: str, c: int) -> str:
         """The op taking lanes ``[c·BLOCK, (c+1)·BLOCK)`` of the head-dim vector ``v``."""
@@ -304,7 +305,7 @@ class _Writer:
         s, e, vd = self.s, self.emit, self.vd
         src, at = (f"%{x}c", f"[{t}, %layer, %b, %h, %c0]") if t else (f"%{x}n", "[%b, %h, %c0, %c0]")
         mem = f"memref<{s.types()[src[1:]]}>"
-        if getattr(s, "f16", False):
+        if s.f16:
             vh = f"vector<{s.head_dim}xf16>"
             e(f"{ind}{name}h = vector.transfer_read {src}{at}, %h0 {{in_bounds = [true]}} : {mem}, {vh}")
             e(f"{ind}{name} = arith.extf {name}h : {vh} to {vd}")

@@ -108,11 +108,16 @@ def write_tiny_gguf(path: Path, *, tied: bool = True, override: dict[str, Q] | N
     add("output_norm.weight", (hidden,), Q.F32)
     if not tied:
         add("output.weight", (len(vocab), hidden), Q.Q4_1)
+    finish(w)
+    return path
+
+
+def finish(w: gguf.GGUFWriter) -> None:
+    """Write a GGUFWriter's header, metadata and tensors, and close it."""
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
 
 
 @pytest.fixture(scope="module")

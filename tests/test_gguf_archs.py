@@ -17,6 +17,8 @@ import torch
 gguf = pytest.importorskip("gguf", reason="the GGUF front end needs the 'gguf' package")
 transformers = pytest.importorskip("transformers", reason="the HF reference needs 'transformers' (test extra)")
 
+from test_gguf import finish  # noqa: E402
+
 from msd.compiler.models import gguf as G  # noqa: E402
 from msd.errors import UnsupportedGGUFError  # noqa: E402
 
@@ -63,11 +65,9 @@ def _halves_to_pairs(w: np.ndarray, head_dim: int) -> np.ndarray:
     return w.reshape(n // head_dim, 2, head_dim // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(model: torch.nn.Module, arch: str, path: Path, projections: Q = Q.F32) -> Path:
-    """The HF model as llama.cpp's converter writes it for ``arch``: for llama, q/k rows interleaved
-    into pairs and Llama 3's RoPE scaling as ``rope_freqs.weight``; for qwen, as they are (NEOX)."""
-    c = model.config
-    w = gguf.GGUFWriter(str(path), arch)
+def hf_header(w: gguf.GGUFWriter, c: object, rope_theta: float) -> int:
+    """The metadata llama.cpp's converter writes from an HF config ``c`` (block count, sizes, heads,
+    RoPE base, norm epsilon) → the head dim."""
     w.add_block_count(c.num_hidden_layers)
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
@@ -77,8 +77,17 @@ def write_gguf(model: torch.nn.Module, arch: str, path: Path, projections: Q = Q
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
-    w.add_rope_freq_base(float(c.rope_theta if hasattr(c, "rope_theta") else c.rope_parameters["rope_theta"]))
+    w.add_rope_freq_base(rope_theta)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    return head_dim
+
+
+def write_gguf(model: torch.nn.Module, arch: str, path: Path, projections: Q = Q.F32) -> Path:
+    """The HF model as llama.cpp's converter writes it for ``arch``: for llama, q/k rows interleaved
+    into pairs and Llama 3's RoPE scaling as ``rope_freqs.weight``; for qwen, as they are (NEOX)."""
+    c = model.config
+    w = gguf.GGUFWriter(str(path), arch)
+    head_dim = hf_header(w, c, float(c.rope_theta if hasattr(c, "rope_theta") else c.rope_parameters["rope_theta"]))
     for name, p in model.state_dict().items():
         data = p.detach().to(torch.float32).numpy()
         if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
@@ -92,10 +101,7 @@ def write_gguf(model: torch.nn.Module, arch: str, path: Path, projections: Q = Q
     if arch == "llama" and getattr(rotary, "rope_type", "default") != "default":  # the scaled frequencies
         base = 1.0 / (c.rope_parameters["rope_theta"] ** (torch.arange(0, head_dim, 2).float() / head_dim))
         w.add_tensor("rope_freqs.weight", (base / rotary.inv_freq.float()).numpy().astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     return path
 
 
@@ -161,10 +167,7 @@ def test_other_architectures_are_refused_by_name(tmp_path: Path) -> None:
     w = gguf.GGUFWriter(str(tmp_path / "g.gguf"), "gemma2")
     w.add_block_count(1)
     w.add_tensor("token_embd.weight", np.zeros((8, 16), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     with pytest.raises(UnsupportedGGUFError, match="GGUF architecture 'gemma2' is not supported .supported: llama, "
                                                    "qwen2, qwen3, gemma3."):
         G.load_gguf(tmp_path / "g.gguf")
@@ -192,10 +195,7 @@ def _tiny_with_template(path: Path, template: str | None) -> Path:
     w.add_chat_template(template)
     for t in r.tensors:
         w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     return path.with_suffix(".t.gguf")
 
 

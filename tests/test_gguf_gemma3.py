@@ -19,6 +19,9 @@ gguf = pytest.importorskip("gguf", reason="the GGUF front end needs the 'gguf' p
 transformers = pytest.importorskip("transformers", reason="the HF reference needs 'transformers' (test extra)")
 spm = pytest.importorskip("sentencepiece", reason="the tokenizer reference needs 'sentencepiece' (test extra)")
 
+from test_gguf import finish  # noqa: E402
+from test_gguf_archs import hf_header  # noqa: E402
+
 from msd.compiler.models import gguf as G  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
@@ -61,16 +64,7 @@ def write_gemma3(model: torch.nn.Module, path: Path, projections: Q = Q.F32) -> 
     c = model.config
     tokens, scores, types = _vocab(c.vocab_size)
     w = gguf.GGUFWriter(str(path), "gemma3")
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_key_length(c.head_dim)
-    w.add_value_length(c.head_dim)
-    w.add_rope_freq_base(c.rope_parameters["full_attention"]["rope_theta"])
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    hf_header(w, c, c.rope_parameters["full_attention"]["rope_theta"])
     w.add_uint32("gemma3.attention.sliding_window", c.sliding_window)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
@@ -101,10 +95,7 @@ def write_gemma3(model: torch.nn.Module, path: Path, projections: Q = Q.F32) -> 
             w.add_tensor(out, data)
         else:
             w.add_tensor(out, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     return path
 
 
@@ -195,10 +186,7 @@ def _sentencepiece_gguf(tmp_path: Path, dummy_prefix: bool) -> tuple[object, Pat
     w.add_eos_token_id(sp.eos_id())
     w.add_unk_token_id(sp.unk_id())
     w.add_add_space_prefix(dummy_prefix)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     return sp, tmp_path / f"v{int(dummy_prefix)}.gguf"
 
 
@@ -230,10 +218,7 @@ def test_qwen2_pre_tokenizer_splits_digits_one_by_one(tmp_path: Path) -> None:
         w.add_key_value(field.name, field.contents(), field.types[0],
                         field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
     w.add_tokenizer_pre("qwen2")
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     tok = G.tokenizer_from_gguf(tmp_path / "q2.gguf")
     pieces = [p for p, _ in tok.pre_tokenizer.pre_tokenize_str("abc 2024, it's")]
     assert pieces[:5] == ["abc", "Ġ", "2", "0", "2"] and "'s" in pieces, pieces
@@ -243,9 +228,6 @@ def test_unknown_tokenizer_model_is_refused_by_name(tmp_path: Path) -> None:
     w = gguf.GGUFWriter(str(tmp_path / "t.gguf"), "llama")
     w.add_tokenizer_model("rwkv")
     w.add_token_list(["a", "b"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
     with pytest.raises(G.UnsupportedGGUFError, match="tokenizer.ggml.model='rwkv' is not supported"):
         G.tokenizer_from_gguf(tmp_path / "t.gguf")

@@ -18,6 +18,7 @@ from torch import nn
 
 from msd.compiler import ops as _ops  # noqa: F401 - registers torch.ops.msd.decode_attention
 from msd.compiler.ops import ragged_mask
+from msd.compiler.ops import window_mask as ops_window_mask
 from msd.errors import OptionError
 
 # f32 K/V; f16 K/V (half the bytes, llama.cpp's default cache type); int8 codes with one f32 scale per
@@ -260,17 +261,15 @@ def window_mask(positions: torch.Tensor, t: int, window: int, hidden: torch.Tens
     lie ``window`` or more positions before their query (a sliding-window layer's).  Keys ``0 … T + S −
     1``; the queries at ``positions`` ``[B, S]``.  With ``lengths`` (one-token steps of sequences of their
     own lengths) sequence ``b``'s query is at ``lengths[b]`` and its new key (index ``T``) is never early."""
-    if lengths is not None:
-        keys = torch.arange(t, device=positions.device).view(1, -1)
-        early = torch.cat([(keys <= lengths.view(-1, 1) - window).to(torch.long),
-                           torch.zeros(lengths.shape[0], 1, dtype=torch.long, device=positions.device)], dim=1)
-        early = early.view(-1, 1, 1, 1, t + 1)  # [B, ·, ·, S = 1, T + 1], as the ragged mask
+    if lengths is not None:  # [B, ·, ·, S = 1, T + 1], as the ragged mask
+        mask = ops_window_mask(lengths, t, window).view(-1, 1, 1, 1, t + 1)
     else:
         keys = torch.arange(t + positions.shape[1], device=positions.device)
         early = (keys.view(1, -1) <= positions[0].view(-1, 1) - window).to(torch.long)  # [S, T + S]
-    table = torch.cat([torch.zeros(1, device=positions.device),
-                       torch.full((1,), float("-inf"), device=positions.device)])
-    return table[early] if hidden is None else hidden + table[early]
+        table = torch.cat([torch.zeros(1, device=positions.device),
+                           torch.full((1,), float("-inf"), device=positions.device)])
+        mask = table[early]
+    return mask if hidden is None else hidden + mask
 
 
 def quantize_per_token(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
