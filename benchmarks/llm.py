@@ -36,7 +36,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,6 +65,7 @@ from msd.compiler.llm.generate import (  # noqa: E402
 )
 from msd.compiler.models import gguf as G  # noqa: E402
 from msd.compiler.models.llama import LlamaModel  # noqa: E402
+from msd.compiler.tools.dispatches import dispatches_per_call, iree_tool  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
@@ -408,57 +408,6 @@ def agreement(ref: list[int], got: list[int]) -> int:
 
 
 # ============================================================================= profile
-def iree_tool(name: str) -> str | None:
-    local = Path(sys.executable).with_name(name)
-    return str(local) if local.exists() else shutil.which(name)
-
-
-def vm_functions(disassembly: str) -> list[tuple[str, list[str]]]:
-    funcs: list[tuple[str, list[str]]] = []
-    for line in disassembly.splitlines():
-        m = re.match(r"vm\.func @([^(]+)\(", line)
-        if m:
-            funcs.append((m.group(1), []))
-        elif funcs:
-            funcs[-1][1].append(line)
-    return funcs
-
-
-def dispatches_per_call(vmfb: bytes, function: str) -> int | None:
-    """``hal.command_buffer.dispatch`` calls made by one call of ``function``: those in
-    ``function$async`` plus those in the command buffers it replays (IREE records a static-shape
-    function's command buffer once, in a function ``__init`` stores to a global)."""
-    tool = iree_tool("iree-dump-module")
-    if tool is None:
-        return None
-    with tempfile.TemporaryDirectory() as d:
-        f = Path(d) / "module.vmfb"
-        f.write_bytes(vmfb)
-        text = subprocess.run([tool, "--output=disassembly", str(f)], capture_output=True, text=True).stdout
-    funcs = vm_functions(text)
-    names = [n for n, _ in funcs]
-    if f"{function}$async" not in names:
-        return None
-    count = [sum("hal.command_buffer.dispatch" in line for line in lines) for _, lines in funcs]
-    builder: dict[int, int] = {}  # global ref ordinal → function ordinal that records it
-    for _, lines in funcs:
-        made: dict[str, int] = {}
-        for line in lines:
-            m = re.search(r"%r(\d+) = vm\.call @module:(\d+)\(\)", line, re.I)
-            if m:
-                made[m.group(1)] = int(m.group(2))
-            m = re.search(r"vm\.global\.store\.ref %r(\d+), \.refs\[(\d+)\] : !hal\.command_buffer", line, re.I)
-            if m and m.group(1) in made:
-                builder[int(m.group(2))] = made[m.group(1)]
-    i = names.index(f"{function}$async")
-    total = count[i]
-    for line in funcs[i][1]:
-        m = re.search(r"vm\.global\.load\.ref \.refs\[(\d+)\] : !hal\.command_buffer", line)
-        if m and int(m.group(1)) in builder:
-            total += count[builder[int(m.group(1))]]
-    return total
-
-
 def gguf_bytes_per_token(model: LlamaModel) -> tuple[int, int]:
     """(bytes, weights) of the quantized matrices one decode step reads as GGUF stores them (codes +
     f16 scales + f16 mins): every block projection and the output head (the embedding row gather is

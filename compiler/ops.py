@@ -4,11 +4,18 @@
 ``torch.ops.msd.decode_attention_int8`` — the same over an int8 cache (codes and per-token scales);
 ``torch.ops.msd.decode_attention_ragged`` (and ``_ragged_int8``) — the same for a batch of sequences
 that each hold their own number of cached tokens (``lengths``);
-``torch.ops.msd.prefill_attention`` — a prompt's causal attention over itself.  Eager
-torch runs the reference below; ``torch.export`` keeps the op whole, and msd's
-``--msd-attention-kernels`` pass (:mod:`msd.passes.attention_kernels`) compiles them into kernels of
-msd's own for CPU targets.  For other targets the compiler driver decomposes it into the reference's
-tensor ops (:func:`decompose_for`) before import.
+``torch.ops.msd.prefill_attention`` — a prompt's causal attention over itself.  Eager torch runs the
+reference below; ``torch.export`` keeps the op whole, and msd's ``--msd-attention-kernels`` pass
+(:mod:`msd.passes.attention_kernels`) compiles them into kernels of msd's own for CPU targets.
+
+``torch.ops.msd.rms_norm``, ``torch.ops.msd.add_rms_norm`` (a residual add, then the RMSNorm of the
+sum), ``torch.ops.msd.glu`` (the gated MLP's ``act(gate) · up``) and ``torch.ops.msd.rope_qkv`` (a
+stacked q|k|v projection's rows split into heads, RoPE applied, q scaled, k and v in the cache's type):
+row ops that ``--msd-row-kernels`` (:mod:`msd.passes.row_kernels`) makes one kernel dispatch each (the
+first three are then absorbed by the activation quantizer of the linear that reads them).
+
+For other targets the compiler driver decomposes every op into the reference's tensor ops
+(:func:`decompose_for`) before import.
 """
 
 from __future__ import annotations
@@ -192,6 +199,91 @@ def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int = 0) -> tor
     return torch.empty_like(q)
 
 
+def _reference_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::rms_norm", mutates_args=())
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim: ``x · rsqrt(mean(x²) + eps) · weight`` (f32; ``weight`` ``[K]``)."""
+    return _reference_rms_norm(x, weight, eps)
+
+
+@rms_norm.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _reference_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                            eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    h = x + residual
+    return h, _reference_rms_norm(h, weight, eps)
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::add_rms_norm", mutates_args=())
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A residual add and the RMSNorm of its sum: ``(h, rms_norm(h, weight, eps))`` with ``h = x +
+    residual``."""
+    return _reference_add_rms_norm(x, residual, weight, eps)
+
+
+@add_rms_norm.register_fake
+def _(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x), torch.empty_like(x)
+
+
+def _reference_glu(gate_up: torch.Tensor, activation: str) -> torch.Tensor:
+    g, u = gate_up.chunk(2, dim=-1)
+    a = torch.nn.functional.silu(g) if activation == "silu" else torch.nn.functional.gelu(g, approximate="tanh")
+    return a * u
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::glu", mutates_args=())
+def glu(gate_up: torch.Tensor, activation: str) -> torch.Tensor:
+    """The gated MLP's activation: ``act(gate) · up`` of ``gate_up`` ``[..., 2F]`` (gate, then up);
+    ``activation`` "silu" (SwiGLU) or "gelu_tanh" (GeGLU).  Returns ``[..., F]``."""
+    return _reference_glu(gate_up, activation)
+
+
+@glu.register_fake
+def _(gate_up: torch.Tensor, activation: str) -> torch.Tensor:
+    return gate_up.new_empty((*gate_up.shape[:-1], gate_up.shape[-1] // 2))
+
+
+def _reference_rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int,
+                        scale: float, kv_dtype: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, s, n = qkv.shape
+    d = n // (heads + 2 * kv_heads)
+    q, k, v = qkv.view(b, s, heads + 2 * kv_heads, d).transpose(1, 2).split([heads, kv_heads, kv_heads], dim=1)
+
+    def rope(x: torch.Tensor) -> torch.Tensor:  # adjacent pairs (llama.cpp's "normal" RoPE), as llama.apply_rope
+        return x * cos + x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2) * sin
+
+    dtype = torch.float16 if kv_dtype == "f16" else torch.float32
+    return rope(q) * scale, rope(k).to(dtype), v.to(dtype, copy=True)  # (outputs may not alias inputs)
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::rope_qkv", mutates_args=())
+def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int, scale: float,
+             kv_dtype: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A stacked q|k|v projection's rows ``[B, S, (heads + 2·kv_heads)·D]`` as attention reads them:
+    ``q`` ``[B, heads, S, D]`` rotated (RoPE tables ``cos``/``sin`` ``[B, 1, S, D]``, adjacent pairs) and
+    multiplied by ``scale``; ``k`` rotated and ``v``, ``[B, kv_heads, S, D]``, in the KV cache's
+    ``kv_dtype`` ("f32" or "f16")."""
+    return _reference_rope_qkv(qkv, cos, sin, heads, kv_heads, scale, kv_dtype)
+
+
+@rope_qkv.register_fake
+def _(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int, scale: float,
+      kv_dtype: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, s, n = qkv.shape
+    d = n // (heads + 2 * kv_heads)
+    dtype = torch.float16 if kv_dtype == "f16" else torch.float32
+    return (qkv.new_empty((b, heads, s, d)), qkv.new_empty((b, kv_heads, s, d), dtype=dtype),
+            qkv.new_empty((b, kv_heads, s, d), dtype=dtype))
+
+
 def decompose_for(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """``program`` with every msd op replaced by its reference tensor ops (for targets msd has no
     kernel for); unchanged when it has none."""
@@ -199,12 +291,16 @@ def decompose_for(program: torch.export.ExportedProgram) -> torch.export.Exporte
            torch.ops.msd.decode_attention_int8.default: _reference_int8,
            torch.ops.msd.decode_attention_ragged.default: _reference_ragged,
            torch.ops.msd.decode_attention_ragged_int8.default: _reference_ragged_int8,
-           torch.ops.msd.prefill_attention.default: _reference_prefill}
+           torch.ops.msd.prefill_attention.default: _reference_prefill,
+           torch.ops.msd.rms_norm.default: _reference_rms_norm,
+           torch.ops.msd.add_rms_norm.default: _reference_add_rms_norm,
+           torch.ops.msd.glu.default: _reference_glu,
+           torch.ops.msd.rope_qkv.default: _reference_rope_qkv}
     if not any(n.op == "call_function" and n.target in ops for n in program.graph.nodes):
         return program
     return program.run_decompositions(ops)
 
 
-__all__ = ["decode_attention", "decode_attention_int8", "decode_attention_ragged", "decode_attention_ragged_int8",
-           "decompose_for", "prefill_attention", "ragged_mask",
-           "window_mask"]
+__all__ = ["add_rms_norm", "decode_attention", "decode_attention_int8", "decode_attention_ragged",
+           "decode_attention_ragged_int8", "decompose_for", "glu", "prefill_attention", "ragged_mask", "rms_norm",
+           "rope_qkv", "window_mask"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from iree.compiler import ir
 
-from . import attention_kernels, decompose_activations, prepack_parameters
+from . import attention_kernels, decompose_activations, prepack_parameters, row_kernels
 from .pass_options import OptionSpec, PassOptionError, PassOptions
 from .report import Decision, Report
 
@@ -43,6 +43,7 @@ PASSES: dict[str, PassInfo] = {
                  decompose_activations.run),
         PassInfo(attention_kernels.NAME, attention_kernels.SUMMARY, attention_kernels.AttentionKernelsOptions,
                  attention_kernels.run),
+        PassInfo(row_kernels.NAME, row_kernels.SUMMARY, row_kernels.RowKernelsOptions, row_kernels.run),
         PassInfo(prepack_parameters.NAME, prepack_parameters.SUMMARY, prepack_parameters.PrepackOptions,
                  prepack_parameters.run),
     ]

@@ -43,16 +43,21 @@ target IREE's ``llvm-cpu`` backend compiles for.
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from iree.compiler import ir
+from iree.compiler.dialects import tensor
 
 from msd.errors import OptionError
 
 from .pass_options import PassOptions
 from .report import Decision, Report
+from .row_kernels import OP_ROPE_QKV, plan_qkv
 
 NAME = "msd-attention-kernels"
 SUMMARY = "decode and prefill attention in msd's own kernels (torch dialect, before IREE's input phase)"
@@ -85,6 +90,10 @@ class AttentionSpec:
     ragged: bool = False  # an i64 operand [B]: each sequence's cached tokens (the rows it reads), <= T
     window: int = 0  # > 0: a sliding-window layer's, only the last `window` keys (the new one included)
     f16: bool = False  # the cache and the new entries are f16 (read as f32)
+    # rope > 0: the kernel takes the token's stacked q|k|v projection row and its RoPE tables instead of
+    # q, k_new and v_new (torch.ops.msd.rope_qkv's work: q rotated and multiplied by `rope`, k rotated),
+    # and writes the new k and v entries (f32 or f16) as two more results
+    rope: float = 0.0
 
     @property
     def splits(self) -> int:
@@ -96,15 +105,17 @@ class AttentionSpec:
     def symbol(self) -> str:
         return (f"{SYMBOL_PREFIX}b{self.batch}_h{self.kv_heads}_g{self.group}_d{self.head_dim}"
                 f"_l{self.layers}_s{self.splits}{'_i8' if self.int8 else ''}{'_r' if self.ragged else ''}"
-                f"{f'_w{self.window}' if self.window else ''}{'_f16' if self.f16 else ''}")
+                f"{f'_w{self.window}' if self.window else ''}{'_f16' if self.f16 else ''}"
+                f"{f'_rope{_f32_bits(self.rope):08x}' if self.rope else ''}")
 
     @property
     def combine_symbol(self) -> str:
         return f"{self.symbol}_combine"
 
     def types(self) -> dict[str, str]:
-        """Element layout of each operand of the attention kernel (``?``: the cached tokens ``T``); the
-        last two are its results: per split, the accumulated ``Σ p·v`` and (running max, ``Σ p``)."""
+        """Element layout of each operand of the attention kernel (``?``: the cached tokens ``T``), then of
+        its results: per split, the accumulated ``Σ p·v`` and (running max, ``Σ p``), and with ``rope`` the
+        new token's k and v entries."""
         b, h, g, d, n, s = self.batch, self.kv_heads, self.group, self.head_dim, self.layers, self.splits
         if self.int8:
             cache, scales, new = f"?x{n}x{b}x{h}x{d}xi8", f"?x{n}x{b}x{h}xf32", f"{b}x{h}x1x{d}xi8"
@@ -116,12 +127,111 @@ class AttentionSpec:
             ins = {"kc": cache, "vc": cache, "kn": new, "vn": new}
         if self.ragged:
             ins["len"] = f"{b}xi64"
-        return {"q": f"{b}x{h}x{g}x{d}xf32", **ins, "pa": f"{b}x{h}x{s}x{g}x{d}xf32",
-                "pm": f"{b}x{h}x{s}x{g}x2xf32"}
+        out = {"pa": f"{b}x{h}x{s}x{g}x{d}xf32", "pm": f"{b}x{h}x{s}x{g}x2xf32"}
+        if self.rope:
+            new = ins.pop("kn")
+            del ins["vn"]
+            qkv = {"qkv": f"{b}x{(h * g + 2 * h) * d}xf32", "cos": f"{b}x{d}xf32", "sin": f"{b}x{d}xf32"}
+            return {**qkv, **ins, **out, "kno": new, "vno": new}
+        return {"q": f"{b}x{h}x{g}x{d}xf32", **ins, **out}
 
     def executables(self) -> list[str]:
         """The ``stream.executable`` texts: the attention over each split, then their combination."""
         return [_Writer(self).executable(), _Writer(self).combine()]
+
+
+@dataclass(frozen=True)
+class CombineSpec:
+    """The combination of a decode attention's splits (the second of its two dispatches) as the prologue
+    of the activation quantizer that reads it (:mod:`.decompose_activations.quantize_kernel`): row ``b``
+    of the quantized activation is sequence ``b``'s output ``[kv_heads · group · head_dim]``, combined
+    chunk by chunk from the splits' results as :meth:`_Writer.combine` does (the same operations)."""
+
+    batch: int
+    kv_heads: int
+    group: int
+    head_dim: int
+    splits: int
+
+    @classmethod
+    def from_symbol(cls, symbol: str) -> CombineSpec | None:
+        """The combination whose kernel is named ``symbol`` (an attention's ``combine_symbol``); else None."""
+        m = re.fullmatch(rf"{SYMBOL_PREFIX}b(\d+)_h(\d+)_g(\d+)_d(\d+)_l\d+_s(\d+)\w*_combine", symbol)
+        return cls(*(int(g) for g in m.groups())) if m else None
+
+    @property
+    def k(self) -> int:
+        return self.kv_heads * self.group * self.head_dim
+
+    @property
+    def tag(self) -> str:
+        return f"combine_b{self.batch}_h{self.kv_heads}_g{self.group}_d{self.head_dim}_s{self.splits}"
+
+    def inputs(self) -> dict[str, str]:
+        b, h, g, d, s = self.batch, self.kv_heads, self.group, self.head_dim, self.splits
+        return {"oacc": f"{b}x{h}x{s}x{g}x{d}xf32", "ostat": f"{b}x{h}x{s}x{g}x2xf32"}
+
+    def outputs(self) -> dict[str, str]:
+        return {}
+
+    def writer(self, emit: Callable[[str], None]) -> CombinePrologue:
+        return CombinePrologue(self, emit)
+
+
+class CombinePrologue:
+    """:class:`CombineSpec`'s text in a kernel with the memrefs ``%oacc``, ``%ostat`` (the attention's
+    ``pa``, ``pm``), the row (sequence)
+    ``%r`` and ``%c0``, ``%c1``: a chunk of the output row, ``Σ_s w_s·acc_s / Σ_s w_s·l_s``."""
+
+    def __init__(self, spec: CombineSpec, emit: Callable[[str], None]) -> None:
+        self.s, self.e, self.n = spec, emit, 0
+
+    def setup(self, ind: str, c: int) -> None:
+        if self.s.head_dim % c:
+            raise ValueError(f"chunks of {c} straddle heads of {self.s.head_dim}")
+
+    def load(self, ind: str, k: str, c: int) -> str:
+        s, e, t = self.s, self.e, self.s.inputs()
+        self.n += 1
+        p, v = f"%q{self.n}_", f"vector<{c}xf32>"
+        e(f"{ind}{p}cd = arith.constant {s.head_dim} : index")
+        e(f"{ind}{p}cg = arith.constant {s.group} : index")
+        e(f"{ind}{p}row = arith.divui {k}, {p}cd : index")
+        e(f"{ind}{p}d = arith.remui {k}, {p}cd : index")
+        e(f"{ind}{p}h = arith.divui {p}row, {p}cg : index")
+        e(f"{ind}{p}g = arith.remui {p}row, {p}cg : index")
+        top = ""
+        for j in range(s.splits):
+            e(f"{ind}{p}j{j} = arith.constant {j} : index")
+            e(f"{ind}{p}m{j} = memref.load %ostat[%r, {p}h, {p}j{j}, {p}g, %c0] : memref<{t['ostat']}>")
+            e(f"{ind}{p}l{j} = memref.load %ostat[%r, {p}h, {p}j{j}, {p}g, %c1] : memref<{t['ostat']}>")
+            if top:
+                e(f"{ind}{p}mx{j} = arith.maximumf {top}, {p}m{j} : f32")
+                top = f"{p}mx{j}"
+            else:
+                top = f"{p}m{j}"
+        den, num = "", ""
+        for j in range(s.splits):
+            e(f"{ind}{p}dm{j} = arith.subf {p}m{j}, {top} : f32")
+            e(f"{ind}{p}w{j} = math.exp {p}dm{j} : f32")
+            e(f"{ind}{p}wl{j} = arith.mulf {p}w{j}, {p}l{j} : f32")
+            if den:
+                e(f"{ind}{p}den{j} = arith.addf {den}, {p}wl{j} : f32")
+            else:
+                e(f"{ind}{p}z = arith.constant 0.0 : f32")
+                e(f"{ind}{p}den{j} = arith.addf {p}z, {p}wl{j} : f32")
+            den = f"{p}den{j}"
+            e(f"{ind}{p}acc{j} = vector.transfer_read %oacc[%r, {p}h, {p}j{j}, {p}g, {p}d], %f0 {{in_bounds = [true]}} "
+              f": memref<{t['oacc']}>, {v}")
+            e(f"{ind}{p}wb{j} = vector.broadcast {p}w{j} : f32 to {v}")
+            if num:
+                e(f"{ind}{p}num{j} = vector.fma {p}wb{j}, {p}acc{j}, {num} : {v}")
+            else:
+                e(f"{ind}{p}num{j} = arith.mulf {p}wb{j}, {p}acc{j} : {v}")
+            num = f"{p}num{j}"
+        e(f"{ind}{p}db = vector.broadcast {den} : f32 to {v}")
+        e(f"{ind}{p}out = arith.divf {num}, {p}db : {v}")
+        return f"{p}out"
 
 
 @dataclass(frozen=True)
@@ -151,6 +261,10 @@ class PrefillSpec:
         return [_Writer(self).prefill()]
 
 
+def _f32_bits(v: float) -> int:
+    return struct.unpack("<I", struct.pack("<f", v))[0]
+
+
 class _Writer:
     """The kernel's text, line by line (SSA names made unique per block of keys)."""
 
@@ -161,6 +275,7 @@ class _Writer:
         self.vk = f"vector<{BLOCK}xf32>"
         self.chunks = spec.head_dim // BLOCK
         self.elem_bytes = 1 if spec.int8 else 2 if spec.f16 else 4  # of a cached K/V element
+        self.new: dict[str, str] = {}  # (rope) the new token's key and value vectors
 
     def chunk(self, v: str, c: int) -> str:
         """The op taking lanes ``[c·BLOCK, (c+1)·BLOCK)`` of the head-dim vector ``v``."""
@@ -189,9 +304,12 @@ class _Writer:
             e("      %Tb = arith.minui %leni, %T : index")
             tv = "%Tb"
         self.window_start(tv)  # %lo: the first key attended to
+        if s.rope:
+            self.rope_rows(mem)
         for g in range(s.group):
-            e(f"      %q{g} = vector.transfer_read %q[%b, %h, %c{g}, %c0], %f0 {{in_bounds = [true]}} : "
-              f"{mem['q']}, {vd}")
+            if not s.rope:
+                e(f"      %q{g} = vector.transfer_read %q[%b, %h, %c{g}, %c0], %f0 {{in_bounds = [true]}} : "
+                  f"{mem['q']}, {vd}")
             for c in range(self.chunks):
                 e(f"      %q{g}c{c} = {self.chunk(f'%q{g}', c)}")
         # blocks of keys: nblk full ones (cached keys only), then the last, which holds key T (the new
@@ -275,6 +393,57 @@ class _Writer:
         self.footer()
         return "\n".join(self.lines)
 
+    def rope_rows(self, mem: dict[str, str]) -> None:
+        """(``rope``) ``%q<g>``, ``%knew``, ``%vnew`` from the token's q|k|v row: each head rotated by the
+        RoPE tables (``x·cos + swap(x)·sin``, ``swap`` exchanging each pair's lanes), q multiplied by the
+        scale, k and v rounded to f16 for an f16 cache (attention reads what is stored); the first split's
+        workgroup writes the new k and v entries."""
+        s, e, vd = self.s, self.emit, self.vd
+        d, g_, hq = s.head_dim, s.group, s.kv_heads * s.group
+        swap = ", ".join(str(i ^ 1) for i in range(d))
+        e(f"      %rd = arith.constant {d} : index")
+        e(f"      %rg = arith.constant {g_} : index")
+        e(f"      %rk0 = arith.constant {hq} : index")
+        e(f"      %rv0 = arith.constant {hq + s.kv_heads} : index")
+        e(f"      %rscale = arith.constant dense<0x{_f32_bits(s.rope):08X}> : {vd}")
+        for t in ("cos", "sin"):
+            e(f"      %r{t} = vector.transfer_read %{t}[%b, %c0], %f0 {{in_bounds = [true]}} : {mem[t]}, {vd}")
+
+        def head(name: str, index: str, rotate: bool) -> str:
+            e(f"      %{name}col = arith.muli {index}, %rd : index")
+            e(f"      %{name}x = vector.transfer_read %qkv[%b, %{name}col], %f0 {{in_bounds = [true]}} : "
+              f"{mem['qkv']}, {vd}")
+            if not rotate:
+                return f"%{name}x"
+            e(f"      %{name}sw = vector.shuffle %{name}x, %{name}x [{swap}] : {vd}, {vd}")
+            e(f"      %{name}xc = arith.mulf %{name}x, %rcos : {vd}")
+            e(f"      %{name}ss = arith.mulf %{name}sw, %rsin : {vd}")
+            e(f"      %{name}r = arith.addf %{name}xc, %{name}ss : {vd}")
+            return f"%{name}r"
+
+        for g in range(g_):
+            e(f"      %qh{g}a = arith.muli %h, %rg : index")
+            e(f"      %qh{g} = arith.addi %qh{g}a, %c{g} : index")
+            e(f"      %q{g} = arith.mulf {head(f'q{g}', f'%qh{g}', True)}, %rscale : {vd}")
+        e("      %kh = arith.addi %rk0, %h : index")
+        e("      %vh = arith.addi %rv0, %h : index")
+        stored = {}
+        for x, rotate in (("k", True), ("v", False)):
+            y = head(f"n{x}", f"%{x}h", rotate)
+            if s.f16:
+                vh = f"vector<{d}xf16>"
+                e(f"      %{x}new16 = arith.truncf {y} : {vd} to {vh}")
+                e(f"      %{x}new = arith.extf %{x}new16 : {vh} to {vd}")
+                stored[x], self.new[x] = (f"%{x}new16", vh), f"%{x}new"
+            else:
+                stored[x], self.new[x] = (y, vd), y
+        e("      %sp0 = arith.cmpi eq, %sp, %c0 : index")
+        e("      scf.if %sp0 {")
+        for x in ("k", "v"):
+            e(f"        vector.transfer_write {stored[x][0]}, %{x}no[%b, %h, %c0, %c0] {{in_bounds = [true]}} : "
+              f"{stored[x][1]}, {mem[x + 'no']}")
+        e("      }")
+
     def window_start(self, last: str) -> None:
         """``%lo``: the first key a query at position ``last`` attends to, ``max(0, last + 1 − window)``
         (0 without a window)."""
@@ -303,6 +472,8 @@ class _Writer:
         row ``t`` of this layer and head, or (``t`` None) the new token's; int8 codes are converted and
         multiplied by their scale."""
         s, e, vd = self.s, self.emit, self.vd
+        if t is None and s.rope:  # computed once from the q|k|v row (rope_rows)
+            return self.new[x]
         src, at = (f"%{x}c", f"[{t}, %layer, %b, %h, %c0]") if t else (f"%{x}n", "[%b, %h, %c0, %c0]")
         mem = f"memref<{s.types()[src[1:]]}>"
         if s.f16:
@@ -657,6 +828,99 @@ def _emit(op: ir.Operation, spec: AttentionSpec, layer: int) -> None:
     op.erase()
 
 
+_VIEWS = ("torch.aten.view", "torch.aten.reshape", "torch.aten._unsafe_view", "torch.aten.unflatten.int",
+          "torch.aten.squeeze.dim", "torch.aten.unsqueeze", "torch.aten.flatten.using_ints")
+
+
+def rope_source(op: ir.Operation, spec: AttentionSpec) -> tuple[ir.Operation, float] | None:
+    """The ``torch.msd.rope_qkv`` of one token whose results a decode attention (f32 or f16 cache) reads
+    as its q (through reshapes), k_new and v_new, and its q scale; None when there is none or it does not
+    match the attention's shape."""
+    if spec.int8 or spec.rope:
+        return None
+
+    def through_identity(v: ir.Value) -> ir.Value:  # an f32 → f32 torch.aten.to.dtype (export keeps them)
+        o = v.owner
+        if isinstance(o, ir.Operation | ir.OpView) and o.name == "torch.aten.to.dtype" and o.operands[0].type == v.type:
+            return o.operands[0]
+        return v
+
+    kn, vn = through_identity(op.operands[3]), through_identity(op.operands[4])
+    src = kn.owner
+    if not isinstance(src, ir.Operation | ir.OpView) or src.name != "torch.operator" or \
+            ir.StringAttr(src.attributes["name"]).value != OP_ROPE_QKV:
+        return None
+    src = src.operation if isinstance(src, ir.OpView) else src
+    if kn != src.results[1] or vn != src.results[2]:
+        return None
+    q = op.operands[0]
+    while isinstance(q.owner, ir.Operation | ir.OpView) and q.owner.name in _VIEWS:
+        q = q.owner.operands[0]
+    if q != src.results[0]:
+        return None
+    try:
+        qkv = plan_qkv(src)
+    except OptionError:
+        return None  # the row-kernel pass reports it
+    shape = _shape(src.operands[0].type)
+    if shape is None or shape[0][1] != 1 or (qkv.batch, qkv.heads, qkv.kv_heads, qkv.head_dim, qkv.f16) != \
+            (spec.batch, spec.kv_heads * spec.group, spec.kv_heads, spec.head_dim, spec.f16):
+        return None
+    return src, qkv.scale
+
+
+def _emit_rope(op: ir.Operation, spec: AttentionSpec, layer: int, rope: ir.Operation) -> None:
+    """The decode attention ``op`` with the ``rope_qkv`` it reads taken into its kernel (``spec.rope``),
+    placed where ``rope`` is; ``rope``'s k and v results are then read from the kernel's."""
+    types = spec.types()
+    with ir.InsertionPoint(rope), op.location:
+        def builtin(v: ir.Value, key: str, groups: list[list[int]] | None = None) -> ir.Value:
+            dims, elem = _shape(v.type)
+            t = ir.RankedTensorType.parse(f"tensor<{'x'.join('?' if d is None else str(d) for d in dims)}x"
+                                          f"{'f16' if elem == 'f16' else 'i64' if elem == 'si64' else elem}>")
+            b = ir.Operation.create("torch_c.to_builtin_tensor", results=[t], operands=[v]).result
+            if groups is None:
+                return b
+            return tensor.CollapseShapeOp(ir.RankedTensorType.parse(f"tensor<{types[key]}>"), b,
+                                          _reassociation(groups)).result
+
+        args = [builtin(rope.operands[0], "qkv", [[0, 1], [2]]), builtin(rope.operands[1], "cos", [[0, 1, 2], [3]]),
+                builtin(rope.operands[2], "sin", [[0, 1, 2], [3]]), builtin(op.operands[1], "kc"),
+                builtin(op.operands[2], "vc")]
+        if spec.ragged:
+            args.append(builtin(op.operands[len(_F32_OPERANDS)], "len"))
+        index = ir.IndexType.get()
+        zero = ir.Operation.create("arith.constant", results=[index],
+                                   attributes={"value": ir.IntegerAttr.get(index, 0)}).result
+        t_dim = ir.Operation.create("tensor.dim", results=[index], operands=[args[3], zero]).result
+        lay = ir.Operation.create("arith.constant", results=[index],
+                                  attributes={"value": ir.IntegerAttr.get(index, layer)}).result
+        outs = [ir.RankedTensorType.parse(f"tensor<{types[k]}>") for k in ("pa", "pm", "kno", "vno")]
+        attention = _dispatch(spec.symbol, outs, [t_dim], [*args, t_dim, lay], [t_dim, t_dim])
+        out_t = ir.RankedTensorType.parse(f"tensor<{spec.batch}x{spec.kv_heads}x{spec.group}x{spec.head_dim}xf32>")
+        combined = _dispatch(spec.combine_symbol, [out_t], [t_dim], list(attention.results)[:2], [])
+        back = ir.Operation.create("torch_c.from_builtin_tensor", results=[op.results[0].type],
+                                   operands=[combined.result])
+        news = [ir.Operation.create("torch_c.from_builtin_tensor", results=[rope.results[i].type],
+                                    operands=[attention.results[1 + i]]).result for i in (1, 2)]
+    op.results[0].replace_all_uses_with(back.result)
+    q = op.operands[0]
+    op.erase()
+    for i, new in zip((1, 2), news):
+        rope.results[i].replace_all_uses_with(new)
+    while q.owner.name in _VIEWS and not list(q.uses):  # the q reshapes left without readers
+        view = q.owner
+        q = view.operands[0]
+        view.erase()
+    if not any(list(r.uses) for r in rope.results):
+        rope.erase()
+
+
+def _reassociation(groups: list[list[int]]) -> ir.ArrayAttr:
+    i64 = ir.IntegerType.get_signless(64)
+    return ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, i) for i in g]) for g in groups])
+
+
 def plan_prefill(op: ir.Operation) -> PrefillSpec:
     """The prefill kernel's shape for one ``torch.msd.prefill_attention``; an
     :class:`~msd.errors.OptionError` naming the operand that does not fit."""
@@ -731,7 +995,12 @@ def run(module: ir.Operation, options: AttentionKernelsOptions | None = None, /,
             what = spec.symbol
         else:
             spec, layer = plan(op)
-            _emit(op, spec, layer)
+            source = rope_source(op, spec)
+            if source is not None:
+                spec = dataclasses.replace(spec, rope=source[1])
+                _emit_rope(op, spec, layer, source[0])
+            else:
+                _emit(op, spec, layer)
             what = f"{spec.symbol} (layer {layer})"
         specs[spec.symbol] = spec
         report.decisions.append(Decision(name, where, True, what))
@@ -747,4 +1016,5 @@ def run(module: ir.Operation, options: AttentionKernelsOptions | None = None, /,
 
 __all__ = ["BLOCK", "NAME", "OPERANDS", "OP_NAME", "OP_NAME_INT8", "OP_NAME_RAGGED", "OP_NAME_RAGGED_INT8",
            "PREFILL_OP_NAME", "SUMMARY",
-           "AttentionKernelsOptions", "AttentionSpec", "PrefillSpec", "plan", "plan_prefill", "run"]
+           "AttentionKernelsOptions", "AttentionSpec", "CombinePrologue", "CombineSpec", "PrefillSpec", "plan",
+           "plan_prefill", "run"]

@@ -54,7 +54,7 @@ def test_tiny_prefill_and_decode_match_stateless_forward(tiny_model, kv_cache) -
         full = m(tokens)
         logits, *cache = m.step(tokens[:, :6], kv_cache=kv_cache, last_only=False)
         torch.testing.assert_close(logits, full[:, :6], rtol=tol, atol=tol)
-        fused, *_ = m.step(tokens[:, :6], kv_cache=kv_cache, last_only=False, fused_attention=True)
+        fused, *_ = m.step(tokens[:, :6], kv_cache=kv_cache, last_only=False, kernels=True)
         torch.testing.assert_close(fused, logits, rtol=1e-6, atol=1e-6)  # torch.ops.msd.prefill_attention
         c = m.cfg
         entries = m.cache_entries(1, kv_cache)
@@ -63,7 +63,7 @@ def test_tiny_prefill_and_decode_match_stateless_forward(tiny_model, kv_cache) -
         for j in range(6, 10):
             before = [t.clone() for t in cache]
             logits, *new = m.step(tokens[:, j:j + 1], *cache, kv_cache=kv_cache)
-            fused, *_ = m.step(tokens[:, j:j + 1], *cache, kv_cache=kv_cache, fused_attention=True)
+            fused, *_ = m.step(tokens[:, j:j + 1], *cache, kv_cache=kv_cache, kernels=True)
             torch.testing.assert_close(fused, logits, rtol=1e-6, atol=1e-6)  # torch.ops.msd.decode_attention
             assert all(torch.equal(x, y) for x, y in zip(before, cache))  # functional: the past is not touched
             assert all(n.shape[0] == 1 for n in new)

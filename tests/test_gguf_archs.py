@@ -152,7 +152,7 @@ def test_quantized_file_compiles_and_decodes_like_eager(arch: str, tmp_path: Pat
     path = write_gguf(_hf_model(arch), arch, tmp_path / f"{arch}.gguf", projections=Q.Q8_0)
     model = G.load_gguf(path)
     ids = torch.randint(0, CFG["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(2))
-    step = CachedStep(model, fused_attention=True)
+    step = CachedStep(model, kernels=True)
     cm = msd.compile(step, (ids,), dynamic_shapes=({1: torch.export.Dim("S", min=1, max=64)},))
     # per layer q/k/v (one Q8_0 linear: projections of one type are fused), o, gate/up (one), down; the head
     assert len(cm.report.rewritten) == 2 * 4 + 1 and not cm.report.skipped, cm.report.format()

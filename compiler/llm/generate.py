@@ -55,14 +55,14 @@ class CachedStep(nn.Module):
     have the same torch names (and are stored once)."""
 
     def __init__(self, llama: LlamaModel, kv_cache: str = "float", last_only: bool = True,
-                 fused_attention: bool = False) -> None:
+                 kernels: bool = False) -> None:
         super().__init__()
         self.llama, self.kv_cache, self.last_only = llama, kv_cache, last_only
-        self.fused_attention = fused_attention
+        self.kernels = kernels
 
     def forward(self, tokens: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.llama.step(tokens, *past, kv_cache=self.kv_cache, last_only=self.last_only,
-                               fused_attention=self.fused_attention)
+                               kernels=self.kernels)
 
 
 class BatchStep(CachedStep):
@@ -70,7 +70,7 @@ class BatchStep(CachedStep):
     their own lengths (``LlamaModel.step(lengths=...)``)."""
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.llama.step(tokens, *past, kv_cache=self.kv_cache, fused_attention=self.fused_attention,
+        return self.llama.step(tokens, *past, kv_cache=self.kv_cache, kernels=self.kernels,
                                lengths=lengths)
 
 
@@ -249,7 +249,7 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEF
     _check_batch(batch)
     model = model if model is not None else G.load_gguf(gguf_path)
     # prefill and decode attend in msd's kernels on CPU targets (msd.compiler.ops)
-    fused_attention = resolve_target(target).backend == "llvm-cpu"
+    kernels = resolve_target(target).backend == "llvm-cpu"
     s_example, t_example = min(8, max_ctx - 1), min(5, max_ctx - 1)
     past = model.empty_cache(1, kv_cache, length=t_example)
     seq = torch.export.Dim("S", min=1, max=max_ctx)
@@ -257,15 +257,15 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEF
     tokens = torch.zeros(1, s_example, dtype=torch.long)
     past_dims = tuple({0: held} for _ in past)  # forward's *past: one entry
     functions = {
-        "prefill": (CachedStep(model, kv_cache, fused_attention=fused_attention), (tokens,), ({1: seq},)),
-        "decode": (CachedStep(model, kv_cache, fused_attention=fused_attention),
+        "prefill": (CachedStep(model, kv_cache, kernels=kernels), (tokens,), ({1: seq},)),
+        "decode": (CachedStep(model, kv_cache, kernels=kernels),
                    (torch.zeros(1, 1, dtype=torch.long), *past), (None, past_dims)),
     }
     if score:
         functions["score"] = (CachedStep(model, kv_cache, last_only=False), (tokens, *past), ({1: seq}, past_dims))
     if batch > 1:
         functions["decode_batch"] = (
-            BatchStep(model, kv_cache, fused_attention=fused_attention),
+            BatchStep(model, kv_cache, kernels=kernels),
             (torch.zeros(batch, 1, dtype=torch.long), torch.full((batch,), t_example, dtype=torch.long),
              *model.empty_cache(batch, kv_cache, length=t_example)), (None, None, past_dims))
     cm = msd.compile_functions(functions, target=target, slices=slices, progress=progress, cpu_kernel=cpu_kernel)

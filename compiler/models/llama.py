@@ -75,6 +75,8 @@ class LlamaConfig:
             raise ValueError(f"activation={self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
         if self.sliding_layers and self.sliding_window <= 0:
             raise ValueError("sliding_layers need a positive sliding_window")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
 
     def window(self, layer: int) -> int:
         """How many positions (its own included) layer ``layer``'s queries attend to; 0: all before them."""
@@ -85,8 +87,6 @@ class LlamaConfig:
         if layer in self.sliding_layers:
             return self.rope_base_local, None
         return self.rope_base, self.rope_freq_factors
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
 
 
 class RMSNorm(nn.Module):
@@ -98,6 +98,14 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
+    def kernel(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, norm(h))`` with ``h = x + residual`` (``x`` itself without one) through msd's row ops
+        (``torch.ops.msd.rms_norm`` / ``add_rms_norm``: the same values as :meth:`forward`, one kernel
+        dispatch once compiled, absorbed by the quantizer of the linear that reads it)."""
+        if residual is None:
+            return x, torch.ops.msd.rms_norm(x, self.weight, self.eps)
+        return torch.ops.msd.add_rms_norm(x, residual, self.weight, self.eps)
+
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float,
                  factors: tuple[float, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,9 +116,10 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float,
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     if factors is not None:
         inv_freq = inv_freq / torch.tensor(factors, dtype=torch.float32)
-    ang = positions.to(torch.float32).unsqueeze(-1) * inv_freq
-    c, s = torch.cos(ang), torch.sin(ang)
-    return torch.stack([c, c], dim=-1).flatten(-2), torch.stack([-s, s], dim=-1).flatten(-2)
+    # per lane (both lanes of a pair share the angle), so that one elementwise op makes both tables
+    ang = positions.to(torch.float32).unsqueeze(-1) * inv_freq.repeat_interleave(2)
+    sign = (torch.arange(head_dim, device=positions.device) % 2 * 2 - 1).to(torch.float32)  # -1, 1, -1, ...
+    return torch.cos(ang), torch.sin(ang) * sign
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -158,8 +167,14 @@ class Attention(nn.Module):
         norm = self.q_norm if which == "q" else self.k_norm if which == "k" else None
         return (norm(y) if norm is not None else y).transpose(1, 2)
 
-    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Projected heads ``[B, heads, S, D]`` with RoPE applied to q and k."""
+    @property
+    def _plain_qkv(self) -> bool:
+        """A stacked q|k|v projection with no bias and no head norms: ``torch.ops.msd.rope_qkv`` takes its rows."""
+        return "qkv_proj" in self._modules and "q_bias" not in self._buffers and self.q_norm is None
+
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scaled: bool = False):
+        """Projected heads ``[B, heads, S, D]`` with RoPE applied to q and k (``scaled``: and q multiplied
+        by ``attn_scale``)."""
         c = self.cfg
         if "qkv_proj" in self._modules:
             nq, nkv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
@@ -168,7 +183,8 @@ class Attention(nn.Module):
             ys = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q, k, v = (self._project(x, y, which, heads)
                    for y, which, heads in zip(ys, "qkv", (c.n_heads, c.n_kv_heads, c.n_kv_heads)))
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        q = apply_rope(q, cos, sin)
+        return q * c.attn_scale if scaled else q, apply_rope(k, cos, sin), v
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         c = self.cfg
@@ -211,20 +227,19 @@ class Attention(nn.Module):
         entries (``hidden`` then masks the others; fused: ``torch.ops.msd.decode_attention_ragged``)."""
         c = self.cfg
         b, s, _ = x.shape
-        q, k, v = self._qkv(x, cos, sin)
-        if kv_cache == "float":
-            new: tuple[torch.Tensor, ...] = (k, v)
-        elif kv_cache == "f16":  # stored rounded to f16; attention reads what is stored, new entries too
-            new = (k.to(torch.float16), v.to(torch.float16))
-            k, v = new[0].to(torch.float32), new[1].to(torch.float32)
+        if fused and kv_cache != "int8" and self._plain_qkv:  # one row kernel: RoPE, q's scale, the cache's type
+            q, kn, vn = torch.ops.msd.rope_qkv(self.qkv_proj(x), cos, sin, c.n_heads, c.n_kv_heads, c.attn_scale,
+                                               "f16" if kv_cache == "f16" else "f32")
+            new: tuple[torch.Tensor, ...] = (kn, vn)
+            k, v = (kn, vn) if kv_cache == "float" else (kn.to(torch.float32), vn.to(torch.float32))
         else:
-            (kq, kqs), (vq, vqs) = quantize_per_token(k), quantize_per_token(v)
-            new = (kq, kqs, vq, vqs)
+            q, k, v = self._qkv(x, cos, sin, scaled=True)  # q · attn_scale: [S, d] multiplies, not [S, T] divisions
+            new, k, v = _entries(k, v, kv_cache)
         hkv, group, d = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
         qg = q.unflatten(1, (hkv, group))  # query head h = kv·group + j reads kv head h // group
         w = self.window
         if fused and past and isinstance(s, int) and s == 1 and d % 16 == 0:
-            qs = qg.squeeze(3) * c.attn_scale
+            qs = qg.squeeze(3)
             if lengths is not None:
                 op = (torch.ops.msd.decode_attention_ragged_int8 if kv_cache == "int8"
                       else torch.ops.msd.decode_attention_ragged)
@@ -237,7 +252,7 @@ class Attention(nn.Module):
         if fused and not past and d % 16 == 0:  # a prompt's first step: causal attention over itself
             kd, vd = (k, v) if kv_cache != "int8" else (new[0].to(torch.float32) * new[1].unsqueeze(-1),
                                                         new[2].to(torch.float32) * new[3].unsqueeze(-1))
-            out = torch.ops.msd.prefill_attention(qg * c.attn_scale, kd, vd, w).flatten(1, 2)
+            out = torch.ops.msd.prefill_attention(qg, kd, vd, w).flatten(1, 2)
             return self.o_proj(out.transpose(1, 2).reshape(b, s, c.n_heads * d)), new
         # this layer's past entries [T, B, H, ...] -> [B, H, T, ...], then the new ones after them
         full = [torch.cat([p[:, layer].movedim(0, 2), n], dim=2) for p, n in zip(past, new)] if past else list(new)
@@ -247,8 +262,7 @@ class Attention(nn.Module):
             kc, ks, vc, vs = full
             kd = kc.to(torch.float32) * ks.unsqueeze(-1)
             vd = vc.to(torch.float32) * vs.unsqueeze(-1)
-        # q scaled (1/√d) rather than the scores divided: [S, d] multiplies instead of [S, T] divisions
-        scores = torch.einsum("bhgsd,bhtd->bhgst", qg * c.attn_scale, kd)
+        scores = torch.einsum("bhgsd,bhtd->bhgst", qg, kd)
         if hidden is not None:
             scores = scores + hidden
         out = torch.einsum("bhgst,bhtd->bhgsd", softmax_last(scores), vd).flatten(1, 2)
@@ -270,6 +284,19 @@ def window_mask(positions: torch.Tensor, t: int, window: int, hidden: torch.Tens
                            torch.full((1,), float("-inf"), device=positions.device)])
         mask = table[early]
     return mask if hidden is None else hidden + mask
+
+
+def _entries(k: torch.Tensor, v: torch.Tensor, kv_cache: str) -> tuple[tuple[torch.Tensor, ...], torch.Tensor,
+                                                                        torch.Tensor]:
+    """The new tokens' cache entries in ``kv_cache``'s form, and the keys and values attention reads (f16:
+    rounded to f16 like the stored ones)."""
+    if kv_cache == "float":
+        return (k, v), k, v
+    if kv_cache == "f16":
+        new = (k.to(torch.float16), v.to(torch.float16))
+        return new, new[0].to(torch.float32), new[1].to(torch.float32)
+    (kq, kqs), (vq, vqs) = quantize_per_token(k), quantize_per_token(v)
+    return (kq, kqs, vq, vqs), k, v
 
 
 def quantize_per_token(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,7 +321,11 @@ class MLP(nn.Module):
             self.gate_proj, self.up_proj, self.down_proj = gate, up, down
         self.activation = activation
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kernels: bool = False) -> torch.Tensor:
+        """``kernels`` (and a stacked gate|up): ``act(gate) · up`` through ``torch.ops.msd.glu`` (the same
+        values; one row kernel, absorbed by the down projection's quantizer once compiled)."""
+        if "gate_up_proj" in self._modules and kernels:
+            return self.down_proj(torch.ops.msd.glu(self.gate_up_proj(x), self.activation))
         if "gate_up_proj" in self._modules:
             g, u = self.gate_up_proj(x).chunk(2, dim=-1)
         else:
@@ -327,6 +358,24 @@ class Block(nn.Module):
         h, new = self.attn.forward_cached(self.attn_norm(x), cos, sin, past, hidden, kv_cache, layer, fused, lengths)
         return self._residual(x, h), new
 
+    def forward_kernels(self, x: torch.Tensor, pending: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                        past: tuple[torch.Tensor, ...], hidden: torch.Tensor | None, kv_cache: str, layer: int,
+                        lengths: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """:meth:`forward_cached` (fused) with its norms, residual adds and MLP activation in msd's row ops:
+        ``pending`` is the previous block's output not yet added to ``x`` (None for the first block);
+        returns ``(x, h, new)`` with this block's output ``h`` likewise left for the next norm to add
+        (``torch.ops.msd.add_rms_norm``).  The same arithmetic as :meth:`forward_cached`."""
+        x, xn = self.attn_norm.kernel(x, pending)
+        h, new = self.attn.forward_cached(xn, cos, sin, past, hidden, kv_cache, layer, True, lengths)
+        if self.post_attn_norm is not None:
+            h = self.post_attn_norm.kernel(h)[1]
+        x, xn = self.ffn_norm.kernel(x, h)
+        h = self.mlp(xn, kernels=True)
+        if self.post_ffn_norm is not None:
+            h = self.post_ffn_norm.kernel(h)[1]
+        return x, h, new
+
 
 class LlamaModel(nn.Module):
     """Stateless full-sequence Llama: ``forward(tokens [B, S], positions [B, S] | None) → logits
@@ -355,6 +404,11 @@ class LlamaModel(nn.Module):
         for i, blk in enumerate(self.blocks):
             x = blk(x, *tables[self.cfg.layer_rope(i)])
         return self.lm_head(self.norm(x))
+
+    @property
+    def row_kernels(self) -> bool:
+        """Whether msd's row kernels take this model's rows (lengths of multiples of 4)."""
+        return self.cfg.hidden % 4 == 0 and self.cfg.ffn % 4 == 0
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
@@ -387,7 +441,7 @@ class LlamaModel(nn.Module):
         return tuple(torch.zeros((length, *shape), dtype=dtype) for shape, dtype in self.cache_entries(batch, kv_cache))
 
     def step(self, tokens: torch.Tensor, *past: torch.Tensor, kv_cache: str = "float",
-             last_only: bool = True, fused_attention: bool = False,
+             last_only: bool = True, kernels: bool = False,
              lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """KV-cache forward: ``tokens [B, S]`` at positions ``T .. T+S-1`` after the ``T`` tokens held in
         ``past`` → ``(logits, *new)``.  ``past`` is the cache in ``kv_cache`` format, token-major (one
@@ -397,8 +451,10 @@ class LlamaModel(nn.Module):
         Attention reads only the ``T + S`` real entries, so a step costs what the current length asks,
         whatever the capacity of the caller's cache.  Nothing is mutated and no tensor value reaches
         Python control flow, so it exports with a dynamic ``S`` (prefill) or ``S = 1`` (decode) and a
-        dynamic ``T``.  ``fused_attention``: a one-token step attends through
-        ``torch.ops.msd.decode_attention`` (:meth:`Attention.forward_cached`).
+        dynamic ``T``.  ``kernels``: a one-token step attends through
+        ``torch.ops.msd.decode_attention`` (:meth:`Attention.forward_cached`), and (:attr:`row_kernels`) the
+        norms, residual adds and MLP activations go through msd's row ops (:meth:`Block.forward_kernels`):
+        the same values, msd's kernels once compiled.
 
         ``lengths`` (int64 ``[B]``, a one-token step only): the ``B`` sequences are independent and each
         has its own number of past tokens, ``lengths[b] <= T``: sequence ``b``'s token is at position
@@ -432,15 +488,22 @@ class LlamaModel(nn.Module):
         masks = {w: window_mask(positions, t, w, hidden, lengths) if w else hidden for w in windows}
         x = self._embed(tokens)
         new: list[list[torch.Tensor]] = [[] for _ in entries]
+        rows = kernels and self.row_kernels
+        pending = None  # (row kernels) the last block's output, added to x by the next norm
         for i, blk in enumerate(self.blocks):
-            x, layer = blk.forward_cached(x, *tables[self.cfg.layer_rope(i)], past, masks[self.cfg.window(i)],
-                                          kv_cache, i, fused_attention, lengths)
+            args = (*tables[self.cfg.layer_rope(i)], past, masks[self.cfg.window(i)], kv_cache, i)
+            if rows:
+                x, pending, layer = blk.forward_kernels(x, pending, *args, lengths)
+            else:
+                x, layer = blk.forward_cached(x, *args, kernels, lengths)
             for acc, e in zip(new, layer):
                 acc.append(e)
         if last_only:
             x = x[:, -1, :]
+            pending = pending[:, -1, :] if pending is not None else None
+        xn = self.norm.kernel(x, pending)[1] if rows else self.norm(x)
         # per layer [B, H, S, ...] -> [n_layers, B, H, S, ...] -> token-major [S, n_layers, B, H, ...]
-        return (self.lm_head(self.norm(x)), *(torch.stack(es).movedim(3, 0) for es in new))
+        return (self.lm_head(xn), *(torch.stack(es).movedim(3, 0) for es in new))
 
     @torch.no_grad()
     def generate_cached(self, tokens: list[int] | torch.Tensor, max_new_tokens: int,

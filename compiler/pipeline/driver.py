@@ -170,7 +170,7 @@ def compile_functions(
         (workdir / MODULE_FILE).write_bytes(vmfb)
         signatures = {name: (input_specs(p), output_specs(p)) for name, p in programs.items()}
         compiled = CompiledModule(workdir, tgt, signatures, report, slices, decide=opts.decide_record(target),
-                                  attention=result.get("attention"))
+                                  attention=result.get("attention"), rows=result.get("rows"))
         weakref.finalize(compiled, shutil.rmtree, workdir, True)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -193,13 +193,16 @@ class CompiledModule:
     several functions); ``save`` writes the artifact to a folder."""
 
     def __init__(self, workdir: Path, target: Target, signatures: dict[str, tuple[list[TensorSpec], list[TensorSpec]]],
-                 report: Report, slices: int, decide: dict | None = None, attention: Report | None = None) -> None:
+                 report: Report, slices: int, decide: dict | None = None, attention: Report | None = None,
+                 rows: Report | None = None) -> None:
         self.workdir = workdir
         self.target = target
         self.signatures = signatures
         self.report = report
         # what --msd-attention-kernels did: one decision per msd attention op, the kernel it got
         self.attention = attention
+        # what --msd-row-kernels did: one decision per msd row op (norms, activations, RoPE), its kernel
+        self.rows = rows
         self.slices = slices
         self.decide = decide or {"policy": "always", "hardware": None, "min_bits": None}
         self._module: Module | None = None

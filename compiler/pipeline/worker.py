@@ -164,6 +164,7 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     from msd.passes.attention_kernels import NAME as ATTENTION_KERNELS
     from msd.passes.prepack_parameters import NAME as PREPACK
     from msd.passes.prepack_parameters import parameter_keys, split
+    from msd.passes.row_kernels import NAME as ROW_KERNELS
 
     stage("setup")
     session = IreeSession(req.flags)
@@ -171,6 +172,7 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     op = module.operation
     with session.context, ir.Location.unknown():
         attention = run_pass(op, ATTENTION_KERNELS)  # torch dialect: before IREE's input conversion
+        rows = run_pass(op, ROW_KERNELS)  # (after it: a decode attention may take a RoPE row op in)
     session.load(op)
     stage("input")
     session.run_phases("start", "input")
@@ -190,7 +192,7 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     if req.stop == "msd":
         stage("print")
         return {"text": op.get_asm(large_elements_limit=LARGE_ELEMENTS_LIMIT), "report": report, "packing": packing,
-                "attention": attention}
+                "attention": attention, "rows": rows}
     with session.context:
         packer_module, calls = split(op)
         keys = sorted(parameter_keys(op))
@@ -202,7 +204,7 @@ def _compile(req: Request, stage: Callable[[str], None]) -> dict[str, Any]:
     session.run_phases("input", "end")
     stage("serialize")
     return {"vmfb": session.vm_bytecode(), "report": report, "packing": packing, "attention": attention,
-            "packer": packer, "parameters": keys}
+            "rows": rows, "packer": packer, "parameters": keys}
 
 
 def compile_packer(module: Any, flags: list[str]) -> bytes:

@@ -21,6 +21,7 @@ msd generates itself.  Around it, ordinary tensor ops:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from iree.compiler import ir
@@ -30,6 +31,8 @@ from iree.compiler.dialects import math as math_d
 from .. import _ir
 from ..analysis.dequant import Expr, mentions
 from ..analysis.values import value_set
+from ..attention_kernels import CombineSpec
+from ..row_kernels import RowSpec
 from .cpu_kernel import ISAS, ROLES_ATTR, KernelSpec
 from .emit_common import (
     centred,
@@ -140,8 +143,7 @@ def emit(p: Plan, spec: KernelSpec, kernels: dict[str, KernelSpec | QuantizeSpec
 
     if isinstance(_ir.elem_type(rows), ir.F32Type):
         q = QuantizeSpec(spec.k, g, spec.slices, spec.scale_per_group, spec.offset, spec.act_bias)
-        kernels[q.symbol] = q
-        dyn = _quantize(q, rows)
+        dyn = _quantize(q, rows, kernels)
     else:
         amax, sums = _activation_stats(p, spec, xg, mf)
         scale = _slice_scale(amax)
@@ -163,20 +165,69 @@ def emit(p: Plan, spec: KernelSpec, kernels: dict[str, KernelSpec | QuantizeSpec
 
 
 # ============================================================================= the activation
-def _quantize(q: QuantizeSpec, rows: ir.Value) -> list[ir.Value]:
+def _quantize(q: QuantizeSpec, rows: ir.Value, kernels_of_q: dict[str, KernelSpec | QuantizeSpec]) -> list[ir.Value]:
     """``[codes, scale, (sums)]`` of f32 ``rows`` ``[M, K]`` by one dispatch of the kernel ``q``
-    (M dynamic, one workgroup per row)."""
-    x = _dynamic_rows(rows)
-    m = tensor.DimOp(x, _ir.index_const(0)).result
-    results = [ir.RankedTensorType.parse(f"tensor<{t}>") for key, t in q.types().items() if key != "x"]
-    op = ir.Operation.create(
-        "flow.dispatch", results=results, operands=[m, x, m, m, *[m] * len(results)],
+    (M dynamic, one workgroup per row).  When the rows are the result of a row kernel
+    (:mod:`..row_kernels`: an RMSNorm, a residual add and RMSNorm, a gated activation), the dispatch
+    computes them from that kernel's inputs instead (``q`` with the row kernel as its prologue), placed
+    where the row kernel is; the row kernel's sum ``h``, if it has one, is then read from it too, and
+    the row kernel's dispatch goes away once nothing reads it."""
+    source = _prologue_of(rows)
+    if source is not None:
+        src_op, spec = source
+        q = dataclasses.replace(q, prologue=spec)
+        inputs = list(src_op.operands)[1:1 + len(spec.inputs())]  # after the workload
+        point, loc = ir.InsertionPoint(src_op), src_op.location
+        with point, loc:  # a row kernel's workload is its rows; a combination's rows are its sequences
+            m = src_op.operands[0] if isinstance(spec, RowSpec) else _ir.index_const(spec.batch)
+    else:
+        inputs = [_dynamic_rows(rows)]
+        m = tensor.DimOp(inputs[0], _ir.index_const(0)).result
+        point, loc = None, None
+    kernels_of_q[q.symbol] = q
+    results = [ir.RankedTensorType.parse(f"tensor<{t}>") for t in q.results().values()]
+    dynamic = [m] * sum("?" in t for t in q.inputs().values())
+    create = lambda: ir.Operation.create(  # noqa: E731
+        "flow.dispatch", results=results, operands=[m, *inputs, m, *dynamic, *[m] * len(results)],
         attributes={
             "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([q.symbol, q.symbol])]),
-            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, 2, 1, len(results)]),
+            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, len(inputs) + 1, len(dynamic), len(results)]),
             "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)] * len(results)),
         })
-    return list(op.results)
+    if point is None:
+        op = create()
+    else:
+        with point, loc:
+            op = create()
+    out = list(op.results)
+    if "h" in q.results():  # the residual stream's sum: read from the fused dispatch from now on
+        src_op.results[0].replace_all_uses_with(out[-1])
+        out = out[:-1]
+    return out
+
+
+def _prologue_of(rows: ir.Value) -> tuple[ir.Operation, RowSpec | CombineSpec] | None:
+    """The dispatch of msd's whose result ``rows`` ``[M, K]`` is, through reshapes (casts, collapses,
+    expansions: the same row-major elements, so the same rows), when the quantizer can compute that
+    result itself: a row kernel's ``y`` ``[M, K]``, or a decode attention's combination ``[B, kv_heads,
+    group, D]`` (row ``b``: sequence ``b``'s heads); with the prologue's spec.  Else None."""
+    k = _ir.tensor_type(rows).get_dim_size(1)
+    v = rows
+    while (op := _ir.producer(v)) is not None and op.name in ("tensor.cast", "tensor.collapse_shape",
+                                                              "tensor.expand_shape"):
+        v = op.operands[0]
+    if op is None or op.name != "flow.dispatch" or v != op.results[len(op.results) - 1]:
+        return None
+    symbol = _entry_symbol(op)
+    spec = RowSpec.from_symbol(symbol) or CombineSpec.from_symbol(symbol)
+    if spec is None or spec.k != k or (isinstance(spec, CombineSpec) and spec.head_dim % 4):
+        return None
+    return op, spec
+
+
+def _entry_symbol(dispatch: ir.Operation) -> str:
+    """The entry point a ``flow.dispatch`` calls (``@exe::@fn`` → ``fn``)."""
+    return str(ir.ArrayAttr(dispatch.attributes["entry_points"])[0]).rsplit("::@", 1)[-1]
 
 
 def _activation_stats(p: Plan, spec: KernelSpec, xg: ir.Value, mf: _ir.Size) -> tuple[ir.Value, ir.Value | None]:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..attention_kernels import CombineSpec
+from ..row_kernels import RowSpec
 from .cpu_kernel import SYMBOL_PREFIX
 from .emit_common import FLT_MIN, QMAX, SLICE_RADIX
 
@@ -35,10 +37,15 @@ class QuantizeSpec:
     scale_per_group: bool
     offset: bool
     act_bias: int
+    # the row is computed here from another kernel's inputs: a row kernel's (:mod:`..row_kernels`), or a
+    # decode attention's splits (:class:`..attention_kernels.CombineSpec`)
+    prologue: RowSpec | CombineSpec | None = None
 
     def __post_init__(self) -> None:
         if self.k % self.group or self.group % 4:
             raise ValueError(f"K={self.k} in groups of {self.group}: groups must divide K and be multiples of 4")
+        if self.prologue is not None and self.prologue.k != self.k:
+            raise ValueError(f"a row of {self.prologue.k} does not feed a quantizer of K={self.k}")
 
     @property
     def groups(self) -> int:
@@ -46,21 +53,35 @@ class QuantizeSpec:
 
     @property
     def chunk(self) -> int:
-        """Lanes read at a time: the largest of 32, 16, 8, 4 that divides the group."""
-        return next(c for c in (32, 16, 8, 4) if self.group % c == 0)
+        """Lanes read at a time: the largest of 32, 16, 8, 4 that divides the group (and, combining an
+        attention's heads, the head dim: a chunk never straddles two heads)."""
+        head = self.prologue.head_dim if isinstance(self.prologue, CombineSpec) else self.group
+        return next(c for c in (32, 16, 8, 4) if self.group % c == 0 and head % c == 0)
 
     @property
     def symbol(self) -> str:
         return (f"{SYMBOL_PREFIX}quantize_k{self.k}_g{self.group}_p{self.slices}{'_sg' if self.scale_per_group else ''}"
-                f"{'_off' if self.offset else ''}_b{self.act_bias}")
+                f"{'_off' if self.offset else ''}_b{self.act_bias}"
+                f"{f'_{self.prologue.tag}' if self.prologue is not None else ''}")
 
-    def types(self) -> dict[str, str]:
-        """Each binding's memref type (``?``: the rows M): the input, then the results."""
+    def inputs(self) -> dict[str, str]:
+        """Each input binding's memref type (``?``: the rows M): the rows, or the prologue's inputs."""
+        return self.prologue.inputs() if self.prologue is not None else {"x": f"?x{self.k}xf32"}
+
+    def results(self) -> dict[str, str]:
+        """Each result binding's memref type: the codes, the scales, the group sums (with an offset), and
+        a prologue's sum ``h`` (add_rms_norm)."""
         p, k, g = self.slices, self.k, self.groups
-        out = {"x": f"?x{k}xf32", "a": f"?x{p}x{k}xi8", "s": f"?x{g if self.scale_per_group else 1}xf32"}
+        out = {"a": f"?x{p}x{k}xi8", "s": f"?x{g if self.scale_per_group else 1}xf32"}
         if self.offset:
             out["xs"] = f"?x{g}xf32"
+        if self.prologue is not None and "h" in self.prologue.outputs():
+            out["h"] = self.prologue.outputs()["h"]
         return out
+
+    def types(self) -> dict[str, str]:
+        """Each binding's memref type: the inputs, then the results."""
+        return {**self.inputs(), **self.results()}
 
     def executable(self) -> str:
         return _Writer(self).text()
@@ -71,6 +92,15 @@ class _Writer:
         self.s = spec
         self.lines: list[str] = []
         self.v = f"vector<{spec.chunk}xf32>"
+        self.pro = spec.prologue.writer(self.e) if spec.prologue is not None else None
+
+    def read(self, ind: str) -> str:
+        """The chunk of the row at ``%k``: read from ``%x``, or computed by the prologue."""
+        if self.pro is not None:
+            return self.pro.load(ind, "%k", self.s.chunk)
+        self.e(f"{ind}%xv = vector.transfer_read %x[%r, %k], %f0 {{in_bounds = [true]}} : "
+               f"memref<{self.s.types()['x']}>, {self.v}")
+        return "%xv"
 
     def e(self, line: str) -> None:
         self.lines.append(line)
@@ -87,10 +117,11 @@ class _Writer:
         e("  builtin.module {")
         args = ", ".join(f"%{k}_b: !stream.binding" for k in types)
         e(f"    func.func @{sym}({args}, %M: index) {{")
-        for c in sorted({0, 1, s.chunk, s.group, s.groups, *range(s.slices)}):
+        for c in sorted({0, 1, s.chunk, s.group, s.groups, s.k, *range(s.slices)}):
             e(f"      %c{c} = arith.constant {c} : index")
         for k, t in types.items():
-            e(f"      %{k} = stream.binding.subspan %{k}_b[%c0] : !stream.binding -> memref<{t}>{{%M}}")
+            dyn = "{%M}" if "?" in t else ""
+            e(f"      %{k} = stream.binding.subspan %{k}_b[%c0] : !stream.binding -> memref<{t}>{dyn}")
         e("      %f0 = arith.constant 0.0 : f32")
         e(f"      %zero = arith.constant dense<0.0> : {v}")
         e(f"      %inf = arith.constant dense<0x7F800000> : {v}")
@@ -99,6 +130,8 @@ class _Writer:
         e(f"      %radix = arith.constant dense<{SLICE_RADIX}> : {v}")
         e(f"      %bias = arith.constant dense<{s.act_bias}> : vector<{s.chunk}xi32>")
         e("      %r = stream.dispatch.workgroup.id[0] : index")
+        if self.pro is not None:
+            self.pro.setup("      ", s.chunk)
         if s.scale_per_group:
             e(f"      scf.for %gi = %c0 to %c{s.groups} step %c1 {{")
             e(f"        %base = arith.muli %gi, %c{s.group} : index")
@@ -131,11 +164,11 @@ class _Writer:
         e(f"{ind}%st:2 = scf.for %ci = %c0 to %c{s.group} step %c{s.chunk} iter_args(%m0 = {carried}, %s0 = %f0)"
           " -> (f32, f32) {")
         e(f"{ind}  %k = arith.addi %base, %ci : index")
-        e(f"{ind}  %xv = vector.transfer_read %x[%r, %k], %f0 {{in_bounds = [true]}} : memref<{s.types()['x']}>, {v}")
-        e(f"{ind}  %ax = math.absf %xv : {v}")
+        xv = self.read(ind + "  ")
+        e(f"{ind}  %ax = math.absf {xv} : {v}")
         e(f"{ind}  %mx = vector.reduction <maximumf>, %ax : {v} into f32")
         e(f"{ind}  %m1 = arith.maximumf %m0, %mx : f32")
-        e(f"{ind}  %sx = vector.reduction <add>, %xv : {v} into f32")
+        e(f"{ind}  %sx = vector.reduction <add>, {xv} : {v} into f32")
         e(f"{ind}  %s1 = arith.addf %s0, %sx : f32")
         e(f"{ind}  scf.yield %m1, %s1 : f32, f32")
         e(f"{ind}}}")
@@ -162,8 +195,8 @@ class _Writer:
         e(f"{ind}%scb = vector.broadcast %sc : f32 to {v}")
         e(f"{ind}scf.for %ci = %c0 to %c{s.group} step %c{s.chunk} {{")
         e(f"{ind}  %k = arith.addi %base, %ci : index")
-        e(f"{ind}  %xv = vector.transfer_read %x[%r, %k], %f0 {{in_bounds = [true]}} : memref<{s.types()['x']}>, {v}")
-        e(f"{ind}  %t0 = arith.divf %xv, %scb : {v}")
+        xv = self.read(ind + "  ")
+        e(f"{ind}  %t0 = arith.divf {xv}, %scb : {v}")
         e(f"{ind}  %at = math.absf %t0 : {v}")
         e(f"{ind}  %ok = arith.cmpf olt, %at, %inf : {v}")
         t = "%t0"

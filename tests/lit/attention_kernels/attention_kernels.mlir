@@ -11,6 +11,15 @@
 // constant), then their combination.  The executables are added once for the two layers that share
 // their shape; 2 KV heads get 4 splits (8 workgroups).
 
+// A step whose q, new key and new value come from torch.msd.rope_qkv (the token's stacked q|k|v row,
+// RoPE, q's scale, k and v as f16): the attention kernel takes the row and the RoPE tables itself (the
+// rope_qkv op goes), rotates the heads (a pair-swapping shuffle), writes the new entries from its first
+// split, and the cache outputs read them from there.  (Its executables come first in the output.)
+// CHECK:       stream.executable private @msd_decode_attention_b1_h2_g2_d32_l2_s4_f16_rope3e3504f3 {
+// CHECK:         vector.shuffle {{.*}} [1, 0, 3, 2,
+// CHECK:         arith.truncf {{.*}} : vector<32xf32> to vector<32xf16>
+// CHECK:         scf.if
+// CHECK:           vector.transfer_write {{.*}} : vector<32xf16>, memref<1x2x1x32xf16>
 // CHECK:       stream.executable private @msd_decode_attention_b1_h2_g3_d32_l2_s4_combine
 // CHECK:         math.exp
 // CHECK:       stream.executable private @msd_decode_attention_b1_h2_g3_d32_l2_s4
@@ -32,6 +41,15 @@
 // CHECK:         %[[L1:.*]] = arith.constant 1 : index
 // CHECK:         flow.dispatch @msd_decode_attention_b1_h2_g3_d32_l2_s4::@msd_decode_attention_b1_h2_g3_d32_l2_s4[{{.*}}]({{.*}}, %[[L1]])
 // CHECK:         flow.dispatch @msd_decode_attention_b1_h2_g3_d32_l2_s4_combine
+
+// CHECK-LABEL: func.func @decode_rope(
+// CHECK-NOT:     torch.operator
+// CHECK:         %[[ROW:.*]] = tensor.collapse_shape %{{.*}} {{\[\[}}0, 1], [2]] : tensor<1x1x256xf32> into tensor<1x256xf32>
+// CHECK:         %[[A:.*]]:4 = flow.dispatch @msd_decode_attention_b1_h2_g2_d32_l2_s4_f16_rope3e3504f3::{{.*}}(%[[ROW]], {{.*}}) : (tensor<1x256xf32>, tensor<1x32xf32>, tensor<1x32xf32>, tensor<?x2x1x2x32xf16>{%{{.*}}}, tensor<?x2x1x2x32xf16>{%{{.*}}}, index, index) -> (tensor<1x2x4x2x32xf32>, tensor<1x2x4x2x2xf32>, tensor<1x2x1x32xf16>, tensor<1x2x1x32xf16>)
+// CHECK:         flow.dispatch @msd_decode_attention_b1_h2_g2_d32_l2_s4_f16_rope3e3504f3_combine::{{.*}}(%[[A]]#0, %[[A]]#1)
+// CHECK:         %[[K:.*]] = torch_c.from_builtin_tensor %[[A]]#2
+// CHECK:         %[[V:.*]] = torch_c.from_builtin_tensor %[[A]]#3
+// CHECK:         return %{{.*}}, %[[K]], %[[V]]
 
 // REPORT: rewritten: torch.msd.decode_attention at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2_s4 (layer 0)
 // REPORT: rewritten: torch.msd.decode_attention at {{.*}}: msd_decode_attention_b1_h2_g3_d32_l2_s4 (layer 1)
@@ -128,4 +146,23 @@ func.func @prefill_window(%q: !torch.vtensor<[1,2,3,?,32],f32>, %k: !torch.vtens
   %int20 = torch.constant.int 20
   %0 = torch.operator "torch.msd.prefill_attention"(%q, %k, %v, %int20) : (!torch.vtensor<[1,2,3,?,32],f32>, !torch.vtensor<[1,2,?,32],f32>, !torch.vtensor<[1,2,?,32],f32>, !torch.int) -> !torch.vtensor<[1,2,3,?,32],f32>
   return %0 : !torch.vtensor<[1,2,3,?,32],f32>
+}
+
+func.func @decode_rope(%qkv: !torch.vtensor<[1,1,256],f32>, %cos: !torch.vtensor<[1,1,1,32],f32>,
+                       %sin: !torch.vtensor<[1,1,1,32],f32>, %kc: !torch.vtensor<[?,2,1,2,32],f16>,
+                       %vc: !torch.vtensor<[?,2,1,2,32],f16>)
+    -> (!torch.vtensor<[1,2,2,32],f32>, !torch.vtensor<[1,2,1,32],f16>, !torch.vtensor<[1,2,1,32],f16>) {
+  %int0 = torch.constant.int 0
+  %int1 = torch.constant.int 1
+  %int2 = torch.constant.int 2
+  %int3 = torch.constant.int 3
+  %int4 = torch.constant.int 4
+  %scale = torch.constant.float 0.17677669529663687
+  %f16 = torch.constant.str "f16"
+  %r:3 = torch.operator "torch.msd.rope_qkv"(%qkv, %cos, %sin, %int4, %int2, %scale, %f16) : (!torch.vtensor<[1,1,256],f32>, !torch.vtensor<[1,1,1,32],f32>, !torch.vtensor<[1,1,1,32],f32>, !torch.int, !torch.int, !torch.float, !torch.str) -> (!torch.vtensor<[1,4,1,32],f32>, !torch.vtensor<[1,2,1,32],f16>, !torch.vtensor<[1,2,1,32],f16>)
+  %groups = torch.prim.ListConstruct %int2, %int2 : (!torch.int, !torch.int) -> !torch.list<int>
+  %q5 = torch.aten.unflatten.int %r#0, %int1, %groups : !torch.vtensor<[1,4,1,32],f32>, !torch.int, !torch.list<int> -> !torch.vtensor<[1,2,2,1,32],f32>
+  %q = torch.aten.squeeze.dim %q5, %int3 : !torch.vtensor<[1,2,2,1,32],f32>, !torch.int -> !torch.vtensor<[1,2,2,32],f32>
+  %0 = torch.operator "torch.msd.decode_attention"(%q, %kc, %vc, %r#1, %r#2, %int0, %int0) : (!torch.vtensor<[1,2,2,32],f32>, !torch.vtensor<[?,2,1,2,32],f16>, !torch.vtensor<[?,2,1,2,32],f16>, !torch.vtensor<[1,2,1,32],f16>, !torch.vtensor<[1,2,1,32],f16>, !torch.int, !torch.int) -> !torch.vtensor<[1,2,2,32],f32>
+  return %0, %r#1, %r#2 : !torch.vtensor<[1,2,2,32],f32>, !torch.vtensor<[1,2,1,32],f16>, !torch.vtensor<[1,2,1,32],f16>
 }

@@ -16,7 +16,7 @@
 
 // A pass flag that is not registered: the known passes and the usage line.
 // UNKNOWN-NOT:   Traceback
-// UNKNOWN:       msd-opt: error: unknown pass '--msd-bogus' (known: --msd-decompose-activations, --msd-attention-kernels, --msd-prepack-parameters)
+// UNKNOWN:       msd-opt: error: unknown pass '--msd-bogus' (known: --msd-decompose-activations, --msd-attention-kernels, --msd-row-kernels, --msd-prepack-parameters)
 // UNKNOWN-NEXT:  usage: msd-opt
 // UNKNOWN-NOT:   module
 
