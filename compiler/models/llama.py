@@ -169,8 +169,10 @@ class Attention(nn.Module):
 
     @property
     def _plain_qkv(self) -> bool:
-        """A stacked q|k|v projection with no bias and no head norms: ``torch.ops.msd.rope_qkv`` takes its rows."""
-        return "qkv_proj" in self._modules and "q_bias" not in self._buffers and self.q_norm is None
+        """A stacked q|k|v projection with no bias and no head norms, heads of a multiple of 4:
+        ``torch.ops.msd.rope_qkv`` (one row kernel) takes its rows."""
+        return ("qkv_proj" in self._modules and "q_bias" not in self._buffers and self.q_norm is None
+                and self.cfg.head_dim % 4 == 0)
 
     def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scaled: bool = False):
         """Projected heads ``[B, heads, S, D]`` with RoPE applied to q and k (``scaled``: and q multiplied

@@ -165,40 +165,36 @@ def emit(p: Plan, spec: KernelSpec, kernels: dict[str, KernelSpec | QuantizeSpec
 
 
 # ============================================================================= the activation
-def _quantize(q: QuantizeSpec, rows: ir.Value, kernels_of_q: dict[str, KernelSpec | QuantizeSpec]) -> list[ir.Value]:
+def _quantize(q: QuantizeSpec, rows: ir.Value, kernels: dict[str, KernelSpec | QuantizeSpec]) -> list[ir.Value]:
     """``[codes, scale, (sums)]`` of f32 ``rows`` ``[M, K]`` by one dispatch of the kernel ``q``
-    (M dynamic, one workgroup per row).  When the rows are the result of a row kernel
-    (:mod:`..row_kernels`: an RMSNorm, a residual add and RMSNorm, a gated activation), the dispatch
-    computes them from that kernel's inputs instead (``q`` with the row kernel as its prologue), placed
-    where the row kernel is; the row kernel's sum ``h``, if it has one, is then read from it too, and
-    the row kernel's dispatch goes away once nothing reads it."""
+    (M dynamic, one workgroup per row), added to ``kernels``.  When the rows are the result of a row
+    kernel (:mod:`..row_kernels`: an RMSNorm, a residual add and RMSNorm, a gated activation) or of a
+    decode attention's combination of its splits, the dispatch computes them from that kernel's inputs
+    instead (``q`` with it as its prologue), placed where that kernel is; a row kernel's sum ``h``, if it
+    has one, is then read from it too, and the producer's dispatch goes away once nothing reads it."""
     source = _prologue_of(rows)
-    if source is not None:
-        src_op, spec = source
-        q = dataclasses.replace(q, prologue=spec)
-        inputs = list(src_op.operands)[1:1 + len(spec.inputs())]  # after the workload
-        point, loc = ir.InsertionPoint(src_op), src_op.location
-        with point, loc:  # a row kernel's workload is its rows; a combination's rows are its sequences
-            m = src_op.operands[0] if isinstance(spec, RowSpec) else _ir.index_const(spec.batch)
-    else:
+    if source is None:
+        ip, loc = ir.InsertionPoint.current, ir.Location.current
         inputs = [_dynamic_rows(rows)]
         m = tensor.DimOp(inputs[0], _ir.index_const(0)).result
-        point, loc = None, None
-    kernels_of_q[q.symbol] = q
+    else:
+        src_op, spec = source
+        q = dataclasses.replace(q, prologue=spec)
+        ip, loc = ir.InsertionPoint(src_op), src_op.location
+        inputs = list(src_op.operands)[1:1 + len(spec.inputs())]  # after the workload
+        with ip, loc:  # a row kernel's workload is its rows; a combination's rows are its sequences
+            m = src_op.operands[0] if isinstance(spec, RowSpec) else _ir.index_const(spec.batch)
+    kernels[q.symbol] = q
     results = [ir.RankedTensorType.parse(f"tensor<{t}>") for t in q.results().values()]
     dynamic = [m] * sum("?" in t for t in q.inputs().values())
-    create = lambda: ir.Operation.create(  # noqa: E731
-        "flow.dispatch", results=results, operands=[m, *inputs, m, *dynamic, *[m] * len(results)],
-        attributes={
-            "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([q.symbol, q.symbol])]),
-            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, len(inputs) + 1, len(dynamic), len(results)]),
-            "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)] * len(results)),
-        })
-    if point is None:
-        op = create()
-    else:
-        with point, loc:
-            op = create()
+    with ip, loc:
+        op = ir.Operation.create(
+            "flow.dispatch", results=results, operands=[m, *inputs, m, *dynamic, *[m] * len(results)],
+            attributes={
+                "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([q.symbol, q.symbol])]),
+                "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, len(inputs) + 1, len(dynamic), len(results)]),
+                "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)] * len(results)),
+            })
     out = list(op.results)
     if "h" in q.results():  # the residual stream's sum: read from the fused dispatch from now on
         src_op.results[0].replace_all_uses_with(out[-1])
