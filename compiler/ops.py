@@ -41,7 +41,10 @@ def _attend(q: torch.Tensor, kd: torch.Tensor, vd: torch.Tensor, lengths: torch.
     return torch.einsum("bhgt,bhtd->bhgd", e * (1.0 / e.sum(-1, keepdim=True)), vd)
 
 
-def _mask_table(device: torch.device) -> torch.Tensor:  # an additive mask's values: [0, −inf]
+def mask_table(device: torch.device) -> torch.Tensor:
+    """An additive mask's two values ``[0, −inf]``: a mask is this table indexed by 0/1 (a gather rather
+    than a bool select, so that msd's matmul pass sees a float operand for the attention matmuls — a
+    bool mask reads to it as an i1 "integer weight")."""
     return torch.cat([torch.zeros(1, device=device), torch.full((1,), float("-inf"), device=device)])
 
 
@@ -52,17 +55,17 @@ def window_mask(ends: torch.Tensor, t: int, window: int) -> torch.Tensor:
     keys = torch.arange(t, device=ends.device).view(1, -1)
     early = torch.cat([(keys <= ends.view(-1, 1) - window).to(torch.long),
                        torch.zeros(ends.shape[0], 1, dtype=torch.long, device=ends.device)], dim=1)
-    return _mask_table(ends.device)[early]
+    return mask_table(ends.device)[early]
 
 
 def ragged_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
     """Additive mask ``[B, T + 1]``: −inf on cached key ``j`` when ``j >= lengths[b]`` (a row past
-    sequence ``b``'s end), 0 on the others and on the new token's key ``T``.  A lookup in ``[0, −inf]``
-    rather than a bool select (see :mod:`msd.compiler.models.llama`)."""
+    sequence ``b``'s end), 0 on the others and on the new token's key ``T`` (a lookup in
+    :func:`mask_table`)."""
     keys = torch.arange(t, device=lengths.device).view(1, -1)
     new = torch.zeros(lengths.shape[0], 1, dtype=torch.long, device=lengths.device)  # the new token's key
     past_end = torch.cat([(keys >= lengths.view(-1, 1)).to(torch.long), new], dim=1)  # (no i1 `and`: IREE)
-    return _mask_table(lengths.device)[past_end]
+    return mask_table(lengths.device)[past_end]
 
 
 def _reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.Tensor,
@@ -179,7 +182,7 @@ def _reference_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
     later = (positions.view(1, -1) > positions.view(-1, 1)).to(torch.long)  # key after query
     if window:  # or `window` or more positions before it
         later = later + (positions.view(1, -1) <= positions.view(-1, 1) - window).to(torch.long)
-    scores = torch.einsum("bhgsd,bhtd->bhgst", q, k) + _mask_table(q.device)[later]  # an additive mask (see llama.py)
+    scores = torch.einsum("bhgsd,bhtd->bhgst", q, k) + mask_table(q.device)[later]  # an additive mask
     e = torch.exp(scores - scores.amax(-1, keepdim=True))
     return torch.einsum("bhgst,bhtd->bhgsd", e * (1.0 / e.sum(-1, keepdim=True)), v)
 
@@ -302,5 +305,5 @@ def decompose_for(program: torch.export.ExportedProgram) -> torch.export.Exporte
 
 
 __all__ = ["add_rms_norm", "decode_attention", "decode_attention_int8", "decode_attention_ragged",
-           "decode_attention_ragged_int8", "decompose_for", "glu", "prefill_attention", "ragged_mask", "rms_norm",
-           "rope_qkv", "window_mask"]
+           "decode_attention_ragged_int8", "decompose_for", "glu", "mask_table", "prefill_attention", "ragged_mask",
+           "rms_norm", "rope_qkv", "window_mask"]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msd.compiler import ops as _ops  # noqa: F401 - registers torch.ops.msd.decode_attention
-from msd.compiler.ops import ragged_mask
+from msd.compiler.ops import mask_table, ragged_mask
 from msd.compiler.ops import window_mask as ops_window_mask
 from msd.errors import OptionError
 
@@ -282,9 +282,7 @@ def window_mask(positions: torch.Tensor, t: int, window: int, hidden: torch.Tens
     else:
         keys = torch.arange(t + positions.shape[1], device=positions.device)
         early = (keys.view(1, -1) <= positions[0].view(-1, 1) - window).to(torch.long)  # [S, T + S]
-        table = torch.cat([torch.zeros(1, device=positions.device),
-                           torch.full((1,), float("-inf"), device=positions.device)])
-        mask = table[early]
+        mask = mask_table(positions.device)[early]
     return mask if hidden is None else hidden + mask
 
 
@@ -477,14 +475,10 @@ class LlamaModel(nn.Module):
             positions = lengths.view(b, 1)
             hidden = ragged_mask(lengths, t).view(b, 1, 1, 1, t + 1)  # [B, ·, ·, S = 1, T + 1]
         elif not (isinstance(s, int) and s == 1):  # one new token sees every key: no mask
-            # additive mask [S, T + S]: -inf on keys after each query, by a lookup (gather) in [0, -inf]
-            # rather than a bool select, so that msd's matmul pass sees a float operand for the attention
-            # matmuls (a bool mask reads to it as an i1 "integer weight")
+            # additive mask [S, T + S]: -inf on keys after each query (ops.mask_table: a lookup, not a select)
             keys = torch.arange(t + s, device=tokens.device)
             later = (keys.view(1, -1) > positions[0].view(-1, 1)).to(torch.long)
-            table = torch.cat([torch.zeros(1, device=tokens.device),
-                               torch.full((1,), float("-inf"), device=tokens.device)])
-            hidden = table[later]
+            hidden = mask_table(tokens.device)[later]
         tables = self._rope_tables(positions)
         windows = dict.fromkeys(self.cfg.window(i) for i in range(len(self.blocks)))
         masks = {w: window_mask(positions, t, w, hidden, lengths) if w else hidden for w in windows}
