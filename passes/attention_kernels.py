@@ -45,16 +45,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from iree.compiler import ir
-from iree.compiler.dialects import tensor
 
 from msd.errors import OptionError
 
+from . import _ir
+from ._torch import add_executables, f32_bits, torch_operators, vtensor_shape
 from .pass_options import PassOptions
 from .report import Decision, Report
 from .row_kernels import OP_ROPE_QKV, plan_qkv
@@ -106,7 +106,7 @@ class AttentionSpec:
         return (f"{SYMBOL_PREFIX}b{self.batch}_h{self.kv_heads}_g{self.group}_d{self.head_dim}"
                 f"_l{self.layers}_s{self.splits}{'_i8' if self.int8 else ''}{'_r' if self.ragged else ''}"
                 f"{f'_w{self.window}' if self.window else ''}{'_f16' if self.f16 else ''}"
-                f"{f'_rope{_f32_bits(self.rope):08x}' if self.rope else ''}")
+                f"{f'_rope{f32_bits(self.rope):08x}' if self.rope else ''}")
 
     @property
     def combine_symbol(self) -> str:
@@ -261,10 +261,6 @@ class PrefillSpec:
         return [_Writer(self).prefill()]
 
 
-def _f32_bits(v: float) -> int:
-    return struct.unpack("<I", struct.pack("<f", v))[0]
-
-
 class _Writer:
     """The kernel's text, line by line (SSA names made unique per block of keys)."""
 
@@ -405,7 +401,7 @@ class _Writer:
         e(f"      %rg = arith.constant {g_} : index")
         e(f"      %rk0 = arith.constant {hq} : index")
         e(f"      %rv0 = arith.constant {hq + s.kv_heads} : index")
-        e(f"      %rscale = arith.constant dense<0x{_f32_bits(s.rope):08X}> : {vd}")
+        e(f"      %rscale = arith.constant dense<0x{f32_bits(s.rope):08X}> : {vd}")
         for t in ("cos", "sin"):
             e(f"      %r{t} = vector.transfer_read %{t}[%b, %c0], %f0 {{in_bounds = [true]}} : {mem[t]}, {vd}")
 
@@ -711,19 +707,6 @@ class _Writer:
 
 
 # ================================================================================================ pass
-_TENSOR = "!torch.vtensor<["
-
-
-def _shape(t: ir.Type) -> tuple[list[int | None], str] | None:
-    """``(dims, element type)`` of a ``!torch.vtensor`` type (None for a dynamic dim)."""
-    text = str(t)
-    if not text.startswith(_TENSOR):
-        return None
-    dims_text, _, elem = text[len(_TENSOR):].rstrip(">").partition("],")
-    dims = [None if d == "?" else int(d) for d in dims_text.split(",") if d]
-    return dims, elem
-
-
 # operands of each op: (name in messages, kernel binding, element type, shape as a function of B, H, G, D)
 _F32_OPERANDS = (("q", "q", "f32"), ("k_cache", "kc", "f32"), ("v_cache", "vc", "f32"), ("k_new", "kn", "f32"),
                  ("v_new", "vn", "f32"))
@@ -742,8 +725,8 @@ def plan(op: ir.Operation) -> tuple[AttentionSpec, int]:
     :class:`~msd.errors.OptionError` naming the operand that does not fit."""
     name = ir.StringAttr(op.attributes["name"]).value
     table = OPERANDS[name]
-    f16 = table[1][2] == "f32" and _shape(op.operands[1].type) is not None and \
-        _shape(op.operands[1].type)[1] == "f16"  # the f32 ops over an f16 cache
+    f16 = table[1][2] == "f32" and vtensor_shape(op.operands[1].type) is not None and \
+        vtensor_shape(op.operands[1].type)[1] == "f16"  # the f32 ops over an f16 cache
     if f16:
         table = _F16_OPERANDS + table[len(_F32_OPERANDS):]
     if len(op.operands) not in (len(table) + 1, len(table) + 2) or len(op.results) != 1:
@@ -751,7 +734,7 @@ def plan(op: ir.Operation) -> tuple[AttentionSpec, int]:
                           f"{len(op.operands)} and {len(op.results)}")
     shapes = {}
     for (what, _key, elem), v in zip(table, op.operands):
-        sh = _shape(v.type)
+        sh = vtensor_shape(v.type)
         if sh is None or sh[1] != elem:
             raise OptionError(f"{name}: {what} must be a {elem} tensor, got {v.type}")
         shapes[what] = sh[0]
@@ -772,7 +755,7 @@ def plan(op: ir.Operation) -> tuple[AttentionSpec, int]:
         got = ["?" if x is None else str(x) for x in sh]
         if layers is None or got != want:
             raise OptionError(f"{name}: {what} must be [{', '.join(want)}] (T = '?', layers static), got {sh}")
-    result = _shape(op.results[0].type)
+    result = vtensor_shape(op.results[0].type)
     if result is None or result[0] != q or result[1] != "f32":
         raise OptionError(f"{name}: the result must be f32 {q}, got {op.results[0].type}")
     layer = _constant_int(op, len(table), name, "layer index")
@@ -862,7 +845,7 @@ def rope_source(op: ir.Operation, spec: AttentionSpec) -> tuple[ir.Operation, fl
         qkv = plan_qkv(src)
     except OptionError:
         return None  # the row-kernel pass reports it
-    shape = _shape(src.operands[0].type)
+    shape = vtensor_shape(src.operands[0].type)
     if shape is None or shape[0][1] != 1 or (qkv.batch, qkv.heads, qkv.kv_heads, qkv.head_dim, qkv.f16) != \
             (spec.batch, spec.kv_heads * spec.group, spec.kv_heads, spec.head_dim, spec.f16):
         return None
@@ -874,21 +857,17 @@ def _emit_rope(op: ir.Operation, spec: AttentionSpec, layer: int, rope: ir.Opera
     placed where ``rope`` is; ``rope``'s k and v results are then read from the kernel's."""
     types = spec.types()
     with ir.InsertionPoint(rope), op.location:
-        def builtin(v: ir.Value, key: str, groups: list[list[int]] | None = None) -> ir.Value:
-            dims, elem = _shape(v.type)
+        def builtin(v: ir.Value, groups: list[list[int]] | None = None) -> ir.Value:
+            dims, elem = vtensor_shape(v.type)
             t = ir.RankedTensorType.parse(f"tensor<{'x'.join('?' if d is None else str(d) for d in dims)}x"
                                           f"{'f16' if elem == 'f16' else 'i64' if elem == 'si64' else elem}>")
             b = ir.Operation.create("torch_c.to_builtin_tensor", results=[t], operands=[v]).result
-            if groups is None:
-                return b
-            return tensor.CollapseShapeOp(ir.RankedTensorType.parse(f"tensor<{types[key]}>"), b,
-                                          _reassociation(groups)).result
+            return b if groups is None else _ir.collapse(b, groups)
 
-        args = [builtin(rope.operands[0], "qkv", [[0, 1], [2]]), builtin(rope.operands[1], "cos", [[0, 1, 2], [3]]),
-                builtin(rope.operands[2], "sin", [[0, 1, 2], [3]]), builtin(op.operands[1], "kc"),
-                builtin(op.operands[2], "vc")]
+        args = [builtin(rope.operands[0], [[0, 1], [2]]), builtin(rope.operands[1], [[0, 1, 2], [3]]),
+                builtin(rope.operands[2], [[0, 1, 2], [3]]), builtin(op.operands[1]), builtin(op.operands[2])]
         if spec.ragged:
-            args.append(builtin(op.operands[len(_F32_OPERANDS)], "len"))
+            args.append(builtin(op.operands[len(_F32_OPERANDS)]))
         index = ir.IndexType.get()
         zero = ir.Operation.create("arith.constant", results=[index],
                                    attributes={"value": ir.IntegerAttr.get(index, 0)}).result
@@ -916,11 +895,6 @@ def _emit_rope(op: ir.Operation, spec: AttentionSpec, layer: int, rope: ir.Opera
         rope.erase()
 
 
-def _reassociation(groups: list[list[int]]) -> ir.ArrayAttr:
-    i64 = ir.IntegerType.get_signless(64)
-    return ir.ArrayAttr.get([ir.ArrayAttr.get([ir.IntegerAttr.get(i64, i) for i in g]) for g in groups])
-
-
 def plan_prefill(op: ir.Operation) -> PrefillSpec:
     """The prefill kernel's shape for one ``torch.msd.prefill_attention``; an
     :class:`~msd.errors.OptionError` naming the operand that does not fit."""
@@ -933,7 +907,7 @@ def plan_prefill(op: ir.Operation) -> PrefillSpec:
         raise OptionError(f"{name}: the window {window} is negative")
     shapes = []
     for what, v in zip(("q", "k", "v"), op.operands):
-        sh = _shape(v.type)
+        sh = vtensor_shape(v.type)
         if sh is None or sh[1] != "f32":
             raise OptionError(f"{name}: {what} must be an f32 tensor, got {v.type}")
         shapes.append(sh[0])
@@ -947,7 +921,7 @@ def plan_prefill(op: ir.Operation) -> PrefillSpec:
         want = spec.types()[key].split("x")[:-1]
         if ["?" if x is None else str(x) for x in sh] != want:
             raise OptionError(f"{name}: {what} must be [{', '.join(want)}] (S = '?'), got {sh}")
-    result = _shape(op.results[0].type)
+    result = vtensor_shape(op.results[0].type)
     if result is None or result[0] != q or result[1] != "f32":
         raise OptionError(f"{name}: the result must be f32 {q}, got {op.results[0].type}")
     return spec
@@ -978,16 +952,8 @@ def run(module: ir.Operation, options: AttentionKernelsOptions | None = None, /,
     elif kwargs:
         raise TypeError("run() takes options or keyword arguments, not both")
     report = Report(NAME)
-    found: list[ir.Operation] = []
-
-    def visit(o: ir.Operation) -> ir.WalkResult:
-        if o.name == "torch.operator" and ir.StringAttr(o.attributes["name"]).value in (*OPERANDS, PREFILL_OP_NAME):
-            found.append(o)
-        return ir.WalkResult.ADVANCE
-
-    module.walk(visit, ir.WalkOrder.PRE_ORDER)
     specs: dict[str, AttentionSpec | PrefillSpec] = {}
-    for op in found:
+    for op in torch_operators(module, (*OPERANDS, PREFILL_OP_NAME)):
         name, where = ir.StringAttr(op.attributes["name"]).value, str(op.location)
         if name == PREFILL_OP_NAME:
             spec = plan_prefill(op)
@@ -1004,13 +970,7 @@ def run(module: ir.Operation, options: AttentionKernelsOptions | None = None, /,
             what = f"{spec.symbol} (layer {layer})"
         specs[spec.symbol] = spec
         report.decisions.append(Decision(name, where, True, what))
-    body = module.regions[0].blocks[0]
-    present = {ir.StringAttr(o.attributes["sym_name"]).value for o in body.operations if "sym_name" in o.attributes}
-    for symbol, spec in specs.items():
-        if symbol not in present:
-            for text in spec.executables():
-                parsed = ir.Module.parse(text, module.context)  # kept alive while the op moves
-                parsed.body.operations[0].move_before(body.operations[0])
+    add_executables(module, {symbol: spec.executables() for symbol, spec in specs.items()})
     return report
 
 

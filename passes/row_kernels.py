@@ -46,6 +46,7 @@ from iree.compiler.dialects import tensor
 from msd.errors import OptionError
 
 from . import _ir
+from ._torch import add_executables, f32_bits, torch_operators, vtensor_shape
 from .pass_options import PassOptions
 from .report import Decision, Report
 
@@ -92,7 +93,7 @@ class RowSpec:
     @property
     def tag(self) -> str:
         """What the symbol says about the spec: kind, length, and eps (its f32 bits) or activation."""
-        what = f"e{_f32_bits(self.eps):08x}" if self.norm else self.activation
+        what = f"e{f32_bits(self.eps):08x}" if self.norm else self.activation
         return f"{self.kind}_k{self.k}_{what}"
 
     @property
@@ -144,10 +145,6 @@ class RowSpec:
         return "\n".join(lines + footer())
 
 
-def _f32_bits(v: float) -> int:
-    return struct.unpack("<I", struct.pack("<f", v))[0]
-
-
 @dataclass(frozen=True)
 class QkvSpec:
     """The RoPE row kernel of a stacked q|k|v projection (``torch.ops.msd.rope_qkv``): ``batch``
@@ -168,7 +165,7 @@ class QkvSpec:
     @property
     def symbol(self) -> str:
         return (f"{SYMBOL_PREFIX}rope_qkv_b{self.batch}_h{self.heads}_kv{self.kv_heads}_d{self.head_dim}"
-                f"_s{_f32_bits(self.scale):08x}{'_f16' if self.f16 else ''}")
+                f"_s{f32_bits(self.scale):08x}{'_f16' if self.f16 else ''}")
 
     def types(self) -> dict[str, str]:
         """Each binding's memref type: ``?`` is the rows ``M = B·S`` for ``x``, the tokens ``S`` elsewhere."""
@@ -200,7 +197,7 @@ class QkvSpec:
                 "      %r = stream.dispatch.workgroup.id[0] : index",
                 "      %b = arith.divui %r, %S : index",
                 "      %s = arith.remui %r, %S : index",
-                f"      %scale = arith.constant dense<0x{_f32_bits(self.scale):08X}> : {v}"]
+                f"      %scale = arith.constant dense<0x{f32_bits(self.scale):08X}> : {v}"]
         for j in range(0, d, c):
             for tab in ("cos", "sin"):
                 out.append(f"      %{tab}{j} = vector.transfer_read %{tab}[%b, %c0, %s, %c{j}], %f0 "
@@ -304,7 +301,7 @@ class RowPrologue:
         e(f"{ind}}}")
         e(f"{ind}%rsum = vector.reduction <add>, %rsq : {v} into f32")
         e(f"{ind}%rk_f = arith.constant {float(s.k)!r} : f32")
-        e(f"{ind}%reps = arith.constant 0x{_f32_bits(s.eps):08X} : f32")
+        e(f"{ind}%reps = arith.constant 0x{f32_bits(s.eps):08X} : f32")
         e(f"{ind}%rmean = arith.divf %rsum, %rk_f : f32")
         e(f"{ind}%rme = arith.addf %rmean, %reps : f32")
         e(f"{ind}%rs = math.rsqrt %rme : f32")
@@ -351,18 +348,6 @@ class RowPrologue:
 
 
 # ================================================================================================ pass
-_TENSOR = "!torch.vtensor<["
-
-
-def _shape(t: ir.Type) -> tuple[list[int | None], str] | None:
-    """``(dims, element type)`` of a ``!torch.vtensor`` type (None for a dynamic dim)."""
-    text = str(t)
-    if not text.startswith(_TENSOR):
-        return None
-    dims_text, _, elem = text[len(_TENSOR):].rstrip(">").partition("],")
-    return [None if d == "?" else int(d) for d in dims_text.split(",") if d], elem
-
-
 def _constant(op: ir.Operation, i: int, kind: str, what: str) -> float | int | str:
     """The value of operand ``i`` of ``op``, a ``torch.constant.<kind>``; else an error naming ``what``."""
     d = op.operands[i].owner
@@ -384,7 +369,7 @@ def plan(op: ir.Operation) -> RowSpec:
     if len(op.operands) != n_tensors + 1 or len(op.results) != n_results:
         raise OptionError(f"{name}: expected {n_tensors + 1} operands and {n_results} result(s), got "
                           f"{len(op.operands)} and {len(op.results)}")
-    x = _shape(op.operands[0].type)
+    x = vtensor_shape(op.operands[0].type)
     if x is None or x[1] != "f32" or not x[0] or x[0][-1] is None:
         raise OptionError(f"{name}: x must be an f32 tensor of a static last dim, got {op.operands[0].type}")
     width = x[0][-1]
@@ -398,16 +383,16 @@ def plan(op: ir.Operation) -> RowSpec:
     else:
         if width % 4:
             raise OptionError(f"{name}: the row length {width} is not a multiple of 4")
-        if kind == "add_rms_norm" and _shape(op.operands[1].type) != x:
+        if kind == "add_rms_norm" and vtensor_shape(op.operands[1].type) != x:
             raise OptionError(f"{name}: the residual must have x's type {op.operands[0].type}, got "
                               f"{op.operands[1].type}")
-        w = _shape(op.operands[n_tensors - 1].type)
+        w = vtensor_shape(op.operands[n_tensors - 1].type)
         if w is None or w != ([width], "f32"):
             raise OptionError(f"{name}: the weight must be f32 [{width}], got {op.operands[n_tensors - 1].type}")
         spec = RowSpec(kind, width, eps=float(_constant(op, n_tensors, "float", "eps")))
     for r in op.results:
         want = (x[0][:-1] + [spec.k], "f32")
-        if _shape(r.type) != want:
+        if vtensor_shape(r.type) != want:
             raise OptionError(f"{name}: a result must be f32 {want[0]}, got {r.type}")
     return spec
 
@@ -417,7 +402,7 @@ def _dynamic(sizes: list[int | None]) -> list[int]:
 
 
 def _to_builtin(v: ir.Value) -> ir.Value:
-    t = ir.RankedTensorType.get(_dynamic(_shape(v.type)[0]), _ir.f32())
+    t = ir.RankedTensorType.get(_dynamic(vtensor_shape(v.type)[0]), _ir.f32())
     return ir.Operation.create("torch_c.to_builtin_tensor", results=[t], operands=[v]).result
 
 
@@ -476,7 +461,7 @@ def plan_qkv(op: ir.Operation) -> QkvSpec:
     scale, dtype = float(_constant(op, 5, "float", "scale")), str(_constant(op, 6, "str", "kv_dtype"))
     if dtype not in ("f32", "f16"):
         raise OptionError(f"{name}: kv_dtype {dtype!r} is not f32 or f16")
-    x = _shape(op.operands[0].type)
+    x = vtensor_shape(op.operands[0].type)
     if x is None or x[1] != "f32" or len(x[0]) != 3 or x[0][0] is None or x[0][2] is None:
         raise OptionError(f"{name}: qkv must be f32 [B, S, N] with B and N static, got {op.operands[0].type}")
     (b, s, n), width = x[0], heads + 2 * kv_heads
@@ -484,13 +469,13 @@ def plan_qkv(op: ir.Operation) -> QkvSpec:
         raise OptionError(f"{name}: rows of {n} are not {heads} + 2·{kv_heads} heads of a multiple of 4")
     d = n // width
     for i, what in ((1, "cos"), (2, "sin")):
-        if _shape(op.operands[i].type) != ([b, 1, s, d], "f32"):
+        if vtensor_shape(op.operands[i].type) != ([b, 1, s, d], "f32"):
             raise OptionError(f"{name}: {what} must be f32 [{b}, 1, S, {d}], got {op.operands[i].type}")
     spec = QkvSpec(b, heads, kv_heads, d, scale, f16=dtype == "f16")
     for r, key in zip(op.results, "qkv"):
         want = spec.types()[key].split("x")
         want_dims = [s if w == "?" else int(w) for w in want[:-1]]
-        if _shape(r.type) != (want_dims, "f16" if want[-1] == "f16" else "f32"):
+        if vtensor_shape(r.type) != (want_dims, "f16" if want[-1] == "f16" else "f32"):
             raise OptionError(f"{name}: the result {key} must be {want}, got {r.type}")
     return spec
 
@@ -519,7 +504,7 @@ def _emit_qkv(op: ir.Operation, spec: QkvSpec) -> None:
             })
         outs = []
         for r, old in zip(d.results, op.results):
-            dims, _ = _shape(old.type)
+            dims, _ = vtensor_shape(old.type)
             t = ir.RankedTensorType.get(_dynamic(dims), _ir.tensor_type(r).element_type)
             v = r if t == r.type else tensor.CastOp(t, r).result
             outs.append(ir.Operation.create("torch_c.from_builtin_tensor", results=[old.type], operands=[v]).result)
@@ -535,16 +520,8 @@ def run(module: ir.Operation, options: RowKernelsOptions | None = None, /, **kwa
     elif kwargs:
         raise TypeError("run() takes options or keyword arguments, not both")
     report = Report(NAME)
-    found: list[ir.Operation] = []
-
-    def visit(o: ir.Operation) -> ir.WalkResult:
-        if o.name == "torch.operator" and ir.StringAttr(o.attributes["name"]).value in (*KINDS, OP_ROPE_QKV):
-            found.append(o)
-        return ir.WalkResult.ADVANCE
-
-    module.walk(visit, ir.WalkOrder.PRE_ORDER)
     specs: dict[str, RowSpec | QkvSpec] = {}
-    for op in found:
+    for op in torch_operators(module, (*KINDS, OP_ROPE_QKV)):
         name, where = ir.StringAttr(op.attributes["name"]).value, str(op.location)
         if name == OP_ROPE_QKV:
             spec = plan_qkv(op)
@@ -554,12 +531,7 @@ def run(module: ir.Operation, options: RowKernelsOptions | None = None, /, **kwa
             _emit(op, spec)
         specs[spec.symbol] = spec
         report.decisions.append(Decision(name, where, True, spec.symbol))
-    body = module.regions[0].blocks[0]
-    present = {ir.StringAttr(o.attributes["sym_name"]).value for o in body.operations if "sym_name" in o.attributes}
-    for symbol, spec in specs.items():
-        if symbol not in present:
-            parsed = ir.Module.parse(spec.executable(), module.context)  # kept alive while the op moves
-            parsed.body.operations[0].move_before(body.operations[0])
+    add_executables(module, {symbol: [spec.executable()] for symbol, spec in specs.items()})
     return report
 
 
