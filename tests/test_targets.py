@@ -16,10 +16,10 @@ def model() -> nn.Module:
     return msd.quantize(nn.Sequential(nn.Linear(256, 128)))
 
 
-def _compile_and_dump(model: nn.Module, target: str, dump: Path) -> str:
+def _compile_and_dump(model: nn.Module, target: str, dump: Path, **options: object) -> str:
     x = torch.randn(16, 256)
     vmfb = msd.compile(model, (x,), target=target, slices=2, emit="vmfb",
-                       extra_flags=[f"--iree-hal-dump-executable-files-to={dump}"])
+                       extra_flags=[f"--iree-hal-dump-executable-files-to={dump}"], **options)
     assert isinstance(vmfb, bytes) and len(vmfb) > 1000
     return "\n".join(p.read_text(errors="ignore") for p in dump.iterdir()
                      if p.suffix in (".rocmasm", ".ptx", ".mlir"))
@@ -30,11 +30,20 @@ def test_rocm_gfx942_uses_the_int8_matrix_instruction(model, tmp_path: Path) -> 
     assert "v_mfma_i32_16x16x32_i8" in text or "v_mfma_i32_32x32x16_i8" in text
 
 
-def test_cuda_compiles_but_has_no_int8_tensor_core_path(model, tmp_path: Path) -> None:
-    """IREE 3.13 lowers the i8 matmul to scalar integer code on CUDA (see docs/targets.md)."""
-    ptx = _compile_and_dump(model, "cuda:sm_89", tmp_path)
+def test_cuda_irees_own_lowering_has_no_int8_tensor_core_path(model, tmp_path: Path) -> None:
+    """IREE 3.13 lowers the i8 matmul to scalar integer code on CUDA (see docs/targets.md): what
+    ``gpu_kernel="none"`` gets."""
+    ptx = _compile_and_dump(model, "cuda:sm_89", tmp_path, gpu_kernel="none")
     assert "mad.lo.s32" in ptx
     assert "mma.sync" not in ptx and "dp4a" not in ptx
+
+
+def test_cuda_msd_kernel_puts_the_int8_matmul_on_tensor_cores(model, tmp_path: Path) -> None:
+    """By default msd writes the contraction as its own PTX kernel (tests/test_cuda_kernel.py): the
+    module's executables then hold int8 mma.sync and no scalar int8 matmul loop."""
+    ptx = _compile_and_dump(model, "cuda:sm_89", tmp_path)
+    assert "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32" in ptx
+    assert ".target sm_89" in ptx
 
 
 def test_cuda_sm_90_compiles_through_an_explicit_target_attribute(model, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from msd.errors import OptionError
 from msd.mx_format import LOWERINGS
 from msd.passes.decompose_activations import DecomposeOptions
 from msd.passes.decompose_activations.cpu_kernel import ISAS
+from msd.passes.decompose_activations.cuda_kernel import ARCHS as CUDA_KERNEL_ARCHS
 from msd.passes.decompose_activations.options import SUPPORTED_SLICES
 from msd.passes.pass_options import PassOptions, option, same_option
 
@@ -45,6 +46,9 @@ class CompileOptions(PassOptions):
     cpu_kernel: str = same_option(DecomposeOptions, "cpu_kernel", default="auto", choices=("auto", "none", *ISAS),
                                   help="int8-slice contractions as one fused kernel dispatch for this CPU ISA (auto:"
                                        " the best the llvm-cpu target's CPU has; none: IREE's lowering)")
+    gpu_kernel: str = option("auto", choices=("auto", "none"),
+                             help="int8-slice contractions as one tensor-core (mma.sync) kernel dispatch msd writes in"
+                                  " PTX (auto: on a cuda target of sm_80 or later; none: IREE's lowering)")
     decide: str = option("always", choices=DECIDE,
                          help="cost: a cost model of the target keeps IREE's lowering where MSD is not predicted"
                               " faster")
@@ -104,7 +108,14 @@ class CompileOptions(PassOptions):
             lowering = "scaled" if f"{tgt.backend}:{tgt.arch}" in FP4_MATRIX_TARGETS else "int8"
         return DecomposeOptions(slices=self.effective_slices, act_scale=self.act_scale, act_format=self.act_format,
                                 mx_scale=self.mx_scale, mx_lowering=lowering, target=cost_target,
-                                min_bits=self.min_bits or 0, cpu_kernel=self.kernel_isa(tgt))
+                                min_bits=self.min_bits or 0, cpu_kernel=self.kernel_isa(tgt),
+                                gpu_kernel=self.gpu_arch(tgt))
+
+    def gpu_arch(self, tgt: Target) -> str:
+        """The NVIDIA arch the tensor-core kernel is written for ("none": IREE's lowering)."""
+        if self.gpu_kernel == "none" or self.act_format != "int8" or tgt.backend != "cuda":
+            return "none"
+        return tgt.arch if tgt.arch in CUDA_KERNEL_ARCHS else "none"
 
     def kernel_isa(self, tgt: Target) -> str:
         """The fused-kernel variant compiled for ``tgt`` ("none": IREE's lowering of the int8 matmuls)."""

@@ -317,3 +317,24 @@ def kernel_isas(tgt: Target) -> tuple[str, ...]:
     if "avx-vnni" in have:
         have.add("avx2")
     return tuple(isa for isa in KERNEL_FLAGS if isa in have)
+
+
+# ----------------------------------------------------------------------------- tensor-core kernels (CUDA)
+def ptxas_path() -> str:
+    """NVIDIA's PTX assembler: from the ``nvidia-cuda-nvcc`` wheel (``pip install nvidia-cuda-nvcc``: it
+    ships ``ptxas``, which needs no GPU), else ``ptxas`` on PATH.  msd uses it to check the PTX of its
+    tensor-core kernels (``msd.compile(..., target="cuda:...")`` does not need it)."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.find_spec("nvidia")
+    for root in (list(spec.submodule_search_locations or []) if spec is not None else []):
+        for sub in ("cu13", "cuda_nvcc", "cu12"):
+            cand = Path(root) / sub / "bin" / "ptxas"
+            if cand.is_file() and os.access(cand, os.X_OK):
+                return str(cand)
+    found = shutil.which("ptxas")
+    if found is None:
+        raise TargetError("ptxas not found: install the nvidia-cuda-nvcc package (pip install nvidia-cuda-nvcc; "
+                          "python3 dev.py test installs it) or put CUDA's ptxas on PATH")
+    return found

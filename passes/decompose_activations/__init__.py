@@ -38,15 +38,13 @@ from iree.compiler import ir, rewrite
 
 from ..report import Report
 from .cleanup import fold_epilogues
-from .cpu_kernel import KernelSpec
 from .decide import policy_for
-from .emit_kernel import executables
+from .emit_kernel import Kernel, executables
 from .match import Contraction
 from .options import NAME, SUPPORTED_SLICES, DecomposeOptions
 from .overflow import MAX_K_PER_ACCUMULATOR
 from .patterns import PATTERNS, DecomposeContraction
 from .plan import Plan, plan
-from .quantize_kernel import QuantizeSpec
 
 SUMMARY = "rewrite dequantize-then-matmul into decomposed-activation int8 matmuls"
 
@@ -65,7 +63,7 @@ def run(module: ir.Operation, options: DecomposeOptions | None = None, /, **kwar
     policy = policy_for(options)
     report = Report(NAME)
     patterns = rewrite.RewritePatternSet(module.context)
-    kernels: dict[str, KernelSpec | QuantizeSpec] = {}
+    kernels: dict[str, Kernel] = {}
     for root, contraction in PATTERNS:
         patterns.add(root, DecomposeContraction(root, contraction, options, policy, report, kernels))
     # One walk, no folding: only candidate contractions are touched (and each exactly once).

@@ -34,6 +34,8 @@ from ..analysis.values import value_set
 from ..attention_kernels import CombineSpec
 from ..row_kernels import RowSpec
 from .cpu_kernel import ISAS, ROLES_ATTR, KernelSpec
+from .cuda_kernel import ARCHS as CUDA_ARCHS
+from .cuda_kernel import K_STEP, CudaKernelSpec
 from .emit_common import (
     centred,
     drop_unit_dims,
@@ -50,12 +52,12 @@ from .plan import Plan
 from .quantize_kernel import QuantizeSpec
 
 PARALLEL, REDUCTION = _ir.PARALLEL, _ir.REDUCTION
+Kernel = KernelSpec | CudaKernelSpec | QuantizeSpec  # what a pass run adds an executable for, by symbol
 
 
-def kernel_for(p: Plan, isa: str) -> KernelSpec | str:
-    """The kernel instance for ``p`` on ``isa``, or why the kernel does not cover it."""
-    if isa not in ISAS:
-        return f"no fused kernel for ISA {isa!r}"
+def _kernel_shape(p: Plan, step: int, which: str) -> tuple[int, int] | str:
+    """``(N, group)`` of ``p`` when a fused kernel that reads K in steps of ``step`` covers it, else why
+    not (``which`` names the kernel in the reason)."""
     if p.block_scaled or p.act_format != "int8":
         return f"act-format={p.act_format} (the kernel takes int8 slices)"
     if p.b_dims:
@@ -72,14 +74,38 @@ def kernel_for(p: Plan, isa: str) -> KernelSpec | str:
         return "the integer weight is not a static [N, K], [K, N] or [N, K/g, g] tensor"
     n = _ir.tensor_type(p.q).get_dim_size(_kept_dims(p)[0 if layout != "kn" else 1])
     group = p.group or p.k_size
-    step = ISAS[isa].k_step
     if p.k_size % group or group % step:
-        return f"K={p.k_size} in groups of {group} (the {isa} kernel needs groups that are multiples of {step})"
+        return f"K={p.k_size} in groups of {group} (the {which} kernel needs groups that are multiples of {step})"
+    return n, group
+
+
+def kernel_for(p: Plan, isa: str) -> KernelSpec | str:
+    """The kernel instance for ``p`` on ``isa``, or why the kernel does not cover it."""
+    if isa not in ISAS:
+        return f"no fused kernel for ISA {isa!r}"
+    step = ISAS[isa].k_step
+    shape = _kernel_shape(p, step, isa)
+    if isinstance(shape, str):
+        return shape
+    n, group = shape
     per_group = p.group is not None and p.act_scale == "group"
     rows, cols = _register_block(ISAS[isa].lanes, p.slices)
     return KernelSpec(isa, n, p.k_size, group, p.slices, per_group, p.offset is not None, rows=rows,
                       tiles_per_workgroup=_tiles_per_workgroup(n, isa, cols), cols=cols,
                       nibbles=group % (2 * step) == 0 and _four_bit(p))
+
+
+def mma_kernel_for(p: Plan, arch: str) -> CudaKernelSpec | str:
+    """The tensor-core kernel instance for ``p`` on the NVIDIA ``arch``, or why it does not cover it."""
+    if arch not in CUDA_ARCHS:
+        return f"no tensor-core kernel for {arch!r} (int8 mma.sync needs one of {', '.join(CUDA_ARCHS)})"
+    shape = _kernel_shape(p, K_STEP, "tensor-core")
+    if isinstance(shape, str):
+        return shape
+    n, group = shape
+    per_group = p.group is not None and p.act_scale == "group"
+    return CudaKernelSpec(n, p.k_size, group, p.slices, per_group, p.offset is not None, nibbles=_four_bit(p),
+                          arch=arch)
 
 
 def _four_bit(p: Plan) -> bool:
@@ -127,7 +153,7 @@ def _weight_layout(p: Plan) -> str | None:
     return None
 
 
-def emit(p: Plan, spec: KernelSpec, kernels: dict[str, KernelSpec | QuantizeSpec]) -> ir.Value:
+def emit(p: Plan, spec: KernelSpec | CudaKernelSpec, kernels: dict[str, Kernel]) -> ir.Value:
     """Emit ``p.c`` as the kernel ``spec`` at the current insertion point; return the value that
     replaces its result.  The kernels it dispatches are added to ``kernels`` (by symbol), whose
     executables the pass adds to the module at the end (:func:`executables`)."""
@@ -141,7 +167,7 @@ def emit(p: Plan, spec: KernelSpec, kernels: dict[str, KernelSpec | QuantizeSpec
     mf = _ir.size_of(rows, 0)
     xg = _ir.expand(rows, [[0], [1, 2]], [mf, groups, g])  # [M, G, g]
 
-    if isinstance(_ir.elem_type(rows), ir.F32Type):
+    if isinstance(spec, KernelSpec) and isinstance(_ir.elem_type(rows), ir.F32Type):
         q = QuantizeSpec(spec.k, g, spec.slices, spec.scale_per_group, spec.offset, spec.act_bias)
         dyn = _quantize(q, rows, kernels)
     else:
@@ -149,7 +175,7 @@ def emit(p: Plan, spec: KernelSpec, kernels: dict[str, KernelSpec | QuantizeSpec
         scale = _slice_scale(amax)
         codes = _codes(spec, xg, scale, mf)
         dyn = [_dynamic_rows(v) for v in [codes, scale, *([sums] if spec.offset else [])]]
-    weights = _weight_operands(p, spec)
+    weights = _weight_operands(p, spec) if isinstance(spec, KernelSpec) else _mma_weight_operands(p, spec)
 
     m = tensor.DimOp(dyn[0], _ir.index_const(0)).result
     operands = [*dyn, *weights]
@@ -165,7 +191,7 @@ def emit(p: Plan, spec: KernelSpec, kernels: dict[str, KernelSpec | QuantizeSpec
 
 
 # ============================================================================= the activation
-def _quantize(q: QuantizeSpec, rows: ir.Value, kernels: dict[str, KernelSpec | QuantizeSpec]) -> list[ir.Value]:
+def _quantize(q: QuantizeSpec, rows: ir.Value, kernels: dict[str, Kernel]) -> list[ir.Value]:
     """``[codes, scale, (sums)]`` of f32 ``rows`` ``[M, K]`` by one dispatch of the kernel ``q``
     (M dynamic, one workgroup per row), added to ``kernels``.  When the rows are the result of a row
     kernel (:mod:`..row_kernels`: an RMSNorm, a residual add and RMSNorm, a gated activation) or of a
@@ -304,13 +330,7 @@ def _dynamic_rows(v: ir.Value) -> ir.Value:
 # ============================================================================= the weight
 def _weight_operands(p: Plan, spec: KernelSpec) -> list[ir.Value]:
     """``[w, corr, scale, (offset)]`` in the kernel's layouts; they read only the weight."""
-    q, _ = drop_unit_dims(p.q, p.q_map, p.q_unit_dims)
-    q = centred(q, p.q_shift)
-    layout = _weight_layout(p)
-    if layout == "kn":
-        q = _transposed(q)
-    elif layout == "ngk":
-        q = _ir.collapse(q, [[0], [1, 2]])
+    q = _centred_nk(p)
     lanes, tiles, groups, step = spec.lanes, spec.tiles, spec.groups, spec.k_step
     i8 = ir.IntegerType.get_signless(8)
     i32 = ir.IntegerType.get_signless(32)
@@ -333,6 +353,50 @@ def _weight_operands(p: Plan, spec: KernelSpec) -> list[ir.Value]:
             lambda v, o: [arith.SubIOp(o, arith.MulIOp(arith.ExtSIOp(i32, v).result,
                                                        _ir.int_const(i32, spec.act_bias)).result).result])[0])
     out.append(_per_channel_group(p, spec, p.scale))
+    if spec.offset:
+        out.append(_per_channel_group(p, spec, p.offset))
+    return out
+
+
+def _centred_nk(p: Plan) -> ir.Value:
+    """The weight's integer codes, centred, as ``[N, K]``."""
+    q, _ = drop_unit_dims(p.q, p.q_map, p.q_unit_dims)
+    q = centred(q, p.q_shift)
+    layout = _weight_layout(p)
+    if layout == "kn":
+        return _transposed(q)
+    if layout == "ngk":
+        return _ir.collapse(q, [[0], [1, 2]])
+    return q
+
+
+def _mma_weight_operands(p: Plan, spec: CudaKernelSpec) -> list[ir.Value]:
+    """``[w, scale, (offset)]`` in the tensor-core kernel's layouts (:mod:`.cuda_kernel`): each lane's B
+    fragment words of every (tile, K step) contiguous; they read only the weight."""
+    q = _centred_nk(p)
+    tiles, ks = spec.tiles, spec.ksteps
+    i8 = ir.IntegerType.get_signless(8)
+    q = _padded_rows(q, tiles * 8, _ir.int_const(i8, 0))
+    # [tile, n8, step, half, tq, byte] -> [tile, step, n8, tq, half, byte]: lane 4·n8 + tq, word = half
+    shape, perm = [tiles, 8, ks, 2, 4, 4], [0, 2, 1, 4, 3, 5]
+    q_t = _ir.expand(q, [[0, 1], [2, 3, 4, 5]], shape)
+    lanes = linalg.transpose(q_t, outs=[_ir.empty([shape[i] for i in perm], i8)], permutation=perm)
+    lanes = lanes.operation.results[0] if isinstance(lanes, ir.OpView) else lanes
+    if spec.nibbles:  # word 0's byte i + 8 in the low nibble of byte i, word 1's in the high one
+        def body(lo, hi, _o):
+            def nibble(v):
+                return arith.AndIOp(arith.AddIOp(v, _ir.int_const(i8, 8)).result, _ir.int_const(i8, 15)).result
+
+            return [arith.OrIOp(nibble(lo), arith.ShLIOp(nibble(hi), _ir.int_const(i8, 4)).result).result]
+
+        lanes = _ir.generic(
+            [lanes, lanes], [_ir.empty([tiles, ks, 8, 4, 4], i8)],
+            [_map(5, [0, 1, 2, 3, ("c", 0), 4]), _map(5, [0, 1, 2, 3, ("c", 1), 4]), _map(5, [0, 1, 2, 3, 4])],
+            [PARALLEL] * 5, body)[0]
+        w = _ir.collapse(lanes, [[0], [1], [2, 3], [4]])
+    else:
+        w = _ir.collapse(lanes, [[0], [1], [2, 3], [4, 5]])
+    out = [w, _per_channel_group(p, spec, p.scale)]
     if spec.offset:
         out.append(_per_channel_group(p, spec, p.offset))
     return out
@@ -406,12 +470,14 @@ def _per_channel_group(p: Plan, spec: KernelSpec, e: Expr) -> ir.Value:
 
 
 # ============================================================================= dispatch, epilogue
-def _dispatch(spec: KernelSpec, operands: list[ir.Value], m: ir.Value, n_dynamic: int) -> ir.Value:
-    """``flow.dispatch @<symbol>::@<symbol>[m](operands..., m)`` → ``[M, N] f32``."""
+def _dispatch(spec: KernelSpec | CudaKernelSpec, operands: list[ir.Value], m: ir.Value, n_dynamic: int) -> ir.Value:
+    """``flow.dispatch @<symbol>::@<symbol>[m](operands..., m)`` → ``[M, N] f32`` (M an index for the
+    CPU kernel's function, an i32 push constant for the PTX kernel)."""
     result = ir.RankedTensorType.get([ir.ShapedType.get_dynamic_size(), spec.n], _ir.f32())
     entry = ir.ArrayAttr.get([ir.SymbolRefAttr.get([spec.symbol, spec.symbol])])
+    scalar = m if isinstance(spec, KernelSpec) else arith.IndexCastOp(ir.IntegerType.get_signless(32), m).result
     op = ir.Operation.create(
-        "flow.dispatch", results=[result], operands=[m, *operands, m, *[m] * n_dynamic, m],
+        "flow.dispatch", results=[result], operands=[m, *operands, scalar, *[m] * n_dynamic, m],
         attributes={
             "entry_points": entry,
             "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, len(operands) + 1, n_dynamic, 1]),
@@ -453,7 +519,7 @@ def _map(n: int, positions: list) -> ir.AffineMap:
     return _ir.dims_map(n, positions)
 
 
-def executables(module: ir.Operation, specs: dict[str, KernelSpec | QuantizeSpec]) -> None:
+def executables(module: ir.Operation, specs: dict[str, Kernel]) -> None:
     """Add the ``stream.executable`` of each kernel in ``specs`` to ``module`` (once per symbol)."""
     body = module.regions[0].blocks[0]
     present = {ir.StringAttr(op.attributes["sym_name"]).value for op in body.operations
@@ -466,4 +532,4 @@ def executables(module: ir.Operation, specs: dict[str, KernelSpec | QuantizeSpec
         exe.move_before(body.operations[0])
 
 
-__all__ = ["emit", "executables", "kernel_for"]
+__all__ = ["Kernel", "emit", "executables", "kernel_for", "mma_kernel_for"]

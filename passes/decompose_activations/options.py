@@ -12,6 +12,7 @@ from msd.mx_format import ACT_FORMATS, LOWERINGS, SCALE_RULES
 
 from ..pass_options import PassOptions, option
 from .cpu_kernel import ISAS
+from .cuda_kernel import ARCHS as CUDA_ARCHS
 
 NAME = "msd-decompose-activations"
 SUPPORTED_SLICES = (1, 2, 3)
@@ -43,6 +44,10 @@ class DecomposeOptions(PassOptions):
     cpu_kernel: str = option("none", choices=("none", *ISAS),
                              help="write int8-slice contractions as one fused kernel dispatch for this CPU ISA"
                                   " (the target CPU must have it); none: IREE's lowering of the int8 matmul")
+    gpu_kernel: str = option("none", choices=("none", *CUDA_ARCHS),
+                             help="write int8-slice contractions as one tensor-core (mma.sync) kernel dispatch in"
+                                  " PTX for this NVIDIA arch (the module must be compiled for CUDA); none: IREE's"
+                                  " lowering")
     dynamic_m: int = option(0, help="rows assumed for a dynamic M when costing (0: msd.cost.model.DYNAMIC_M)")
 
     def validate(self) -> None:
@@ -50,6 +55,11 @@ class DecomposeOptions(PassOptions):
             raise OptionError(f"{NAME}: min-bits and dynamic-m must not be negative")
         if self.cpu_kernel != "none" and self.act_format != "int8":
             raise OptionError(f"{NAME}: cpu-kernel takes int8 slices (act-format={self.act_format})")
+        if self.gpu_kernel != "none" and self.act_format != "int8":
+            raise OptionError(f"{NAME}: gpu-kernel takes int8 slices (act-format={self.act_format})")
+        if self.gpu_kernel != "none" and self.cpu_kernel != "none":
+            raise OptionError(f"{NAME}: cpu-kernel={self.cpu_kernel} and gpu-kernel={self.gpu_kernel} name two"
+                              " targets; a module is compiled for one")
         if self.min_bits and self.act_format != "int8":
             raise OptionError(f"{NAME}: min-bits counts int8 slices; with act-format={self.act_format} give slices=")
         self.requested_slices  # noqa: B018 (raises for more bits than three slices give)

@@ -17,13 +17,11 @@ from .. import _ir
 from ..report import Decision, NotHandled, Report
 from . import emit_int8, emit_kernel, emit_scaled, match
 from .cleanup import erase_dead_producers
-from .cpu_kernel import KernelSpec
 from .decide import decide
 from .emit_common import widened_weight
 from .match import Contraction
 from .options import DecomposeOptions
 from .plan import Plan, plan
-from .quantize_kernel import QuantizeSpec
 
 
 class DecomposeContraction:
@@ -32,7 +30,7 @@ class DecomposeContraction:
 
     def __init__(self, root: str, contraction: Callable[[ir.Operation], Contraction | None],
                  options: DecomposeOptions, policy: Policy | None, report: Report,
-                 kernels: dict[str, KernelSpec | QuantizeSpec]) -> None:
+                 kernels: dict[str, emit_kernel.Kernel]) -> None:
         self.root, self.contraction = root, contraction
         self.kernels = kernels  # the fused kernels emitted so far, by symbol (their executables are added last)
         self.options = options
@@ -78,12 +76,13 @@ class DecomposeContraction:
         return False
 
     def _with_kernel(self, p: Plan) -> Plan:
-        """``p`` with the fused CPU kernel when one is asked for and covers it (else the reason why not)."""
-        isa = self.options.cpu_kernel
-        if isa == "none" or p.block_scaled or p.act_format != "int8":
+        """``p`` with the fused kernel (a CPU ISA's, or NVIDIA's tensor-core one) when one is asked for and
+        covers it (else the reason why not)."""
+        isa, arch = self.options.cpu_kernel, self.options.gpu_kernel
+        if (isa == "none" and arch == "none") or p.block_scaled or p.act_format != "int8":
             return p
-        spec = emit_kernel.kernel_for(p, isa)
-        return replace(p, kernel=spec) if isinstance(spec, KernelSpec) else replace(p, kernel_note=spec)
+        spec = emit_kernel.kernel_for(p, isa) if isa != "none" else emit_kernel.mma_kernel_for(p, arch)
+        return replace(p, kernel=spec) if not isinstance(spec, str) else replace(p, kernel_note=spec)
 
     def _record(self, op: ir.Operation, rewritten: bool, reason: str, **cost: object) -> None:
         d = Decision(op.name, _ir.location_text(op), rewritten, reason, **cost)

@@ -21,6 +21,7 @@ from .. import _ir
 from ..analysis.dequant import Const, Expr, FloatAffine, IntAffine, Leaf, Node, WeightTrace, factors, mentions
 from ..report import NotHandled
 from .cpu_kernel import KernelSpec
+from .cuda_kernel import CudaKernelSpec
 from .fp4_weight import e8m0_scale
 from .match import Contraction
 from .options import DecomposeOptions
@@ -60,7 +61,8 @@ class Plan:
     fallback: str = ""  # why the block-scaled form was asked for but not used
     cost: Mapping[str, object] = field(default_factory=dict)  # the cost model's numbers, for the report
     cost_note: str = ""  # what the cost model said, appended to the report's reason
-    kernel: KernelSpec | None = None  # emitted as this fused CPU kernel (emit_kernel), else emit_int8
+    # emitted as this fused kernel (emit_kernel: a CPU ISA's, or NVIDIA's tensor-core one), else emit_int8
+    kernel: KernelSpec | CudaKernelSpec | None = None
     kernel_note: str = ""  # why the fused kernel asked for was not used
 
     @property

@@ -1,0 +1,243 @@
+"""A warp-level interpreter for the PTX subset msd's tensor-core kernel uses (tests only).
+
+It runs the PTX text :mod:`msd.passes.decompose_activations.cuda_kernel` writes, one warp at a time
+with the 32 lanes as numpy vectors, so that the kernel's addressing, fragment packing, loops and
+epilogue are checked numerically on a machine without a GPU.  ``mma.sync.aligned.m16n8k32`` is
+executed from the PTX ISA's definition of its fragments (which lane holds which element of A, B and
+C/D); ``fma.rn.f32`` is computed in float64 and rounded once to f32 (exact product, one extra
+rounding of the sum: at most one ulp from the hardware's).  Branches must be warp-uniform (the
+kernel's are) and anything outside the subset raises.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+
+import numpy as np
+
+LANES = 32
+_TYPES = {"b32": np.uint32, "b64": np.uint64, "f32": np.float32, "pred": np.bool_}
+
+
+def _fragments() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index maps of the int8 m16n8k32 fragments (PTX ISA): for lane l and byte/element i, the
+    (row, col) of A (16×32), of B (32×8) and of C (16×8)."""
+    lane = np.arange(LANES)
+    gid, tq = lane // 4, lane % 4
+    a = np.zeros((LANES, 16, 2), np.int64)  # 4 words × 4 bytes
+    for i in range(16):
+        row = np.where((i < 4) | ((i >= 8) & (i < 12)), gid, gid + 8)
+        col = tq * 4 + (i & 3) + (16 if i >= 8 else 0)
+        a[:, i] = np.stack([row, col], 1)
+    b = np.zeros((LANES, 8, 2), np.int64)  # 2 words × 4 bytes
+    for i in range(8):
+        b[:, i] = np.stack([tq * 4 + (i & 3) + (16 if i >= 4 else 0), gid], 1)
+    c = np.zeros((LANES, 4, 2), np.int64)
+    for i in range(4):
+        c[:, i] = np.stack([gid + (8 if i >= 2 else 0), tq * 2 + (i & 1)], 1)
+    return a, b, c
+
+
+FRAG_A, FRAG_B, FRAG_C = _fragments()
+
+
+class Memory:
+    """Global memory: one byte array, each buffer at a 256-byte aligned address."""
+
+    def __init__(self) -> None:
+        self.data = np.zeros(256, np.uint8)
+
+    def put(self, array: np.ndarray) -> int:
+        raw = np.ascontiguousarray(array).view(np.uint8).ravel()
+        addr = -(-len(self.data) // 256) * 256
+        self.data = np.concatenate([self.data, np.zeros(addr - len(self.data), np.uint8), raw,
+                                    np.zeros(256, np.uint8)])
+        return addr
+
+    def load(self, addr: np.ndarray, nbytes: int) -> np.ndarray:
+        """``nbytes`` at each lane's address → uint8 [lanes, nbytes]."""
+        addr = addr.astype(np.int64)
+        if (addr < 256).any() or (addr + nbytes > len(self.data)).any():
+            raise IndexError(f"load outside every buffer: {addr.min()}..{addr.max()}")
+        if (addr % nbytes).any() and nbytes <= 8:
+            raise ValueError(f"misaligned {nbytes}-byte load")
+        return self.data[addr[:, None] + np.arange(nbytes)]
+
+    def store(self, addr: np.ndarray, raw: np.ndarray) -> None:
+        addr = addr.astype(np.int64)
+        self.data[addr[:, None] + np.arange(raw.shape[1])] = raw
+
+
+def _f32_literal(token: str) -> np.float32:
+    return np.frombuffer(struct.pack(">I", int(token[2:], 16))[::-1], np.float32)[0]
+
+
+class Kernel:
+    """A parsed ``.entry``: its parameters, registers and instructions."""
+
+    def __init__(self, ptx: str) -> None:
+        m = re.search(r"\.entry\s+(\w+)\((.*?)\)", ptx, re.S)
+        if m is None:
+            raise ValueError("no .entry in the PTX")
+        self.name = m.group(1)
+        self.params = re.findall(r"\.param\s+\.(u64|u32)\s+(\w+)", m.group(2))
+        self.regs = dict((n, t) for t, n in re.findall(r"\.reg\s+\.(\w+)\s+%(\w+);", ptx))
+        body = ptx[ptx.index("{", m.end()) + 1: ptx.rindex("}")]
+        self.code: list[str] = []
+        self.labels: dict[str, int] = {}
+        for line in body.splitlines():
+            line = line.split("//")[0].strip()
+            if not line or line.startswith(".reg"):
+                continue
+            if line.endswith(":"):
+                self.labels[line[:-1]] = len(self.code)
+            else:
+                self.code.append(line.rstrip(";"))
+
+    def run(self, mem: Memory, args: list[int], grid: tuple[int, int, int], max_steps: int = 10**7) -> None:
+        for bz in range(grid[2]):
+            for by in range(grid[1]):
+                for bx in range(grid[0]):
+                    _Warp(self, mem, args, (bx, by, bz)).run(max_steps)
+
+
+class _Warp:
+    def __init__(self, k: Kernel, mem: Memory, args: list[int], ctaid: tuple[int, int, int]) -> None:
+        self.k, self.mem = k, mem
+        self.param = {name: a for (_, name), a in zip(k.params, args)}
+        self.reg = {n: np.zeros(LANES, _TYPES[t]) for n, t in k.regs.items()}
+        self.special = {"%tid.x": np.arange(LANES, dtype=np.uint32),
+                        **{f"%ctaid.{d}": np.full(LANES, c, np.uint32) for d, c in zip("xyz", ctaid)}}
+
+    # -- operands
+    def val(self, tok: str, kind: type) -> np.ndarray:
+        tok = tok.strip()
+        if tok in self.special:
+            return self.special[tok].astype(kind)
+        if tok.startswith("%"):
+            return self.reg[tok[1:]]
+        if tok.startswith("0f"):
+            return np.full(LANES, _f32_literal(tok), np.float32)
+        v = int(tok)
+        if kind is np.float32:
+            raise ValueError(f"integer literal {tok} as f32")
+        bits = 64 if kind is np.uint64 else 32
+        return np.full(LANES, v % (1 << bits), kind)
+
+    def set(self, tok: str, value: np.ndarray, mask: np.ndarray | None = None) -> None:
+        name = tok.strip()[1:]
+        value = value.astype(self.reg[name].dtype)
+        if mask is None:
+            self.reg[name] = value
+        else:
+            self.reg[name] = np.where(mask, value, self.reg[name])
+
+    def addr(self, tok: str) -> np.ndarray:
+        m = re.fullmatch(r"\[(%\w+)(?:\+(-?\d+))?\]", tok.strip())
+        if m is None:
+            raise ValueError(f"address {tok!r}")
+        return self.reg[m.group(1)[1:]].astype(np.int64) + int(m.group(2) or 0)
+
+    # -- execution
+    def run(self, max_steps: int) -> None:
+        pc, steps = 0, 0
+        code = self.k.code
+        while pc < len(code):
+            steps += 1
+            if steps > max_steps:
+                raise RuntimeError("step limit")
+            line = code[pc]
+            pc += 1
+            guard = None
+            if line.startswith("@"):
+                g, line = line.split(None, 1)
+                neg = g.startswith("@!")
+                guard = self.reg[g[2 if neg else 1:][1:]]
+                guard = ~guard if neg else guard
+            op, _, rest = line.partition(" ")
+            if op == "ret":
+                return
+            if op == "bra":
+                if guard is None or guard.all():
+                    pc = self.k.labels[rest.strip()]
+                elif guard.any():
+                    raise RuntimeError(f"divergent branch at {line!r}")
+                continue
+            self.execute(op, rest, guard)
+
+    def execute(self, op: str, rest: str, guard: np.ndarray | None) -> None:
+        if op.startswith("mma."):
+            return self.mma(op, rest)
+        ops = [t.strip() for t in re.split(r",(?![^{]*\})", rest)]
+        parts = op.split(".")
+        base = parts[0]
+        u32, u64, f32 = np.uint32, np.uint64, np.float32
+        if base == "ld" and parts[1] == "param":
+            self.set(ops[0], np.full(LANES, self.param[ops[1].strip("[]")], u64 if parts[2] == "u64" else u32))
+        elif base == "ld" and parts[1] == "global":
+            vec = parts[2] == "v2"
+            kind = parts[-1]
+            dsts = [d.strip() for d in ops[0].strip("{}").split(",")] if vec else [ops[0]]
+            raw = self.mem.load(self.addr(ops[1]), 4 * len(dsts))
+            words = raw.view(np.float32 if kind == "f32" else np.uint32)
+            for i, d in enumerate(dsts):
+                self.set(d, words[:, i])
+        elif base == "st":
+            a = self.addr(ops[0])
+            v = self.val(ops[1], f32)
+            keep = guard if guard is not None else np.ones(LANES, bool)
+            self.mem.store(a[keep], v[keep].astype(np.float32).view(np.uint8).reshape(-1, 4))
+        elif op == "cvta.to.global.u64" or op in ("mov.u32", "mov.f32"):
+            kind = f32 if op == "mov.f32" else (u64 if op.endswith("u64") else u32)
+            self.set(ops[0], self.val(ops[1], kind), guard)
+        elif op in ("shr.u32", "shl.b32", "and.b32", "xor.b32", "add.u32", "mul.lo.u32"):
+            a, b = self.val(ops[1], u32).astype(np.uint64), self.val(ops[2], u32).astype(np.uint64)
+            f = {"shr": a >> b, "shl": a << b, "and": a & b, "xor": a ^ b, "add": a + b, "mul": a * b}[base]
+            self.set(ops[0], (f & 0xFFFFFFFF).astype(u32), guard)
+        elif op == "add.u64":
+            self.set(ops[0], self.val(ops[1], u64) + self.val(ops[2], u64), guard)
+        elif op == "mul.wide.u32":
+            self.set(ops[0], self.val(ops[1], u32).astype(u64) * self.val(ops[2], u32).astype(u64), guard)
+        elif op == "mad.wide.u32":
+            prod = self.val(ops[1], u32).astype(u64) * self.val(ops[2], u32).astype(u64)
+            self.set(ops[0], prod + self.val(ops[3], u64), guard)
+        elif op == "setp.lt.u32":
+            self.set(ops[0], self.val(ops[1], u32) < self.val(ops[2], u32), guard)
+        elif op == "and.pred":
+            self.set(ops[0], self.reg[ops[1][1:]] & self.reg[ops[2][1:]], guard)
+        elif op == "selp.b32":
+            p = self.reg[ops[3][1:]]
+            self.set(ops[0], np.where(p, self.val(ops[1], u32), self.val(ops[2], u32)), guard)
+        elif op == "cvt.rn.f32.s32":
+            self.set(ops[0], self.val(ops[1], u32).view(np.int32).astype(f32), guard)
+        elif op == "mul.rn.f32":
+            self.set(ops[0], self.val(ops[1], f32) * self.val(ops[2], f32), guard)
+        elif op == "fma.rn.f32":
+            a, b, c = (self.val(t, f32).astype(np.float64) for t in ops[1:4])
+            self.set(ops[0], (a * b + c).astype(f32), guard)
+        else:
+            raise NotImplementedError(f"PTX instruction {op!r} is outside the emulated subset")
+
+    def mma(self, op: str, rest: str) -> None:
+        if op != "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32":
+            raise NotImplementedError(op)
+        groups = [[t.strip() for t in g.split(",")] for g in re.findall(r"\{([^}]*)\}", rest)]
+        d, a, b, c = groups
+
+        def bytes_of(regs: list[str]) -> np.ndarray:  # [lanes, 4·regs] signed bytes
+            return np.stack([self.reg[x[1:]] for x in regs], 1).astype(np.uint32).view(np.int8).reshape(LANES, -1)
+
+        av, bv = bytes_of(a).astype(np.int64), bytes_of(b).astype(np.int64)
+        cv = np.stack([self.reg[x[1:]].view(np.int32) for x in c], 1).astype(np.int64)
+        A, B, C = np.zeros((16, 32), np.int64), np.zeros((32, 8), np.int64), np.zeros((16, 8), np.int64)
+        A[FRAG_A[..., 0], FRAG_A[..., 1]] = av
+        B[FRAG_B[..., 0], FRAG_B[..., 1]] = bv
+        C[FRAG_C[..., 0], FRAG_C[..., 1]] = cv
+        D = (A @ B + C) % (1 << 32)  # int32 wrap-around, as the hardware's
+        out = D[FRAG_C[..., 0], FRAG_C[..., 1]].astype(np.uint32)
+        for i, x in enumerate(d):
+            self.reg[x[1:]] = out[:, i]
+
+
+__all__ = ["FRAG_A", "FRAG_B", "FRAG_C", "Kernel", "Memory"]
