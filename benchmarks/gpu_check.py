@@ -1,20 +1,31 @@
 """MSD on an NVIDIA GPU: artifacts compiled here, numerics and timing checked there.
 
     python benchmarks/gpu_check.py prepare OUT     # here (compiler + torch): CUDA artifacts → OUT
-    python benchmarks/gpu_check.py run OUT         # on the GPU machine: needs numpy, torch (CUDA)
-                                                   # and iree-base-runtime only, no compiler, no msd
+    python benchmarks/gpu_check.py run OUT [MD]    # on the GPU machine: numpy, torch (CUDA) and
+                                                   # iree-base-runtime only (no compiler, no msd install);
+                                                   # prints the table, and writes it to MD
+    python benchmarks/gpu_check.py record MD       # here: the table into docs/targets.md
 
-``prepare`` compiles one int8 per-channel linear layer (K = N = 4096) for ``cuda`` (sm_80 PTX,
-which the driver JIT-compiles for newer GPUs) at M = 1, 4, 16 (decode) and 512 (prefill), as MSD
-slices=1 and 2 and as IREE's own lowering (slices=0); all share one parameter archive.  ``run``
-checks each artifact against a float64 reference on the GPU and times it against torch ``F.linear``
-with pre-dequantized bf16 weights (cuBLAS), per call, median of interleaved repetitions, host
-copies of input and output included for IREE (the numpy call API) and a synchronize for torch.
-It prints one table; see benchmarks/gpu_check.sh for the wrapper that installs the runtime wheel.
+``prepare`` compiles one 4096×4096 linear layer for ``cuda:sm_80`` (PTX the driver JIT-compiles for
+newer GPUs) in two weight formats — int8 with one scale per channel, and int4 in groups of 128 with a
+zero point (``msd.quantize(weights="int4", group_size=128)``) — at M = 1, 16, 128 and 2048, as MSD
+slices=1 and 2 with msd's tensor-core kernel (the default ``gpu_kernel="auto"``: int8 ``mma.sync``
+PTX written by the pass).  Weights and activations come from numpy seeds, so ``run`` rebuilds them
+without the compiler; ``prepare`` stores the float64 reference output of the quantized model (its
+first 128 rows) and one parameter archive per format (the kernels' packed weights; every M reads it).
+
+``run`` checks every artifact against that reference on the GPU and times, side by side in one
+process (median of interleaved rounds): the MSD artifacts through msd's torch-free runtime (the input
+uploaded once, the result left on the GPU; and once more with numpy in and out, host copies
+included), torch ``F.linear`` in bf16 on the float weights (cuBLAS) and torch's
+``_int_mm`` (int8 × int8 → int32, cuBLASLt) on random codes of the same shape where it runs (M > 16);
+torch calls end in a synchronize.  See ``benchmarks/gpu_check.sh`` for the wrapper that installs the
+runtime wheel on the GPU machine, and ``docs/targets.md`` for the commands and the last table.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import statistics
@@ -25,40 +36,86 @@ from pathlib import Path
 import numpy as np
 
 K = N = 4096
-MS = (1, 4, 16, 512)
-SLICES = (0, 1, 2)
+MS = (1, 16, 128, 2048)
+SLICES = (1, 2)
+FORMATS = ("int8", "int4-g128")
 TARGET = "cuda:sm_80"
+REF_ROWS = 128  # reference rows stored per M (the M=2048 output would be 64 MiB in float64)
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "targets.md"
+BEGIN, END = "<!-- gpu_check.py: begin -->", "<!-- gpu_check.py: end -->"
+
+
+def float_weight(seed: int = 0) -> np.ndarray:
+    """The layer's float weight ``[N, K]`` (what torch bf16 multiplies; the formats quantize it)."""
+    return (np.random.default_rng(seed).standard_normal((N, K)) / K**0.5).astype(np.float32)
+
+
+def activation(m: int) -> np.ndarray:
+    return np.random.default_rng(1000 + m).standard_normal((m, K)).astype(np.float32)
+
+
+def _model(fmt: str):
+    import torch
+
+    import msd
+
+    linear = torch.nn.Linear(K, N, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(float_weight()))
+    if fmt == "int8":
+        return msd.quantize(torch.nn.Sequential(linear), weights="int8")
+    return msd.quantize(torch.nn.Sequential(linear), weights="int4", group_size=128)
 
 
 def prepare(out: Path) -> None:
     import torch
 
     import msd
-    from msd.compiler.quant.quantize import QuantizedLinear
+    from msd.compiler.tools.ptx import kernels_in
 
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    q = torch.randint(-127, 128, (N, K), dtype=torch.int8)
-    s = (torch.rand(N) + 0.5) / 127 / K**0.5
-    model = torch.nn.Sequential(QuantizedLinear(q, s, None))
-    np.savez(out / "weights.npz", qweight=q.numpy(), scale=s.numpy())
-    manifest = []
-    for m in MS:
-        x = torch.randn(m, K)
-        for slices in SLICES:
-            cm = msd.compile(model, (x,), target=TARGET, slices=slices)
-            name = f"m{m}_s{slices}.vmfb"
-            (out / name).write_bytes(cm.vmfb)
-            if not (out / "model.irpa").exists():
-                (out / "model.irpa").write_bytes((cm.workdir / "model.irpa").read_bytes())
-            manifest.append({"file": name, "m": m, "slices": slices, "rewritten": len(cm.report.rewritten)})
-    (out / "manifest.json").write_text(json.dumps({"target": TARGET, "k": K, "n": N, "artifacts": manifest}))
+    manifest, refs = [], {}
+    for fmt in FORMATS:
+        model = _model(fmt)
+        archive = None
+        for m in MS:
+            x = torch.from_numpy(activation(m))
+            with torch.no_grad():
+                refs[f"{fmt}_m{m}"] = torch.nn.functional.linear(  # float64, stored as f32 (1e-7 relative)
+                    x[:REF_ROWS].double(), model[0].dequantized_weight().double()).float().numpy()
+            for slices in SLICES:
+                cm = msd.compile(model, (x,), target=TARGET, slices=slices)
+                kernels = kernels_in(cm.vmfb)
+                if len(kernels) != 1:
+                    raise RuntimeError(f"{fmt} M={m}: expected one tensor-core kernel, got {list(kernels)}")
+                name = f"{fmt}_m{m}_s{slices}.vmfb"
+                (out / name).write_bytes(cm.vmfb)
+                params = (cm.workdir / "model.irpa").read_bytes()
+                digest = hashlib.sha256(params).hexdigest()
+                if archive is None:
+                    archive = digest
+                    (out / f"{fmt}.irpa").write_bytes(params)
+                elif digest != archive:
+                    raise RuntimeError(f"{fmt}: the parameter archives of two compiles differ")
+                manifest.append({"file": name, "format": fmt, "m": m, "slices": slices, "kernel": next(iter(kernels)),
+                                 "rewritten": len(cm.report.rewritten)})
+    np.savez(out / "reference.npz", **refs)
+    (out / "manifest.json").write_text(json.dumps({"target": TARGET, "k": K, "n": N, "artifacts": manifest},
+                                                  indent=1))
     print(f"wrote {len(manifest)} artifacts to {out}")
 
 
 def _runtime_module():
-    """msd's torch-free runtime module, loaded from this checkout without installing msd."""
-    path = Path(__file__).resolve().parent.parent / "runtime" / "module.py"
+    """msd's torch-free runtime module, loaded from this checkout without installing msd (its ``msd.errors``
+    import resolves to the checkout's msd/ folder, without running msd/__init__)."""
+    import types
+
+    root = Path(__file__).resolve().parent.parent
+    if "msd" not in sys.modules:
+        pkg = types.ModuleType("msd")
+        pkg.__path__ = [str(root / "msd")]
+        sys.modules["msd"] = pkg
+    path = root / "runtime" / "module.py"
     spec = importlib.util.spec_from_file_location("msd_runtime_module", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up
@@ -75,55 +132,91 @@ def _median_ms(fn, reps: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def run(folder: Path, reps: int = 30, rounds: int = 5) -> None:
+def run(folder: Path, md: Path | None = None, reps: int = 20, rounds: int = 5) -> None:
     import torch
 
     rtm = _runtime_module()
     meta = json.loads((folder / "manifest.json").read_text())
-    w = np.load(folder / "weights.npz")
+    refs = np.load(folder / "reference.npz")
     dev = torch.device("cuda")
-    wq = torch.from_numpy(w["qweight"]).to(dev)
-    w64 = wq.double() * torch.from_numpy(w["scale"]).to(dev).double()[:, None]
-    w_bf16 = w64.to(torch.bfloat16)
-    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, artifacts for {meta['target']}")
-    rows = []
-    for m in MS:
-        x = torch.randn(m, K, generator=torch.Generator().manual_seed(m))
-        ref = (x.to(dev).double() @ w64.T)
-        xb = x.to(dev, torch.bfloat16)
-        mods = {}
-        for a in meta["artifacts"]:
-            if a["m"] == m:
-                mods[a["slices"]] = rtm.Module.load(folder / a["file"], folder / "model.irpa", driver="cuda")
-        xn = x.numpy()
-        errs = {s: (np.abs(mod(xn) - ref.cpu().numpy()).max() / ref.abs().max().item()) for s, mod in mods.items()}
-        errs["torch bf16"] = ((torch.nn.functional.linear(xb, w_bf16).double() - ref).abs().max()
-                              / ref.abs().max()).item()
+    w_bf16 = torch.from_numpy(float_weight()).to(dev, torch.bfloat16)
+    w_i8 = torch.randint(-127, 128, (K, N), dtype=torch.int8, device=dev)
+    gpu = torch.cuda.get_device_name()
+    lines = [f"GPU: {gpu}; torch {torch.__version__}; artifacts for {meta['target']} (PTX, JIT-compiled by the"
+             " driver); ms per call, median of interleaved rounds; max |err| / max |ref| against float64 in"
+             " parentheses.", "",
+             "| format | M | MSD p=1 kernel | MSD p=2 kernel | MSD p=2, numpy API | torch bf16 `F.linear` |"
+             " torch `_int_mm` int8 | p=2 vs bf16 |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for fmt in FORMATS:
+        for m in MS:
+            x = activation(m)
+            ref = refs[f"{fmt}_m{m}"]
+            mods = {a["slices"]: rtm.Module.load(folder / a["file"], folder / f"{fmt}.irpa", driver="cuda")
+                    for a in meta["artifacts"] if a["format"] == fmt and a["m"] == m}
+            errs = {}
+            for s, mod in mods.items():
+                y = np.asarray(mod(x))[:REF_ROWS].astype(np.float64)
+                errs[s] = np.abs(y - ref).max() / np.abs(ref).max()
+            xb = torch.from_numpy(x).to(dev, torch.bfloat16)
+            xi = torch.randint(-127, 128, (m, K), dtype=torch.int8, device=dev)
 
-        def torch_call(xb=xb):
-            torch.nn.functional.linear(xb, w_bf16)
-            torch.cuda.synchronize()
+            def bf16(xb=xb):
+                torch.nn.functional.linear(xb, w_bf16)
+                torch.cuda.synchronize()
 
-        fns = {**{s: (lambda mod=mod, xn=xn: mod(xn)) for s, mod in mods.items()}, "torch bf16": torch_call}
-        for f in fns.values():
-            for _ in range(3):
-                f()
-        times: dict = {k: [] for k in fns}
-        for _ in range(rounds):
-            for k, f in fns.items():
-                times[k].append(_median_ms(f, reps))
-        med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append((m, med, errs))
-    names = {0: "IREE baseline", 1: "MSD p=1", 2: "MSD p=2", "torch bf16": "torch bf16 (cuBLAS)"}
-    header = " ".join(f"{names[k]:>22}" for k in (0, 1, 2, "torch bf16"))
-    print(f"\n{'M':>5} {header}   (ms per call; max rel err)")
-    for m, med, errs in rows:
-        cells = [f"{med[k]:8.3f} ({errs[k]:.1e})" for k in (0, 1, 2, "torch bf16")]
-        print(f"{m:>5} " + " ".join(f"{c:>22}" for c in cells))
-    print("\nIREE times include the host copies of x and y (numpy API); torch's include a synchronize.")
+            def int_mm(xi=xi):
+                torch._int_mm(xi, w_i8)
+                torch.cuda.synchronize()
+
+            on_device = {s: mod.upload(x) for s, mod in mods.items()}
+            fns = {**{s: (lambda mod=mod, xd=on_device[s]: mod.invoke(xd)) for s, mod in mods.items()},
+                   "numpy": lambda mod=mods[2], x=x: mod(x), "bf16": bf16}
+            try:
+                int_mm()
+                fns["int_mm"] = int_mm
+            except RuntimeError:  # cuBLASLt's int8 GEMM wants M > 16 (and multiples of 8)
+                pass
+            for f in fns.values():
+                for _ in range(3):
+                    f()
+            times: dict = {k: [] for k in fns}
+            for r in range(rounds):
+                order = list(fns)[r % len(fns):] + list(fns)[:r % len(fns)]
+                for k in order:
+                    times[k].append(_median_ms(fns[k], reps))
+            med = {k: statistics.median(v) for k, v in times.items()}
+            cells = [f"{med[s]:.3f} ({errs[s]:.1e})" for s in SLICES]
+            cells += [f"{med['numpy']:.3f}", f"{med['bf16']:.3f}", f"{med['int_mm']:.3f}" if "int_mm" in med else "n/a",
+                      f"{med['bf16'] / med[2]:.2f}x"]
+            lines.append(f"| {fmt} | {m} | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+    lines += ["", "MSD p=1 / p=2: the input already on the GPU and the result left there (`Module.upload`,"
+              " `Module.invoke`: IREE's synchronous call, which returns when the GPU is done); `numpy API`: the same"
+              " p=2 call with numpy in and out (host copies included); torch calls end in a synchronize."
+              "  `p=2 vs bf16`: how many times faster MSD p=2 is than cuBLAS bf16."]
+    text = "\n".join(lines)
+    print(text)
+    if md is not None:
+        md.write_text(text + "\n")
+
+
+def record(md: Path) -> None:
+    """Put the table ``run`` wrote into docs/targets.md, between the gpu_check.py markers."""
+    doc = DOCS.read_text()
+    if BEGIN not in doc:
+        raise SystemExit(f"{DOCS} has no {BEGIN} marker")
+    head, rest = doc.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    DOCS.write_text(f"{head}{BEGIN}\n{md.read_text().strip()}\n{END}{tail}")
+    print(f"recorded {md} in {DOCS}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("prepare", "run"):
+    if len(sys.argv) < 3 or sys.argv[1] not in ("prepare", "run", "record"):
         sys.exit(__doc__)
-    (prepare if sys.argv[1] == "prepare" else run)(Path(sys.argv[2]))
+    if sys.argv[1] == "prepare":
+        prepare(Path(sys.argv[2]))
+    elif sys.argv[1] == "run":
+        run(Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
+    else:
+        record(Path(sys.argv[2]))

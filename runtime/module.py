@@ -193,6 +193,16 @@ class Module:
         is read in place), else None."""
         return self._config.device if self.driver.startswith("local") else None
 
+    def upload(self, a: np.ndarray) -> object:
+        """``a`` copied into the device's memory once, for :meth:`invoke` (a GPU call then moves no input)."""
+        return rt.asdevicearray(self._config.device, np.ascontiguousarray(a))
+
+    def invoke(self, *args: object) -> object:
+        """Call with device arrays (:meth:`upload`) and leave the result on the device: the call returns
+        when the device is done (IREE's synchronous entry waits on the work it submitted).  No input
+        checks; for timing the device's work without host copies."""
+        return self._fn(*args)
+
     def __call__(self, *args: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         # (np.ascontiguousarray would make a 0-d array 1-d: a scalar input then fails IREE's shape check);
         # a device buffer view (KVCache.past on a host-sharing device) is passed as it is

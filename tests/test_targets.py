@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,29 @@ def test_llvm_cpu_data_tiling_path_compiles_normalized_operands_correctly() -> N
     ref = _NormalizedKeyScores()(q, k)
     got = msd.compile(_NormalizedKeyScores(), (q, k), slices=0)(q, k)
     assert float((got - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def _functions(asm: str) -> dict[str, str]:
+    """``{function name: body}`` of an AMDGPU assembly listing (from ``.type NAME,@function`` to the next)."""
+    parts = re.split(r"^\s*\.type\s+([^,\s]+),@function\s*$", asm, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+@pytest.mark.parametrize("weights", ["int4-g32", "int8"])
+def test_rocm_gfx942_every_msd_contraction_uses_mfma(weights: str, tmp_path: Path) -> None:
+    """Every int8 matmul of a multi-layer model (each MSD contraction: int4 in groups, or int8 per
+    channel) is one dispatch whose gfx942 code issues the int8 MFMA instruction."""
+    from helpers import mlp
+
+    kwargs = {"weights": "int4", "group_size": 32} if weights == "int4-g32" else {"weights": "int8"}
+    model = msd.quantize(mlp(256, 128, 64, seed=1), **kwargs)
+    x = torch.randn(16, 256)
+    cm = msd.compile(model, (x,), target="rocm:gfx942", slices=2, emit="vmfb",
+                     extra_flags=[f"--iree-hal-dump-executable-files-to={tmp_path}"])
+    assert isinstance(cm, bytes)
+    (asm,) = tmp_path.glob("*.rocmasm")
+    int8_matmuls = {name: body for name, body in _functions(asm.read_text()).items()
+                    if "matmul" in name and "i8xi8xi32" in name}
+    assert len(int8_matmuls) == 2, list(int8_matmuls)  # one per layer
+    for name, body in int8_matmuls.items():
+        assert re.search(r"v_mfma_i32_\w+_i8", body), name
