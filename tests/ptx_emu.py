@@ -1,12 +1,14 @@
 """A warp-level interpreter for the PTX subset msd's tensor-core kernel uses (tests only).
 
-It runs the PTX text :mod:`msd.passes.decompose_activations.cuda_kernel` writes, one warp at a time
-with the 32 lanes as numpy vectors, so that the kernel's addressing, fragment packing, loops and
+It runs the PTX text :mod:`msd.passes.decompose_activations.cuda_kernel` writes, warp by warp with
+the 32 lanes as numpy vectors (the warps of a workgroup take turns between barriers, sharing the
+block's shared memory), so that the kernel's addressing, fragment packing, loops and
 epilogue are checked numerically on a machine without a GPU.  ``mma.sync.aligned.m16n8k32`` is
 executed from the PTX ISA's definition of its fragments (which lane holds which element of A, B and
 C/D); ``fma.rn.f32`` is computed in float64 and rounded once to f32 (exact product, one extra
 rounding of the sum: at most one ulp from the hardware's).  Branches must be warp-uniform (the
-kernel's are) and anything outside the subset raises.
+kernel's are), every warp still running must meet each ``bar.sync`` (a warp that exits while others
+wait at one is an error), and anything outside the subset raises.
 """
 
 from __future__ import annotations
@@ -83,12 +85,18 @@ class Kernel:
         self.name = m.group(1)
         self.params = re.findall(r"\.param\s+\.(u64|u32)\s+(\w+)", m.group(2))
         self.regs = dict((n, t) for t, n in re.findall(r"\.reg\s+\.(\w+)\s+%(\w+);", ptx))
+        ntid = re.search(r"\.maxntid\s+(\d+)", ptx)
+        self.threads = int(ntid.group(1)) if ntid else LANES
+        if self.threads % LANES:
+            raise ValueError(f"{self.threads} threads per workgroup: not whole warps")
+        shared = re.findall(r"\.shared\s+\.align\s+\d+\s+\.b8\s+(\w+)\[(\d+)\];", ptx)
+        self.shared = {name: int(size) for name, size in shared}
         body = ptx[ptx.index("{", m.end()) + 1: ptx.rindex("}")]
         self.code: list[str] = []
         self.labels: dict[str, int] = {}
         for line in body.splitlines():
             line = line.split("//")[0].strip()
-            if not line or line.startswith(".reg"):
+            if not line or line.startswith((".reg", ".shared")):
                 continue
             if line.endswith(":"):
                 self.labels[line[:-1]] = len(self.code)
@@ -99,15 +107,38 @@ class Kernel:
         for bz in range(grid[2]):
             for by in range(grid[1]):
                 for bx in range(grid[0]):
-                    _Warp(self, mem, args, (bx, by, bz)).run(max_steps)
+                    self._block(mem, args, (bx, by, bz), max_steps)
+
+    def _block(self, mem: Memory, args: list[int], ctaid: tuple[int, int, int], max_steps: int) -> None:
+        """One workgroup: its warps run in turn up to each barrier."""
+        shared = np.zeros(sum(self.shared.values()) + 16, np.uint8)
+        warps = [_Warp(self, mem, args, ctaid, w, shared).run(max_steps) for w in range(self.threads // LANES)]
+        live = list(warps)
+        while live:
+            at_barrier = []
+            for w in live:
+                try:
+                    next(w)
+                    at_barrier.append(w)
+                except StopIteration:
+                    pass
+            if at_barrier and len(at_barrier) != len(live):
+                raise RuntimeError("a warp exited while others wait at a barrier")
+            live = at_barrier
 
 
 class _Warp:
-    def __init__(self, k: Kernel, mem: Memory, args: list[int], ctaid: tuple[int, int, int]) -> None:
-        self.k, self.mem = k, mem
+    def __init__(self, k: Kernel, mem: Memory, args: list[int], ctaid: tuple[int, int, int], warp: int = 0,
+                 shared: np.ndarray | None = None) -> None:
+        self.k, self.mem, self.shared = k, mem, shared
         self.param = {name: a for (_, name), a in zip(k.params, args)}
         self.reg = {n: np.zeros(LANES, _TYPES[t]) for n, t in k.regs.items()}
-        self.special = {"%tid.x": np.arange(LANES, dtype=np.uint32),
+        offsets, at = {}, 0
+        for name, size in k.shared.items():
+            offsets[name] = at
+            at += size
+        self.symbols = offsets  # shared arrays' addresses
+        self.special = {"%tid.x": np.arange(LANES, dtype=np.uint32) + LANES * warp,
                         **{f"%ctaid.{d}": np.full(LANES, c, np.uint32) for d, c in zip("xyz", ctaid)}}
 
     # -- operands
@@ -115,6 +146,8 @@ class _Warp:
         tok = tok.strip()
         if tok in self.special:
             return self.special[tok].astype(kind)
+        if tok in self.symbols:
+            return np.full(LANES, self.symbols[tok], kind)
         if tok.startswith("%"):
             return self.reg[tok[1:]]
         if tok.startswith("0f"):
@@ -140,7 +173,8 @@ class _Warp:
         return self.reg[m.group(1)[1:]].astype(np.int64) + int(m.group(2) or 0)
 
     # -- execution
-    def run(self, max_steps: int) -> None:
+    def run(self, max_steps: int):
+        """A generator: yields at each ``bar.sync``, returns at ``ret``."""
         pc, steps = 0, 0
         code = self.k.code
         while pc < len(code):
@@ -157,7 +191,14 @@ class _Warp:
                 guard = ~guard if neg else guard
             op, _, rest = line.partition(" ")
             if op == "ret":
-                return
+                if guard is not None and guard.any() and not guard.all():
+                    raise RuntimeError(f"divergent ret at {line!r}")
+                if guard is None or guard.all():
+                    return
+                continue
+            if op == "bar.sync":
+                yield
+                continue
             if op == "bra":
                 if guard is None or guard.all():
                     pc = self.k.labels[rest.strip()]
@@ -183,6 +224,14 @@ class _Warp:
             words = raw.view(np.float32 if kind == "f32" else np.uint32)
             for i, d in enumerate(dsts):
                 self.set(d, words[:, i])
+        elif op == "ld.shared.f32":
+            a = self.addr(ops[1])
+            self.set(ops[0], self.shared[a[:, None] + np.arange(4)].view(np.float32)[:, 0], guard)
+        elif op == "st.shared.f32":
+            a = self.addr(ops[0])
+            keep = guard if guard is not None else np.ones(LANES, bool)
+            raw = self.val(ops[1], f32).astype(np.float32).view(np.uint8).reshape(-1, 4)
+            self.shared[a[keep][:, None] + np.arange(4)] = raw[keep]
         elif base == "st":
             a = self.addr(ops[0])
             v = self.val(ops[1], f32)
@@ -191,10 +240,14 @@ class _Warp:
         elif op == "cvta.to.global.u64" or op in ("mov.u32", "mov.f32"):
             kind = f32 if op == "mov.f32" else (u64 if op.endswith("u64") else u32)
             self.set(ops[0], self.val(ops[1], kind), guard)
-        elif op in ("shr.u32", "shl.b32", "and.b32", "xor.b32", "add.u32", "mul.lo.u32"):
-            a, b = self.val(ops[1], u32).astype(np.uint64), self.val(ops[2], u32).astype(np.uint64)
-            f = {"shr": a >> b, "shl": a << b, "and": a & b, "xor": a ^ b, "add": a + b, "mul": a * b}[base]
-            self.set(ops[0], (f & 0xFFFFFFFF).astype(u32), guard)
+        elif op in ("shr.u32", "shl.b32", "and.b32", "xor.b32", "add.u32", "sub.u32", "mul.lo.u32"):
+            a, b = self.val(ops[1], u32).astype(np.int64), self.val(ops[2], u32).astype(np.int64)
+            f = {"shr": a >> b, "shl": a << b, "and": a & b, "xor": a ^ b, "add": a + b, "sub": a - b,
+                 "mul": a * b}[base]
+            self.set(ops[0], (f % (1 << 32)).astype(u32), guard)
+        elif op == "mad.lo.u32":
+            a, b, c = (self.val(t, u32).astype(np.int64) for t in ops[1:4])
+            self.set(ops[0], ((a * b + c) % (1 << 32)).astype(u32), guard)
         elif op == "add.u64":
             self.set(ops[0], self.val(ops[1], u64) + self.val(ops[2], u64), guard)
         elif op == "mul.wide.u32":
@@ -202,17 +255,19 @@ class _Warp:
         elif op == "mad.wide.u32":
             prod = self.val(ops[1], u32).astype(u64) * self.val(ops[2], u32).astype(u64)
             self.set(ops[0], prod + self.val(ops[3], u64), guard)
-        elif op == "setp.lt.u32":
-            self.set(ops[0], self.val(ops[1], u32) < self.val(ops[2], u32), guard)
+        elif op in ("setp.lt.u32", "setp.ne.u32", "setp.eq.u32"):
+            a, b = self.val(ops[1], u32), self.val(ops[2], u32)
+            self.set(ops[0], {"lt": a < b, "ne": a != b, "eq": a == b}[parts[1]], guard)
         elif op == "and.pred":
             self.set(ops[0], self.reg[ops[1][1:]] & self.reg[ops[2][1:]], guard)
-        elif op == "selp.b32":
-            p = self.reg[ops[3][1:]]
-            self.set(ops[0], np.where(p, self.val(ops[1], u32), self.val(ops[2], u32)), guard)
+        elif op in ("selp.b32", "selp.f32"):
+            p, kind = self.reg[ops[3][1:]], f32 if op == "selp.f32" else u32
+            self.set(ops[0], np.where(p, self.val(ops[1], kind), self.val(ops[2], kind)), guard)
         elif op == "cvt.rn.f32.s32":
             self.set(ops[0], self.val(ops[1], u32).view(np.int32).astype(f32), guard)
-        elif op == "mul.rn.f32":
-            self.set(ops[0], self.val(ops[1], f32) * self.val(ops[2], f32), guard)
+        elif op in ("mul.rn.f32", "add.rn.f32"):
+            a, b = self.val(ops[1], f32), self.val(ops[2], f32)
+            self.set(ops[0], a * b if base == "mul" else a + b, guard)
         elif op == "fma.rn.f32":
             a, b, c = (self.val(t, f32).astype(np.float64) for t in ops[1:4])
             self.set(ops[0], (a * b + c).astype(f32), guard)

@@ -79,11 +79,14 @@ CASES = [  # n, k, group, slices, scale per group, offset, nibbles, tiles
     (33, 256, 128, 3, True, False, False, 2),  # int8 groups of 128, scale per (row, group), 3 slices
     (24, 96, 96, 1, False, False, False, 1),  # per channel (one group), 1 slice, one tile per warp
     (8, 128, 64, 2, False, True, True, 4),  # four tiles per warp, three of them padding
+    (20, 256, 256, 2, False, True, False, 2),  # one group (per channel) split over 4 warps, with an offset
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: CudaKernelSpec(*c[:7], warp_tiles=c[7]).symbol)
 def test_emulated_kernel_matches_float64(case: tuple) -> None:
+    """Each warp of a workgroup takes a share of K (whole groups, or the one group's steps) and warp 0
+    adds the others' partial sums from shared memory; the loads of up to 4 steps are issued together."""
     spec = CudaKernelSpec(*case[:7], warp_tiles=case[7])
     for m in (1, 7, 33):
         ops, ref = operands(spec, m, seed=m)

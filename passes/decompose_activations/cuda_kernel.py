@@ -3,19 +3,23 @@
 IREE 3.13's CUDA backend has no int8 MMA intrinsic (``docs/targets.md``): left to it, MSD's int8
 matmuls become scalar code.  This kernel is what the CPU kernel (:mod:`.cpu_kernel`) is for x86 and
 Arm, written for ``mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32``; it computes, for every
-activation row ``m`` and output channel ``n``, the same arithmetic in the same order::
+activation row ``m`` and output channel ``n``, the same arithmetic (the f32 sum over groups in
+another order when warps share K)::
 
     y[m, n] = Σ_g  (scale[n, g] · s[m, g]) · Σ_p 254^-p · Σ_{k∈g} a_p[m, k] · w[n, k]
               (+ offset[n, g] · xsum[m, g])
 
-One warp (the whole workgroup: 32 threads) owns 16 activation rows × ``8·warp_tiles`` channels.  For each
-32-wide step of K it loads every slice's A fragment (four 32-bit words per lane, straight from the
-row-major codes ``a [M, P, K]``), each channel tile's B fragment — pre-packed at compile time into
-mma's lane order, so a lane reads 8 contiguous bytes (or 4 bytes of 4-bit codes, unpacked with three
-32-bit operations per word) — and issues one ``mma`` per (slice, tile) into int32 accumulators.
-At the end of each group of K the accumulators go to f32, are combined over the slices (Horner,
-radix 1/254), scaled by the weight's scale times the row's scale and, with a zero point or min,
-``offset · xsum`` is added; no partial leaves the registers.
+A workgroup owns 16 activation rows × ``8·warp_tiles`` output channels and has ``split`` warps (up
+to 4), each taking a share of K: whole groups, or, with one group (a scale per channel), that group's
+K steps.  For each 32-wide step of K a warp loads every slice's A fragment (four 32-bit words per
+lane, straight from the row-major codes ``a [M, P, K]``) and each channel tile's B fragment —
+pre-packed at compile time into mma's lane order, so a lane reads 8 contiguous bytes (or 4 bytes of
+4-bit codes, unpacked with three 32-bit operations per word) — and issues one ``mma`` per (slice,
+tile) into int32 accumulators; the loads of up to 4 steps are issued before their mmas.  At the end
+of each group the accumulators go to f32, are combined over the slices (Horner, radix 1/254), scaled
+by the weight's scale times the row's scale and, with a zero point or min, ``offset · xsum`` is added
+(once per group: by warp 0 when the warps share one group).  Warps 1.. then leave their f32 partial
+sums in shared memory, warp 0 adds them and stores.  No partial goes to global memory.
 
 Fragment layouts (PTX ISA, ``mma.m16n8k32`` with ``.s8``; lane = 4·gid + tq):
 
@@ -33,9 +37,9 @@ Operand layouts (``T`` channel tiles of 8, padded to whole warps; ``KS = K/32`` 
   word 0's byte ``i`` + 8 in its low nibble and word 1's byte ``i`` + 8 in its high one;
 - ``scale`` (and ``offset``) ``[T, G, 8] f32``; ``y [M, N] f32``.
 
-Workgroups: ``(T / warp_tiles, ceil(M / 16), 1)``, M dynamic (a push constant).  The kernel needs K in
-steps of 32 and groups of K that are multiples of 32 (GGUF's blocks, torchao's 32/64/128): other
-shapes keep IREE's lowering.
+Workgroups: ``(T / warp_tiles, ceil(M / 16), 1)`` of ``32·split`` threads, M dynamic (a push
+constant).  The kernel needs groups of K that are multiples of 32 (GGUF's blocks, torchao's
+32/64/128, or K itself): other shapes keep IREE's lowering.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ class CudaKernelSpec:
     nibbles: bool = False  # 4-bit codes (in [-8, 7]) two per byte
     warp_tiles: int = 2  # channel tiles of 8 per warp
     arch: str = "sm_80"
+    max_split: int = 4  # warps per workgroup, each a share of K (fewer when K's groups or steps do not split)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -99,7 +104,7 @@ class CudaKernelSpec:
         if self.k % self.group or self.group % K_STEP:
             raise ValueError(f"K={self.k} in groups of {self.group}: the tensor-core kernel needs groups that divide"
                              f" K and are multiples of {K_STEP}")
-        if not 1 <= self.slices <= 3 or self.warp_tiles < 1 or self.n < 1:
+        if not 1 <= self.slices <= 3 or self.warp_tiles < 1 or self.n < 1 or self.max_split not in (1, 2, 4, 8):
             raise ValueError(f"slices={self.slices}, warp_tiles={self.warp_tiles}, n={self.n}: out of range")
 
     # -- sizes
@@ -115,6 +120,34 @@ class CudaKernelSpec:
     @property
     def ksteps(self) -> int:
         return self.k // K_STEP
+
+    @property
+    def split(self) -> int:
+        """Warps per workgroup: the groups of K shared among them, or (one group: a scale per channel) its
+        steps; the largest of ``max_split``, its halves, … that divides them."""
+        d = self.max_split
+        while d > 1 and (self.groups % d if self.groups > 1 else self.steps % d):
+            d //= 2
+        return max(d, 1)
+
+    @property
+    def split_groups(self) -> bool:
+        """Whether the warps share out whole groups (else the one group's steps)."""
+        return self.groups > 1
+
+    @property
+    def warp_groups(self) -> int:
+        return self.groups // self.split if self.split_groups else 1
+
+    @property
+    def warp_steps(self) -> int:
+        """K steps of a warp per group."""
+        return self.steps if self.split_groups else self.steps // self.split
+
+    @property
+    def unroll(self) -> int:
+        """K steps whose loads are issued together (a divisor of ``warp_steps``, at most 4)."""
+        return next(u for u in (4, 2, 1) if self.warp_steps % u == 0)
 
     @property
     def tiles(self) -> int:
@@ -142,7 +175,7 @@ class CudaKernelSpec:
     def symbol(self) -> str:
         return (f"{SYMBOL_PREFIX}mma_linear_{self.arch}_n{self.n}_k{self.k}_g{self.group}_p{self.slices}"
                 f"{'_sg' if self.scale_per_group else ''}{'_off' if self.offset else ''}"
-                f"{'_i4' if self.nibbles else ''}_t{self.warp_tiles}")
+                f"{'_i4' if self.nibbles else ''}_t{self.warp_tiles}_w{self.split}")
 
     # -- operands, in the dispatch's order
     def roles(self) -> list[str]:
@@ -183,7 +216,7 @@ class CudaKernelSpec:
             "    %one = arith.constant 1 : index",
             f"    %y = affine.apply affine_map<()[s0] -> (s0 ceildiv {ROWS})>()[%m]",
             "    hal.return %x, %y, %one : index, index, index",
-            f"  }} <workgroup_size = [{WARP} : index, 1 : index, 1 : index]>",
+            f"  }} <workgroup_size = [{WARP * self.split} : index, 1 : index, 1 : index]>",
             "}",
         ])
 
@@ -200,6 +233,8 @@ class _Writer:
         self.s = spec
         self.regs: dict[str, str] = {}  # name -> PTX type
         self.body: list[str] = []
+        self.first_warp: str | None = None  # the predicate "warp 0" when one group is split over warps
+        self.shared = 0  # bytes of shared memory (the warps' partial sums)
 
     def r(self, name: str, kind: str) -> str:
         """The register ``%name`` of ``kind`` (``b32``, ``b64``, ``f32``, ``pred``), declared once."""
@@ -215,11 +250,13 @@ class _Writer:
         params = [*s.roles(), "y"]
         self.kernel(params)
         decls = [f"\t.reg .{kind} %{name};" for name, kind in self.regs.items()]
+        if self.shared:
+            decls.append(f"\t.shared .align 16 .b8 red[{self.shared}];")
         plist = ",\n".join([*(f"\t.param .u64 {s.symbol}_{p}" for p in params), f"\t.param .u32 {s.symbol}_m"])
         return "\n".join([
             f"// msd: fused MSD linear ({MMA}), written by msd.passes.decompose_activations.cuda_kernel",
             f".version {ARCHS[s.arch]}", f".target {s.arch}", ".address_size 64", "",
-            f".visible .entry {s.symbol}(", plist, ")", f".maxntid {WARP}, 1, 1", "{",
+            f".visible .entry {s.symbol}(", plist, ")", f".maxntid {WARP * s.split}, 1, 1", "{",
             *decls, *self.body, "}", ""])
 
     def kernel(self, params: list[str]) -> None:
@@ -233,13 +270,15 @@ class _Writer:
             e(f"cvta.to.global.u64 {ptr[name]}, {raw};")
         m = r("m", "b32")
         e(f"ld.param.u32 {m}, [{s.symbol}_m];")
-        lane, gid, tq = r("lane", "b32"), r("gid", "b32"), r("tq", "b32")
-        e(f"mov.u32 {lane}, %tid.x;")
+        tid, lane, warp, gid, tq = r("thr", "b32"), r("lane", "b32"), r("wrp", "b32"), r("gid", "b32"), r("tq", "b32")
+        e(f"mov.u32 {tid}, %tid.x;")
+        e(f"and.b32 {lane}, {tid}, 31;")
+        e(f"shr.u32 {warp}, {tid}, 5;")  # the warp's share of K
         e(f"shr.u32 {gid}, {lane}, 2;")
         e(f"and.b32 {tq}, {lane}, 3;")
         t0, m0 = r("t0", "b32"), r("m0", "b32")
         e(f"mov.u32 {t0}, %ctaid.x;")
-        e(f"mul.lo.u32 {t0}, {t0}, {nt};")  # the warp's first channel tile
+        e(f"mul.lo.u32 {t0}, {t0}, {nt};")  # the block's first channel tile
         e(f"mov.u32 {m0}, %ctaid.y;")
         e(f"shl.b32 {m0}, {m0}, 4;")  # its first row
         # rows gid and gid + 8 of the block; a row past M reads row 0 and is never stored
@@ -252,20 +291,32 @@ class _Writer:
             rows.append(row)
             valid.append(v)
             safe.append(rs)
-        # running pointers: A rows (+ 4·tq), weight steps per tile, scales per tile, row scales / sums
+        # the warp's first group and step: its K steps start at step0 = g0·steps + s0
+        g0, step0 = r("g0", "b32"), r("step0", "b32")
+        e(f"mul.lo.u32 {g0}, {warp}, {s.warp_groups if s.split_groups else 0};")
+        e(f"mul.lo.u32 {step0}, {warp}, {s.warp_groups * s.steps if s.split_groups else s.warp_steps};")
+        # running pointers: A rows (+ 4·tq + 32·step0), weight steps per tile, scales per tile and group,
+        # row scales / sums per group
+        ko = r("ko", "b64")
+        e(f"mul.wide.u32 {ko}, {step0}, {K_STEP};")
         tq4 = r("tq4", "b64")
         e(f"mul.wide.u32 {tq4}, {tq}, 4;")
+        e(f"add.u64 {ko}, {ko}, {tq4};")
         a_ptr = []
         for h in range(2):
             off, ap = r(f"ao{h}", "b64"), r(f"ap{h}", "b64")
             e(f"mul.wide.u32 {off}, {safe[h]}, {p * s.k};")
             e(f"add.u64 {ap}, {ptr['a']}, {off};")
-            e(f"add.u64 {ap}, {ap}, {tq4};")
+            e(f"add.u64 {ap}, {ap}, {ko};")
             a_ptr.append(ap)
-        lane_off = r("lo", "b64")
+        lane_off, wso = r("lo", "b64"), r("wso", "b64")
         e(f"mul.wide.u32 {lane_off}, {lane}, {s.lane_bytes};")
-        tq8 = r("tq8", "b64")
+        e(f"mul.wide.u32 {wso}, {step0}, {WARP * s.lane_bytes};")
+        e(f"add.u64 {lane_off}, {lane_off}, {wso};")
+        tq8, gso = r("tq8", "b64"), r("gso", "b64")
         e(f"mul.wide.u32 {tq8}, {tq}, 8;")
+        e(f"mul.wide.u32 {gso}, {g0}, 32;")
+        e(f"add.u64 {tq8}, {tq8}, {gso};")
         w_ptr, sc_ptr, of_ptr = [], [], []
         for j in range(nt):
             tile, wo, wp = r(f"tile{j}", "b32"), r(f"wo{j}", "b64"), r(f"wp{j}", "b64")
@@ -283,16 +334,25 @@ class _Writer:
                 lst.append(q)
         gs = s.groups if s.scale_per_group else 1
         s_ptr, x_ptr = [], []
+        g4 = r("g4", "b64")
+        e(f"mul.wide.u32 {g4}, {g0}, 4;")
         for h in range(2):
             q, o = r(f"sp{h}", "b64"), r(f"spo{h}", "b64")
             e(f"mul.wide.u32 {o}, {safe[h]}, {gs * 4};")
             e(f"add.u64 {q}, {ptr['s']}, {o};")
+            if s.scale_per_group:
+                e(f"add.u64 {q}, {q}, {g4};")
             s_ptr.append(q)
             if s.offset:
                 q, o = r(f"xp{h}", "b64"), r(f"xpo{h}", "b64")
                 e(f"mul.wide.u32 {o}, {safe[h]}, {s.groups * 4};")
                 e(f"add.u64 {q}, {ptr['xs']}, {o};")
+                e(f"add.u64 {q}, {q}, {g4};")
                 x_ptr.append(q)
+        if s.offset and not s.split_groups and s.split > 1:  # one group split over warps: one adds offset·xsum
+            first = r("first", "pred")
+            e(f"setp.eq.u32 {first}, {warp}, 0;")
+            self.first_warp = first
         facc = {(j, i): r(f"F{j}_{i}", "f32") for j in range(nt) for i in range(4)}
         for f in facc.values():
             e(f"mov.f32 {f}, 0f00000000;")
@@ -302,59 +362,99 @@ class _Writer:
         iacc = {(q, j, i): r(f"I{q}_{j}_{i}", "b32") for q in range(p) for j in range(nt) for i in range(4)}
         for v in iacc.values():
             e(f"mov.u32 {v}, 0;")
-        if s.steps > 1:
+        blocks = s.warp_steps // s.unroll
+        if blocks > 1:
             ks = r("ks", "b32")
             e(f"mov.u32 {ks}, 0;")
             e("STEP:")
-        self.step(a_ptr, w_ptr, valid, iacc)
-        if s.steps > 1:
+        self.steps_block(a_ptr, w_ptr, valid, iacc)
+        if blocks > 1:
             pk = r("pk", "pred")
             e(f"add.u32 {ks}, {ks}, 1;")
-            e(f"setp.lt.u32 {pk}, {ks}, {s.steps};")
+            e(f"setp.lt.u32 {pk}, {ks}, {blocks};")
             e(f"@{pk} bra STEP;")
         self.group_epilogue(s_ptr, x_ptr, sc_ptr, of_ptr, iacc, facc)
         pg = r("pg", "pred")
         e(f"add.u32 {g}, {g}, 1;")
-        e(f"setp.lt.u32 {pg}, {g}, {s.groups};")
+        e(f"setp.lt.u32 {pg}, {g}, {s.warp_groups};")
         e(f"@{pg} bra GROUP;")
+        if s.split > 1:
+            self.reduce_warps(warp, lane, facc)
         self.store(ptr["y"], rows, valid, t0, tq, facc)
         e("ret;")
 
-    def step(self, a_ptr: list[str], w_ptr: list[str], valid: list[str], iacc: dict) -> None:
-        """One K step of 32: the A fragment of every slice, the B fragment of every tile, the mmas; the
-        pointers move on by one step."""
+    def reduce_warps(self, warp: str, lane: str, facc: dict) -> None:
+        """The warps' partial sums through shared memory: warps 1.. store theirs and leave, warp 0 adds
+        them (in warp order) and goes on to the stores.  Each warp meets the barrier once."""
         s, e, r = self.s, self.e, self.r
-        frag = {}
-        for q in range(s.slices):
-            for word in range(4):  # rows gid / gid+8 alternate; the second half of K 16 bytes on
-                h, koff = word % 2, q * s.k + 16 * (word // 2)
-                v = r(f"A{q}_{word}", "b32")
-                e(f"ld.global.b32 {v}, [{a_ptr[h]}+{koff}];")
-                e(f"selp.b32 {v}, {v}, 0, {valid[h]};")
-                frag[q, word] = v
-        bw = {}
-        for j in range(s.warp_tiles):
-            b0, b1 = r(f"B{j}_0", "b32"), r(f"B{j}_1", "b32")
-            if s.nibbles:
-                wv, hi = r(f"W{j}", "b32"), r(f"Wh{j}", "b32")
-                e(f"ld.global.b32 {wv}, [{w_ptr[j]}];")
-                e(f"shr.u32 {hi}, {wv}, 4;")
-                for out, src in ((b0, wv), (b1, hi)):  # per byte: ((c & 15) + 120) ^ 128 = c - 8, no carry out
-                    e(f"and.b32 {out}, {src}, 252645135;")  # 0x0F0F0F0F
-                    e(f"add.u32 {out}, {out}, 2021161080;")  # 0x78787878
-                    e(f"xor.b32 {out}, {out}, -2139062144;")  # 0x80808080
-            else:
-                e(f"ld.global.v2.b32 {{{b0}, {b1}}}, [{w_ptr[j]}];")
-            bw[j] = (b0, b1)
-        for q in range(s.slices):
-            a = ", ".join(frag[q, w] for w in range(4))
+        n = len(facc)
+        self.shared = (s.split - 1) * WARP * n * 4
+        pw, base, addr = r("pw", "pred"), r("sb", "b32"), r("sa", "b32")
+        e(f"mov.u32 {base}, red;")
+        e(f"setp.ne.u32 {pw}, {warp}, 0;")
+        e(f"@{pw} bra PARTIAL;")
+        e("bar.sync 0;")
+        t = r("part", "f32")
+        for w in range(1, s.split):
+            e(f"mad.lo.u32 {addr}, {lane}, {n * 4}, {base};")
+            e(f"add.u32 {addr}, {addr}, {(w - 1) * WARP * n * 4};")
+            for i, f in enumerate(facc.values()):
+                e(f"ld.shared.f32 {t}, [{addr}+{4 * i}];")
+                e(f"add.rn.f32 {f}, {f}, {t};")
+        e("bra REDUCED;")
+        e("PARTIAL:")
+        w1 = r("w1", "b32")
+        e(f"sub.u32 {w1}, {warp}, 1;")
+        e(f"mad.lo.u32 {addr}, {w1}, {WARP}, {lane};")
+        e(f"mad.lo.u32 {addr}, {addr}, {n * 4}, {base};")
+        for i, f in enumerate(facc.values()):
+            e(f"st.shared.f32 [{addr}+{4 * i}], {f};")
+        e("bar.sync 0;")
+        e("ret;")
+        e("REDUCED:")
+
+    def steps_block(self, a_ptr: list[str], w_ptr: list[str], valid: list[str], iacc: dict) -> None:
+        """``unroll`` K steps of 32: first every load (each slice's A fragment, each tile's B fragment, of
+        every step: many loads in flight), then the mmas; the pointers move on by the steps."""
+        s, e, r = self.s, self.e, self.r
+        frag, bw = {}, {}
+        for u in range(s.unroll):
+            for q in range(s.slices):
+                for word in range(4):  # rows gid / gid+8 alternate; the second half of K 16 bytes on
+                    h, koff = word % 2, q * s.k + 16 * (word // 2) + K_STEP * u
+                    v = r(f"A{u}_{q}_{word}", "b32")
+                    e(f"ld.global.b32 {v}, [{a_ptr[h]}+{koff}];")
+                    frag[u, q, word] = v
             for j in range(s.warp_tiles):
-                d = ", ".join(iacc[q, j, i] for i in range(4))
-                e(f"{MMA} {{{d}}}, {{{a}}}, {{{bw[j][0]}, {bw[j][1]}}}, {{{d}}};")
+                b0, b1 = r(f"B{u}_{j}_0", "b32"), r(f"B{u}_{j}_1", "b32")
+                woff = WARP * s.lane_bytes * u
+                if s.nibbles:
+                    e(f"ld.global.b32 {r(f'W{u}_{j}', 'b32')}, [{w_ptr[j]}+{woff}];")
+                else:
+                    e(f"ld.global.v2.b32 {{{b0}, {b1}}}, [{w_ptr[j]}+{woff}];")
+                bw[u, j] = (b0, b1)
+        for u in range(s.unroll):
+            for q in range(s.slices):
+                for word in range(4):
+                    v = frag[u, q, word]
+                    e(f"selp.b32 {v}, {v}, 0, {valid[word % 2]};")
+            if s.nibbles:
+                for j in range(s.warp_tiles):
+                    wv, hi = f"%W{u}_{j}", r(f"Wh{u}_{j}", "b32")
+                    e(f"shr.u32 {hi}, {wv}, 4;")
+                    for out, src in zip(bw[u, j], (wv, hi)):  # per byte: ((c & 15) + 120) ^ 128 = c - 8
+                        e(f"and.b32 {out}, {src}, 252645135;")  # 0x0F0F0F0F
+                        e(f"add.u32 {out}, {out}, 2021161080;")  # 0x78787878
+                        e(f"xor.b32 {out}, {out}, -2139062144;")  # 0x80808080
+            for q in range(s.slices):
+                a = ", ".join(frag[u, q, w] for w in range(4))
+                for j in range(s.warp_tiles):
+                    d = ", ".join(iacc[q, j, i] for i in range(4))
+                    e(f"{MMA} {{{d}}}, {{{a}}}, {{{bw[u, j][0]}, {bw[u, j][1]}}}, {{{d}}};")
         for ap in a_ptr:
-            e(f"add.u64 {ap}, {ap}, {K_STEP};")
+            e(f"add.u64 {ap}, {ap}, {K_STEP * s.unroll};")
         for wp in w_ptr:
-            e(f"add.u64 {wp}, {wp}, {WARP * s.lane_bytes};")
+            e(f"add.u64 {wp}, {wp}, {WARP * s.lane_bytes * s.unroll};")
 
     def group_epilogue(self, s_ptr: list[str], x_ptr: list[str], sc_ptr: list[str], of_ptr: list[str],
                        iacc: dict, facc: dict) -> None:
@@ -368,6 +468,8 @@ class _Writer:
             if s.offset:
                 v = r(f"xv{h}", "f32")
                 e(f"ld.global.f32 {v}, [{x_ptr[h]}];")
+                if self.first_warp is not None:  # the group's offset·xsum once, from warp 0
+                    e(f"selp.f32 {v}, {v}, 0f00000000, {self.first_warp};")
                 xv.append(v)
         radix = f32_hex(1.0 / SLICE_RADIX)
         for j in range(s.warp_tiles):
