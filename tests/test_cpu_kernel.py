@@ -93,17 +93,18 @@ def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np
         u = (w_t.astype(np.int16) + 8).astype(np.uint8)
         half = g // spec.k_step // 2
         w_t = (u[:, :, :half] | (u[:, :, half:] << 4)).view(np.int8)
-    corr = (-spec.act_bias * padded.astype(np.int32).reshape(tiles, lanes, groups, g).sum(-1)).transpose(0, 2, 1)
+    elif spec.weight_bias:  # int8 codes + 128, read as unsigned bytes
+        w_t = (w_t.astype(np.int16) + spec.weight_bias).astype(np.uint8).view(np.int8)
+    code_sums = -spec.weight_bias * codes.reshape(m, p, groups, g).sum(-1, dtype=np.int32)
 
     def per_tile(v: np.ndarray) -> np.ndarray:
         out = np.zeros((tiles * lanes, groups), np.float32)
         out[:n] = v
         return np.ascontiguousarray(out.reshape(tiles, lanes, groups).transpose(0, 2, 1))
 
-    a = np.ascontiguousarray((codes + spec.act_bias).astype(np.uint8)).view(np.int8)  # [m, p, k] bytes
-    ops = [a, s, *([xsum] if spec.offset else []), np.ascontiguousarray(w_t),
-           *([np.ascontiguousarray(corr, np.int32)] if spec.act_bias else []),
-           per_tile(scale), *([per_tile(offset)] if spec.offset else [])]
+    a = np.ascontiguousarray(codes.astype(np.int8))  # [m, p, k] signed bytes
+    ops = [a, s, *([xsum] if spec.offset else []), *([code_sums.astype(np.int32)] if spec.weight_bias else []),
+           np.ascontiguousarray(w_t), per_tile(scale), *([per_tile(offset)] if spec.offset else [])]
     dots = np.einsum("mpgk,ngk->mpng", codes.reshape(m, p, groups, g).astype(np.float64),
                      w.reshape(n, groups, g).astype(np.float64))
     digits = sum(dots[:, i] / SLICE_RADIX**i for i in range(p))  # [m, n, G]
@@ -149,7 +150,8 @@ def test_kernel_matches_its_float64_arithmetic(isa: str, tmp_path: Path) -> None
 
 
 def _quantize_reference(x: np.ndarray, spec: QuantizeSpec) -> tuple[np.ndarray, ...]:
-    """The tensor ops' arithmetic (emit_kernel's fallback) in numpy f32: codes, scales, group sums."""
+    """The tensor ops' arithmetic (emit_kernel's fallback) in numpy f32: codes, scales, group sums, and
+    the code sums the kernel starts from (``-weight_bias · Σ codes`` per row, slice and group)."""
     m, k, g = x.shape[0], spec.k, spec.group
     xg = x.reshape(m, spec.groups, g)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -162,21 +164,23 @@ def _quantize_reference(x: np.ndarray, spec: QuantizeSpec) -> tuple[np.ndarray, 
         codes = []
         for _ in range(spec.slices):
             d = np.clip(np.rint(t), -127, 127).astype(np.float32)
-            codes.append(np.where(ok, d, 0).astype(np.int32) + spec.act_bias)
+            codes.append(np.where(ok, d, 0).astype(np.int32))
             t = ((t - d) * np.float32(SLICE_RADIX)).astype(np.float32)
-    a = np.stack(codes, 1).reshape(m, spec.slices, k).astype(np.uint8).view(np.int8)
-    return a, s, xg.sum(-1, dtype=np.float64)
+    c = np.stack(codes, 1)  # [m, p, G, g]
+    code_sums = (-spec.weight_bias * c.sum(-1)).astype(np.int32)
+    return c.reshape(m, spec.slices, k).astype(np.int8), s, xg.sum(-1, dtype=np.float64), code_sums
 
 
-QUANTIZE_CASES = [  # k, group, slices, scale per group, offset, code bias
-    (96, 32, 2, True, True, 128), (96, 96, 3, False, False, 0), (256, 128, 1, False, True, 128),
+QUANTIZE_CASES = [  # k, group, slices, scale per group, offset, weight bias of the kernel fed
+    (96, 32, 2, True, True, 128), (96, 96, 3, False, False, 0), (256, 128, 1, False, True, 8),
     (64, 16, 2, True, False, 0), (40, 20, 2, True, True, 128),
 ]
 
 
 def test_quantize_kernel_matches_the_tensor_ops(tmp_path: Path) -> None:
-    """Codes and scales bit for bit as emit_kernel's tensor ops compute them (one scale per group or
-    per row, 1-3 slices, VNNI's +128), sums to f32 rounding; rows of zeros, of huge values, with an inf
+    """Codes, scales and code sums bit for bit as emit_kernel's tensor ops compute them (one scale per
+    group or per row, 1-3 slices, the -bias·Σcodes of VNNI's and AVX2's biased weights), group sums to
+    f32 rounding; rows of zeros, of huge values, with an inf
     (scale NaN, codes 0) and with a NaN; odd M and a group that is not a multiple of 8 lanes."""
     import iree.runtime as rt
 
@@ -205,7 +209,7 @@ def test_quantize_kernel_matches_the_tensor_ops(tmp_path: Path) -> None:
                 x[3, 5] = np.inf
                 x[4, k - 1] = np.nan
             got = [np.asarray(v) for v in ctx.modules.module["quantize"](x)]
-            a, s, sums = _quantize_reference(x, spec)
+            a, s, sums, code_sums = _quantize_reference(x, spec)
             np.testing.assert_array_equal(got[0], a, err_msg=f"{spec.symbol} M={m}: codes")
             # an all-zero row's scale FLT_MIN/127 is subnormal: the CPU may flush it to zero (its codes are
             # 0 and its result 0 either way)
@@ -216,6 +220,8 @@ def test_quantize_kernel_matches_the_tensor_ops(tmp_path: Path) -> None:
                 fine = np.isfinite(sums)
                 np.testing.assert_allclose(got[2][fine], sums[fine], rtol=1e-5,
                                            atol=1e-5 * np.abs(x[np.isfinite(x)]).max())
+            if bias:
+                np.testing.assert_array_equal(got[-1], code_sums, err_msg=f"{spec.symbol} M={m}: code sums")
 
 
 ARM = [isa for isa in sorted(ISAS) if ISAS[isa].dot in ("sdot", "smmla")]

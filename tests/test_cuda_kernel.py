@@ -158,7 +158,7 @@ def test_compiled_cuda_linear_computes_the_model_in_emulation(fmt: str) -> None:
     packed = {key.rsplit(".", 1)[1]: value for key, value in params.items() if key.startswith("msd.pack.")}
     assert set(packed) == {r for r in spec.roles() if r not in ("a", "s", "xs")}, set(packed)
     q = QuantizeSpec(k, spec.group, 2, grouped, grouped, 0)
-    a, s, xs = _quantize_reference(x.numpy(), q)
+    a, s, xs, _ = _quantize_reference(x.numpy(), q)
     types = dict(zip(spec.roles(), spec.operand_types()))
     ops = []
     for role in spec.roles():

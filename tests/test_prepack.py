@@ -38,7 +38,7 @@ def test_packed_weights_replace_the_stored_ones_and_nothing_runs_at_load() -> No
     cm = msd.compile(model, (x,), slices=2)
     keys = _archive_keys(cm)
     for layer in ("0", "2"):
-        assert {f"msd.pack.{layer}.qweight.{r}" for r in ("w", "corr", "scale", "off")} <= keys, keys
+        assert {f"msd.pack.{layer}.qweight.{r}" for r in ("w", "scale", "off")} <= keys, keys
         assert f"{layer}.bias" in keys  # the epilogue still reads it
         assert not {f"{layer}.qweight", f"{layer}.weight_scale", f"{layer}.weight_zero_point"} & keys, keys
     assert b"initializer" not in cm.vmfb  # no load-time relayout (cpu_kernel="none" has initializers)

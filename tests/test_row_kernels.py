@@ -124,7 +124,7 @@ def test_standalone_row_kernels_match_float64(k: int, tmp_path: Path) -> None:
 
 def _dequantized(a: np.ndarray, s: np.ndarray, spec: QuantizeSpec) -> np.ndarray:
     """The row the codes and scales stand for: ``s · Σ_p c_p / 254^p``."""
-    c = a.view(np.uint8).astype(np.float64) - spec.act_bias if spec.act_bias else a.astype(np.float64)
+    c = a.astype(np.float64)
     t = sum(c[:, p] / float(SLICE_RADIX) ** p for p in range(spec.slices))
     m = t.shape[0]
     scale = np.repeat(s.astype(np.float64), spec.group if spec.scale_per_group else spec.k, axis=1)
@@ -147,7 +147,7 @@ def test_quantizer_prologues_reconstruct_the_row(slices: int, tmp_path: Path) ->
             r = rng.standard_normal((m, k)).astype(np.float32)
             got = _results(f(*{"rms_norm": (x, w), "add_rms_norm": (x, r, w), "glu": (x,)}[spec.kind]))
             if spec.kind == "add_rms_norm":
-                np.testing.assert_array_equal(got[3], x + r)
+                np.testing.assert_array_equal(got[-1], x + r)  # the sum h: the last result
                 row = _rms64(x + r, w)
             else:
                 row = _rms64(x, w) if spec.kind == "rms_norm" else _glu64(x, spec.activation)
@@ -174,7 +174,8 @@ def test_quantizer_combines_a_decode_attentions_splits(tmp_path: Path) -> None:
     pm = np.stack([rng.standard_normal((b, h, s, g)) * 4, rng.random((b, h, s, g)) * 8 + 1], -1).astype(np.float32)
     pm[0, 1, s - 1, 0, 0] = -np.inf  # an empty split
     pm[0, 1, s - 1, 0, 1] = 0.0
-    a, sc = _results(f(pa, pm))
+    a, sc, code_sums = _results(f(pa, pm))
+    np.testing.assert_array_equal(code_sums, -128 * a.astype(np.int32).reshape(b, 2, -1, 32).sum(-1))
     m = pm[..., 0].astype(np.float64)
     wgt = np.exp(m - m.max(2, keepdims=True))  # [b, h, s, g]
     num = (wgt[..., None] * pa).sum(2)

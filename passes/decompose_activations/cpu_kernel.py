@@ -15,17 +15,18 @@ accumulator right away, and all slices of a row reuse each weight vector loaded.
 Layouts (``W`` = lanes: 16 for AVX-512, 8 for 256-bit AVX-VNNI and AVX2, 4 for Arm NEON;
 ``NT = ceil(N/W)``, ``G`` groups of ``g``):
 
-- ``a``: ``[M, P, K] i8`` — the activation codes, stored as ``code + 128`` for VNNI (``vpdpbusd``
-  multiplies unsigned × signed bytes), as the signed code for AVX2 and Arm; the kernel broadcasts
-  four consecutive bytes (one 32-bit word) to every lane;
+- ``a``: ``[M, P, K] i8`` — the activation's signed codes; the kernel broadcasts four consecutive
+  bytes (one 32-bit word) to every lane;
 - ``s``: ``[M, 1]`` (one scale per row) or ``[M, G]`` f32, the first slice's scale;
 - ``w``: ``[NT, G, g/4, W·4] i8`` — lane ``j`` of a vector holds 4 consecutive K codes of channel
   ``n0 + j`` (the rows past N are zero); for ``smmla`` ``[NT, G, g/8, 32]``, a step being two channel
   pairs × 2 channels × 8 consecutive codes.  4-bit codes (proven in [-8, 7]) are stored two per byte,
   ``code + 8``: step ``j`` of a group in the low nibbles, step ``j + S/2`` in the high ones (``S``
   steps per group), so the step axis is halved;
-- ``corr`` (VNNI only): ``[NT, G, W] i32`` = ``-128 · Σ_{k∈g} w[n, k]``, the accumulator's start,
-  which takes the ``+128`` of the activation codes back out;
+- with a weight bias ``b`` (:meth:`Isa.weight_bias`: VNNI, and AVX2 on 4-bit codes), the weight codes
+  are stored ``+ b`` and read as unsigned bytes (4-bit ones then unpack with a mask and a shift), and
+  ``as [M, P, G] i32`` = ``-b · Σ_{k∈g} a_p[m, k]`` (from the quantizer) is each accumulator's start:
+  broadcast from memory, shared by every channel tile;
 - ``scale`` (and ``offset``): ``[NT, G, W] f32``; ``xsum``: ``[M, G] f32``;
 - ``y``: ``[M, N] f32``; the last channel tile is stored masked when ``W`` does not divide N.
 
@@ -49,11 +50,15 @@ class Isa:
     intrinsic: str = ""  # the LLVM intrinsic of a one-instruction dot (VNNI, Arm)
     k_step: int = 4  # K per lane per instruction: 4 for the dot products, 8 for smmla
 
-    @property
-    def act_bias(self) -> int:
-        """What the activation codes are stored plus: VNNI multiplies unsigned bytes (code + 128, taken
-        back out by the accumulator's start); AVX2's form takes the signed codes."""
-        return 128 if self.dot == "vpdpbusd" else 0
+    def weight_bias(self, nibbles: bool) -> int:
+        """What the weight codes are stored plus when the dot reads them as its unsigned bytes (VNNI's
+        ``vpdpbusd`` multiplies unsigned × signed bytes: weight code + 128, or + 8 for 4-bit codes; AVX2's
+        ``vpmaddubsw`` on 4-bit codes + 8, which then need no sign trick), 0 when it reads signed weight
+        codes.  The bias comes back out through the accumulator's start ``-bias · Σ_{k∈g} a[k]``, which
+        the activation's quantizer computes once per (row, slice, group)."""
+        if self.dot == "vpdpbusd":
+            return 8 if nibbles else 128
+        return 8 if self.dot == "maddubs" and nibbles else 0
 
     @property
     def rows(self) -> int:
@@ -76,7 +81,7 @@ ISAS: dict[str, Isa] = {
 SLICE_RADIX = 254.0
 SYMBOL_PREFIX = "msd_"  # every kernel executable's name starts so
 ROLES_ATTR = "msd.operand_roles"  # on a kernel's flow.dispatch: what each tensor operand is (KernelSpec.roles)
-ACTIVATION_ROLES = ("a", "s", "xs")  # the operands computed from the activation, per call
+ACTIVATION_ROLES = ("a", "s", "xs", "as")  # the operands computed from the activation, per call
 
 
 @dataclass(frozen=True)
@@ -112,8 +117,8 @@ class KernelSpec:
         return ISAS[self.isa].lanes
 
     @property
-    def act_bias(self) -> int:
-        return ISAS[self.isa].act_bias
+    def weight_bias(self) -> int:
+        return ISAS[self.isa].weight_bias(self.nibbles)
 
     @property
     def tiles(self) -> int:
@@ -138,7 +143,7 @@ class KernelSpec:
     # -- operands, in the dispatch's order
     def roles(self) -> list[str]:
         """What each operand is: the activation side (``a``, ``s``, ``xs``), then the weight side."""
-        return ["a", "s", *(["xs"] if self.offset else []), "w", *(["corr"] if self.act_bias else []), "scale",
+        return ["a", "s", *(["xs"] if self.offset else []), *(["as"] if self.weight_bias else []), "w", "scale",
                 *(["off"] if self.offset else [])]
 
     def operand_types(self) -> list[str]:
@@ -147,9 +152,9 @@ class KernelSpec:
         types = [f"tensor<?x{self.slices}x{self.k}xi8>", f"tensor<?x{gr if self.scale_per_group else 1}xf32>"]
         if self.offset:
             types.append(f"tensor<?x{gr}xf32>")
+        if self.weight_bias:
+            types.append(f"tensor<?x{self.slices}x{gr}xi32>")
         types.append(f"tensor<{nt}x{gr}x{self.weight_steps}x{self.step_bytes}xi8>")
-        if self.act_bias:
-            types.append(f"tensor<{nt}x{gr}x{w}xi32>")
         types.append(f"tensor<{nt}x{gr}x{w}xf32>")
         if self.offset:
             types.append(f"tensor<{nt}x{gr}x{w}xf32>")
@@ -191,9 +196,13 @@ class _Writer:
         self.lines.append(line)
 
     def unpack_nibbles(self, ind: str, w: str) -> None:
-        """``{w}l`` / ``{w}h``: the signed 4-bit codes in the low / high nibbles of the bytes ``w``
-        (stored ``code + 8``)."""
+        """``{w}l`` / ``{w}h``: the 4-bit codes in the low / high nibbles of the bytes ``w`` (stored
+        ``code + 8``): as they are stored (unsigned, 0..15) with a weight bias, else signed."""
         vb = self.vb
+        if self.s.weight_bias:
+            self.emit(f"{ind}{w}l = arith.andi {w}, %lo4 : {vb}")
+            self.emit(f"{ind}{w}h = arith.shrui {w}, %sh4 : {vb}")
+            return
         self.emit(f"{ind}{w}m = arith.andi {w}, %lo4 : {vb}")
         self.emit(f"{ind}{w}l = arith.subi {w}m, %off4 : {vb}")
         self.emit(f"{ind}{w}s = arith.shrui {w}, %sh4 : {vb}")
@@ -241,12 +250,11 @@ class _Writer:
         self.t_s = f"memref<?x{gs}xf32>"
         self.t_xs = f"memref<?x{gr}xf32>"
         self.t_w = f"memref<{nt}x{gr}x{s.weight_steps}x{s.step_bytes}xi8>"
-        self.t_c = f"memref<{nt}x{gr}x{w}xi32>"
+        self.t_as = f"memref<?x{p}x{gr}xi32>"
         self.t_f = f"memref<{nt}x{gr}x{w}xf32>"
         self.t_y = f"memref<?x{s.n}xf32>"
-        bindings = ["a", "s", *(["xs"] if s.offset else []), "w", *(["corr"] if s.act_bias else []), "scale",
-                    *(["off"] if s.offset else []), "y"]
-        types = {"a": self.t_a, "s": self.t_s, "xs": self.t_xs, "w": self.t_w, "corr": self.t_c, "scale": self.t_f,
+        bindings = [*s.roles(), "y"]
+        types = {"a": self.t_a, "s": self.t_s, "xs": self.t_xs, "as": self.t_as, "w": self.t_w, "scale": self.t_f,
                  "off": self.t_f, "y": self.t_y}
         e = self.emit
         e(f"stream.executable private @{s.symbol} {{")
@@ -265,12 +273,13 @@ class _Writer:
             dyn = "{%m}" if types[b].startswith("memref<?") else ""
             e(f"      %{b} = stream.binding.subspan %{b}_b[%c0] : !stream.binding -> {types[b]}{dyn}")
         e(f"      %zf = arith.constant dense<0.0> : {vf}")
-        if not s.act_bias:  # the accumulators' start
+        if not s.weight_bias:  # the accumulators' start
             e(f"      %zi = arith.constant dense<0> : {vi}")
         if s.nibbles:  # a byte's two 4-bit codes, stored + 8
             e(f"      %lo4 = arith.constant dense<15> : {vb}")
             e(f"      %sh4 = arith.constant dense<4> : {vb}")
-            e(f"      %off4 = arith.constant dense<8> : {vb}")
+            if not s.weight_bias:
+                e(f"      %off4 = arith.constant dense<8> : {vb}")
         if ISAS[s.isa].dot == "smmla":  # the missing partner of an odd activation row/slice
             e("      %z8 = arith.constant dense<0> : vector<8xi8>")
         if ISAS[s.isa].dot == "maddubs":  # vpmaddwd by ones sums pairs of i16
@@ -318,9 +327,6 @@ class _Writer:
         e(f"{ind}%{tag}acc:{len(facc)} = scf.for %g = %c0 to %c{s.groups} step %c1 iter_args({fa}) -> "
           f"({', '.join([vf] * len(facc))}) {{")
         ind2 = ind + "  "
-        for c in range(cols):  # the accumulators' start: -128·Σw (VNNI), or 0
-            if s.act_bias:
-                e(f"{ind2}%{tag}c{c} = vector.load %corr[%tt{c}, %g, %c0] : {self.t_c}, {vi}")
         ints = self.dots_mmla(rows, tag, ind2) if ISAS[s.isa].dot == "smmla" else self.dots(rows, tag, ind2)
         for c in range(cols):
             e(f"{ind2}%{tag}sc{c} = vector.load %scale[%tt{c}, %g, %c0] : {self.t_f}, {vf}")
@@ -364,7 +370,14 @@ class _Writer:
         vi, vb, p, cols = self.vi, self.vb, s.slices, s.cols
         e(f"{ind2}%{tag}kb = arith.muli %g, %c{s.group // 4} : index")
         iacc = [(c, r, q) for c in range(cols) for r in range(rows) for q in range(p)]
-        starts = ", ".join(f"%{tag}I{c}_{r}_{q} = {f'%{tag}c{c}' if s.act_bias else '%zi'}" for c, r, q in iacc)
+        if s.weight_bias:  # the accumulators' start: -bias·Σa of the (row, slice) in this group, every lane
+            for r in range(rows):
+                for q in range(p):
+                    v = f"%{tag}st{r}_{q}"
+                    e(f"{ind2}{v}s = memref.load %as[%{tag}row{r}, %c{q}, %g] : {self.t_as}")
+                    e(f"{ind2}{v} = vector.broadcast {v}s : i32 to {vi}")
+        starts = ", ".join(f"%{tag}I{c}_{r}_{q} = {f'%{tag}st{r}_{q}' if s.weight_bias else '%zi'}"
+                           for c, r, q in iacc)
         e(f"{ind2}%{tag}d:{len(iacc)} = scf.for %k4 = %c0 to %c{s.weight_steps} step %c1 iter_args({starts}) -> "
           f"({', '.join([vi] * len(iacc))}) {{")
         ind3 = ind2 + "  "
@@ -380,7 +393,7 @@ class _Writer:
                 self.unpack_nibbles(ind3, f"%{tag}wv{c}")
         out = {key: f"%{tag}I{key[0]}_{key[1]}_{key[2]}" for key in iacc}
         for h, base in halves:
-            if isa.dot == "maddubs":
+            if isa.dot == "maddubs" and not s.weight_bias:
                 for c in range(cols):
                     e(f"{ind3}%{tag}wa{c}{h} = math.absi %{tag}wv{c}{h} : {vb}")
             e(f"{ind3}%{tag}kq{h} = arith.addi {base}, %k4 : index")
@@ -395,8 +408,16 @@ class _Writer:
                     e(f"{ind3}{v}b = vector.bitcast {v}v : {vi} to {vb}")
                     for c in range(cols):
                         acc, n, wv = out[(c, r, q)], f"{v}n{c}", f"%{tag}wv{c}{h}"
-                        if isa.dot in ("vpdpbusd", "sdot"):
+                        if isa.dot == "vpdpbusd":  # unsigned weight bytes × signed activation bytes
+                            self.dot_call(ind3, n, acc, wv, f"{v}b")
+                        elif isa.dot == "sdot":
                             self.dot_call(ind3, n, acc, f"{v}b", wv)
+                        elif s.weight_bias:  # 4-bit codes + 8 (u8) × signed codes: pairs fit i16 as they are
+                            vh = f"vector<{2 * s.lanes}xi16>"
+                            call = f"{ind3}{n}{{}} = llvm.call_intrinsic \"llvm.x86.avx2.{{}}\"({{}}) : ({{}}) -> {{}}"
+                            e(call.format("h", "pmadd.ub.sw", f"{wv}, {v}b", f"{vb}, {vb}", vh))
+                            e(call.format("d", "pmadd.wd", f"{n}h, %ones16", f"{vh}, {vh}", vi))
+                            e(f"{ind3}{n} = arith.addi {acc}, {n}d : {vi}")
                         else:
                             vh = f"vector<{2 * s.lanes}xi16>"
                             call = f"{ind3}{n}{{}} = llvm.call_intrinsic \"llvm.x86.avx2.{{}}\"({{}}) : ({{}}) -> {{}}"

@@ -155,7 +155,6 @@ class CudaKernelSpec:
         return -(-self.n // (8 * self.warp_tiles)) * self.warp_tiles
 
     lanes: ClassVar[int] = 8  # channels per tile (the scale operands' innermost dim)
-    act_bias: ClassVar[int] = 0  # the activation codes are stored as they are (signed bytes)
     k_step: ClassVar[int] = K_STEP
 
     @property

@@ -168,13 +168,16 @@ def emit(p: Plan, spec: KernelSpec | CudaKernelSpec, kernels: dict[str, Kernel])
     xg = _ir.expand(rows, [[0], [1, 2]], [mf, groups, g])  # [M, G, g]
 
     if isinstance(spec, KernelSpec) and isinstance(_ir.elem_type(rows), ir.F32Type):
-        q = QuantizeSpec(spec.k, g, spec.slices, spec.scale_per_group, spec.offset, spec.act_bias)
+        q = QuantizeSpec(spec.k, g, spec.slices, spec.scale_per_group, spec.offset, spec.weight_bias)
         dyn = _quantize(q, rows, kernels)
     else:
         amax, sums = _activation_stats(p, spec, xg, mf)
         scale = _slice_scale(amax)
         codes = _codes(spec, xg, scale, mf)
-        dyn = [_dynamic_rows(v) for v in [codes, scale, *([sums] if spec.offset else [])]]
+        bias = spec.weight_bias if isinstance(spec, KernelSpec) else 0
+        code_sums = [_code_sums(codes, bias)] if bias else []
+        codes = _ir.collapse(codes, [[0], [1], [2, 3]])
+        dyn = [_dynamic_rows(v) for v in [codes, scale, *([sums] if spec.offset else []), *code_sums]]
     weights = _weight_operands(p, spec) if isinstance(spec, KernelSpec) else _mma_weight_operands(p, spec)
 
     m = tensor.DimOp(dyn[0], _ir.index_const(0)).result
@@ -295,9 +298,9 @@ def _slice_scale(amax: ir.Value) -> ir.Value:
     return _ir.generic([amax], [_ir.empty(sizes, _ir.f32())], [ident, ident], [PARALLEL] * rank, body)[0]
 
 
-def _codes(spec: KernelSpec, xg: ir.Value, scale: ir.Value, mf: _ir.Size) -> ir.Value:
-    """``[M, P, K] i8``: slice ``p``'s codes of ``x / scale`` (:func:`_slice_scale`), each
-    ``code + act_bias`` (two's complement bytes); 0 where that is not finite."""
+def _codes(spec: KernelSpec | CudaKernelSpec, xg: ir.Value, scale: ir.Value, mf: _ir.Size) -> ir.Value:
+    """``[M, P, G, g] i8``: slice ``p``'s signed codes of ``x / scale`` (:func:`_slice_scale`); 0 where
+    that is not finite."""
     slices, i8 = spec.slices, ir.IntegerType.get_signless(8)
     i32 = ir.IntegerType.get_signless(32)
 
@@ -307,15 +310,25 @@ def _codes(spec: KernelSpec, xg: ir.Value, scale: ir.Value, mf: _ir.Size) -> ir.
         digits = slice_digits(t, slices)
         v = select_slice(slice_index(1), digits) if slices > 1 else digits[0]
         v = arith.SelectOp(finite, v, _ir.f32_const(0.0)).result
-        code = arith.AddIOp(arith.FPToSIOp(i32, v).result, _ir.int_const(i32, spec.act_bias)).result
-        return [arith.TruncIOp(i8, code).result]
+        return [arith.TruncIOp(i8, arith.FPToSIOp(i32, v).result).result]
 
     # iteration (m, p, G, g) over x read as [M, G, g]
-    codes = _ir.generic(
+    return _ir.generic(
         [xg, scale], [_ir.empty([mf, slices, spec.groups, spec.group], i8)],
         [_map(4, [0, 2, 3]), _map(4, [0, 2] if spec.scale_per_group else [0, ("c", 0)]), _map(4, [0, 1, 2, 3])],
         [PARALLEL] * 4, body)[0]
-    return _ir.collapse(codes, [[0], [1], [2, 3]])
+
+
+def _code_sums(codes: ir.Value, bias: int) -> ir.Value:
+    """``[M, P, G] i32``: ``-bias · Σ`` of each (row, slice, group)'s codes ``[M, P, G, g]`` — the start of
+    a kernel's accumulators that reads its weight codes ``+ bias`` (:meth:`.cpu_kernel.Isa.weight_bias`)."""
+    i32 = ir.IntegerType.get_signless(32)
+    sizes = [_ir.size_of(codes, i) for i in range(3)]
+    nb = _ir.int_const(i32, -bias)
+    return _ir.generic(
+        [codes], [_ir.filled(sizes, _ir.int_const(i32, 0))], [_map(4, [0, 1, 2, 3]), _map(4, [0, 1, 2])],
+        [PARALLEL, PARALLEL, PARALLEL, REDUCTION],
+        lambda v, o: [arith.AddIOp(o, arith.MulIOp(arith.ExtSIOp(i32, v).result, nb).result).result])[0]
 
 
 def _dynamic_rows(v: ir.Value) -> ir.Value:
@@ -329,11 +342,10 @@ def _dynamic_rows(v: ir.Value) -> ir.Value:
 
 # ============================================================================= the weight
 def _weight_operands(p: Plan, spec: KernelSpec) -> list[ir.Value]:
-    """``[w, corr, scale, (offset)]`` in the kernel's layouts; they read only the weight."""
+    """``[w, scale, (offset)]`` in the kernel's layouts (codes ``+ weight_bias``); they read only the weight."""
     q = _centred_nk(p)
     lanes, tiles, groups, step = spec.lanes, spec.tiles, spec.groups, spec.k_step
     i8 = ir.IntegerType.get_signless(8)
-    i32 = ir.IntegerType.get_signless(32)
     q = _padded_rows(q, tiles * lanes, _ir.int_const(i8, 0))
     if step == 4:  # a step of a tile: [lane, 4 codes]
         shape, perm = [tiles, lanes, groups, spec.group // 4, 4], [0, 2, 3, 1, 4]
@@ -344,15 +356,13 @@ def _weight_operands(p: Plan, spec: KernelSpec) -> list[ir.Value]:
     tiled = linalg.transpose(q_t, outs=[_ir.empty([shape[i] for i in perm], i8)], permutation=perm)
     tiled = tiled.operation.results[0] if isinstance(tiled, ir.OpView) else tiled
     rank = len(shape)
+    if spec.weight_bias and not spec.nibbles:  # int8 codes + 128: the dot's unsigned bytes
+        ident = ir.AffineMap.get_identity(rank)
+        tiled = _ir.generic([tiled], [_ir.empty([shape[i] for i in perm], i8)], [ident, ident], [PARALLEL] * rank,
+                            lambda v, _o: [arith.AddIOp(v, _ir.int_const(i8, spec.weight_bias)).result])[0]
+    # (4-bit codes are stored + 8 as nibbles either way)
     w = _ir.collapse(_nibbles(tiled) if spec.nibbles else tiled, [[0], [1], [2], list(range(3, rank))])
-    out = [w]
-    if spec.act_bias:  # the accumulator's start: -bias · Σ_{k∈g} w (the 4-code dot products' layout)
-        out.append(_ir.generic(
-            [tiled], [_ir.filled([tiles, groups, lanes], _ir.int_const(i32, 0))],
-            [_map(5, [0, 1, 2, 3, 4]), _map(5, [0, 1, 3])], [PARALLEL, PARALLEL, REDUCTION, PARALLEL, REDUCTION],
-            lambda v, o: [arith.SubIOp(o, arith.MulIOp(arith.ExtSIOp(i32, v).result,
-                                                       _ir.int_const(i32, spec.act_bias)).result).result])[0])
-    out.append(_per_channel_group(p, spec, p.scale))
+    out = [w, _per_channel_group(p, spec, p.scale)]
     if spec.offset:
         out.append(_per_channel_group(p, spec, p.offset))
     return out

@@ -5,9 +5,10 @@ One dispatch turns f32 activation rows ``x [M, K]`` into what the linear kernel 
 - ``s [M, G]`` (one scale per row and group) or ``[M, 1]`` (per row): ``max(amax, FLT_MIN) / 127``,
   NaN where ``amax`` is not finite;
 - ``a [M, P, K] i8``: slice ``p``'s digit of ``x / s`` (``d_1 = round(t)``, ``d_{p+1} = round(254·(t_p −
-  d_p))``, half to even, clamped to ±127; 0 where ``x / s`` is not finite), stored ``+ act_bias``
-  (128 for VNNI's unsigned bytes);
-- with a weight offset, ``xs [M, G]``: the group sums of ``x``.
+  d_p))``, half to even, clamped to ±127; 0 where ``x / s`` is not finite), signed;
+- with a weight offset, ``xs [M, G]``: the group sums of ``x``;
+- for a kernel that reads its weight codes with a bias ``b`` (:meth:`.cpu_kernel.Isa.weight_bias`),
+  ``as [M, P, G] i32``: ``-b ·`` each slice's group sum of codes, the kernel's accumulator start.
 
 These are the same values the tensor ops of :mod:`.emit_kernel` compute (``_activation_stats``,
 ``_slice_scale``, ``_codes``: the fallback for other element types), which IREE made three dispatches
@@ -29,14 +30,15 @@ from .emit_common import FLT_MIN, QMAX, SLICE_RADIX
 @dataclass(frozen=True)
 class QuantizeSpec:
     """One instance of the kernel: K, the group length (K itself for one scale per row), the slices,
-    whether the scale is per group, whether group sums are wanted, and the stored code's bias."""
+    whether the scale is per group, whether group sums are wanted, and the weight bias of the kernel it
+    feeds (0: no code sums)."""
 
     k: int
     group: int
     slices: int
     scale_per_group: bool
     offset: bool
-    act_bias: int
+    weight_bias: int
     # the row is computed here from another kernel's inputs: a row kernel's (:mod:`..row_kernels`), or a
     # decode attention's splits (:class:`..attention_kernels.CombineSpec`)
     prologue: RowSpec | CombineSpec | None = None
@@ -61,7 +63,7 @@ class QuantizeSpec:
     @property
     def symbol(self) -> str:
         return (f"{SYMBOL_PREFIX}quantize_k{self.k}_g{self.group}_p{self.slices}{'_sg' if self.scale_per_group else ''}"
-                f"{'_off' if self.offset else ''}_b{self.act_bias}"
+                f"{'_off' if self.offset else ''}{f'_wb{self.weight_bias}' if self.weight_bias else ''}"
                 f"{f'_{self.prologue.tag}' if self.prologue is not None else ''}")
 
     def inputs(self) -> dict[str, str]:
@@ -69,12 +71,14 @@ class QuantizeSpec:
         return self.prologue.inputs() if self.prologue is not None else {"x": f"?x{self.k}xf32"}
 
     def results(self) -> dict[str, str]:
-        """Each result binding's memref type: the codes, the scales, the group sums (with an offset), and
-        a prologue's sum ``h`` (add_rms_norm)."""
+        """Each result binding's memref type: the codes, the scales, the group sums (with an offset), the
+        code sums (with a weight bias), and a prologue's sum ``h`` (add_rms_norm)."""
         p, k, g = self.slices, self.k, self.groups
         out = {"a": f"?x{p}x{k}xi8", "s": f"?x{g if self.scale_per_group else 1}xf32"}
         if self.offset:
             out["xs"] = f"?x{g}xf32"
+        if self.weight_bias:
+            out["as"] = f"?x{p}x{g}xi32"
         if self.prologue is not None and "h" in self.prologue.outputs():
             out["h"] = self.prologue.outputs()["h"]
         return out
@@ -128,7 +132,9 @@ class _Writer:
         e(f"      %lo = arith.constant dense<{-QMAX}> : {v}")
         e(f"      %hi = arith.constant dense<{QMAX}> : {v}")
         e(f"      %radix = arith.constant dense<{SLICE_RADIX}> : {v}")
-        e(f"      %bias = arith.constant dense<{s.act_bias}> : vector<{s.chunk}xi32>")
+        if s.weight_bias:
+            e("      %zero32 = arith.constant 0 : i32")
+            e(f"      %nb = arith.constant {-s.weight_bias} : i32")
         e("      %r = stream.dispatch.workgroup.id[0] : index")
         if self.pro is not None:
             self.pro.setup("      ", s.chunk)
@@ -137,7 +143,7 @@ class _Writer:
             e(f"        %base = arith.muli %gi, %c{s.group} : index")
             self.stats("        ", "%gi")
             self.scale("        ", "%gi", amax="%st#0")
-            self.codes("        ")
+            self.codes("        ", "%gi")
             e("      }")
         else:
             e(f"      %row:2 = scf.for %gi = %c0 to %c{s.groups} step %c1 iter_args(%pm = %f0, %ps = %f0)"
@@ -149,7 +155,7 @@ class _Writer:
             self.scale("      ", "%c0", amax="%row#0")
             e(f"      scf.for %gi = %c0 to %c{s.groups} step %c1 {{")
             e(f"        %base = arith.muli %gi, %c{s.group} : index")
-            self.codes("        ")
+            self.codes("        ", "%gi")
             e("      }")
         e("      return")
         e("    }")
@@ -188,12 +194,19 @@ class _Writer:
         e(f"{ind}%sc = arith.select %fin, %sq, %nan : f32")
         e(f"{ind}memref.store %sc, %s[%r, {g}] : memref<{self.s.types()['s']}>")
 
-    def codes(self, ind: str) -> None:
-        """This group's codes of every slice, with ``%sc`` the row's (or group's) scale."""
+    def codes(self, ind: str, g: str) -> None:
+        """This group's codes of every slice, with ``%sc`` the row's (or group's) scale; with a weight
+        bias, each slice's ``-bias · Σ codes`` stored as ``as[r, p, g]``."""
         s, e, v = self.s, self.e, self.v
         vi, vb = f"vector<{s.chunk}xi32>", f"vector<{s.chunk}xi8>"
+        p_all = range(s.slices)
         e(f"{ind}%scb = vector.broadcast %sc : f32 to {v}")
-        e(f"{ind}scf.for %ci = %c0 to %c{s.group} step %c{s.chunk} {{")
+        if s.weight_bias:
+            carried = ", ".join(f"%cs{p} = %zero32" for p in p_all)
+            e(f"{ind}%csum:{s.slices} = scf.for %ci = %c0 to %c{s.group} step %c{s.chunk} iter_args({carried}) -> "
+              f"({', '.join(['i32'] * s.slices)}) {{")
+        else:
+            e(f"{ind}scf.for %ci = %c0 to %c{s.group} step %c{s.chunk} {{")
         e(f"{ind}  %k = arith.addi %base, %ci : index")
         xv = self.read(ind + "  ")
         e(f"{ind}  %t0 = arith.divf {xv}, %scb : {v}")
@@ -206,15 +219,24 @@ class _Writer:
             e(f"{ind}  %d{p} = arith.minimumf %l{p}, %hi : {v}")
             e(f"{ind}  %z{p} = arith.select %ok, %d{p}, %zero : vector<{s.chunk}xi1>, {v}")
             e(f"{ind}  %i{p} = arith.fptosi %z{p} : {v} to {vi}")
-            e(f"{ind}  %b{p} = arith.addi %i{p}, %bias : {vi}")
-            e(f"{ind}  %y{p} = arith.trunci %b{p} : {vi} to {vb}")
+            e(f"{ind}  %y{p} = arith.trunci %i{p} : {vi} to {vb}")
+            if s.weight_bias:
+                e(f"{ind}  %r{p}s = vector.reduction <add>, %i{p} : {vi} into i32")
+                e(f"{ind}  %n{p}s = arith.addi %cs{p}, %r{p}s : i32")
             e(f"{ind}  vector.transfer_write %y{p}, %a[%r, %c{p}, %k] {{in_bounds = [true]}} : {vb}, "
               f"memref<{s.types()['a']}>")
             if p + 1 < s.slices:
                 e(f"{ind}  %e{p} = arith.subf {t}, %d{p} : {v}")
                 e(f"{ind}  %t{p + 1} = arith.mulf %e{p}, %radix : {v}")
                 t = f"%t{p + 1}"
-        e(f"{ind}}}")
+        if s.weight_bias:
+            e(f"{ind}  scf.yield {', '.join(f'%n{p}s' for p in p_all)} : {', '.join(['i32'] * s.slices)}")
+            e(f"{ind}}}")
+            for p in p_all:
+                e(f"{ind}%as{p} = arith.muli %csum#{p}, %nb : i32")
+                e(f"{ind}memref.store %as{p}, %as[%r, %c{p}, {g}] : memref<{s.types()['as']}>")
+        else:
+            e(f"{ind}}}")
 
 
 __all__ = ["QuantizeSpec"]

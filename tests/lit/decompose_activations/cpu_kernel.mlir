@@ -7,23 +7,25 @@
 
 // cpu-kernel: a contraction with int8 slices becomes one fused kernel dispatch.  The kernel is a
 // stream.executable named after its static shape (N=24, K=64, groups of 32, slices, scale per
-// group, offset); the f32 activation is quantized by one dispatch of msd's quantize kernel (codes
-// +128 of every slice, scales per row and group, group sums for the offset), the weight relaid into
-// 16-channel tiles (padded from 24 to 32 rows), the accumulator start -128·Σw, and one epilogue.  No int8 matmul and no per-group partials are left.  A batch matmul whose batch dim the
+// group, offset); the f32 activation is quantized by one dispatch of msd's quantize kernel (signed
+// codes of every slice, scales per row and group, group sums for the offset, and -128·Σcodes per
+// row, slice and group: the accumulators' start, as VNNI reads the weight codes +128 as its unsigned
+// bytes), the weight relaid into 16-channel tiles (padded from 24 to 32 rows) and biased, and one
+// epilogue.  No int8 matmul and no per-group partials are left.  A batch matmul whose batch dim the
 // weight shares is not covered: it keeps the int8-matmul form and the report says why.
 
-// CHECK:       stream.executable private @msd_quantize_k64_g32_p2_sg_off_b128
+// CHECK:       stream.executable private @msd_quantize_k64_g32_p2_sg_off_wb128
 // CHECK:         math.roundeven {{.*}} : vector<32xf32>
 // CHECK:       stream.executable private @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2
 // CHECK:       llvm.call_intrinsic "llvm.x86.avx512.vpdpbusd.512"
 // CHECK-SAME:    (vector<16xi32>, vector<64xi8>, vector<64xi8>) -> vector<16xi32>
 // CHECK:       vector.maskedstore
 // CHECK-LABEL: util.func public @group_uint8_min
-// CHECK:         %[[Q:.*]]:3 = flow.dispatch @msd_quantize_k64_g32_p2_sg_off_b128::@msd_quantize_k64_g32_p2_sg_off_b128[%{{.*}}]({{.*}}) : (tensor<?x64xf32>{%{{.*}}}, index) -> (tensor<?x2x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}})
+// CHECK:         %[[Q:.*]]:4 = flow.dispatch @msd_quantize_k64_g32_p2_sg_off_wb128::@msd_quantize_k64_g32_p2_sg_off_wb128[%{{.*}}]({{.*}}) : (tensor<?x64xf32>{%{{.*}}}, index) -> (tensor<?x2x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2x2xi32>{%{{.*}}})
 // CHECK:         tensor.insert_slice {{.*}} into tensor<32x64xi8>
 // CHECK:         linalg.transpose ins({{.*}} : tensor<2x16x2x8x4xi8>) outs({{.*}} : tensor<2x2x8x16x4xi8>) permutation = [0, 2, 3, 1, 4]
-// CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2::@msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2[{{.*}}](%[[Q]]#0, %[[Q]]#1, %[[Q]]#2,
-// CHECK-SAME:      (tensor<?x2x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<2x2x8x64xi8>, tensor<2x2x16xi32>, tensor<2x2x16xf32>, tensor<2x2x16xf32>, index) -> tensor<?x24xf32>
+// CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2::@msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2[{{.*}}](%[[Q]]#0, %[[Q]]#1, %[[Q]]#2, %[[Q]]#3,
+// CHECK-SAME:      (tensor<?x2x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2x2xi32>{%{{.*}}}, tensor<2x2x8x64xi8>, tensor<2x2x16xf32>, tensor<2x2x16xf32>, index) -> tensor<?x24xf32>
 // CHECK-NOT:     linalg.matmul
 // CHECK:         util.return
 // CHECK-LABEL: util.func public @shared_batch
@@ -32,9 +34,9 @@
 // YMM:         stream.executable private @msd_linear_avx_vnni_n24_k64_g32_p3_off_r2_c1_t1
 // YMM:         llvm.call_intrinsic "llvm.x86.avx512.vpdpbusd.256"
 // YMM-SAME:      (vector<8xi32>, vector<32xi8>, vector<32xi8>) -> vector<8xi32>
-// YMM:         flow.dispatch @msd_quantize_k64_g32_p3_off_b128
+// YMM:         flow.dispatch @msd_quantize_k64_g32_p3_off_wb128
 // YMM:         flow.dispatch @msd_linear_
-// YMM-SAME:      (tensor<?x3x64xi8>{%{{.*}}}, tensor<?x1xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<3x2x8x32xi8>
+// YMM-SAME:      (tensor<?x3x64xi8>{%{{.*}}}, tensor<?x1xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x3x2xi32>{%{{.*}}}, tensor<3x2x8x32xi8>
 
 // AVX2 takes the signed codes: no accumulator-start operand; |w| × sign(w)·a, then pairs to i32.
 // AVX2:         stream.executable private @msd_linear_avx2_n24_k64_g32_p1_sg_off_r2_c1_t1
@@ -42,7 +44,7 @@
 // AVX2:         llvm.call_intrinsic "llvm.x86.avx2.psign.b"
 // AVX2:         llvm.call_intrinsic "llvm.x86.avx2.pmadd.ub.sw"
 // AVX2:         llvm.call_intrinsic "llvm.x86.avx2.pmadd.wd"
-// AVX2:         flow.dispatch @msd_quantize_k64_g32_p1_sg_off_b0
+// AVX2:         flow.dispatch @msd_quantize_k64_g32_p1_sg_off{{$|::}}
 // AVX2:         flow.dispatch @msd_linear_
 // AVX2-SAME:      (tensor<?x1x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<3x2x8x32xi8>, tensor<3x2x8xf32>, tensor<3x2x8xf32>, index) -> tensor<?x24xf32>
 

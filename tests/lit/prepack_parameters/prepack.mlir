@@ -1,41 +1,38 @@
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=avx512-vnni" --msd-prepack-parameters | FileCheck %s
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=avx512-vnni" --msd-prepack-parameters --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=REPORT
 
-// --msd-prepack-parameters: the weight-side operands of a kernel dispatch (tiled codes, accumulator
-// start, per-channel scale) read only parameters, so they become parameters themselves, computed at
+// --msd-prepack-parameters: the weight-side operands of a kernel dispatch (tiled codes, per-channel
+// scale) read only parameters, so they become parameters themselves, computed at
 // compile time by a pack function.  Two entry points that read the same weight share one pack
 // function and one set of packed parameters; a bf16 parameter reaches the pack function as its bits
 // (i16) and is bitcast there.  A weight passed as a function argument cannot be packed ahead of time:
 // its dispatch is left as it is and the report says why.
 
-// CHECK:       module attributes {msd.pack_calls = "[{\22function\22: \22__msd_pack_0\22, \22inputs\22: [\22fc.weight\22, \22fc.scale\22], \22outputs\22: [\22msd.pack.fc.weight.w\22, \22msd.pack.fc.weight.corr\22, \22msd.pack.fc.weight.scale\22]}]"}
+// CHECK:       module attributes {msd.pack_calls = "[{\22function\22: \22__msd_pack_0\22, \22inputs\22: [\22fc.weight\22, \22fc.scale\22], \22outputs\22: [\22msd.pack.fc.weight.w\22, \22msd.pack.fc.weight.scale\22]}]"}
 // CHECK-DAG:   util.global private @[[W:.*]] = #stream.parameter.named<"model"::"msd.pack.fc.weight.w"> : tensor<2x1x8x64xi8>
-// CHECK-DAG:   util.global private @[[C:.*]] = #stream.parameter.named<"model"::"msd.pack.fc.weight.corr"> : tensor<2x1x16xi32>
 // CHECK-DAG:   util.global private @[[S:.*]] = #stream.parameter.named<"model"::"msd.pack.fc.weight.scale"> : tensor<2x1x16xf32>
 // CHECK-LABEL: util.func public @prefill
 // CHECK-NOT:     linalg.transpose
 // CHECK-DAG:     %[[WV:.*]] = util.global.load @[[W]]
-// CHECK-DAG:     %[[CV:.*]] = util.global.load @[[C]]
 // CHECK-DAG:     %[[SV:.*]] = util.global.load @[[S]]
-// CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k64_g64_p2_r4_c2_t2_i4{{.*}}(%{{.*}}, %{{.*}}, %[[WV]], %[[CV]], %[[SV]], %{{.*}})
+// CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k64_g64_p2_r4_c2_t2_i4{{.*}}(%{{.*}}, %{{.*}}, %{{.*}}, %[[WV]], %[[SV]], %{{.*}})
 // CHECK-LABEL: util.func public @decode
 // CHECK-DAG:     util.global.load @[[W]]
-// CHECK-DAG:     util.global.load @[[C]]
 // CHECK-DAG:     util.global.load @[[S]]
 // CHECK-LABEL: util.func public @argument_weight
 // CHECK:         linalg.transpose
 // CHECK:         flow.dispatch
 // CHECK-LABEL: util.func public @__msd_pack_0(
-// CHECK-SAME:    %{{.*}}: tensor<24x64xi8>, %[[BITS:.*]]: tensor<24xi16>) -> (tensor<2x1x8x64xi8>, tensor<2x1x16xi32>, tensor<2x1x16xf32>) attributes {msd.pack}
+// CHECK-SAME:    %{{.*}}: tensor<24x64xi8>, %[[BITS:.*]]: tensor<24xi16>) -> (tensor<2x1x8x64xi8>, tensor<2x1x16xf32>) attributes {msd.pack}
 // CHECK:         arith.bitcast %[[BITS]] : tensor<24xi16> to tensor<24xbf16>
 // CHECK:         linalg.transpose
 // CHECK:         util.return
 // CHECK-NOT:   @__msd_pack_1
 
 // REPORT: msd-prepack-parameters: 2 rewritten, 1 skipped
-// REPORT: rewritten: {{.*}}w, corr, scale packed at compile time from fc.weight, fc.scale (parameters msd.pack.fc.weight.w, msd.pack.fc.weight.corr, msd.pack.fc.weight.scale)
-// REPORT: rewritten: {{.*}}w, corr, scale packed at compile time from fc.weight, fc.scale (parameters msd.pack.fc.weight.w, msd.pack.fc.weight.corr, msd.pack.fc.weight.scale)
-// REPORT: skipped: {{.*}}nothing packed: no operand reads only parameters (w: it reads a function argument; corr: it reads a function argument; scale: it reads a function argument){{$}}
+// REPORT: rewritten: {{.*}}w, scale packed at compile time from fc.weight, fc.scale (parameters msd.pack.fc.weight.w, msd.pack.fc.weight.scale)
+// REPORT: rewritten: {{.*}}w, scale packed at compile time from fc.weight, fc.scale (parameters msd.pack.fc.weight.w, msd.pack.fc.weight.scale)
+// REPORT: skipped: {{.*}}nothing packed: no operand reads only parameters (w: it reads a function argument; scale: it reads a function argument){{$}}
 
 util.global private @q = #stream.parameter.named<"model"::"fc.weight"> : tensor<24x64xi8>
 util.global private @s = #stream.parameter.named<"model"::"fc.scale"> : tensor<24xbf16>
