@@ -641,7 +641,7 @@ def render(
         f"bandwidth **{ceilings.bandwidth:.1f} GB/s** (torch sum of a 1 GiB int64 buffer) and the "
         f"{ceilings.isa or 'no'} dot-product peak **{ceilings.dot:.0f} GOP/s** (an IREE dispatch per thread of "
         "16 independent accumulator chains in registers; 1 op = 1 multiply or add). Weight GB/s: the kernel's "
-        "pre-packed weight bytes (codes, accumulator starts, scales and offsets, as stored in `model.irpa`) "
+        "pre-packed weight bytes (codes, scales and offsets, as stored in `model.irpa`) "
         "per call / median call time — the streaming rate that decode (M=1) is bound by. int8 GOP/s: "
         "2·M·N·K·slices / median call time — the integer work prefill is bound by.",
         "",

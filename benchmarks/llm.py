@@ -688,7 +688,7 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
             f"{p.weights / 1e6:.1f} M weights of every projection and the output head): "
             f"**{p.gguf_bytes / 2**20:.1f} MiB**; at {fmt(p.decode_tok_s)} tok/s that is "
             f"**{p.gguf_bytes * p.decode_tok_s / 1e9:.2f} GB/s**. msd's own parameter archive (what its "
-            f"kernels read: 4-bit codes two per byte, i32 accumulator starts, f32 scales and mins, pre-packed at "
+            f"kernels read: 4-bit codes two per byte, f32 scales and mins, pre-packed at "
             f"compile time) is {p.irpa_bytes / 2**20:.1f} MiB "
             f"→ {p.irpa_bytes * p.decode_tok_s / 1e9:.2f} GB/s.",
             f"- KV cache: K and V are f32 [T, layers, 1, kv heads, head dim] in host memory IREE's CPU device "
