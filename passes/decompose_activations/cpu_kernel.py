@@ -84,6 +84,14 @@ ROLES_ATTR = "msd.operand_roles"  # on a kernel's flow.dispatch: what each tenso
 ACTIVATION_ROLES = ("a", "s", "xs", "as")  # the operands computed from the activation, per call
 
 
+def linear_roles(offset: bool, code_sums: bool) -> list[str]:
+    """The operands of a fused linear kernel's dispatch, in order: the activation side (codes ``a``,
+    scales ``s``, group sums ``xs`` with an offset, code sums ``as`` with a weight bias), then the weight
+    side (codes ``w``, ``scale``, ``off``).  Shared by the CPU and the tensor-core kernels."""
+    return ["a", "s", *(["xs"] if offset else []), *(["as"] if code_sums else []), "w", "scale",
+            *(["off"] if offset else [])]
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """One instance of the kernel: everything that is static in its code."""
@@ -142,9 +150,8 @@ class KernelSpec:
 
     # -- operands, in the dispatch's order
     def roles(self) -> list[str]:
-        """What each operand is: the activation side (``a``, ``s``, ``xs``), then the weight side."""
-        return ["a", "s", *(["xs"] if self.offset else []), *(["as"] if self.weight_bias else []), "w", "scale",
-                *(["off"] if self.offset else [])]
+        """What each operand is (:func:`linear_roles`)."""
+        return linear_roles(self.offset, bool(self.weight_bias))
 
     def operand_types(self) -> list[str]:
         """The tensor types of the dispatch's operands (``?`` = M), in order."""
@@ -496,4 +503,4 @@ class _Writer:
                     ints[(c, r, q)] = v
         return ints
 
-__all__ = ["ACTIVATION_ROLES", "ISAS", "ROLES_ATTR", "SYMBOL_PREFIX", "KernelSpec"]
+__all__ = ["ACTIVATION_ROLES", "ISAS", "ROLES_ATTR", "SYMBOL_PREFIX", "KernelSpec", "linear_roles"]

@@ -48,7 +48,7 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .cpu_kernel import SLICE_RADIX, SYMBOL_PREFIX
+from .cpu_kernel import SLICE_RADIX, SYMBOL_PREFIX, linear_roles
 
 MMA = "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32"
 K_STEP = 32  # K of one mma
@@ -178,7 +178,7 @@ class CudaKernelSpec:
 
     # -- operands, in the dispatch's order
     def roles(self) -> list[str]:
-        return ["a", "s", *(["xs"] if self.offset else []), "w", "scale", *(["off"] if self.offset else [])]
+        return linear_roles(self.offset, False)
 
     def operand_types(self) -> list[str]:
         """The tensor types of the dispatch's operands (``?`` = M), in order."""
