@@ -28,9 +28,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -132,72 +134,121 @@ def _median_ms(fn, reps: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def run(folder: Path, md: Path | None = None, reps: int = 20, rounds: int = 5) -> None:
+def _case(rtm, folder: Path, meta: dict, refs, fmt: str, m: int, w_bf16, w_i8, reps: int, rounds: int,
+          outputs: dict, driver: str) -> str:
+    """One table row: format ``fmt`` at ``M = m`` checked against the reference, then timed; the checked
+    rows of each output go into ``outputs``."""
+    import torch
+
+    dev = w_bf16.device
+    x = activation(m)
+    ref = refs[f"{fmt}_m{m}"]
+    mods = {a["slices"]: rtm.Module.load(folder / a["file"], folder / f"{fmt}.irpa", driver=driver)
+            for a in meta["artifacts"] if a["format"] == fmt and a["m"] == m}
+    errs = {}
+    for s, mod in mods.items():
+        y = np.asarray(mod(x))[:REF_ROWS].astype(np.float64)
+        outputs[f"{fmt}_m{m}_s{s}"] = y[:16].astype(np.float32)
+        errs[s] = np.abs(y - ref).max() / np.abs(ref).max()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    xb = torch.from_numpy(x).to(dev, torch.bfloat16)
+    xi = torch.randint(-127, 128, (m, K), dtype=torch.int8, device=dev)
+
+    def bf16(xb=xb):
+        torch.nn.functional.linear(xb, w_bf16)
+        sync()
+
+    def int_mm(xi=xi):
+        torch._int_mm(xi, w_i8)
+        sync()
+
+    on_device = {s: mod.upload(x) for s, mod in mods.items()}
+    fns = {**{s: (lambda mod=mod, xd=on_device[s]: mod.invoke(xd)) for s, mod in mods.items()},
+           "numpy": lambda mod=mods[2], x=x: mod(x), "bf16": bf16}
+    try:
+        int_mm()
+        fns["int_mm"] = int_mm
+    except RuntimeError:  # cuBLASLt's int8 GEMM wants M > 16 (and multiples of 8)
+        pass
+    for f in fns.values():
+        for _ in range(3):
+            f()
+    times: dict = {k: [] for k in fns}
+    for r in range(rounds):
+        order = list(fns)[r % len(fns):] + list(fns)[:r % len(fns)]
+        for k in order:
+            times[k].append(_median_ms(fns[k], reps))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    gpu = {k: _device_us(fns[k], reps, f"{fmt} M={m} {k}") for k in (*SLICES, "bf16")}
+    weight_bytes = (folder / f"{fmt}.irpa").stat().st_size
+    cells = [f"{med[s]:.3f} ({errs[s]:.1e})" for s in SLICES]
+    cells += [f"{med['numpy']:.3f}", f"{med['bf16']:.3f}", f"{med['int_mm']:.3f}" if "int_mm" in med else "n/a"]
+    cells += [f"{gpu[k]:.1f}" for k in (*SLICES, "bf16")]
+    cells += [f"{_ratio(weight_bytes / 1e6, gpu[1]):.2f}", f"{_ratio(gpu['bf16'], gpu[2]):.2f}x"]
+    return f"| {fmt} | {m} | " + " | ".join(cells) + " |"
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")  # (nothing recorded: a dry run, or a profiler that saw no kernels)
+
+
+def _device_us(fn, reps: int, label: str) -> float:
+    """Microseconds of GPU work per call of ``fn`` — every kernel and copy the process ran on the GPU while
+    ``fn`` was called ``reps`` times, as CUPTI (torch's profiler) recorded them, whoever launched them (IREE
+    too); host time between them is not counted.  Prints the kernels."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()  # (else a dry run: the CPU's torch ops, to exercise this code)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            fn()
+    per: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == (DeviceType.CUDA if cuda else DeviceType.CPU):
+            per[e.name] = per.get(e.name, 0.0) + e.time_range.elapsed_us() / reps
+    print(f"  {label}: " + "; ".join(f"{k[:60]} {v:.1f} us" for k, v in per.items()), flush=True)
+    return sum(per.values())
+
+
+def run(folder: Path, md: Path | None = None, reps: int = 20, rounds: int = 5, driver: str = "cuda") -> None:
     import torch
 
     rtm = _runtime_module()
     meta = json.loads((folder / "manifest.json").read_text())
     refs = np.load(folder / "reference.npz")
-    dev = torch.device("cuda")
+    dev = torch.device("cuda" if driver == "cuda" else "cpu")
     w_bf16 = torch.from_numpy(float_weight()).to(dev, torch.bfloat16)
     w_i8 = torch.randint(-127, 128, (K, N), dtype=torch.int8, device=dev)
-    gpu = torch.cuda.get_device_name()
+    gpu = torch.cuda.get_device_name() if dev.type == "cuda" else "none (a dry run on the CPU)"
     lines = [f"GPU: {gpu}; torch {torch.__version__}; artifacts for {meta['target']} (PTX, JIT-compiled by the"
-             " driver); ms per call, median of interleaved rounds; max |err| / max |ref| against float64 in"
-             " parentheses.", "",
-             "| format | M | MSD p=1 kernel | MSD p=2 kernel | MSD p=2, numpy API | torch bf16 `F.linear` |"
-             " torch `_int_mm` int8 | p=2 vs bf16 |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             " driver); medians of interleaved rounds; max |err| / max |ref| against float64 in parentheses.", "",
+             "| format | M | MSD p=1 call, ms | MSD p=2 call, ms | MSD p=2 numpy API, ms | torch bf16 `F.linear`, ms |"
+             " torch `_int_mm` int8, ms | MSD p=1 GPU µs | MSD p=2 GPU µs | bf16 GPU µs | p=1 weight read TB/s |"
+             " p=2 vs bf16 (GPU) |", "|" + " --- |" * 2 + " ---: |" * 10]
+    outputs: dict = {}
     for fmt in FORMATS:
         for m in MS:
-            x = activation(m)
-            ref = refs[f"{fmt}_m{m}"]
-            mods = {a["slices"]: rtm.Module.load(folder / a["file"], folder / f"{fmt}.irpa", driver="cuda")
-                    for a in meta["artifacts"] if a["format"] == fmt and a["m"] == m}
-            errs = {}
-            for s, mod in mods.items():
-                y = np.asarray(mod(x))[:REF_ROWS].astype(np.float64)
-                errs[s] = np.abs(y - ref).max() / np.abs(ref).max()
-            xb = torch.from_numpy(x).to(dev, torch.bfloat16)
-            xi = torch.randint(-127, 128, (m, K), dtype=torch.int8, device=dev)
-
-            def bf16(xb=xb):
-                torch.nn.functional.linear(xb, w_bf16)
-                torch.cuda.synchronize()
-
-            def int_mm(xi=xi):
-                torch._int_mm(xi, w_i8)
-                torch.cuda.synchronize()
-
-            on_device = {s: mod.upload(x) for s, mod in mods.items()}
-            fns = {**{s: (lambda mod=mod, xd=on_device[s]: mod.invoke(xd)) for s, mod in mods.items()},
-                   "numpy": lambda mod=mods[2], x=x: mod(x), "bf16": bf16}
             try:
-                int_mm()
-                fns["int_mm"] = int_mm
-            except RuntimeError:  # cuBLASLt's int8 GEMM wants M > 16 (and multiples of 8)
-                pass
-            for f in fns.values():
-                for _ in range(3):
-                    f()
-            times: dict = {k: [] for k in fns}
-            for r in range(rounds):
-                order = list(fns)[r % len(fns):] + list(fns)[:r % len(fns)]
-                for k in order:
-                    times[k].append(_median_ms(fns[k], reps))
-            med = {k: statistics.median(v) for k, v in times.items()}
-            cells = [f"{med[s]:.3f} ({errs[s]:.1e})" for s in SLICES]
-            cells += [f"{med['numpy']:.3f}", f"{med['bf16']:.3f}", f"{med['int_mm']:.3f}" if "int_mm" in med else "n/a",
-                      f"{med['bf16'] / med[2]:.2f}x"]
-            lines.append(f"| {fmt} | {m} | " + " | ".join(cells) + " |")
+                lines.append(_case(rtm, folder, meta, refs, fmt, m, w_bf16, w_i8, reps, rounds, outputs, driver))
+            except Exception as e:  # a first run on new hardware: report the case and go on to the next
+                traceback.print_exc()
+                lines.append(f"| {fmt} | {m} | error: {type(e).__name__}: {str(e)[:200]} |")
             print(lines[-1], flush=True)
-    lines += ["", "MSD p=1 / p=2: the input already on the GPU and the result left there (`Module.upload`,"
-              " `Module.invoke`: IREE's synchronous call, which returns when the GPU is done); `numpy API`: the same"
-              " p=2 call with numpy in and out (host copies included); torch calls end in a synchronize."
-              "  `p=2 vs bf16`: how many times faster MSD p=2 is than cuBLAS bf16."]
+    lines += ["", "Calls (wall clock, ms): MSD p=1 / p=2 with the input already on the GPU and the result left"
+              " there (`Module.upload`, `Module.invoke`: IREE's synchronous call, which returns when the GPU is done);"
+              " `numpy API`: the same p=2 call with numpy in and out (host copies included); torch calls end in a"
+              " synchronize.  GPU µs: the kernels and copies CUPTI recorded per call (torch's profiler; for MSD the"
+              " activation-slicing dispatches IREE generates plus msd's tensor-core kernel), host time excluded."
+              "  `p=1 weight read`: the parameter archive's bytes over the p=1 GPU time.  `p=2 vs bf16 (GPU)`: how"
+              " many times faster MSD p=2's GPU work is than cuBLAS bf16's."]
     text = "\n".join(lines)
     print(text)
     if md is not None:
         md.write_text(text + "\n")
+    if os.environ.get("GPU_CHECK_OUTPUTS"):  # the checked output rows, to compare with the emulator here
+        np.savez(os.environ["GPU_CHECK_OUTPUTS"], **outputs)
 
 
 def record(md: Path) -> None:

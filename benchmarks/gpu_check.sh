@@ -2,7 +2,7 @@
 # Run the GPU check on a machine with an NVIDIA GPU, python3, numpy and torch (CUDA).
 #   here:   python benchmarks/gpu_check.py prepare gpu_artifacts
 #           pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#               --platform manylinux_2_28_x86_64 -d gpu_artifacts/wheels iree-base-runtime==3.13.0 ml_dtypes
+#               --platform manylinux_2_28_x86_64 -d gpu_artifacts/wheels iree-base-runtime==3.13.0
 #   there:  bash benchmarks/gpu_check.sh gpu_artifacts [TABLE.md]
 #   here:   python benchmarks/gpu_check.py record TABLE.md      # into docs/targets.md
 set -euo pipefail
