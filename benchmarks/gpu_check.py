@@ -1,6 +1,7 @@
 """MSD on an NVIDIA GPU: artifacts compiled here, numerics and timing checked there.
 
-    python benchmarks/gpu_check.py prepare OUT     # here (compiler + torch): CUDA artifacts → OUT
+    python benchmarks/gpu_check.py prepare OUT [--sweep]  # here (compiler + torch): CUDA artifacts → OUT
+                                                   # (--sweep: also the tensor-core kernel's shapes)
     python benchmarks/gpu_check.py run OUT [MD]    # on the GPU machine: numpy, torch (CUDA) and
                                                    # iree-base-runtime only (no compiler, no msd install);
                                                    # prints the table, and writes it to MD
@@ -42,6 +43,8 @@ MS = (1, 16, 128, 2048)
 SLICES = (1, 2)
 FORMATS = ("int8", "int4-g128")
 TARGET = "cuda:sm_80"
+SWEEP_SHAPES = ("8x4x4", "4x4x4", "16x4x4", "8x4x8", "8x4x2", "4x4x8", "8x2x4", "4x2x4")  # the default first
+SWEEP_MS = (1, 16, 2048)
 REF_ROWS = 128  # reference rows stored per M (the M=2048 output would be 64 MiB in float64)
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "targets.md"
 BEGIN, END = "<!-- gpu_check.py: begin -->", "<!-- gpu_check.py: end -->"
@@ -69,7 +72,9 @@ def _model(fmt: str):
     return msd.quantize(torch.nn.Sequential(linear), weights="int4", group_size=128)
 
 
-def prepare(out: Path) -> None:
+def prepare(out: Path, sweep: bool = False) -> None:
+    """The artifacts, and with ``sweep`` the kernel-shape sweep's (``SWEEP_SHAPES`` at ``SWEEP_MS``, slices=2:
+    ``gpu_kernel_shape``, :func:`msd.passes.decompose_activations.cuda_kernel.parse_shape`)."""
     import torch
 
     import msd
@@ -101,6 +106,15 @@ def prepare(out: Path) -> None:
                     raise RuntimeError(f"{fmt}: the parameter archives of two compiles differ")
                 manifest.append({"file": name, "format": fmt, "m": m, "slices": slices, "kernel": next(iter(kernels)),
                                  "rewritten": len(cm.report.rewritten)})
+            for shape in SWEEP_SHAPES if sweep and m in SWEEP_MS else ():
+                cm = msd.compile(model, (x,), target=TARGET, slices=2, gpu_kernel_shape=shape)
+                name = f"sweep_{fmt}_m{m}_{shape}.vmfb"
+                (out / name).write_bytes(cm.vmfb)
+                params = (cm.workdir / "model.irpa").read_bytes()
+                if hashlib.sha256(params).hexdigest() != archive:  # (N = 4096 pads no tile: one archive)
+                    raise RuntimeError(f"{fmt} {shape}: its parameter archive differs from the other compiles'")
+                manifest.append({"file": name, "format": fmt, "m": m, "slices": 2, "sweep": shape,
+                                 "kernel": next(iter(kernels_in(cm.vmfb)))})
     np.savez(out / "reference.npz", **refs)
     (out / "manifest.json").write_text(json.dumps({"target": TARGET, "k": K, "n": N, "artifacts": manifest},
                                                   indent=1))
@@ -144,7 +158,7 @@ def _case(rtm, folder: Path, meta: dict, refs, fmt: str, m: int, w_bf16, w_i8, r
     x = activation(m)
     ref = refs[f"{fmt}_m{m}"]
     mods = {a["slices"]: rtm.Module.load(folder / a["file"], folder / f"{fmt}.irpa", driver=driver)
-            for a in meta["artifacts"] if a["format"] == fmt and a["m"] == m}
+            for a in meta["artifacts"] if a["format"] == fmt and a["m"] == m and "sweep" not in a}
     errs = {}
     for s, mod in mods.items():
         y = np.asarray(mod(x))[:REF_ROWS].astype(np.float64)
@@ -183,19 +197,51 @@ def _case(rtm, folder: Path, meta: dict, refs, fmt: str, m: int, w_bf16, w_i8, r
     weight_bytes = (folder / f"{fmt}.irpa").stat().st_size
     cells = [f"{med[s]:.3f} ({errs[s]:.1e})" for s in SLICES]
     cells += [f"{med['numpy']:.3f}", f"{med['bf16']:.3f}", f"{med['int_mm']:.3f}" if "int_mm" in med else "n/a"]
-    cells += [f"{gpu[k]:.1f}" for k in (*SLICES, "bf16")]
-    cells += [f"{_ratio(weight_bytes / 1e6, gpu[1]):.2f}", f"{_ratio(gpu['bf16'], gpu[2]):.2f}x"]
+    cells += [f"{gpu[k][0]:.1f}" for k in (*SLICES, "bf16")] + [f"{gpu[2][1]:.1f}"]
+    cells += [f"{_ratio(weight_bytes / 1e6, gpu[1][1]):.2f}", f"{_ratio(gpu['bf16'][0], gpu[2][0]):.2f}x",
+              f"{_ratio(gpu['bf16'][0], gpu[2][1]):.2f}x"]
     return f"| {fmt} | {m} | " + " | ".join(cells) + " |"
+
+
+def _sweep(rtm, folder: Path, artifacts: list[dict], refs, reps: int, driver: str) -> list[str]:
+    """The kernel-shape sweep's table: per format and M, each shape's tensor-core kernel µs (CUPTI), or why
+    not (an error, or a result off the float64 reference)."""
+    shapes = list(dict.fromkeys(a["sweep"] for a in artifacts))
+    lines = ["Kernel shapes (`gpu_kernel_shape=SPLITxTILESxUNROLL`, slices=2): µs of the tensor-core kernel per"
+             " call (CUPTI).", "", "| format | M | " + " | ".join(f"`{s}`" for s in shapes) + " |",
+             "|" + " --- |" * 2 + " ---: |" * len(shapes)]
+    for fmt, m in dict.fromkeys((a["format"], a["m"]) for a in artifacts):
+        cells = []
+        for shape in shapes:
+            a = next(a for a in artifacts if (a["format"], a["m"], a["sweep"]) == (fmt, m, shape))
+            try:
+                mod = rtm.Module.load(folder / a["file"], folder / f"{fmt}.irpa", driver=driver)
+                x = activation(m)
+                ref = refs[f"{fmt}_m{m}"]
+                err = np.abs(np.asarray(mod(x))[:REF_ROWS].astype(np.float64) - ref).max() / np.abs(ref).max()
+                if not err < 1e-4:
+                    cells.append(f"wrong ({err:.1e})")
+                    continue
+                xd = mod.upload(x)
+                for _ in range(3):
+                    mod.invoke(xd)
+                cells.append(f"{_device_us(lambda mod=mod, xd=xd: mod.invoke(xd), reps, a['kernel'])[1]:.1f}")
+            except Exception as e:
+                traceback.print_exc()
+                cells.append(f"error: {type(e).__name__}")
+        lines.append(f"| {fmt} | {m} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return lines
 
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("nan")  # (nothing recorded: a dry run, or a profiler that saw no kernels)
 
 
-def _device_us(fn, reps: int, label: str) -> float:
+def _device_us(fn, reps: int, label: str) -> tuple[float, float]:
     """Microseconds of GPU work per call of ``fn`` — every kernel and copy the process ran on the GPU while
     ``fn`` was called ``reps`` times, as CUPTI (torch's profiler) recorded them, whoever launched them (IREE
-    too); host time between them is not counted.  Prints the kernels."""
+    too), and of msd's own kernels alone; host time between them is not counted.  Prints the kernels."""
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -209,7 +255,7 @@ def _device_us(fn, reps: int, label: str) -> float:
         if e.device_type == (DeviceType.CUDA if cuda else DeviceType.CPU):
             per[e.name] = per.get(e.name, 0.0) + e.time_range.elapsed_us() / reps
     print(f"  {label}: " + "; ".join(f"{k[:60]} {v:.1f} us" for k, v in per.items()), flush=True)
-    return sum(per.values())
+    return sum(per.values()), sum(v for k, v in per.items() if k.startswith("msd_"))
 
 
 def run(folder: Path, md: Path | None = None, reps: int = 20, rounds: int = 5, driver: str = "cuda") -> None:
@@ -225,8 +271,9 @@ def run(folder: Path, md: Path | None = None, reps: int = 20, rounds: int = 5, d
     lines = [f"GPU: {gpu}; torch {torch.__version__}; artifacts for {meta['target']} (PTX, JIT-compiled by the"
              " driver); medians of interleaved rounds; max |err| / max |ref| against float64 in parentheses.", "",
              "| format | M | MSD p=1 call, ms | MSD p=2 call, ms | MSD p=2 numpy API, ms | torch bf16 `F.linear`, ms |"
-             " torch `_int_mm` int8, ms | MSD p=1 GPU µs | MSD p=2 GPU µs | bf16 GPU µs | p=1 weight read TB/s |"
-             " p=2 vs bf16 (GPU) |", "|" + " --- |" * 2 + " ---: |" * 10]
+             " torch `_int_mm` int8, ms | MSD p=1 GPU µs | MSD p=2 GPU µs | bf16 GPU µs | p=2 msd kernel µs |"
+             " p=1 kernel weight read TB/s | p=2 vs bf16 (GPU) | p=2 kernel vs bf16 |",
+             "|" + " --- |" * 2 + " ---: |" * 12]
     outputs: dict = {}
     for fmt in FORMATS:
         for m in MS:
@@ -240,9 +287,12 @@ def run(folder: Path, md: Path | None = None, reps: int = 20, rounds: int = 5, d
               " there (`Module.upload`, `Module.invoke`: IREE's synchronous call, which returns when the GPU is done);"
               " `numpy API`: the same p=2 call with numpy in and out (host copies included); torch calls end in a"
               " synchronize.  GPU µs: the kernels and copies CUPTI recorded per call (torch's profiler; for MSD the"
-              " activation-slicing dispatches IREE generates plus msd's tensor-core kernel), host time excluded."
-              "  `p=1 weight read`: the parameter archive's bytes over the p=1 GPU time.  `p=2 vs bf16 (GPU)`: how"
-              " many times faster MSD p=2's GPU work is than cuBLAS bf16's."]
+              " activation-slicing dispatches IREE generates plus msd's tensor-core kernel), host time excluded;"
+              " `msd kernel`: the tensor-core kernel alone.  `p=1 kernel weight read`: the parameter archive's bytes"
+              " over the p=1 kernel's time.  `vs bf16`: how many times faster than cuBLAS bf16's GPU work."]
+    sweep = [a for a in meta["artifacts"] if "sweep" in a]
+    if sweep:
+        lines += ["", *_sweep(rtm, folder, sweep, refs, reps, driver)]
     text = "\n".join(lines)
     print(text)
     if md is not None:
@@ -266,7 +316,7 @@ if __name__ == "__main__":
     if len(sys.argv) < 3 or sys.argv[1] not in ("prepare", "run", "record"):
         sys.exit(__doc__)
     if sys.argv[1] == "prepare":
-        prepare(Path(sys.argv[2]))
+        prepare(Path(sys.argv[2]), sweep="--sweep" in sys.argv[3:])
     elif sys.argv[1] == "run":
         run(Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
     else:

@@ -18,8 +18,10 @@ import msd
 from helpers import error_bound, mlp
 from msd.compiler.pipeline.targets import ptxas_path
 from msd.compiler.tools.ptx import assemble, kernels_in, mma_count
+from msd.errors import OptionError
 from msd.passes.decompose_activations.cpu_kernel import SLICE_RADIX
-from msd.passes.decompose_activations.cuda_kernel import ARCHS, CudaKernelSpec
+from msd.passes.decompose_activations.cuda_kernel import ARCHS, CudaKernelSpec, parse_shape
+from msd.passes.decompose_activations.options import DecomposeOptions
 from msd.passes.decompose_activations.quantize_kernel import QuantizeSpec
 
 
@@ -94,6 +96,33 @@ def test_emulated_kernel_matches_float64(case: tuple) -> None:
         assert not np.isnan(got).any(), "an output element was never written"
         rel = np.abs(got - ref).max() / np.abs(ref).max()
         assert rel < 1e-6, (spec.symbol, m, rel)
+
+
+SHAPES = [  # n, k, group, slices, scale per group, offset, nibbles; gpu_kernel_shape
+    ((40, 512, 32, 2, False, True, True), "16x4x2"),  # 16 warps share 16 groups of 32
+    ((20, 1024, 1024, 2, False, True, False), "16x2x8"),  # 16 warps share one group's 32 steps, 2 each
+    ((24, 1024, 128, 3, True, True, True), "8x1x8"),  # 8 warps, one group of 4 steps each: unroll 4, not 8
+    ((33, 512, 512, 1, False, False, False), ""),  # the default shape: 8 warps, 4 tiles (N padded to 64)
+]
+
+
+@pytest.mark.parametrize("case", SHAPES, ids=lambda c: c[1] or "default")
+def test_emulated_kernel_shapes(case: tuple) -> None:
+    """``gpu_kernel_shape``: more warps sharing K, other tile counts and load depths compute the same."""
+    spec = CudaKernelSpec(*case[0], **parse_shape(case[1]))
+    assert spec.split == (int(case[1].split("x")[0]) if case[1] else 8)
+    for m in (1, 17):
+        ops, ref = operands(spec, m, seed=m)
+        got = run_emulated(spec, ops, m).astype(np.float64)
+        assert not np.isnan(got).any(), "an output element was never written"
+        assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-6, (spec.symbol, m)
+
+
+def test_kernel_shape_option_names_what_is_wrong() -> None:
+    for bad, says in (("16x2", "expected SPLITxTILESxUNROLL"), ("3x2x4", "split one of"), ("8x5x4", "tiles 1-4"),
+                      ("8x2x16", "unroll one of")):
+        with pytest.raises(OptionError, match=says):
+            DecomposeOptions(gpu_kernel="sm_80", gpu_kernel_shape=bad).validate()
 
 
 def test_emulated_kernel_writes_nothing_outside_y() -> None:

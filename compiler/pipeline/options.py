@@ -49,6 +49,7 @@ class CompileOptions(PassOptions):
     gpu_kernel: str = option("auto", choices=("auto", "none"),
                              help="int8-slice contractions as one tensor-core (mma.sync) kernel dispatch msd writes in"
                                   " PTX (auto: on a cuda target of sm_80 or later; none: IREE's lowering)")
+    gpu_kernel_shape: str = same_option(DecomposeOptions, "gpu_kernel_shape")
     decide: str = option("always", choices=DECIDE,
                          help="cost: a cost model of the target keeps IREE's lowering where MSD is not predicted"
                               " faster")
@@ -109,7 +110,7 @@ class CompileOptions(PassOptions):
         return DecomposeOptions(slices=self.effective_slices, act_scale=self.act_scale, act_format=self.act_format,
                                 mx_scale=self.mx_scale, mx_lowering=lowering, target=cost_target,
                                 min_bits=self.min_bits or 0, cpu_kernel=self.kernel_isa(tgt),
-                                gpu_kernel=self.gpu_arch(tgt))
+                                gpu_kernel=self.gpu_arch(tgt), gpu_kernel_shape=self.gpu_kernel_shape)
 
     def gpu_arch(self, tgt: Target) -> str:
         """The NVIDIA arch the tensor-core kernel is written for ("none": IREE's lowering)."""

@@ -9,16 +9,17 @@ another order when warps share K)::
     y[m, n] = Σ_g  (scale[n, g] · s[m, g]) · Σ_p 254^-p · Σ_{k∈g} a_p[m, k] · w[n, k]
               (+ offset[n, g] · xsum[m, g])
 
-A workgroup owns 16 activation rows × ``8·warp_tiles`` output channels and has ``split`` warps (up
-to 4), each taking a share of K: whole groups, or, with one group (a scale per channel), that group's
-K steps.  For each 32-wide step of K a warp loads every slice's A fragment (four 32-bit words per
-lane, straight from the row-major codes ``a [M, P, K]``) and each channel tile's B fragment —
-pre-packed at compile time into mma's lane order, so a lane reads 8 contiguous bytes (or 4 bytes of
-4-bit codes, unpacked with three 32-bit operations per word) — and issues one ``mma`` per (slice,
-tile) into int32 accumulators; the loads of up to 4 steps are issued before their mmas.  At the end
-of each group the accumulators go to f32, are combined over the slices (Horner, radix 1/254), scaled
-by the weight's scale times the row's scale and, with a zero point or min, ``offset · xsum`` is added
-(once per group: by warp 0 when the warps share one group).  Warps 1.. then leave their f32 partial
+A workgroup owns 16 activation rows × ``8·warp_tiles`` output channels (4 tiles by default) and has
+``split`` warps (up to 8 by default, 16 at most), each taking a share of K: whole groups, or, with one
+group (a scale per channel), that group's K steps.  For each 32-wide step of K a warp loads every
+slice's A fragment (four 32-bit words per lane, straight from the row-major codes ``a [M, P, K]``)
+and each channel tile's B fragment — pre-packed at compile time into mma's lane order, so a lane reads
+8 contiguous bytes (or 4 bytes of 4-bit codes, unpacked with three 32-bit operations per word) — and
+issues one ``mma`` per (slice, tile) into int32 accumulators; the loads of up to ``max_unroll`` (4)
+steps are issued before their mmas.  At the end of each group the accumulators go to f32, are
+combined over the slices (Horner, radix 1/254), scaled by the weight's scale times the row's scale
+and, with a zero point or min, ``offset · xsum`` is added (once per group: by warp 0 when the warps
+share one group).  Warps 1.. then leave their f32 partial
 sums in shared memory, warp 0 adds them and stores.  No partial goes to global memory.
 
 Fragment layouts (PTX ISA, ``mma.m16n8k32`` with ``.s8``; lane = 4·gid + tq):
@@ -53,6 +54,8 @@ from .cpu_kernel import SLICE_RADIX, SYMBOL_PREFIX, linear_roles
 MMA = "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32"
 K_STEP = 32  # K of one mma
 ROWS = 16  # activation rows of one mma (and of one warp)
+SPLITS = (1, 2, 4, 8, 16)  # warps per workgroup
+UNROLLS = (1, 2, 4, 8)  # K steps whose loads are issued together
 WARP = 32
 # each arch with the oldest PTX ISA version that names it (the int8 m16n8k32 mma itself is PTX 7.0, sm_80):
 # the oldest version keeps the PTX loadable by the oldest driver that knows the GPU
@@ -82,6 +85,21 @@ def f32_hex(value: float) -> str:
     return "0f" + struct.pack(">f", value).hex().upper()
 
 
+def parse_shape(text: str) -> dict[str, int]:
+    """A kernel shape ``SPLITxTILESxUNROLL`` (e.g. ``16x2x4``: up to 16 warps share K, 2 channel tiles of 8
+    per warp, up to 4 K steps' loads issued together) as :class:`CudaKernelSpec` keywords; ``""``: the
+    defaults.  Raises ValueError naming what is wrong."""
+    if not text:
+        return {}
+    parts = text.split("x")
+    if len(parts) != 3 or not all(x.isdigit() for x in parts):
+        raise ValueError(f"gpu kernel shape {text!r}: expected SPLITxTILESxUNROLL, e.g. 16x2x4")
+    split, tiles, unroll = map(int, parts)
+    if split not in SPLITS or unroll not in UNROLLS or not 1 <= tiles <= 4:
+        raise ValueError(f"gpu kernel shape {text!r}: split one of {SPLITS}, tiles 1-4, unroll one of {UNROLLS}")
+    return {"max_split": split, "warp_tiles": tiles, "max_unroll": unroll}
+
+
 @dataclass(frozen=True)
 class CudaKernelSpec:
     """One instance of the kernel: everything that is static in its code."""
@@ -93,9 +111,10 @@ class CudaKernelSpec:
     scale_per_group: bool  # s is [M, G] (activation scale per row and group), else [M, 1]
     offset: bool  # the weight has a zero point / min: offset and xsum operands
     nibbles: bool = False  # 4-bit codes (in [-8, 7]) two per byte
-    warp_tiles: int = 2  # channel tiles of 8 per warp
+    warp_tiles: int = 4  # channel tiles of 8 per warp (4: measured best on an H200, docs/targets.md)
     arch: str = "sm_80"
-    max_split: int = 4  # warps per workgroup, each a share of K (fewer when K's groups or steps do not split)
+    max_split: int = 8  # warps per workgroup, each a share of K (fewer when K's groups or steps do not split)
+    max_unroll: int = 4  # K steps whose loads are issued together (fewer when a warp's steps do not divide)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -104,8 +123,10 @@ class CudaKernelSpec:
         if self.k % self.group or self.group % K_STEP:
             raise ValueError(f"K={self.k} in groups of {self.group}: the tensor-core kernel needs groups that divide"
                              f" K and are multiples of {K_STEP}")
-        if not 1 <= self.slices <= 3 or self.warp_tiles < 1 or self.n < 1 or self.max_split not in (1, 2, 4, 8):
-            raise ValueError(f"slices={self.slices}, warp_tiles={self.warp_tiles}, n={self.n}: out of range")
+        if (not 1 <= self.slices <= 3 or self.warp_tiles < 1 or self.n < 1 or self.max_split not in SPLITS
+                or self.max_unroll not in UNROLLS):
+            raise ValueError(f"slices={self.slices}, warp_tiles={self.warp_tiles}, n={self.n}, max_split="
+                             f"{self.max_split}, max_unroll={self.max_unroll}: out of range")
 
     # -- sizes
     @property
@@ -146,8 +167,8 @@ class CudaKernelSpec:
 
     @property
     def unroll(self) -> int:
-        """K steps whose loads are issued together (a divisor of ``warp_steps``, at most 4)."""
-        return next(u for u in (4, 2, 1) if self.warp_steps % u == 0)
+        """K steps whose loads are issued together (a divisor of ``warp_steps``, at most ``max_unroll``)."""
+        return next(u for u in (8, 4, 2, 1) if u <= self.max_unroll and self.warp_steps % u == 0)
 
     @property
     def tiles(self) -> int:
@@ -174,7 +195,8 @@ class CudaKernelSpec:
     def symbol(self) -> str:
         return (f"{SYMBOL_PREFIX}mma_linear_{self.arch}_n{self.n}_k{self.k}_g{self.group}_p{self.slices}"
                 f"{'_sg' if self.scale_per_group else ''}{'_off' if self.offset else ''}"
-                f"{'_i4' if self.nibbles else ''}_t{self.warp_tiles}_w{self.split}")
+                f"{'_i4' if self.nibbles else ''}_t{self.warp_tiles}_w{self.split}"
+                f"{f'_u{self.unroll}' if self.max_unroll != 4 else ''}")
 
     # -- operands, in the dispatch's order
     def roles(self) -> list[str]:
@@ -520,4 +542,4 @@ class _Writer:
                 e(f"@{ok} st.global.f32 [{ya}], {facc[j, i]};")
 
 
-__all__ = ["ARCHS", "MMA", "CudaKernelSpec", "f32_hex"]
+__all__ = ["ARCHS", "MMA", "CudaKernelSpec", "f32_hex", "parse_shape"]

@@ -35,7 +35,7 @@ from ..attention_kernels import CombineSpec
 from ..row_kernels import RowSpec
 from .cpu_kernel import ISAS, ROLES_ATTR, KernelSpec
 from .cuda_kernel import ARCHS as CUDA_ARCHS
-from .cuda_kernel import K_STEP, CudaKernelSpec
+from .cuda_kernel import K_STEP, CudaKernelSpec, parse_shape
 from .emit_common import (
     centred,
     drop_unit_dims,
@@ -95,8 +95,9 @@ def kernel_for(p: Plan, isa: str) -> KernelSpec | str:
                       nibbles=group % (2 * step) == 0 and _four_bit(p))
 
 
-def mma_kernel_for(p: Plan, arch: str) -> CudaKernelSpec | str:
-    """The tensor-core kernel instance for ``p`` on the NVIDIA ``arch``, or why it does not cover it."""
+def mma_kernel_for(p: Plan, arch: str, shape_text: str = "") -> CudaKernelSpec | str:
+    """The tensor-core kernel instance for ``p`` on the NVIDIA ``arch`` (of the shape ``shape_text``:
+    :func:`.cuda_kernel.parse_shape`), or why it does not cover it."""
     if arch not in CUDA_ARCHS:
         return f"no tensor-core kernel for {arch!r} (int8 mma.sync needs one of {', '.join(CUDA_ARCHS)})"
     shape = _kernel_shape(p, K_STEP, "tensor-core")
@@ -105,7 +106,7 @@ def mma_kernel_for(p: Plan, arch: str) -> CudaKernelSpec | str:
     n, group = shape
     per_group = p.group is not None and p.act_scale == "group"
     return CudaKernelSpec(n, p.k_size, group, p.slices, per_group, p.offset is not None, nibbles=_four_bit(p),
-                          arch=arch)
+                          arch=arch, **parse_shape(shape_text))
 
 
 def _four_bit(p: Plan) -> bool:

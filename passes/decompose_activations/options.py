@@ -13,6 +13,7 @@ from msd.mx_format import ACT_FORMATS, LOWERINGS, SCALE_RULES
 from ..pass_options import PassOptions, option
 from .cpu_kernel import ISAS
 from .cuda_kernel import ARCHS as CUDA_ARCHS
+from .cuda_kernel import parse_shape
 
 NAME = "msd-decompose-activations"
 SUPPORTED_SLICES = (1, 2, 3)
@@ -48,6 +49,9 @@ class DecomposeOptions(PassOptions):
                              help="write int8-slice contractions as one tensor-core (mma.sync) kernel dispatch in"
                                   " PTX for this NVIDIA arch (the module must be compiled for CUDA); none: IREE's"
                                   " lowering")
+    gpu_kernel_shape: str = option("", help="the tensor-core kernel's shape SPLITxTILESxUNROLL: warps sharing K (1-16),"
+                                            " channel tiles of 8 per warp (1-4), K steps loaded together (1-8);"
+                                            " empty: the default")
     dynamic_m: int = option(0, help="rows assumed for a dynamic M when costing (0: msd.cost.model.DYNAMIC_M)")
 
     def validate(self) -> None:
@@ -60,6 +64,10 @@ class DecomposeOptions(PassOptions):
         if self.gpu_kernel != "none" and self.cpu_kernel != "none":
             raise OptionError(f"{NAME}: cpu-kernel={self.cpu_kernel} and gpu-kernel={self.gpu_kernel} name two"
                               " targets; a module is compiled for one")
+        try:
+            parse_shape(self.gpu_kernel_shape)
+        except ValueError as e:
+            raise OptionError(f"{NAME}: {e}") from None
         if self.min_bits and self.act_format != "int8":
             raise OptionError(f"{NAME}: min-bits counts int8 slices; with act-format={self.act_format} give slices=")
         self.requested_slices  # noqa: B018 (raises for more bits than three slices give)

@@ -81,7 +81,8 @@ class DecomposeContraction:
         isa, arch = self.options.cpu_kernel, self.options.gpu_kernel
         if (isa == "none" and arch == "none") or p.block_scaled or p.act_format != "int8":
             return p
-        spec = emit_kernel.kernel_for(p, isa) if isa != "none" else emit_kernel.mma_kernel_for(p, arch)
+        spec = (emit_kernel.kernel_for(p, isa) if isa != "none"
+                else emit_kernel.mma_kernel_for(p, arch, self.options.gpu_kernel_shape))
         return replace(p, kernel=spec) if not isinstance(spec, str) else replace(p, kernel_note=spec)
 
     def _record(self, op: ir.Operation, rewritten: bool, reason: str, **cost: object) -> None:

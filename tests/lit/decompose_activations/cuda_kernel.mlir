@@ -1,5 +1,5 @@
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 gpu-kernel=sm_80" | FileCheck %s
-// RUN: msd-opt %s --msd-decompose-activations="slices=3 gpu-kernel=sm_90 act-scale=row" | FileCheck %s --check-prefix=SM90
+// RUN: msd-opt %s --msd-decompose-activations="slices=3 gpu-kernel=sm_90 gpu-kernel-shape=4x2x4 act-scale=row" | FileCheck %s --check-prefix=SM90
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 gpu-kernel=sm_80" --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=REPORT
 
 // gpu-kernel: a contraction with int8 slices becomes one dispatch of a tensor-core kernel msd writes in
@@ -7,26 +7,27 @@
 // holds the PTX text.  The activation is quantized by tensor ops (signed codes: no +128), the weight
 // relaid into mma.sync's B-fragment lane order ([tile, step, lane, 8 bytes], N padded from 24 to 32),
 // the scales and offsets into [tile, group, 8]; M goes to the kernel as an i32 push constant, and the
-// grid is (tiles / 2, ceil(M / 16), 1) of two warps each (K's two groups, one per warp: _w2).  A
-// batch matmul whose batch dim the weight shares is not covered: it keeps the int8-matmul form and the report says why.
+// grid is (tiles / 4, ceil(M / 16), 1) of two warps each (K's two groups, one per warp: _w2; 4 tiles
+// per warp: _t4).  gpu-kernel-shape=4x2x4 (SM90) asks for 2 tiles per warp.  A batch matmul whose
+// batch dim the weight shares is not covered: it keeps the int8-matmul form and the report says why.
 
 // CHECK:       #executable_target_cuda_nvptx_fb = #hal.executable.target<"cuda", "cuda-nvptx-fb">
 // CHECK:       #[[MAP:.*]] = affine_map<()[s0] -> (s0 ceildiv 16)>
-// CHECK:       hal.executable.source private @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t2_w2
+// CHECK:       hal.executable.source private @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2
 // CHECK-SAME:    #executable_target_cuda_nvptx_fb
 // CHECK-SAME:    data = "// msd: fused MSD linear
 // CHECK-SAME:    .target sm_80
-// CHECK-SAME:    .visible .entry msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t2_w2(
+// CHECK-SAME:    .visible .entry msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2(
 // CHECK-SAME:    mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32
-// CHECK:         hal.executable.export public @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t2_w2 ordinal(0)
-// CHECK:           %[[X:.*]] = arith.constant 2 : index
+// CHECK:         hal.executable.export public @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2 ordinal(0)
+// CHECK:           %[[X:.*]] = arith.constant 1 : index
 // CHECK:           affine.apply #[[MAP]]()
 // CHECK:           hal.return %[[X]]
 // CHECK:         } <workgroup_size = [64 : index, 1 : index, 1 : index]>
 // CHECK-LABEL: util.func public @group_uint8_min
 // CHECK:         linalg.transpose ins({{.*}} : tensor<4x8x2x2x4x4xi8>) outs({{.*}} : tensor<4x2x8x4x2x4xi8>) permutation = [0, 2, 1, 4, 3, 5]
 // CHECK:         %[[M:.*]] = arith.index_cast %{{.*}} : index to i32
-// CHECK:         flow.dispatch @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t2_w2::@msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t2_w2[%{{.*}}]({{.*}}, %[[M]])
+// CHECK:         flow.dispatch @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2::@msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2[%{{.*}}]({{.*}}, %[[M]])
 // CHECK-SAME:      msd.operand_roles = ["a", "s", "xs", "w", "scale", "off"]
 // CHECK-SAME:      (tensor<?x2x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<4x2x32x8xi8>, tensor<4x2x8xf32>, tensor<4x2x8xf32>, i32) -> tensor<?x24xf32>
 // CHECK-NOT:     linalg.matmul
