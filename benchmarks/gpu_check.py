@@ -241,7 +241,7 @@ def _ratio(a: float, b: float) -> float:
 def _device_us(fn, reps: int, label: str) -> tuple[float, float]:
     """Microseconds of GPU work per call of ``fn`` — every kernel and copy the process ran on the GPU while
     ``fn`` was called ``reps`` times, as CUPTI (torch's profiler) recorded them, whoever launched them (IREE
-    too), and of msd's own kernels alone; host time between them is not counted.  Prints the kernels."""
+    too), and of msd's tensor-core kernels alone; host time between them is not counted.  Prints the kernels."""
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -255,7 +255,7 @@ def _device_us(fn, reps: int, label: str) -> tuple[float, float]:
         if e.device_type == (DeviceType.CUDA if cuda else DeviceType.CPU):
             per[e.name] = per.get(e.name, 0.0) + e.time_range.elapsed_us() / reps
     print(f"  {label}: " + "; ".join(f"{k[:60]} {v:.1f} us" for k, v in per.items()), flush=True)
-    return sum(per.values()), sum(v for k, v in per.items() if k.startswith("msd_"))
+    return sum(per.values()), sum(v for k, v in per.items() if k.startswith("msd_mma_"))
 
 
 def run(folder: Path, md: Path | None = None, reps: int = 20, rounds: int = 5, driver: str = "cuda") -> None:
@@ -286,8 +286,8 @@ def run(folder: Path, md: Path | None = None, reps: int = 20, rounds: int = 5, d
     lines += ["", "Calls (wall clock, ms): MSD p=1 / p=2 with the input already on the GPU and the result left"
               " there (`Module.upload`, `Module.invoke`: IREE's synchronous call, which returns when the GPU is done);"
               " `numpy API`: the same p=2 call with numpy in and out (host copies included); torch calls end in a"
-              " synchronize.  GPU µs: the kernels and copies CUPTI recorded per call (torch's profiler; for MSD the"
-              " activation-slicing dispatches IREE generates plus msd's tensor-core kernel), host time excluded;"
+              " synchronize.  GPU µs: the kernels and copies CUPTI recorded per call (torch's profiler; for MSD"
+              " msd's activation quantizer and tensor-core kernel), host time excluded;"
               " `msd kernel`: the tensor-core kernel alone.  `p=1 kernel weight read`: the parameter archive's bytes"
               " over the p=1 kernel's time.  `vs bf16`: how many times faster than cuBLAS bf16's GPU work."]
     sweep = [a for a in meta["artifacts"] if "sweep" in a]

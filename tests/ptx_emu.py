@@ -166,6 +166,15 @@ class _Warp:
         else:
             self.reg[name] = np.where(mask, value, self.reg[name])
 
+    def _bits(self, tok: str, kind: str) -> np.ndarray:
+        """A 32-bit source operand as its 4 bytes per lane (an f32 value for ``.f32``, else the bits)."""
+        if tok.strip().startswith("%"):
+            v = self.reg[tok.strip()[1:]]
+            v = v.astype(np.float32) if kind == "f32" and v.dtype != np.uint32 else v
+        else:
+            v = self.val(tok, np.float32 if kind == "f32" else np.uint32)
+        return np.ascontiguousarray(v).view(np.uint8).reshape(-1, 4)
+
     def addr(self, tok: str) -> np.ndarray:
         m = re.fullmatch(r"\[(%\w+)(?:\+(-?\d+))?\]", tok.strip())
         if m is None:
@@ -216,27 +225,61 @@ class _Warp:
         u32, u64, f32 = np.uint32, np.uint64, np.float32
         if base == "ld" and parts[1] == "param":
             self.set(ops[0], np.full(LANES, self.param[ops[1].strip("[]")], u64 if parts[2] == "u64" else u32))
-        elif base == "ld" and parts[1] == "global":
-            vec = parts[2] == "v2"
+        elif base == "ld" and parts[1] == "global":  # only the guarded lanes load
+            vec = parts[2] in ("v2", "v4")
             kind = parts[-1]
             dsts = [d.strip() for d in ops[0].strip("{}").split(",")] if vec else [ops[0]]
-            raw = self.mem.load(self.addr(ops[1]), 4 * len(dsts))
+            keep = guard if guard is not None else np.ones(LANES, bool)
+            raw = np.zeros((LANES, 4 * len(dsts)), np.uint8)
+            raw[keep] = self.mem.load(self.addr(ops[1])[keep], 4 * len(dsts))
             words = raw.view(np.float32 if kind == "f32" else np.uint32)
             for i, d in enumerate(dsts):
-                self.set(d, words[:, i])
-        elif op == "ld.shared.f32":
+                self.set(d, words[:, i], guard)
+        elif op in ("ld.shared.f32", "ld.shared.u32"):
             a = self.addr(ops[1])
-            self.set(ops[0], self.shared[a[:, None] + np.arange(4)].view(np.float32)[:, 0], guard)
-        elif op == "st.shared.f32":
+            keep = guard if guard is not None else np.ones(LANES, bool)
+            raw = np.zeros((LANES, 4), np.uint8)
+            raw[keep] = self.shared[a[keep][:, None] + np.arange(4)]
+            self.set(ops[0], raw.view(f32 if op.endswith("f32") else u32)[:, 0], guard)
+        elif op in ("st.shared.f32", "st.shared.u32"):
             a = self.addr(ops[0])
             keep = guard if guard is not None else np.ones(LANES, bool)
-            raw = self.val(ops[1], f32).astype(np.float32).view(np.uint8).reshape(-1, 4)
-            self.shared[a[keep][:, None] + np.arange(4)] = raw[keep]
+            self.shared[a[keep][:, None] + np.arange(4)] = self._bits(ops[1], parts[-1])[keep]
+        elif op in ("red.shared.max.u32", "red.shared.add.f32"):  # lane by lane, as atomics serialize
+            a = self.addr(ops[0])
+            v = self.val(ops[1], u32 if parts[-1] == "u32" else f32)
+            keep = guard if guard is not None else np.ones(LANES, bool)
+            view = self.shared.view(np.uint32 if parts[-1] == "u32" else np.float32)
+            for lane in np.flatnonzero(keep):
+                i = a[lane] // 4
+                view[i] = max(view[i], v[lane]) if parts[2] == "max" else np.float32(view[i] + v[lane])
         elif base == "st":
             a = self.addr(ops[0])
-            v = self.val(ops[1], f32)
             keep = guard if guard is not None else np.ones(LANES, bool)
-            self.mem.store(a[keep], v[keep].astype(np.float32).view(np.uint8).reshape(-1, 4))
+            self.mem.store(a[keep], self._bits(ops[1], parts[-1])[keep])
+        elif op == "mov.b32":  # the bits, whatever the registers' types
+            src = self.reg[ops[1][1:]] if ops[1].startswith("%") else self.val(ops[1], u32)
+            self.set(ops[0], src.view(self.reg[ops[0][1:]].dtype), guard)
+        elif op == "shfl.sync.bfly.b32":
+            v = self.reg[ops[1][1:]]
+            self.set(ops[0], v[np.arange(LANES) ^ int(ops[2])], guard)
+        elif op in ("abs.f32", "cvt.rni.f32.f32"):
+            v = self.val(ops[1], f32)
+            self.set(ops[0], np.abs(v) if base == "abs" else np.rint(v), guard)
+        elif op == "cvt.rzi.s32.f32":
+            v = self.val(ops[1], f32)
+            self.set(ops[0], np.trunc(np.nan_to_num(v)).astype(np.int64).astype(np.int32).view(u32), guard)
+        elif op in ("max.f32", "min.f32", "div.rn.f32", "sub.rn.f32"):  # max/min: a NaN loses, as in PTX
+            a, b = self.val(ops[1], f32), self.val(ops[2], f32)
+            with np.errstate(all="ignore"):
+                f = {"max": np.fmax, "min": np.fmin, "div": np.divide, "sub": np.subtract}[base]
+                self.set(ops[0], f(a, b).astype(f32), guard)
+        elif op in ("max.u32", "or.b32", "div.u32"):
+            a, b = self.val(ops[1], u32).astype(np.int64), self.val(ops[2], u32).astype(np.int64)
+            f = np.maximum(a, b) if base == "max" else a | b if base == "or" else a // b
+            self.set(ops[0], f.astype(u32), guard)
+        elif op == "setp.lt.f32":
+            self.set(ops[0], self.val(ops[1], f32) < self.val(ops[2], f32), guard)
         elif op == "cvta.to.global.u64" or op in ("mov.u32", "mov.f32"):
             kind = f32 if op == "mov.f32" else (u64 if op.endswith("u64") else u32)
             self.set(ops[0], self.val(ops[1], kind), guard)

@@ -17,10 +17,11 @@ from test_cpu_kernel import _quantize_reference
 import msd
 from helpers import error_bound, mlp
 from msd.compiler.pipeline.targets import ptxas_path
-from msd.compiler.tools.ptx import assemble, kernels_in, mma_count
+from msd.compiler.tools.ptx import assemble, kernels_in, mma_count, quantizers_in
 from msd.errors import OptionError
 from msd.passes.decompose_activations.cpu_kernel import SLICE_RADIX
 from msd.passes.decompose_activations.cuda_kernel import ARCHS, CudaKernelSpec, parse_shape
+from msd.passes.decompose_activations.cuda_quantize import CudaQuantizeSpec
 from msd.passes.decompose_activations.options import DecomposeOptions
 from msd.passes.decompose_activations.quantize_kernel import QuantizeSpec
 
@@ -125,6 +126,52 @@ def test_kernel_shape_option_names_what_is_wrong() -> None:
             DecomposeOptions(gpu_kernel="sm_80", gpu_kernel_shape=bad).validate()
 
 
+QUANTIZE_CASES = [  # k, group, slices, scale per group, offset
+    (96, 32, 2, True, True), (96, 96, 3, False, False), (256, 128, 1, False, True), (64, 16, 2, True, False),
+    (40, 20, 2, True, True),  # a group of 5 quads: no shuffles, every lane adds into shared memory
+    (576, 576, 2, False, False),  # 144 quads: a second, partial round
+    (1024, 32, 2, False, True),  # one scale per row (4 warps' maxima, 2 rounds), sums per group of 32
+    (4096, 128, 2, True, True),  # 256 threads, 4 rounds
+    (16384, 16384, 1, False, False),  # 1024 threads (32 warps) share one maximum
+]
+
+
+def run_quantizer(q: CudaQuantizeSpec, x: np.ndarray) -> list[np.ndarray]:
+    m = x.shape[0]
+    mem = Memory()
+    outs = {"a": np.full((m, q.slices, q.k), 99, np.int8), "s": np.full((m, q.groups if q.scale_per_group else 1),
+                                                                         -1, np.float32)}
+    if q.offset:
+        outs["xs"] = np.full((m, q.groups), -1, np.float32)
+    addrs = [mem.put(x), *(mem.put(v) for v in outs.values())]
+    Kernel(q.ptx()).run(mem, [*addrs, m], (m, 1, 1))
+    return [mem.data[a: a + v.nbytes].view(v.dtype).reshape(v.shape).copy() for a, v in zip(addrs[1:], outs.values())]
+
+
+@pytest.mark.parametrize("case", QUANTIZE_CASES, ids=lambda c: CudaQuantizeSpec(*c).symbol)
+def test_emulated_quantizer_matches_the_tensor_ops(case: tuple) -> None:
+    """The PTX quantizer's codes and scales bit for bit as emit_kernel's tensor ops compute them (the CPU
+    quantizer's reference), group sums to f32 rounding; rows of zeros, of huge values, with an inf
+    (scale NaN, codes 0) and with a NaN."""
+    q = CudaQuantizeSpec(*case)
+    ref_spec = QuantizeSpec(q.k, q.group, q.slices, q.scale_per_group, q.offset, 0)
+    rng = np.random.default_rng(q.k)
+    x = (rng.standard_normal((6, q.k)) * rng.choice([1e-3, 1.0, 1e3], (6, 1))).astype(np.float32)
+    x[1] = 0.0
+    x[2] *= np.float32(1e30)
+    x[3, 5] = np.inf
+    x[4, q.k - 1] = np.nan
+    got = run_quantizer(q, x)
+    a, s, sums, _ = _quantize_reference(x, ref_spec)
+    np.testing.assert_array_equal(got[0], a)
+    np.testing.assert_array_equal(got[1], s)
+    if q.offset:
+        fine = np.isfinite(sums)
+        bound = 1e-6 * np.abs(x.reshape(6, q.groups, q.group)).sum(-1)
+        assert (np.abs(got[2][fine] - sums[fine]) <= bound[fine]).all()
+        assert not np.isfinite(got[2][~fine]).any()
+
+
 def test_emulated_kernel_writes_nothing_outside_y() -> None:
     """Rows past M and channels past N are not stored: the bytes around y keep their sentinel."""
     spec = CudaKernelSpec(20, 64, 32, 2, False, False, warp_tiles=2)
@@ -172,8 +219,8 @@ def _archive(cm) -> dict[str, bytes]:
 def test_compiled_cuda_linear_computes_the_model_in_emulation(fmt: str) -> None:
     """msd.compile(target="cuda:sm_80") end to end but the GPU: the PTX in the .vmfb, run by the emulator
     on the weights the module's own packing ops wrote into model.irpa (at compile time, on this CPU) and
-    on the activation codes as the pass's tensor ops define them, equals the quantized model within the
-    slices=2 bound."""
+    on the activation codes its PTX quantizer wrote (bit for bit the tensor ops' codes), equals the
+    quantized model within the slices=2 bound."""
     n, k = 40, 256
     kwargs = {"weights": "int4", "group_size": 32} if fmt == "int4-g32" else {"weights": "int8"}
     model = msd.quantize(mlp(k, n, seed=3), **kwargs)
@@ -186,8 +233,13 @@ def test_compiled_cuda_linear_computes_the_model_in_emulation(fmt: str) -> None:
     params = _archive(cm)
     packed = {key.rsplit(".", 1)[1]: value for key, value in params.items() if key.startswith("msd.pack.")}
     assert set(packed) == {r for r in spec.roles() if r not in ("a", "s", "xs")}, set(packed)
-    q = QuantizeSpec(k, spec.group, 2, grouped, grouped, 0)
-    a, s, xs, _ = _quantize_reference(x.numpy(), q)
+    quantizer = CudaQuantizeSpec(k, spec.group, 2, grouped, grouped)
+    assert list(quantizers_in(cm.vmfb)) == [quantizer.symbol]
+    emulated = run_quantizer(quantizer, x.numpy())
+    a, s, xs, _ = _quantize_reference(x.numpy(), QuantizeSpec(k, spec.group, 2, grouped, grouped, 0))
+    np.testing.assert_array_equal(emulated[0], a)
+    np.testing.assert_array_equal(emulated[1], s)
+    a, s, xs = emulated if grouped else (*emulated, None)
     types = dict(zip(spec.roles(), spec.operand_types()))
     ops = []
     for role in spec.roles():
@@ -195,7 +247,7 @@ def test_compiled_cuda_linear_computes_the_model_in_emulation(fmt: str) -> None:
             dims = [int(d) for d in types[role][7:-1].split("x")[:-1]]
             ops.append(np.frombuffer(packed[role], np.int8 if role == "w" else np.float32).reshape(dims))
         else:
-            ops.append({"a": a, "s": s, "xs": xs.astype(np.float32)}[role])
+            ops.append({"a": a, "s": s, "xs": xs}[role])
     y = run_emulated(spec, ops, x.shape[0]).astype(np.float64)
     y += np.frombuffer(params["0.bias"], np.float32)
     ref, bound = error_bound(model, x, slices=2)
@@ -220,10 +272,10 @@ def test_every_msd_contraction_of_a_cuda_module_gets_ptx_that_assembles() -> Non
         assert len(done) == 3 and len(with_kernel) == 2, [d.reason for d in done]
         (other,) = [d for d in done if d not in with_kernel]
         assert "fused kernel not used: K=48" in other.reason, other.reason
-        kernels = kernels_in(cm.vmfb)
-        assert len(kernels) == 2, list(kernels)
-        for ptx in kernels.values():
-            assert f".target {arch}" in ptx and mma_count(ptx) >= 2
+        kernels, quantizers = kernels_in(cm.vmfb), quantizers_in(cm.vmfb)
+        assert len(kernels) == 2 and len(quantizers) == 2, (list(kernels), list(quantizers))
+        for ptx in [*kernels.values(), *quantizers.values()]:
+            assert f".target {arch}" in ptx and (mma_count(ptx) >= 2 or ptx in quantizers.values())
             proc = assemble(ptx, arch)
             assert proc.returncode == 0, proc.stderr[-2000:]
             assert "0 bytes spill stores" in proc.stderr, proc.stderr

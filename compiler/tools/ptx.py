@@ -1,8 +1,9 @@
 """``msd.compiler.tools.ptx``: the tensor-core kernels msd wrote into a compiled CUDA module, and
 ``ptxas`` on them.
 
-A CUDA ``.vmfb`` holds each of msd's kernels as the PTX text the pass generated
-(:mod:`msd.passes.decompose_activations.cuda_kernel`), NUL-terminated; IREE does not check it when it
+A CUDA ``.vmfb`` holds each of msd's kernels as the PTX text the pass generated (the tensor-core
+linears of :mod:`msd.passes.decompose_activations.cuda_kernel`, the activation quantizers of
+:mod:`msd.passes.decompose_activations.cuda_quantize`), NUL-terminated; IREE does not check it when it
 compiles, so :func:`assemble` runs NVIDIA's assembler (no GPU needed: the ``nvidia-cuda-nvcc`` wheel
 ships it) to check its syntax, registers and spills for an arch.
 """
@@ -17,13 +18,23 @@ from pathlib import Path
 from msd.compiler.pipeline.targets import ptxas_path
 from msd.passes.decompose_activations.cuda_kernel import MMA
 
-_HEADER = b"// msd: fused MSD linear"
+_LINEAR = b"// msd: fused MSD linear"
+_QUANTIZE = b"// msd: MSD activation quantizer"
 
 
 def kernels_in(vmfb: bytes) -> dict[str, str]:
     """``{entry name: PTX text}`` of every msd tensor-core kernel in ``vmfb``."""
+    return _ptx_in(vmfb, _LINEAR)
+
+
+def quantizers_in(vmfb: bytes) -> dict[str, str]:
+    """``{entry name: PTX text}`` of every msd activation quantizer (:mod:`..cuda_quantize`) in ``vmfb``."""
+    return _ptx_in(vmfb, _QUANTIZE)
+
+
+def _ptx_in(vmfb: bytes, header: bytes) -> dict[str, str]:
     out: dict[str, str] = {}
-    start = vmfb.find(_HEADER)
+    start = vmfb.find(header)
     while start >= 0:
         end = vmfb.index(b"\0", start)
         text = vmfb[start:end].decode()
@@ -31,7 +42,7 @@ def kernels_in(vmfb: bytes) -> dict[str, str]:
         if m is None:
             raise ValueError("an msd PTX kernel without an .entry in the module")
         out[m.group(1)] = text
-        start = vmfb.find(_HEADER, end)
+        start = vmfb.find(header, end)
     return out
 
 
@@ -49,4 +60,4 @@ def mma_count(ptx: str) -> int:
     return ptx.count(MMA)
 
 
-__all__ = ["assemble", "kernels_in", "mma_count"]
+__all__ = ["assemble", "kernels_in", "mma_count", "quantizers_in"]

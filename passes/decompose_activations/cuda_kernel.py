@@ -85,6 +85,30 @@ def f32_hex(value: float) -> str:
     return "0f" + struct.pack(">f", value).hex().upper()
 
 
+def ptx_executable(symbol: str, ptx: str, n_in: int, n_out: int, count: list[str], threads: int) -> str:
+    """A ``hal.executable.source`` whose CUDA object holds ``ptx`` (entry ``symbol``): ``n_in`` read-only
+    then ``n_out`` written storage buffers and one push constant (M), ``count`` the MLIR lines that set
+    ``%x, %y, %z`` from ``%m`` (the workload), ``threads`` per workgroup.  The object's ``path`` is never
+    read (``data`` holds the text) but IREE 3.13 prints an object without one in a form it cannot parse
+    back."""
+    bindings = ", ".join(["#hal.pipeline.binding<storage_buffer, ReadOnly>"] * n_in
+                         + ["#hal.pipeline.binding<storage_buffer>"] * n_out)
+    return "\n".join([
+        f"hal.executable.source private @{symbol} <objects = #hal.executable.objects<{{",
+        '  #hal.executable.target<"cuda", "cuda-nvptx-fb"> = [',
+        f'    #hal.executable.object<{{path = "{symbol}.ptx", data = {mlir_string(ptx)}}}>',
+        "  ]",
+        "}>> {",
+        f"  hal.executable.export public @{symbol} ordinal(0)",
+        f"      layout(#hal.pipeline.layout<constants = 1, bindings = [{bindings}]>)",
+        "      count(%device: !hal.device, %m: index) -> (index, index, index) {",
+        *(f"    {line}" for line in count),
+        "    hal.return %x, %y, %z : index, index, index",
+        f"  }} <workgroup_size = [{threads} : index, 1 : index, 1 : index]>",
+        "}",
+    ])
+
+
 def parse_shape(text: str) -> dict[str, int]:
     """A kernel shape ``SPLITxTILESxUNROLL`` (e.g. ``16x2x4``: up to 16 warps share K, 2 channel tiles of 8
     per warp, up to 4 K steps' loads issued together) as :class:`CudaKernelSpec` keywords; ``""``: the
@@ -215,31 +239,13 @@ class CudaKernelSpec:
         return f"tensor<?x{self.n}xf32>"
 
     def executable(self) -> str:
-        """The ``hal.executable.source`` that carries the PTX into IREE's CUDA module: one export (the
-        PTX entry of the same name) with the operands and ``y`` as storage buffers and M as the one push
-        constant; the dispatch passes M (i32) after the tensors.  The object's ``path`` is never read
-        (``data`` holds the text) but IREE 3.13 prints an object without one in a form it cannot parse
-        back."""
-        n_in = len(self.roles())
-        bindings = ", ".join(["#hal.pipeline.binding<storage_buffer, ReadOnly>"] * n_in
-                             + ["#hal.pipeline.binding<storage_buffer>"])
+        """The ``hal.executable.source`` that carries the PTX into IREE's CUDA module (:func:`ptx_executable`):
+        the operands and ``y`` as storage buffers, M as the one push constant (the dispatch passes it, an
+        i32, after the tensors); workgroups ``(tiles / warp_tiles, ceil(M / 16), 1)``."""
         x = self.tiles // self.warp_tiles
-        return "\n".join([
-            f"hal.executable.source private @{self.symbol} <objects = #hal.executable.objects<{{",
-            '  #hal.executable.target<"cuda", "cuda-nvptx-fb"> = [',
-            f'    #hal.executable.object<{{path = "{self.symbol}.ptx", data = {mlir_string(self.ptx())}}}>',
-            "  ]",
-            "}>> {",
-            f"  hal.executable.export public @{self.symbol} ordinal(0)",
-            f"      layout(#hal.pipeline.layout<constants = 1, bindings = [{bindings}]>)",
-            "      count(%device: !hal.device, %m: index) -> (index, index, index) {",
-            f"    %x = arith.constant {x} : index",
-            "    %one = arith.constant 1 : index",
-            f"    %y = affine.apply affine_map<()[s0] -> (s0 ceildiv {ROWS})>()[%m]",
-            "    hal.return %x, %y, %one : index, index, index",
-            f"  }} <workgroup_size = [{WARP * self.split} : index, 1 : index, 1 : index]>",
-            "}",
-        ])
+        count = [f"%x = arith.constant {x} : index",
+                 f"%y = affine.apply affine_map<()[s0] -> (s0 ceildiv {ROWS})>()[%m]", "%z = arith.constant 1 : index"]
+        return ptx_executable(self.symbol, self.ptx(), len(self.roles()), 1, count, WARP * self.split)
 
     def ptx(self) -> str:
         """The kernel's PTX module (entry ``symbol``; parameters: one pointer per operand, then ``y``, then
@@ -247,15 +253,15 @@ class CudaKernelSpec:
         return _Writer(self).text()
 
 
-class _Writer:
-    """Builds the PTX text; registers are declared by name as they are first used."""
+class PtxWriter:
+    """Builds the text of one PTX entry (parameters: one pointer per buffer, then M as a 32-bit value);
+    registers are declared by name as they are first used, shared arrays by :attr:`shared`."""
 
-    def __init__(self, spec: CudaKernelSpec) -> None:
-        self.s = spec
+    def __init__(self, symbol: str, arch: str, header: str) -> None:
+        self.symbol, self.arch, self.header = symbol, arch, header
         self.regs: dict[str, str] = {}  # name -> PTX type
         self.body: list[str] = []
-        self.first_warp: str | None = None  # the predicate "warp 0" when one group is split over warps
-        self.shared = 0  # bytes of shared memory (the warps' partial sums)
+        self.shared: dict[str, tuple[int, int]] = {}  # name -> (alignment, bytes)
 
     def r(self, name: str, kind: str) -> str:
         """The register ``%name`` of ``kind`` (``b32``, ``b64``, ``f32``, ``pred``), declared once."""
@@ -266,29 +272,45 @@ class _Writer:
     def e(self, line: str) -> None:
         self.body.append(f"\t{line}" if not line.endswith(":") else line)
 
-    def text(self) -> str:
-        s = self.s
-        params = [*s.roles(), "y"]
-        self.kernel(params)
+    def pointers(self, params: list[str]) -> dict[str, str]:
+        """Each buffer parameter's global address, in a register."""
+        ptr = {}
+        for name in params:
+            raw = self.r(f"p_{name}", "b64")
+            self.e(f"ld.param.u64 {raw}, [{self.symbol}_{name}];")
+            ptr[name] = self.r(f"g_{name}", "b64")
+            self.e(f"cvta.to.global.u64 {ptr[name]}, {raw};")
+        return ptr
+
+    def module(self, params: list[str], threads: int) -> str:
+        """The PTX module of the entry written so far."""
         decls = [f"\t.reg .{kind} %{name};" for name, kind in self.regs.items()]
-        if self.shared:
-            decls.append(f"\t.shared .align 16 .b8 red[{self.shared}];")
-        plist = ",\n".join([*(f"\t.param .u64 {s.symbol}_{p}" for p in params), f"\t.param .u32 {s.symbol}_m"])
+        decls += [f"\t.shared .align {a} .b8 {name}[{n}];" for name, (a, n) in self.shared.items()]
+        sym = self.symbol
+        plist = ",\n".join([*(f"\t.param .u64 {sym}_{p}" for p in params), f"\t.param .u32 {sym}_m"])
         return "\n".join([
-            f"// msd: fused MSD linear ({MMA}), written by msd.passes.decompose_activations.cuda_kernel",
-            f".version {ARCHS[s.arch]}", f".target {s.arch}", ".address_size 64", "",
-            f".visible .entry {s.symbol}(", plist, ")", f".maxntid {WARP * s.split}, 1, 1", "{",
-            *decls, *self.body, "}", ""])
+            f"// msd: {self.header}", f".version {ARCHS[self.arch]}", f".target {self.arch}", ".address_size 64", "",
+            f".visible .entry {sym}(", plist, ")", f".maxntid {threads}, 1, 1", "{", *decls, *self.body, "}", ""])
+
+
+class _Writer(PtxWriter):
+    """The tensor-core kernel's text."""
+
+    def __init__(self, spec: CudaKernelSpec) -> None:
+        super().__init__(spec.symbol, spec.arch,
+                         f"fused MSD linear ({MMA}), written by msd.passes.decompose_activations.cuda_kernel")
+        self.s = spec
+        self.first_warp: str | None = None  # the predicate "warp 0" when one group is split over warps
+
+    def text(self) -> str:
+        params = [*self.s.roles(), "y"]
+        self.kernel(params)
+        return self.module(params, WARP * self.s.split)
 
     def kernel(self, params: list[str]) -> None:
         s, e, r = self.s, self.e, self.r
         p, nt = s.slices, s.warp_tiles
-        ptr = {}
-        for name in params:
-            raw = r(f"p_{name}", "b64")
-            e(f"ld.param.u64 {raw}, [{s.symbol}_{name}];")
-            ptr[name] = r(f"g_{name}", "b64")
-            e(f"cvta.to.global.u64 {ptr[name]}, {raw};")
+        ptr = self.pointers(params)
         m = r("m", "b32")
         e(f"ld.param.u32 {m}, [{s.symbol}_m];")
         tid, lane, warp, gid, tq = r("thr", "b32"), r("lane", "b32"), r("wrp", "b32"), r("gid", "b32"), r("tq", "b32")
@@ -409,7 +431,7 @@ class _Writer:
         them (in warp order) and goes on to the stores.  Each warp meets the barrier once."""
         s, e, r = self.s, self.e, self.r
         n = len(facc)
-        self.shared = (s.split - 1) * WARP * n * 4
+        self.shared["red"] = (16, (s.split - 1) * WARP * n * 4)
         pw, base, addr = r("pw", "pred"), r("sb", "b32"), r("sa", "b32")
         e(f"mov.u32 {base}, red;")
         e(f"setp.ne.u32 {pw}, {warp}, 0;")
@@ -542,4 +564,4 @@ class _Writer:
                 e(f"@{ok} st.global.f32 [{ya}], {facc[j, i]};")
 
 
-__all__ = ["ARCHS", "MMA", "CudaKernelSpec", "f32_hex", "parse_shape"]
+__all__ = ["ARCHS", "MMA", "CudaKernelSpec", "PtxWriter", "f32_hex", "parse_shape", "ptx_executable"]

@@ -36,6 +36,7 @@ from ..row_kernels import RowSpec
 from .cpu_kernel import ISAS, ROLES_ATTR, KernelSpec
 from .cuda_kernel import ARCHS as CUDA_ARCHS
 from .cuda_kernel import K_STEP, CudaKernelSpec, parse_shape
+from .cuda_quantize import CudaQuantizeSpec
 from .emit_common import (
     centred,
     drop_unit_dims,
@@ -52,7 +53,7 @@ from .plan import Plan
 from .quantize_kernel import QuantizeSpec
 
 PARALLEL, REDUCTION = _ir.PARALLEL, _ir.REDUCTION
-Kernel = KernelSpec | CudaKernelSpec | QuantizeSpec  # what a pass run adds an executable for, by symbol
+Kernel = KernelSpec | CudaKernelSpec | QuantizeSpec | CudaQuantizeSpec  # what a pass run adds an executable for
 
 
 def _kernel_shape(p: Plan, step: int, which: str) -> tuple[int, int] | str:
@@ -171,6 +172,9 @@ def emit(p: Plan, spec: KernelSpec | CudaKernelSpec, kernels: dict[str, Kernel])
     if isinstance(spec, KernelSpec) and isinstance(_ir.elem_type(rows), ir.F32Type):
         q = QuantizeSpec(spec.k, g, spec.slices, spec.scale_per_group, spec.offset, spec.weight_bias)
         dyn = _quantize(q, rows, kernels)
+    elif isinstance(spec, CudaKernelSpec) and isinstance(_ir.elem_type(rows), ir.F32Type):
+        q = CudaQuantizeSpec(spec.k, g, spec.slices, spec.scale_per_group, spec.offset, spec.arch)
+        dyn = _quantize_on_gpu(q, rows, kernels)
     else:
         amax, sums = _activation_stats(p, spec, xg, mf)
         scale = _slice_scale(amax)
@@ -230,6 +234,24 @@ def _quantize(q: QuantizeSpec, rows: ir.Value, kernels: dict[str, Kernel]) -> li
         src_op.results[0].replace_all_uses_with(out[-1])
         out = out[:-1]
     return out
+
+
+def _quantize_on_gpu(q: CudaQuantizeSpec, rows: ir.Value, kernels: dict[str, Kernel]) -> list[ir.Value]:
+    """``[codes, scale, (sums)]`` of f32 ``rows`` ``[M, K]`` by one dispatch of the PTX quantizer ``q`` (one
+    workgroup per row; M also its i32 push constant), added to ``kernels``."""
+    kernels[q.symbol] = q
+    x = _dynamic_rows(rows)
+    m = tensor.DimOp(x, _ir.index_const(0)).result
+    m32 = arith.IndexCastOp(ir.IntegerType.get_signless(32), m).result
+    results = [ir.RankedTensorType.parse(f"tensor<{t}>") for t in q.results().values()]
+    op = ir.Operation.create(
+        "flow.dispatch", results=results, operands=[m, x, m32, m, *[m] * len(results)],
+        attributes={
+            "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([q.symbol, q.symbol])]),
+            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, 2, 1, len(results)]),
+            "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)] * len(results)),
+        })
+    return list(op.results)
 
 
 def _prologue_of(rows: ir.Value) -> tuple[ir.Operation, RowSpec | CombineSpec] | None:

@@ -4,7 +4,8 @@
 
 // gpu-kernel: a contraction with int8 slices becomes one dispatch of a tensor-core kernel msd writes in
 // PTX (passes/decompose_activations/cuda_kernel.py), carried by a hal.executable.source whose object
-// holds the PTX text.  The activation is quantized by tensor ops (signed codes: no +128), the weight
+// holds the PTX text.  The f32 activation is quantized by a second PTX kernel, one workgroup of 128
+// threads per row (cuda_quantize.py: codes [M, 2, K] signed, scales, group sums), the weight
 // relaid into mma.sync's B-fragment lane order ([tile, step, lane, 8 bytes], N padded from 24 to 32),
 // the scales and offsets into [tile, group, 8]; M goes to the kernel as an i32 push constant, and the
 // grid is (tiles / 4, ceil(M / 16), 1) of two warps each (K's two groups, one per warp: _w2; 4 tiles
@@ -13,6 +14,11 @@
 
 // CHECK:       #executable_target_cuda_nvptx_fb = #hal.executable.target<"cuda", "cuda-nvptx-fb">
 // CHECK:       #[[MAP:.*]] = affine_map<()[s0] -> (s0 ceildiv 16)>
+// CHECK:       hal.executable.source private @msd_cuda_quantize_sm_80_k64_g32_p2_sg_off
+// CHECK-SAME:    data = "// msd: MSD activation quantizer
+// CHECK-SAME:    red.shared.max.u32
+// CHECK:         hal.executable.export public @msd_cuda_quantize_sm_80_k64_g32_p2_sg_off ordinal(0)
+// CHECK:         } <workgroup_size = [128 : index, 1 : index, 1 : index]>
 // CHECK:       hal.executable.source private @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2
 // CHECK-SAME:    #executable_target_cuda_nvptx_fb
 // CHECK-SAME:    data = "// msd: fused MSD linear
@@ -25,9 +31,10 @@
 // CHECK:           hal.return %[[X]]
 // CHECK:         } <workgroup_size = [64 : index, 1 : index, 1 : index]>
 // CHECK-LABEL: util.func public @group_uint8_min
+// CHECK:         %[[Q:.*]]:3 = flow.dispatch @msd_cuda_quantize_sm_80_k64_g32_p2_sg_off::@msd_cuda_quantize_sm_80_k64_g32_p2_sg_off[%{{.*}}](%{{.*}}, %{{.*}}) : (tensor<?x64xf32>{%{{.*}}}, i32) -> (tensor<?x2x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}})
 // CHECK:         linalg.transpose ins({{.*}} : tensor<4x8x2x2x4x4xi8>) outs({{.*}} : tensor<4x2x8x4x2x4xi8>) permutation = [0, 2, 1, 4, 3, 5]
 // CHECK:         %[[M:.*]] = arith.index_cast %{{.*}} : index to i32
-// CHECK:         flow.dispatch @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2::@msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2[%{{.*}}]({{.*}}, %[[M]])
+// CHECK:         flow.dispatch @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2::@msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2[%{{.*}}](%[[Q]]#0, %[[Q]]#1, %[[Q]]#2, {{.*}}, %[[M]])
 // CHECK-SAME:      msd.operand_roles = ["a", "s", "xs", "w", "scale", "off"]
 // CHECK-SAME:      (tensor<?x2x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<4x2x32x8xi8>, tensor<4x2x8xf32>, tensor<4x2x8xf32>, i32) -> tensor<?x24xf32>
 // CHECK-NOT:     linalg.matmul
