@@ -36,7 +36,10 @@ def pack_weight(w: np.ndarray, spec: CudaKernelSpec) -> np.ndarray:
     if not spec.nibbles:
         return np.ascontiguousarray(lanes.reshape(t, ks, 32, 8))
     u = (lanes.astype(np.int16) + 8).astype(np.uint8)
-    return np.ascontiguousarray((u[..., 0, :] | (u[..., 1, :] << 4)).view(np.int8))
+    nib = (u[..., 0, :] | (u[..., 1, :] << 4)).view(np.int8)  # [tile, step, lane, 4]
+    if spec.tile_block == 2:  # two tiles' 4 bytes side by side per lane
+        nib = nib.reshape(t // 2, 2, ks, 32, 4).transpose(0, 2, 3, 1, 4).reshape(t // 2, ks, 32, 8)
+    return np.ascontiguousarray(nib)
 
 
 def per_tile(v: np.ndarray, spec: CudaKernelSpec) -> np.ndarray:
@@ -82,7 +85,7 @@ CASES = [  # n, k, group, slices, scale per group, offset, nibbles, tiles
     (33, 256, 128, 3, True, False, False, 2),  # int8 groups of 128, scale per (row, group), 3 slices
     (24, 96, 96, 1, False, False, False, 1),  # per channel (one group), 1 slice, one tile per warp
     (8, 128, 64, 2, False, True, True, 4),  # four tiles per warp, three of them padding
-    (20, 256, 256, 2, False, True, False, 2),  # one group (per channel) split over 4 warps, with an offset
+    (20, 256, 256, 2, False, True, False, 2),  # one group (per channel) split over 2 warps, with an offset
 ]
 
 
@@ -100,10 +103,11 @@ def test_emulated_kernel_matches_float64(case: tuple) -> None:
 
 
 SHAPES = [  # n, k, group, slices, scale per group, offset, nibbles; gpu_kernel_shape
-    ((40, 512, 32, 2, False, True, True), "16x4x2"),  # 16 warps share 16 groups of 32
-    ((20, 1024, 1024, 2, False, True, False), "16x2x8"),  # 16 warps share one group's 32 steps, 2 each
+    ((40, 2048, 32, 2, False, True, True), "16x4x2"),  # 16 warps share 64 groups of 32
+    ((20, 2048, 2048, 2, False, True, False), "16x2x8"),  # 16 warps share one group's 64 steps, 4 each
     ((24, 1024, 128, 3, True, True, True), "8x1x8"),  # 8 warps, one group of 4 steps each: unroll 4, not 8
-    ((33, 512, 512, 1, False, False, False), ""),  # the default shape: 8 warps, 4 tiles (N padded to 64)
+    ((33, 1024, 1024, 1, False, False, False), ""),  # the default shape: 8 warps, 4 tiles (N padded to 64)
+    ((33, 256, 256, 2, False, False, False), "16x2x4"),  # 8 steps of K: 2 warps (each at least 4 steps)
 ]
 
 
@@ -111,7 +115,7 @@ SHAPES = [  # n, k, group, slices, scale per group, offset, nibbles; gpu_kernel_
 def test_emulated_kernel_shapes(case: tuple) -> None:
     """``gpu_kernel_shape``: more warps sharing K, other tile counts and load depths compute the same."""
     spec = CudaKernelSpec(*case[0], **parse_shape(case[1]))
-    assert spec.split == (int(case[1].split("x")[0]) if case[1] else 8)
+    assert spec.split == min(int(case[1].split("x")[0]) if case[1] else 8, spec.ksteps // 4)
     for m in (1, 17):
         ops, ref = operands(spec, m, seed=m)
         got = run_emulated(spec, ops, m).astype(np.float64)

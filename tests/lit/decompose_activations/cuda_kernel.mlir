@@ -8,8 +8,8 @@
 // threads per row (cuda_quantize.py: codes [M, 2, K] signed, scales, group sums), the weight
 // relaid into mma.sync's B-fragment lane order ([tile, step, lane, 8 bytes], N padded from 24 to 32),
 // the scales and offsets into [tile, group, 8]; M goes to the kernel as an i32 push constant, and the
-// grid is (tiles / 4, ceil(M / 16), 1) of two warps each (K's two groups, one per warp: _w2; 4 tiles
-// per warp: _t4).  gpu-kernel-shape=4x2x4 (SM90) asks for 2 tiles per warp.  A batch matmul whose
+// grid is (tiles / 4, ceil(M / 16), 1) of one warp each (K's 2 steps are too few to share out: _w1; 4
+// tiles per warp: _t4).  gpu-kernel-shape=4x2x4 (SM90) asks for 2 tiles per warp.  A batch matmul whose
 // batch dim the weight shares is not covered: it keeps the int8-matmul form and the report says why.
 
 // CHECK:       #executable_target_cuda_nvptx_fb = #hal.executable.target<"cuda", "cuda-nvptx-fb">
@@ -19,22 +19,22 @@
 // CHECK-SAME:    red.shared.max.u32
 // CHECK:         hal.executable.export public @msd_cuda_quantize_sm_80_k64_g32_p2_sg_off ordinal(0)
 // CHECK:         } <workgroup_size = [128 : index, 1 : index, 1 : index]>
-// CHECK:       hal.executable.source private @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2
+// CHECK:       hal.executable.source private @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w1
 // CHECK-SAME:    #executable_target_cuda_nvptx_fb
 // CHECK-SAME:    data = "// msd: fused MSD linear
 // CHECK-SAME:    .target sm_80
-// CHECK-SAME:    .visible .entry msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2(
+// CHECK-SAME:    .visible .entry msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w1(
 // CHECK-SAME:    mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32
-// CHECK:         hal.executable.export public @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2 ordinal(0)
+// CHECK:         hal.executable.export public @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w1 ordinal(0)
 // CHECK:           %[[X:.*]] = arith.constant 1 : index
 // CHECK:           affine.apply #[[MAP]]()
 // CHECK:           hal.return %[[X]]
-// CHECK:         } <workgroup_size = [64 : index, 1 : index, 1 : index]>
+// CHECK:         } <workgroup_size = [32 : index, 1 : index, 1 : index]>
 // CHECK-LABEL: util.func public @group_uint8_min
 // CHECK:         %[[Q:.*]]:3 = flow.dispatch @msd_cuda_quantize_sm_80_k64_g32_p2_sg_off::@msd_cuda_quantize_sm_80_k64_g32_p2_sg_off[%{{.*}}](%{{.*}}, %{{.*}}) : (tensor<?x64xf32>{%{{.*}}}, i32) -> (tensor<?x2x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}})
 // CHECK:         linalg.transpose ins({{.*}} : tensor<4x8x2x2x4x4xi8>) outs({{.*}} : tensor<4x2x8x4x2x4xi8>) permutation = [0, 2, 1, 4, 3, 5]
 // CHECK:         %[[M:.*]] = arith.index_cast %{{.*}} : index to i32
-// CHECK:         flow.dispatch @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2::@msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w2[%{{.*}}](%[[Q]]#0, %[[Q]]#1, %[[Q]]#2, {{.*}}, %[[M]])
+// CHECK:         flow.dispatch @msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w1::@msd_mma_linear_sm_80_n24_k64_g32_p2_sg_off_t4_w1[%{{.*}}](%[[Q]]#0, %[[Q]]#1, %[[Q]]#2, {{.*}}, %[[M]])
 // CHECK-SAME:      msd.operand_roles = ["a", "s", "xs", "w", "scale", "off"]
 // CHECK-SAME:      (tensor<?x2x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<4x2x32x8xi8>, tensor<4x2x8xf32>, tensor<4x2x8xf32>, i32) -> tensor<?x24xf32>
 // CHECK-NOT:     linalg.matmul
@@ -42,10 +42,10 @@
 // CHECK-LABEL: util.func public @shared_batch
 // CHECK:         linalg.batch_matmul
 
-// SM90:        hal.executable.source private @msd_mma_linear_sm_90_n24_k64_g32_p3_off_t2_w2
+// SM90:        hal.executable.source private @msd_mma_linear_sm_90_n24_k64_g32_p3_off_t2_w1
 // SM90-SAME:     .version 7.8
 // SM90-SAME:     .target sm_90
-// SM90:        flow.dispatch @msd_mma_linear_sm_90_n24_k64_g32_p3_off_t2_w2
+// SM90:        flow.dispatch @msd_mma_linear_sm_90_n24_k64_g32_p3_off_t2_w1
 // SM90-SAME:     (tensor<?x3x64xi8>{%{{.*}}}, tensor<?x1xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<4x2x32x8xi8>
 
 // REPORT: rewritten: {{.*}}2 int8 slice(s) x tensor<24x64xi8> in one fused tensor-core (mma.sync int8, sm_80) kernel dispatch
