@@ -36,10 +36,7 @@ def pack_weight(w: np.ndarray, spec: CudaKernelSpec) -> np.ndarray:
     if not spec.nibbles:
         return np.ascontiguousarray(lanes.reshape(t, ks, 32, 8))
     u = (lanes.astype(np.int16) + 8).astype(np.uint8)
-    nib = (u[..., 0, :] | (u[..., 1, :] << 4)).view(np.int8)  # [tile, step, lane, 4]
-    if spec.tile_block == 2:  # two tiles' 4 bytes side by side per lane
-        nib = nib.reshape(t // 2, 2, ks, 32, 4).transpose(0, 2, 3, 1, 4).reshape(t // 2, ks, 32, 8)
-    return np.ascontiguousarray(nib)
+    return np.ascontiguousarray((u[..., 0, :] | (u[..., 1, :] << 4)).view(np.int8))
 
 
 def per_tile(v: np.ndarray, spec: CudaKernelSpec) -> np.ndarray:

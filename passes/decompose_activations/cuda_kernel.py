@@ -34,10 +34,8 @@ Operand layouts (``T`` channel tiles of 8, padded to whole warps; ``KS = K/32`` 
 - ``a [M, P, K] i8`` signed codes (no bias: the instruction multiplies signed bytes);
   ``s [M, 1 or G] f32``; ``xs [M, G] f32`` (with an offset);
 - ``w [T, KS, 32, 8] i8``: lane ``l``'s two B words of step ``ks`` of tile ``t`` (channel ``8t + l/4``,
-  K ``32ks + 4(l%4) + {0..3}`` then ``+16``); 4-bit codes: 4 bytes per lane and tile, byte ``i``
-  holding word 0's byte ``i`` + 8 in its low nibble and word 1's byte ``i`` + 8 in its high one, two
-  tiles side by side when a warp's tiles pair up (``[T/2, KS, 32, 2·4]``: 8 bytes per load, as int8),
-  else ``[T, KS, 32, 4]``;
+  K ``32ks + 4(l%4) + {0..3}`` then ``+16``); 4-bit codes: ``[T, KS, 32, 4]``, byte ``i`` holding
+  word 0's byte ``i`` + 8 in its low nibble and word 1's byte ``i`` + 8 in its high one;
 - ``scale`` (and ``offset``) ``[T, G, 8] f32``; ``y [M, N] f32``.
 
 Workgroups: ``(T / warp_tiles, ceil(M / 16), 1)`` of ``32·split`` threads, M dynamic (a push
@@ -208,19 +206,8 @@ class CudaKernelSpec:
 
     @property
     def lane_bytes(self) -> int:
-        """Weight bytes of one tile a lane reads per step: two words of codes, or one of nibbles."""
+        """Weight bytes one lane reads per step: two words of codes, or one of nibbles."""
         return 4 if self.nibbles else 8
-
-    @property
-    def tile_block(self) -> int:
-        """Tiles whose weight bytes a lane reads in one load: 4-bit codes of two tiles side by side (8
-        bytes, as many per load as int8 codes), when a warp's tiles pair up."""
-        return 2 if self.nibbles and self.warp_tiles % 2 == 0 else 1
-
-    @property
-    def block_bytes(self) -> int:
-        """Bytes per lane and step of a block of ``tile_block`` tiles."""
-        return self.lane_bytes * self.tile_block
 
     @property
     def isa(self) -> str:
@@ -246,7 +233,7 @@ class CudaKernelSpec:
         t, g = self.tiles, self.groups
         types = {"a": f"tensor<?x{self.slices}x{self.k}xi8>",
                  "s": f"tensor<?x{g if self.scale_per_group else 1}xf32>", "xs": f"tensor<?x{g}xf32>",
-                 "w": f"tensor<{t // self.tile_block}x{self.ksteps}x{WARP}x{self.block_bytes}xi8>",
+                 "w": f"tensor<{t}x{self.ksteps}x{WARP}x{self.lane_bytes}xi8>",
                  "scale": f"tensor<{t}x{g}x8xf32>", "off": f"tensor<{t}x{g}x8xf32>"}
         return [types[r] for r in self.roles()]
 
@@ -368,25 +355,21 @@ class _Writer(PtxWriter):
             e(f"add.u64 {ap}, {ap}, {ko};")
             a_ptr.append(ap)
         lane_off, wso = r("lo", "b64"), r("wso", "b64")
-        e(f"mul.wide.u32 {lane_off}, {lane}, {s.block_bytes};")
-        e(f"mul.wide.u32 {wso}, {step0}, {WARP * s.block_bytes};")
+        e(f"mul.wide.u32 {lane_off}, {lane}, {s.lane_bytes};")
+        e(f"mul.wide.u32 {wso}, {step0}, {WARP * s.lane_bytes};")
         e(f"add.u64 {lane_off}, {lane_off}, {wso};")
         tq8, gso = r("tq8", "b64"), r("gso", "b64")
         e(f"mul.wide.u32 {tq8}, {tq}, 8;")
         e(f"mul.wide.u32 {gso}, {g0}, 32;")
         e(f"add.u64 {tq8}, {tq8}, {gso};")
         w_ptr, sc_ptr, of_ptr = [], [], []
-        for b in range(nt // s.tile_block):  # each block of tiles' weight bytes
-            blk, wo, wp = r(f"blk{b}", "b32"), r(f"wo{b}", "b64"), r(f"wp{b}", "b64")
-            e(f"shr.u32 {blk}, {t0}, {s.tile_block.bit_length() - 1};")
-            e(f"add.u32 {blk}, {blk}, {b};")
-            e(f"mul.wide.u32 {wo}, {blk}, {s.ksteps * WARP * s.block_bytes};")
+        for j in range(nt):
+            tile, wo, wp = r(f"tile{j}", "b32"), r(f"wo{j}", "b64"), r(f"wp{j}", "b64")
+            e(f"add.u32 {tile}, {t0}, {j};")
+            e(f"mul.wide.u32 {wo}, {tile}, {s.ksteps * WARP * s.lane_bytes};")
             e(f"add.u64 {wp}, {ptr['w']}, {wo};")
             e(f"add.u64 {wp}, {wp}, {lane_off};")
             w_ptr.append(wp)
-        for j in range(nt):
-            tile = r(f"tile{j}", "b32")
-            e(f"add.u32 {tile}, {t0}, {j};")
             so = r(f"so{j}", "b64")
             e(f"mul.wide.u32 {so}, {tile}, {s.groups * 8 * 4};")
             e(f"add.u64 {so}, {so}, {tq8};")
@@ -418,11 +401,9 @@ class _Writer(PtxWriter):
         facc = {(j, i): r(f"F{j}_{i}", "f32") for j in range(nt) for i in range(4)}
         for f in facc.values():
             e(f"mov.f32 {f}, 0f00000000;")
-        looped = s.warp_groups > 1  # (one group per warp: straight-line code)
-        if looped:
-            g = r("g", "b32")
-            e(f"mov.u32 {g}, 0;")
-            e("GROUP:")
+        g = r("g", "b32")
+        e(f"mov.u32 {g}, 0;")
+        e("GROUP:")
         iacc = {(q, j, i): r(f"I{q}_{j}_{i}", "b32") for q in range(p) for j in range(nt) for i in range(4)}
         for v in iacc.values():
             e(f"mov.u32 {v}, 0;")
@@ -438,11 +419,10 @@ class _Writer(PtxWriter):
             e(f"setp.lt.u32 {pk}, {ks}, {blocks};")
             e(f"@{pk} bra STEP;")
         self.group_epilogue(s_ptr, x_ptr, sc_ptr, of_ptr, iacc, facc)
-        if looped:
-            pg = r("pg", "pred")
-            e(f"add.u32 {g}, {g}, 1;")
-            e(f"setp.lt.u32 {pg}, {g}, {s.warp_groups};")
-            e(f"@{pg} bra GROUP;")
+        pg = r("pg", "pred")
+        e(f"add.u32 {g}, {g}, 1;")
+        e(f"setp.lt.u32 {pg}, {g}, {s.warp_groups};")
+        e(f"@{pg} bra GROUP;")
         if s.split > 1:
             self.reduce_warps(warp, lane, facc)
         self.store(ptr["y"], rows, valid, t0, tq, facc)
@@ -490,18 +470,14 @@ class _Writer(PtxWriter):
                     v = r(f"A{u}_{q}_{word}", "b32")
                     e(f"ld.global.b32 {v}, [{a_ptr[h]}+{koff}];")
                     frag[u, q, word] = v
-            woff = WARP * s.block_bytes * u
-            for b in range(s.warp_tiles // s.tile_block):
-                if s.nibbles and s.tile_block == 2:  # two tiles' nibble words in one load
-                    w0, w1 = r(f"W{u}_{2 * b}", "b32"), r(f"W{u}_{2 * b + 1}", "b32")
-                    e(f"ld.global.v2.b32 {{{w0}, {w1}}}, [{w_ptr[b]}+{woff}];")
-                elif s.nibbles:
-                    e(f"ld.global.b32 {r(f'W{u}_{b}', 'b32')}, [{w_ptr[b]}+{woff}];")
-                else:
-                    b0, b1 = r(f"B{u}_{b}_0", "b32"), r(f"B{u}_{b}_1", "b32")
-                    e(f"ld.global.v2.b32 {{{b0}, {b1}}}, [{w_ptr[b]}+{woff}];")
             for j in range(s.warp_tiles):
-                bw[u, j] = (r(f"B{u}_{j}_0", "b32"), r(f"B{u}_{j}_1", "b32"))
+                b0, b1 = r(f"B{u}_{j}_0", "b32"), r(f"B{u}_{j}_1", "b32")
+                woff = WARP * s.lane_bytes * u
+                if s.nibbles:
+                    e(f"ld.global.b32 {r(f'W{u}_{j}', 'b32')}, [{w_ptr[j]}+{woff}];")
+                else:
+                    e(f"ld.global.v2.b32 {{{b0}, {b1}}}, [{w_ptr[j]}+{woff}];")
+                bw[u, j] = (b0, b1)
         for u in range(s.unroll):
             for q in range(s.slices):
                 for word in range(4):
@@ -523,7 +499,7 @@ class _Writer(PtxWriter):
         for ap in a_ptr:
             e(f"add.u64 {ap}, {ap}, {K_STEP * s.unroll};")
         for wp in w_ptr:
-            e(f"add.u64 {wp}, {wp}, {WARP * s.block_bytes * s.unroll};")
+            e(f"add.u64 {wp}, {wp}, {WARP * s.lane_bytes * s.unroll};")
 
     def group_epilogue(self, s_ptr: list[str], x_ptr: list[str], sc_ptr: list[str], of_ptr: list[str],
                        iacc: dict, facc: dict) -> None:

@@ -426,14 +426,7 @@ def _mma_weight_operands(p: Plan, spec: CudaKernelSpec) -> list[ir.Value]:
             [lanes, lanes], [_ir.empty([tiles, ks, 8, 4, 4], i8)],
             [_map(5, [0, 1, 2, 3, ("c", 0), 4]), _map(5, [0, 1, 2, 3, ("c", 1), 4]), _map(5, [0, 1, 2, 3, 4])],
             [PARALLEL] * 5, body)[0]
-        if spec.tile_block == 2:  # two tiles' bytes side by side: [pair, tile, step, n8, tq, byte] -> [pair, step,
-            shape, perm = [tiles // 2, 2, ks, 8, 4, 4], [0, 2, 3, 4, 1, 5]  # n8, tq, tile, byte]
-            paired = _ir.expand(lanes, [[0, 1], [2], [3], [4], [5]], shape)
-            lanes = linalg.transpose(paired, outs=[_ir.empty([shape[i] for i in perm], i8)], permutation=perm)
-            lanes = lanes.operation.results[0] if isinstance(lanes, ir.OpView) else lanes
-            w = _ir.collapse(lanes, [[0], [1], [2, 3], [4, 5]])
-        else:
-            w = _ir.collapse(lanes, [[0], [1], [2, 3], [4]])
+        w = _ir.collapse(lanes, [[0], [1], [2, 3], [4]])
     else:
         w = _ir.collapse(lanes, [[0], [1], [2, 3], [4, 5]])
     out = [w, _per_channel_group(p, spec, p.scale)]
