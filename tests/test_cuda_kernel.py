@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,7 @@ import msd
 from helpers import error_bound, mlp
 from msd.compiler.pipeline.targets import ptxas_path
 from msd.compiler.tools.ptx import assemble, kernels_in, mma_count, quantizers_in
-from msd.errors import OptionError
+from msd.errors import MsdError, OptionError
 from msd.passes.decompose_activations.cpu_kernel import SLICE_RADIX
 from msd.passes.decompose_activations.cuda_kernel import ARCHS, CudaKernelSpec, parse_shape
 from msd.passes.decompose_activations.cuda_quantize import CudaQuantizeSpec
@@ -280,3 +282,26 @@ def test_every_msd_contraction_of_a_cuda_module_gets_ptx_that_assembles() -> Non
             proc = assemble(ptx, arch)
             assert proc.returncode == 0, proc.stderr[-2000:]
             assert "0 bytes spill stores" in proc.stderr, proc.stderr
+
+
+def test_a_gguf_generator_compiled_for_cuda_is_saved_here_and_refused_to_run_here(tmp_path) -> None:
+    """compile_generator(target="cuda:sm_80") on a machine without a GPU: the prefill/decode artifact
+    (every quantized linear a tensor-core kernel fed by the PTX quantizer) is saved for the GPU machine;
+    running it here is refused with a message that says why."""
+    pytest.importorskip("gguf", reason="the GGUF front end needs the 'gguf' package")
+    from test_gguf import write_tiny_gguf
+
+    from msd.compiler.llm.generate import compile_generator
+    from msd.runtime.generate import TextGenerator
+
+    gen = compile_generator(write_tiny_gguf(tmp_path / "tiny.gguf", seed=5), slices=2, max_ctx=32,
+                            target="cuda:sm_80")
+    cm = gen.compiled
+    assert cm.report.rewritten and all("tensor-core" in d.reason for d in cm.report.rewritten), cm.report.format()
+    assert kernels_in(cm.vmfb) and quantizers_in(cm.vmfb)
+    folder = gen.save(tmp_path / "artifact")
+    assert json.loads((folder / "msd.json").read_text())["target"]["driver"] == "cuda"
+    with pytest.raises(RuntimeError, match="which this machine does not have"):
+        gen.generate_ids([5, 200], 2)
+    with pytest.raises(MsdError, match="cuda"):
+        TextGenerator.load(folder)

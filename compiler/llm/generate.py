@@ -270,9 +270,15 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEF
              *model.empty_cache(batch, kv_cache, length=t_example)), (None, None, past_dims))
     cm = msd.compile_functions(functions, target=target, slices=slices, progress=progress, cpu_kernel=cpu_kernel)
     tok = G.tokenizer_from_gguf(gguf_path)
-    return Generator(cm.function("prefill"), cm.function("decode"), model, tok, _stop_ids(gguf_path, tok), max_ctx,
-                     compiled=cm, score=cm.function("score") if score else None, kv_cache=kv_cache,
-                     source=gguf_path, decode_batch=cm.function("decode_batch") if batch > 1 else None, batch=batch)
+
+    def step(name: str) -> StepFn:
+        """The compiled function ``name``: loaded now, or, for a device this machine lacks, at its first
+        call (which then says so): a generator compiled for a GPU elsewhere can still be saved."""
+        return cm.function(name) if cm.runs_here else lambda *args: cm.function(name)(*args)
+
+    return Generator(step("prefill"), step("decode"), model, tok, _stop_ids(gguf_path, tok), max_ctx,
+                     compiled=cm, score=step("score") if score else None, kv_cache=kv_cache,
+                     source=gguf_path, decode_batch=step("decode_batch") if batch > 1 else None, batch=batch)
 
 
 @functools.lru_cache(maxsize=1)

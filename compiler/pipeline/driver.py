@@ -225,12 +225,17 @@ class CompiledModule:
     def vmfb(self) -> bytes:
         return (self.workdir / MODULE_FILE).read_bytes()
 
+    @property
+    def runs_here(self) -> bool:
+        """Whether this machine has the target's device (a CPU target always runs)."""
+        return self.target.backend == "llvm-cpu" or device_present(self.target.driver)
+
     def function(self, name: str) -> Module:
         """The runtime (numpy) callable of one function; the module is loaded once for all."""
         if name not in self.signatures:
             raise AttributeError(f"no function {name!r} (this module has: {', '.join(self.signatures)})")
         if self._module is None:
-            if self.target.backend != "llvm-cpu" and not device_present(self.target.driver):
+            if not self.runs_here:
                 raise RuntimeError(
                     f"this artifact targets {self.target.name} (IREE driver '{self.target.driver}'), which this"
                     f" machine does not have; save() it and run it where that device is"
