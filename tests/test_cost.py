@@ -155,7 +155,23 @@ def test_decisions_differ_by_target_bf16(spec: str, decode: bool, prefill: bool)
 def test_f32_prefill_pays_on_int8_matrix_units_only() -> None:
     f32 = mt.Matmul(2048, 4096, 4096)
     assert mt.decide("rocm:gfx942", f32).rewrite  # int8 MFMA is 16x the f32 MFMA rate
-    assert not mt.decide("cuda:sm_80", f32).rewrite  # scalar int8 = the f32 CUDA-core rate
+    assert not mt.decide("cuda-sm_80", f32).rewrite  # IREE's lowering: scalar int8 = the f32 CUDA-core rate
+    assert mt.decide("cuda:sm_80", f32).rewrite  # msd's tensor-core kernel (the default on sm_80+)
+
+
+def test_cuda_profiles_of_the_tensor_core_kernel_and_of_irees_lowering() -> None:
+    """A cuda target costs msd's kernel (gpu_kernel="auto": int8 on the tensor cores, two dispatches);
+    with gpu-kernel none the pass costs IREE's lowering (scalar int8), and the manifest says which."""
+    from msd.cost.hardware import iree_lowering
+    from msd.passes.decompose_activations.decide import policy_for
+    from msd.passes.decompose_activations.options import DecomposeOptions
+
+    mma, scalar = mt.profile_for("cuda:sm_90"), mt.profile_for("cuda-sm_90")
+    assert mma.fused_msd and not scalar.fused_msd and iree_lowering(mma) is scalar and iree_lowering(scalar) is scalar
+    assert mma.rate("i8") > 4 * scalar.rate("i8") and mma.rows(1, "i8") == 16 and scalar.rows(1, "i8") == 1
+    assert mt.estimate(mma, mt.Matmul(1, 4096, 4096), 2).msd.dispatches == 2
+    assert policy_for(DecomposeOptions(target="cuda", gpu_kernel="sm_80")).hardware.name == "cuda-sm_80-mma"
+    assert policy_for(DecomposeOptions(target="cuda")).hardware.name == "cuda-sm_80"
 
 
 def test_profiles_for_targets() -> None:
@@ -163,8 +179,8 @@ def test_profiles_for_targets() -> None:
                                                   "llvm-cpu:x86-64-v3", "cuda", "cuda:sm_89", "cuda:sm_90", "rocm",
                                                   "rocm:gfx950", "npu", "npu-910b")}
     assert names == {"llvm-cpu": "cpu-host", "llvm-cpu:host": "cpu-host", "llvm-cpu:aarch64": "cpu-aarch64-i8mm",
-                     "llvm-cpu:znver4": "cpu-avx512-vnni", "llvm-cpu:x86-64-v3": "cpu-avx2", "cuda": "cuda-sm_80",
-                     "cuda:sm_89": "cuda-sm_80", "cuda:sm_90": "cuda-sm_90", "rocm": "rocm-gfx942",
+                     "llvm-cpu:znver4": "cpu-avx512-vnni", "llvm-cpu:x86-64-v3": "cpu-avx2", "cuda": "cuda-sm_80-mma",
+                     "cuda:sm_89": "cuda-sm_80-mma", "cuda:sm_90": "cuda-sm_90-mma", "rocm": "rocm-gfx942",
                      "rocm:gfx950": "rocm-gfx950", "npu": "npu-910b", "npu-910b": "npu-910b"}
     with pytest.raises(ValueError, match="no hardware profile for 'vulkan-spirv'"):
         mt.profile_for("vulkan-spirv")

@@ -169,7 +169,7 @@ def compile_functions(
         write_parameters(workdir / PARAMETERS_FILE, params.tensors, result.get("parameters"), result.get("packer"))
         (workdir / MODULE_FILE).write_bytes(vmfb)
         signatures = {name: (input_specs(p), output_specs(p)) for name, p in programs.items()}
-        compiled = CompiledModule(workdir, tgt, signatures, report, slices, decide=opts.decide_record(target),
+        compiled = CompiledModule(workdir, tgt, signatures, report, slices, decide=opts.decide_record(target, tgt),
                                   attention=result.get("attention"), rows=result.get("rows"))
         weakref.finalize(compiled, shutil.rmtree, workdir, True)
     except BaseException:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from msd.cost import profile_for, slices_for_bits
+from msd.cost.hardware import iree_lowering
 from msd.errors import OptionError
 from msd.mx_format import LOWERINGS
 from msd.passes.decompose_activations import DecomposeOptions
@@ -95,10 +96,14 @@ class CompileOptions(PassOptions):
         profile_for(spec)  # raises naming the profiles
         return spec
 
-    def decide_record(self, target: str) -> dict:
-        """How the matmuls were decided, as the artifact manifest records it."""
+    def decide_record(self, target: str, tgt: Target) -> dict:
+        """How the matmuls were decided, as the artifact manifest records it (the profile the pass costs
+        with: IREE's lowering's when no tensor-core kernel is written for ``tgt``)."""
         cost = self.cost_target(target)
-        return {"policy": self.decide, "hardware": profile_for(cost).name if cost else None, "min_bits": self.min_bits}
+        hw = profile_for(cost) if cost else None
+        if hw is not None and self.gpu_arch(tgt) == "none":
+            hw = iree_lowering(hw)
+        return {"policy": self.decide, "hardware": hw.name if hw else None, "min_bits": self.min_bits}
 
     def pass_options(self, tgt: Target, cost_target: str = "") -> DecomposeOptions | None:
         """What the pass gets for ``tgt`` (None for ``slices=0``: no pass)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from msd.errors import OptionError
 
@@ -52,6 +52,7 @@ class Hardware:
     fresh_min_bytes: float = math.inf  # transients at least this large are fresh (faulted in) on every call
     transient_buffers: int = 1  # a chain of such layers in one call reuses this many transient buffers
     int_type: str = "i8"  # the integer matmul MSD emits
+    fused_msd: bool = False  # MSD is msd's own two dispatches: a quantizer, then one kernel (rescale in registers)
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -189,6 +190,23 @@ CUDA_SM90 = Hardware(
              "IREE 3.13 int8 -> scalar mad.lo.s32: 132 SMs x 64 INT32 lanes x 1.98 GHz"),
 )
 
+# msd's own tensor-core kernel (gpu_kernel="auto", the default on sm_80 and later: int8 mma.sync PTX the
+# pass writes, fed by its PTX quantizer) puts int8 on the tensor cores, M padded to the mma's 16 rows.
+# Its rate was measured on an H200 (sm_90 silicon; benchmarks/gpu_check.py, docs/targets.md): ~150 TOPS
+# for a 4096x4096 int8 layer at M = 128..2048, far under the datasheet peak (no shared-memory staging).
+MMA_SUFFIX = "-mma"
+CUDA_SM90_MMA = replace(
+    CUDA_SM90, name="cuda-sm_90" + MMA_SUFFIX, title="NVIDIA H100/H200 (sm_90) with msd's tensor-core kernel",
+    matrix={**CUDA_SM90.matrix, "i8": 150 * T}, unpadded=("f32",), fused_msd=True,
+    sources=(CUDA_SM90.sources[0], "msd's mma.sync kernel on an H200 (benchmarks/gpu_check.py, 2026-12-04): "
+             "4096x4096 int8, M=2048 p=1 68.7 GOP in 441 us, M=128 4.3 GOP in 30 us: ~150 TOPS"))
+# Not measured on an A100: the H200 rate scaled by SMs x clock (108 x 1.41 GHz against 132 x 1.98 GHz).
+CUDA_SM80_MMA = replace(
+    CUDA_SM80, name="cuda-sm_80" + MMA_SUFFIX, title="NVIDIA A100 (sm_80) with msd's tensor-core kernel",
+    matrix={**CUDA_SM80.matrix, "i8": 87 * T}, unpadded=("f32",), fused_msd=True,
+    sources=(CUDA_SM80.sources[0], "estimated: the H200's measured ~150 TOPS (cuda-sm_90-mma) x (108 x 1.41) / "
+             "(132 x 1.98) SMs x GHz = 87 TOPS; not measured on an A100"))
+
 ROCM_GFX942 = Hardware(
     name="rocm-gfx942",
     title="AMD Instinct MI300X (gfx942) through IREE 3.13",
@@ -241,7 +259,8 @@ NPU_910B = Hardware(
 )
 
 PROFILES: dict[str, Hardware] = {h.name: h for h in (
-    CPU_HOST, CPU_AVX2, CPU_AVX512_VNNI, CPU_AARCH64_I8MM, CUDA_SM80, CUDA_SM90, ROCM_GFX942, ROCM_GFX950, NPU_910B,
+    CPU_HOST, CPU_AVX2, CPU_AVX512_VNNI, CPU_AARCH64_I8MM, CUDA_SM80, CUDA_SM90, CUDA_SM80_MMA, CUDA_SM90_MMA,
+    ROCM_GFX942, ROCM_GFX950, NPU_910B,
 )}
 
 # llvm-cpu CPU names (``llvm-cpu:NAME``) that have AVX-512 VNNI; any other x86 name maps to cpu-avx2.
@@ -268,9 +287,9 @@ def profile_for(spec: str) -> Hardware:
             return CPU_AARCH64_I8MM
         return CPU_AVX512_VNNI if arch in AVX512_CPUS else CPU_AVX2
     if backend == "cuda" and (arch in ("", "sm_80", "sm_86", "sm_87", "sm_89") or arch.startswith("sm_8")):
-        return CUDA_SM80
+        return CUDA_SM80_MMA  # (the default gpu_kernel="auto"; IREE's own lowering: iree_lowering())
     if backend == "cuda" and arch.startswith("sm_9"):
-        return CUDA_SM90
+        return CUDA_SM90_MMA
     if backend == "rocm" and arch in ("", "gfx942"):
         return ROCM_GFX942
     if backend == "rocm" and arch == "gfx950":
@@ -280,4 +299,10 @@ def profile_for(spec: str) -> Hardware:
     raise OptionError(f"no hardware profile for {spec!r}: name one of {', '.join(PROFILES)}")
 
 
-__all__ = ["ELEMENT_BYTES", "PROFILES", "Hardware", "profile", "profile_for"]
+def iree_lowering(hw: Hardware) -> Hardware:
+    """The profile of IREE's own lowering for a profile of msd's tensor-core kernel (``gpu_kernel="none"``:
+    scalar int8 on CUDA), else ``hw``."""
+    return PROFILES[hw.name.removesuffix(MMA_SUFFIX)] if hw.name.endswith(MMA_SUFFIX) else hw
+
+
+__all__ = ["ELEMENT_BYTES", "PROFILES", "Hardware", "iree_lowering", "profile", "profile_for"]

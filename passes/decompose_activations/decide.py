@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from iree.compiler import ir
 
-from msd.cost.hardware import profile_for
+from msd.cost.hardware import iree_lowering, profile_for
 from msd.cost.model import DYNAMIC_M, Matmul, Policy
 
 from .. import _ir
@@ -27,8 +27,10 @@ def policy_for(options: DecomposeOptions) -> Policy | None:
     """The cost policy ``options`` ask for (None: always rewrite)."""
     if not options.target:
         return None
-    return Policy(profile_for(options.target), options.requested_slices, options.min_bits,
-                  options.dynamic_m or DYNAMIC_M)
+    hw = profile_for(options.target)
+    if options.gpu_kernel == "none":  # the int8 matmuls are IREE's to lower: cost them so
+        hw = iree_lowering(hw)
+    return Policy(hw, options.requested_slices, options.min_bits, options.dynamic_m or DYNAMIC_M)
 
 
 def decide(p: Plan, policy: Policy | None) -> Plan:

@@ -4,6 +4,7 @@
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 target=rocm:gfx942" --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=ROCM
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 target=cuda" --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=CUDA
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 target=cuda" | FileCheck %s --check-prefix=CUDA-IR
+// RUN: msd-opt %s --msd-decompose-activations="slices=2 target=cuda gpu-kernel=sm_80" --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=MMA
 // RUN: msd-opt %s --msd-decompose-activations="slices=2" --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=ALWAYS
 // RUN: not msd-opt %s --msd-decompose-activations="target=tpu" 2>&1 | FileCheck %s --check-prefix=BAD
 // RUN: not msd-opt %s --msd-decompose-activations="min-bits=32 target=npu" 2>&1 | FileCheck %s --check-prefix=BITS
@@ -21,12 +22,17 @@
 // - rocm:gfx942: IREE fuses the dequantization, so decode reads the same int8 bytes either way and
 //   MSD's extra dispatches lose -> kept; the f32 prefill runs MSD on int8 MFMA (16x the f32 rate).
 // - cuda: IREE 3.13 has no int8 tensor-core path (scalar mad.lo.s32) -> everything kept.
+// - cuda with gpu-kernel=sm_80 (msd's tensor-core kernel, costed as cuda-sm_80-mma: two dispatches,
+//   ~87 TOPS int8): decode reads the same int8 bytes as the fused baseline plus one more launch, and
+//   bf16 prefill (312 TFLOPS tensor cores) beats it -> kept; the f32 prefill (19.5 TFLOPS without TF32)
+//   is rewritten.
 // - without target=: today's behaviour, every matmul rewritten.
 
 // NPU: msd-decompose-activations: 4 rewritten, 1 skipped
 // NPU8: msd-decompose-activations: 5 rewritten, 0 skipped
 // ROCM: msd-decompose-activations: 1 rewritten, 4 skipped
 // CUDA: msd-decompose-activations: 0 rewritten, 5 skipped
+// MMA: msd-decompose-activations: 1 rewritten, 4 skipped
 // ALWAYS: msd-decompose-activations: 5 rewritten, 0 skipped
 // BAD: error: no hardware profile for 'tpu': name one of {{.*}}npu-910b
 // BITS: error: min_bits=32 is more than 3 int8 slices give (about 24 bits)
@@ -73,10 +79,11 @@ func.func @decode_bf16(%x: tensor<1x4096xbf16>, %q: tensor<4096x4096xi8>, %s: te
   %wt = linalg.transpose ins(%w : tensor<4096x4096xbf16>) outs(%et : tensor<4096x4096xbf16>) permutation = [1, 0]
   %ey = tensor.empty() : tensor<1x4096xf32>
   %z = linalg.fill ins(%cst : f32) outs(%ey : tensor<1x4096xf32>) -> tensor<1x4096xf32>
-  // NPU: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 5]]: 2 int8 slice(s) x tensor<4096x4096xi8>; predicted MSD p=2 {{.*}} (memory-bound) vs baseline {{.*}} (dequant on the vector unit, float weight through memory, vector stall {{.*}}) on npu-910b: {{.*}}x faster
-  // NPU8: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 4]]: 1 int8 slice(s)
-  // ROCM: skipped: linalg.matmul at {{.*}}:[[# @LINE + 3]]: predicted MSD p=2 {{.*}} vs baseline {{.*}} (dequant fused, {{.*}}) on rocm-gfx942: MSD slower, baseline kept
-  // CUDA: skipped: linalg.matmul at {{.*}}:[[# @LINE + 2]]: {{.*}} on cuda-sm_80: MSD slower, baseline kept
+  // NPU: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 6]]: 2 int8 slice(s) x tensor<4096x4096xi8>; predicted MSD p=2 {{.*}} (memory-bound) vs baseline {{.*}} (dequant on the vector unit, float weight through memory, vector stall {{.*}}) on npu-910b: {{.*}}x faster
+  // NPU8: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 5]]: 1 int8 slice(s)
+  // ROCM: skipped: linalg.matmul at {{.*}}:[[# @LINE + 4]]: predicted MSD p=2 {{.*}} vs baseline {{.*}} (dequant fused, {{.*}}) on rocm-gfx942: MSD slower, baseline kept
+  // CUDA: skipped: linalg.matmul at {{.*}}:[[# @LINE + 3]]: {{.*}} on cuda-sm_80: MSD slower, baseline kept
+  // MMA: skipped: linalg.matmul at {{.*}}:[[# @LINE + 2]]: predicted MSD p=2 {{.*}} (launches-bound) vs baseline {{.*}} (dequant fused, memory-bound) on cuda-sm_80-mma: MSD slower, baseline kept
   // ALWAYS: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 1]]: 2 int8 slice(s) x tensor<4096x4096xi8>{{$}}
   %y = linalg.matmul ins(%x, %wt : tensor<1x4096xbf16>, tensor<4096x4096xbf16>) outs(%z : tensor<1x4096xf32>) -> tensor<1x4096xf32>
   return %y : tensor<1x4096xf32>
@@ -167,10 +174,11 @@ func.func @prefill_f32(%x: tensor<2048x4096xf32>, %q: tensor<4096x4096xi8>, %s: 
   %wt = linalg.transpose ins(%w : tensor<4096x4096xf32>) outs(%et : tensor<4096x4096xf32>) permutation = [1, 0]
   %ey = tensor.empty() : tensor<2048x4096xf32>
   %z = linalg.fill ins(%cst : f32) outs(%ey : tensor<2048x4096xf32>) -> tensor<2048x4096xf32>
-  // NPU: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 5]]: 2 int8 slice(s)
-  // NPU8: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 4]]: 1 int8 slice(s)
-  // ROCM: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 3]]: 2 int8 slice(s) x tensor<4096x4096xi8>; predicted MSD p=2 {{.*}} vs baseline {{.*}} (dequant fused, matrix-bound) on rocm-gfx942: {{.*}}x faster
-  // CUDA: skipped: linalg.matmul at {{.*}}:[[# @LINE + 2]]: predicted MSD p=2 {{.*}} (matrix-bound) vs baseline {{.*}} (dequant fused, matrix-bound) on cuda-sm_80: MSD slower, baseline kept
+  // NPU: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 6]]: 2 int8 slice(s)
+  // NPU8: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 5]]: 1 int8 slice(s)
+  // ROCM: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 4]]: 2 int8 slice(s) x tensor<4096x4096xi8>; predicted MSD p=2 {{.*}} vs baseline {{.*}} (dequant fused, matrix-bound) on rocm-gfx942: {{.*}}x faster
+  // CUDA: skipped: linalg.matmul at {{.*}}:[[# @LINE + 3]]: predicted MSD p=2 {{.*}} (matrix-bound) vs baseline {{.*}} (dequant fused, matrix-bound) on cuda-sm_80: MSD slower, baseline kept
+  // MMA: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 2]]: 2 int8 slice(s) x tensor<4096x4096xi8> in one fused tensor-core (mma.sync int8, sm_80) kernel dispatch; predicted MSD p=2 {{.*}} (matrix-bound) vs baseline {{.*}} on cuda-sm_80-mma: {{.*}}x faster
   // ALWAYS: rewritten: linalg.matmul at {{.*}}:[[# @LINE + 1]]:
   %y = linalg.matmul ins(%x, %wt : tensor<2048x4096xf32>, tensor<4096x4096xf32>) outs(%z : tensor<2048x4096xf32>) -> tensor<2048x4096xf32>
   return %y : tensor<2048x4096xf32>
