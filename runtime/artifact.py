@@ -167,9 +167,15 @@ def load(path: str | os.PathLike, device: str | None = None, *, verify: bool = T
         inputs = [TensorSpec.from_json(s) for s in f["inputs"]]
         outputs = [TensorSpec.from_json(s) for s in f["outputs"]]
         if module is None:  # load once; every function shares the weights
-            module = Module.load(artifact_file(folder, manifest, MODULE_FILE),
-                                 artifact_file(folder, manifest, PARAMETERS_FILE), driver=device,
-                                 function=fname, inputs=inputs)
+            try:
+                module = Module.load(artifact_file(folder, manifest, MODULE_FILE),
+                                     artifact_file(folder, manifest, PARAMETERS_FILE), driver=device,
+                                     function=fname, inputs=inputs)
+            except ArtifactError as e:
+                if not str(e).startswith("cannot open IREE driver"):
+                    raise
+                raise ArtifactError(f"{folder} was compiled for {target['name']}, which needs a device of IREE's"
+                                    f" '{device}' driver; this machine has none ({e})") from None
         functions[fname] = Function(module.bind(fname, inputs), fname, inputs, outputs)
     return Artifact(folder, manifest, functions, device)
 
