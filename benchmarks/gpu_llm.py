@@ -59,6 +59,8 @@ def prepare(out: Path) -> None:
         logits, *new = eager.decode(np.asarray([[ref[-1]]]), *cache.past())
         cache.append(new)
         ref.append(int(logits[0].argmax()))
+    dispatches = decode_dispatches(model)
+    print("decode dispatches (flow level):", json.dumps(dispatches))
     archive = folder / "model.irpa"
     data = archive.read_bytes()
     parts = out / "llm_parts"
@@ -71,8 +73,43 @@ def prepare(out: Path) -> None:
     archive.unlink()
     (out / "llm" / "gpu_llm.json").write_text(json.dumps({
         "prompt": prompt, "eager_tokens": ref, "parts": names, "sha256": hashlib.sha256(data).hexdigest(),
-        "compile_s": compile_s, "gguf": Path(path).name}))
+        "compile_s": compile_s, "gguf": Path(path).name, "decode_dispatches": dispatches}))
     print(f"wrote {folder} (compiled in {compile_s:.0f} s) and {len(names)} parts of its archive to {parts}")
+
+
+def decode_dispatches(model) -> dict[str, int]:
+    """The dispatches of the compiled decode step for ``TARGET``, by kind: msd's own kernels by name, IREE's
+    by the kind its dispatch names say (``elementwise``, ``slow_memcpy``, ``reduction``, ``transpose``,
+    ``batch_matmul``...), counted in the ``flow`` IR of the decode function alone (weight packing
+    excluded: it runs once, at load)."""
+    import re
+    import subprocess
+    import tempfile
+
+    from iree.compiler.tools.binaries import find_tool
+
+    import msd
+    from msd.compiler.llm.generate import generator_functions
+    from msd.compiler.pipeline.targets import resolve
+
+    fns = generator_functions(model, MAX_CTX, TARGET)
+    mlir = msd.compile_functions({"decode": fns["decode"]}, target=TARGET, slices=2, emit="msd")
+    with tempfile.TemporaryDirectory() as d:
+        src, out = Path(d) / "decode.mlir", Path(d) / "decode_flow.mlir"
+        src.write_text(mlir)
+        subprocess.run([find_tool("iree-compile"), *resolve(TARGET).flags, "--compile-to=flow", str(src), "-o",
+                        str(out)], check=True, capture_output=True)
+        flow = out.read_text()
+    counts: dict[str, int] = {}
+    for entry in re.findall(r"flow\.dispatch @[\w$]+::@([\w$]+)", flow):
+        if entry.startswith("__msd_pack"):
+            continue
+        if entry.startswith("msd_"):
+            kind = "msd " + ("quantizer" if "quantize" in entry else "tensor-core kernel")
+        else:
+            kind = re.sub(r"_\d+(x[\d?D]+)*", "", re.sub(r"^.*?dispatch_\d+_", "", entry))
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _runtime_generate() -> types.ModuleType:
@@ -120,7 +157,9 @@ def run(folder: Path, part_dirs: list[Path], md: Path | None) -> None:
         " through msd's torch-free runtime (`TextGenerator`, numpy in and out, the KV cache on the host:"
         " every decode step uploads its filled part).", "",
         "| engine | prefill tok/s | prefill s | decode tok/s | decode ms/token | greedy match vs eager f32 |"
-        " load s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |", line, "", where])
+        " load s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |", line, "", where, "",
+        "The compiled decode step's dispatches (flow IR, at prepare): "
+        + ", ".join(f"{k} {v}" for k, v in meta.get("decode_dispatches", {}).items()) + "."])
     print(text)
     if md is not None:
         md.write_text(text + "\n")

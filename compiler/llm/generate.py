@@ -231,23 +231,13 @@ def _check_batch(batch: object) -> None:
                           f"got {batch!r}")
 
 
-def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEFAULT_MAX_CTX,
-                      target: str = "llvm-cpu", model: LlamaModel | None = None,
-                      progress: Callable[[str], None] | None = None, score: bool = False,
-                      kv_cache: str = "float", cpu_kernel: str = "auto", batch: int = 1) -> Generator:
-    """Compile ``prefill`` (dynamic prompt length) and ``decode`` into one msd artifact with shared
-    weights and return a :class:`Generator` over it; ``score=True`` adds the all-positions entry point
-    ``score`` (dynamic length) for :meth:`Generator.next_token_logits`; ``kv_cache``: "float" (f32 K/V)
-    or "int8" (codes + a scale per head and token); ``cpu_kernel``: as for ``msd.compile``; ``batch`` >
-    1 adds ``decode_batch``, one step of ``batch`` independent sequences of their own lengths
-    (:meth:`Generator.generate_ids_batch`: each prompt prefilled alone into a slot, then decoded
-    together)."""
-    import msd
-
+def generator_functions(model: LlamaModel, max_ctx: int, target: str = "llvm-cpu", score: bool = False,
+                        kv_cache: str = "float", batch: int = 1) -> dict[str, tuple]:
+    """The entry points :func:`compile_generator` compiles for ``model`` (``msd.compile_functions``'s
+    ``functions``): ``prefill``, ``decode``, and ``score`` / ``decode_batch`` when asked for."""
     if max_ctx < 3:
         raise OptionError(f"max_ctx={max_ctx} is too small")
     _check_batch(batch)
-    model = model if model is not None else G.load_gguf(gguf_path)
     # prefill and decode attend in msd's kernels on CPU targets (msd.compiler.ops)
     kernels = resolve_target(target).backend == "llvm-cpu"
     s_example, t_example = min(8, max_ctx - 1), min(5, max_ctx - 1)
@@ -268,6 +258,24 @@ def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEF
             BatchStep(model, kv_cache, kernels=kernels),
             (torch.zeros(batch, 1, dtype=torch.long), torch.full((batch,), t_example, dtype=torch.long),
              *model.empty_cache(batch, kv_cache, length=t_example)), (None, None, past_dims))
+    return functions
+
+
+def compile_generator(gguf_path: str | Path, slices: int = 2, max_ctx: int = DEFAULT_MAX_CTX,
+                      target: str = "llvm-cpu", model: LlamaModel | None = None,
+                      progress: Callable[[str], None] | None = None, score: bool = False,
+                      kv_cache: str = "float", cpu_kernel: str = "auto", batch: int = 1) -> Generator:
+    """Compile ``prefill`` (dynamic prompt length) and ``decode`` into one msd artifact with shared
+    weights and return a :class:`Generator` over it; ``score=True`` adds the all-positions entry point
+    ``score`` (dynamic length) for :meth:`Generator.next_token_logits`; ``kv_cache``: "float" (f32 K/V)
+    or "int8" (codes + a scale per head and token); ``cpu_kernel``: as for ``msd.compile``; ``batch`` >
+    1 adds ``decode_batch``, one step of ``batch`` independent sequences of their own lengths
+    (:meth:`Generator.generate_ids_batch`: each prompt prefilled alone into a slot, then decoded
+    together)."""
+    import msd
+
+    model = model if model is not None else G.load_gguf(gguf_path)
+    functions = generator_functions(model, max_ctx, target, score=score, kv_cache=kv_cache, batch=batch)
     cm = msd.compile_functions(functions, target=target, slices=slices, progress=progress, cpu_kernel=cpu_kernel)
     tok = G.tokenizer_from_gguf(gguf_path)
 
@@ -302,4 +310,4 @@ def generate(gguf_path: str | Path, prompt: str, max_new_tokens: int = 64, slice
 
 __all__ = ["DEFAULT_MAX_CTX", "MAX_BATCH", "BatchStep", "CachedStep", "GenerationStats", "Generator",
            "NextTokenStats", "compile_generator", "eager_batch_step", "eager_generator", "eager_steps", "generate",
-           "next_token_stats"]
+           "generator_functions", "next_token_stats"]
