@@ -234,13 +234,32 @@ def reference(layers: Sequence[msd.QuantizedLinear], x: torch.Tensor) -> np.ndar
     return y.numpy()
 
 
-def time_calls(fn: Callable[[], object], n: int) -> list[float]:
+def time_calls(fn: Callable[[], object], n: int, flush: Callable[[], None] | None = None) -> list[float]:
+    """``n`` calls of ``fn``, each timed alone; ``flush`` (untimed) before each one."""
     out = []
     for _ in range(n):
+        if flush is not None:
+            flush()
         t0 = time.perf_counter()
         fn()
         out.append(time.perf_counter() - t0)
     return out
+
+
+def cache_flusher() -> Callable[[], None]:
+    """A function that evicts the CPU caches: it writes every cache line of a buffer twice the size of
+    the last-level cache (at least 64 MiB), so the next call reads its weights from DRAM as a large
+    model's decode does (a layer's weights alone can stay in a big L3 between calls)."""
+    try:
+        kib = int(Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip().rstrip("K"))
+    except (OSError, ValueError):
+        kib = 32 * 1024
+    buf = np.zeros(max(2 * kib * 1024, 64 << 20), np.uint8)
+
+    def flush() -> None:
+        buf[::64] += 1
+
+    return flush
 
 
 def warm_up(fn: Callable[[], object], min_calls: int, min_s: float) -> float:
@@ -264,6 +283,7 @@ def packed_bytes(cm: msd.CompiledModule) -> int:
 def run_case(
     case: Case, m: int, layers: list[msd.QuantizedLinear], x: torch.Tensor, ref: np.ndarray, *,
     rounds: int, block_s: float, min_calls: int, log: Callable[[str], None],
+    flush: Callable[[], None] | None = None,
     variants: tuple[Variant, ...] = VARIANTS,
 ) -> CaseResult:
     model: nn.Module = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
@@ -331,7 +351,7 @@ def run_case(
                     r = results[v.key]
                     if v.key not in fns:
                         continue
-                    ts = time_calls(fns[v.key], r.calls_per_block)
+                    ts = time_calls(fns[v.key], r.calls_per_block, flush)
                     r.samples.extend(ts)
                     r.round_medians.append(statistics.median(ts))
         finally:
@@ -621,7 +641,9 @@ def render(
         f"block n so that a block takes ≥ {args.block_ms:g} ms (n ≥ {args.min_calls}). Then "
         f"{args.rounds} interleaved round(s): every round visits each variant in turn (the starting "
         "variant rotates), and each visit times n consecutive calls one by one with "
-        "`time.perf_counter` (Python GC off). Reported: the median of all per-call times, divided by "
+        "`time.perf_counter` (Python GC off)"
+        + (", each after an untimed write of a buffer twice the L3 size (`--cold`: the weights come from "
+           "DRAM)" if args.cold else "") + ". Reported: the median of all per-call times, divided by "
         "the number of layers.",
         "- Numerics: each variant's output is checked once against a float64 reference (the same int8 "
         "weights and scales, dequantized in float64). A variant over its tolerance on "
@@ -686,6 +708,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--variants", default=None,
                    help=f"comma-separated subset of the variants: {', '.join(v.key for v in VARIANTS)} (default all;"
                    " the ratios are about msd2, or msd2k when msd2 is not run)")
+    p.add_argument("--cold", action="store_true",
+                   help="evict the caches (write a buffer of twice the L3) before every timed call: weights come"
+                        " from DRAM, as a large model's decode reads them")
     p.add_argument("--format", default="int8", choices=sorted(FORMATS),
                    help="weight format: int8 per channel (default), or group-wise int8/int4 with groups of 32")
     args = p.parse_args(argv)
@@ -739,6 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"{args.rounds} rounds, blocks ≥ {args.block_ms:g} ms; output → {args.output}")
     started = time.perf_counter()
     ceilings = measure_ceilings(len(os.sched_getaffinity(0)))
+    flush = cache_flusher() if args.cold else None
     log(f"ceilings: read {ceilings.bandwidth:.1f} GB/s, {ceilings.isa} dot peak {ceilings.dot:.0f} GOP/s")
     crs: list[CaseResult] = []
     for case in cases:
@@ -752,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f" M={m}")
             crs.append(run_case(case, m, layers, x_all[:m].contiguous(), ref_all[:m], rounds=args.rounds,
                                 block_s=args.block_ms / 1e3, min_calls=args.min_calls, log=log,
-                                variants=args.variant_list))
+                                variants=args.variant_list, flush=flush))
         del layers, x_all, ref_all
         gc.collect()
     env.load_end = load_avg()
