@@ -49,6 +49,10 @@ class ArtifactError(MsdError, RuntimeError):
     manifest that breaks the schema), or a call it cannot take."""
 
 
+class DeviceError(ArtifactError):
+    """The IREE driver a module needs cannot open a device on this machine (no such GPU here)."""
+
+
 class GGUFError(MsdError, ValueError):
     """A GGUF file that cannot be read as written: truncated, corrupted, or inconsistent with itself."""
 
@@ -57,5 +61,5 @@ class UnsupportedGGUFError(GGUFError):
     """A well-formed GGUF file that uses a tensor type, architecture or tokenizer msd does not handle."""
 
 
-__all__ = ["ArtifactError", "CompileError", "ExportError", "GGUFError", "InputError", "MsdError", "NormalizeError",
-           "OptionError", "TargetError", "UnsupportedGGUFError"]
+__all__ = ["ArtifactError", "CompileError", "DeviceError", "ExportError", "GGUFError", "InputError", "MsdError",
+           "NormalizeError", "OptionError", "TargetError", "UnsupportedGGUFError"]

@@ -289,3 +289,20 @@ def k_usage(e: ir.AffineExpr, k: int) -> tuple[str, int] | None:
                 if outer == ("kgroup", a.rhs.value) and inner == ("kin", a.rhs.value):
                     return ("dim", k)
     return None
+
+
+def flow_dispatch(symbol: str, results: Sequence[ir.Type], workload: Sequence[ir.Value], arguments: Sequence[ir.Value],
+                  argument_dims: Sequence[ir.Value] = (), result_dims: Sequence[ir.Value] = (),
+                  attributes: dict[str, ir.Attribute] | None = None) -> ir.Operation:
+    """``flow.dispatch @symbol::@symbol[workload](arguments)`` with the dynamic dims of its tensor arguments
+    and results (none of the results tied), at the current insertion point."""
+    return ir.Operation.create(
+        "flow.dispatch", results=list(results),
+        operands=[*workload, *arguments, *argument_dims, *result_dims],
+        attributes={
+            "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([symbol, symbol])]),
+            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([len(workload), len(arguments), len(argument_dims),
+                                                             len(result_dims)]),
+            "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)] * len(results)),
+            **(attributes or {}),
+        })

@@ -772,20 +772,6 @@ def _constant_int(op: ir.Operation, i: int, name: str, what: str) -> int:
     return ir.IntegerAttr(d.attributes["value"]).value
 
 
-def _dispatch(symbol: str, results: list[ir.Type], workload: list[ir.Value], arguments: list[ir.Value],
-              argument_dims: list[ir.Value], result_dims: tuple[ir.Value, ...] = ()) -> ir.Operation:
-    """``flow.dispatch @symbol::@symbol[workload](arguments)`` (none of the results tied)."""
-    index = ir.IndexType.get()
-    return ir.Operation.create(
-        "flow.dispatch", results=results, operands=[*workload, *arguments, *argument_dims, *result_dims],
-        attributes={
-            "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([symbol, symbol])]),
-            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([len(workload), len(arguments), len(argument_dims),
-                                                             len(result_dims)]),
-            "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(index, -1)] * len(results)),
-        })
-
-
 def _emit(op: ir.Operation, spec: AttentionSpec, layer: int) -> None:
     types = spec.types()
     table = OPERANDS[ir.StringAttr(op.attributes["name"]).value]
@@ -802,9 +788,9 @@ def _emit(op: ir.Operation, spec: AttentionSpec, layer: int) -> None:
                                   attributes={"value": ir.IntegerAttr.get(index, layer)}).result
         parts = [ir.RankedTensorType.parse(f"tensor<{types[k]}>") for k in ("pa", "pm")]
         dynamic = [t_dim] * sum("?" in types[key] for _, key, _ in table)
-        attention = _dispatch(spec.symbol, parts, [t_dim], [*builtin, t_dim, lay], dynamic)
+        attention = _ir.flow_dispatch(spec.symbol, parts, [t_dim], [*builtin, t_dim, lay], dynamic)
         out_t = ir.RankedTensorType.parse(f"tensor<{types['q']}>")
-        combined = _dispatch(spec.combine_symbol, [out_t], [t_dim], list(attention.results), [])
+        combined = _ir.flow_dispatch(spec.combine_symbol, [out_t], [t_dim], list(attention.results), [])
         back = ir.Operation.create("torch_c.from_builtin_tensor", results=[op.results[0].type],
                                    operands=[combined.result])
     op.results[0].replace_all_uses_with(back.result)
@@ -875,9 +861,9 @@ def _emit_rope(op: ir.Operation, spec: AttentionSpec, layer: int, rope: ir.Opera
         lay = ir.Operation.create("arith.constant", results=[index],
                                   attributes={"value": ir.IntegerAttr.get(index, layer)}).result
         outs = [ir.RankedTensorType.parse(f"tensor<{types[k]}>") for k in ("pa", "pm", "kno", "vno")]
-        attention = _dispatch(spec.symbol, outs, [t_dim], [*args, t_dim, lay], [t_dim, t_dim])
+        attention = _ir.flow_dispatch(spec.symbol, outs, [t_dim], [*args, t_dim, lay], [t_dim, t_dim])
         out_t = ir.RankedTensorType.parse(f"tensor<{spec.batch}x{spec.kv_heads}x{spec.group}x{spec.head_dim}xf32>")
-        combined = _dispatch(spec.combine_symbol, [out_t], [t_dim], list(attention.results)[:2], [])
+        combined = _ir.flow_dispatch(spec.combine_symbol, [out_t], [t_dim], list(attention.results)[:2], [])
         back = ir.Operation.create("torch_c.from_builtin_tensor", results=[op.results[0].type],
                                    operands=[combined.result])
         news = [ir.Operation.create("torch_c.from_builtin_tensor", results=[rope.results[i].type],
@@ -939,7 +925,7 @@ def _emit_prefill(op: ir.Operation, spec: PrefillSpec) -> None:
                                   attributes={"value": ir.IntegerAttr.get(index, 2)}).result
         s_dim = ir.Operation.create("tensor.dim", results=[index], operands=[builtin[1], two]).result
         out_t = ir.RankedTensorType.parse(f"tensor<{types['o']}>")
-        out = _dispatch(spec.symbol, [out_t], [s_dim], [*builtin, s_dim], [s_dim] * 3, (s_dim,))
+        out = _ir.flow_dispatch(spec.symbol, [out_t], [s_dim], [*builtin, s_dim], [s_dim] * 3, (s_dim,))
         back = ir.Operation.create("torch_c.from_builtin_tensor", results=[op.results[0].type], operands=[out.result])
     op.results[0].replace_all_uses_with(back.result)
     op.erase()

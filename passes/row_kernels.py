@@ -436,13 +436,7 @@ def _emit(op: ir.Operation, spec: RowSpec) -> None:
         m = tensor.DimOp(builtin[0], _ir.index_const(0)).result
         results = [ir.RankedTensorType.parse(f"tensor<{t}>") for t in spec.outputs().values()]
         dynamic = [m] * sum("?" in t for t in spec.inputs().values())
-        d = ir.Operation.create(
-            "flow.dispatch", results=results, operands=[m, *builtin, m, *dynamic, *[m] * len(results)],
-            attributes={
-                "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([spec.symbol, spec.symbol])]),
-                "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, len(builtin) + 1, len(dynamic), len(results)]),
-                "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)] * len(results)),
-            })
+        d = _ir.flow_dispatch(spec.symbol, results, [m], [*builtin, m], dynamic, [m] * len(results))
         outs = [ir.Operation.create("torch_c.from_builtin_tensor", results=[old.type],
                                     operands=[_unrows(r, full[0], spec.k)]).result
                 for r, old in zip(d.results, op.results)]
@@ -495,13 +489,7 @@ def _emit_qkv(op: ir.Operation, spec: QkvSpec) -> None:
                                         t).result)
         types = spec.types()
         results = [ir.RankedTensorType.parse(f"tensor<{types[k]}>") for k in "qkv"]
-        d = ir.Operation.create(
-            "flow.dispatch", results=results, operands=[m, rows, *tables, m, s, m, s, s, s, s, s],
-            attributes={
-                "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([spec.symbol, spec.symbol])]),
-                "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, 5, 3, 3]),
-                "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)] * 3),
-            })
+        d = _ir.flow_dispatch(spec.symbol, results, [m], [rows, *tables, m], [s, m, s], [s, s, s])
         outs = []
         for r, old in zip(d.results, op.results):
             dims, _ = vtensor_shape(old.type)

@@ -19,7 +19,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from msd.errors import ArtifactError, OptionError
+from msd.errors import ArtifactError, DeviceError, OptionError
 
 from .manifest import (
     DEVICES,
@@ -171,10 +171,8 @@ def load(path: str | os.PathLike, device: str | None = None, *, verify: bool = T
                 module = Module.load(artifact_file(folder, manifest, MODULE_FILE),
                                      artifact_file(folder, manifest, PARAMETERS_FILE), driver=device,
                                      function=fname, inputs=inputs)
-            except ArtifactError as e:
-                if not str(e).startswith("cannot open IREE driver"):
-                    raise
-                raise ArtifactError(f"{folder} was compiled for {target['name']}, which needs a device of IREE's"
+            except DeviceError as e:
+                raise DeviceError(f"{folder} was compiled for {target['name']}, which needs a device of IREE's"
                                     f" '{device}' driver; this machine has none ({e})") from None
         functions[fname] = Function(module.bind(fname, inputs), fname, inputs, outputs)
     return Artifact(folder, manifest, functions, device)

@@ -17,7 +17,7 @@ import iree.runtime as rt
 import ml_dtypes
 import numpy as np
 
-from msd.errors import ArtifactError, InputError
+from msd.errors import ArtifactError, DeviceError, InputError
 
 PARAMETER_SCOPE = "model"  # the scope every msd parameter key lives in (#stream.parameter.named<"model"::…>)
 
@@ -133,7 +133,7 @@ class Module:
             self._config = rt.Config(driver)
             self.driver = driver
         except (ValueError, RuntimeError, IndexError, OSError) as e:
-            raise ArtifactError(f"cannot open IREE driver '{driver}': {e}") from None
+            raise DeviceError(f"cannot open IREE driver '{driver}': {e}") from None
         instance = self._config.vm_instance
         modules = []
         if parameters is not None:

@@ -15,12 +15,12 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from msd.cost import profile_for, slices_for_bits
-from msd.cost.hardware import iree_lowering
 from msd.errors import OptionError
 from msd.mx_format import LOWERINGS
 from msd.passes.decompose_activations import DecomposeOptions
 from msd.passes.decompose_activations.cpu_kernel import ISAS
 from msd.passes.decompose_activations.cuda_kernel import ARCHS as CUDA_KERNEL_ARCHS
+from msd.passes.decompose_activations.decide import policy_for
 from msd.passes.decompose_activations.options import SUPPORTED_SLICES
 from msd.passes.pass_options import PassOptions, option, same_option
 
@@ -97,13 +97,13 @@ class CompileOptions(PassOptions):
         return spec
 
     def decide_record(self, target: str, tgt: Target) -> dict:
-        """How the matmuls were decided, as the artifact manifest records it (the profile the pass costs
-        with: IREE's lowering's when no tensor-core kernel is written for ``tgt``)."""
+        """How the matmuls were decided, as the artifact manifest records it: the profile the pass costs
+        with (:func:`~msd.passes.decompose_activations.decide.policy_for` of its options for ``tgt``)."""
         cost = self.cost_target(target)
-        hw = profile_for(cost) if cost else None
-        if hw is not None and self.gpu_arch(tgt) == "none":
-            hw = iree_lowering(hw)
-        return {"policy": self.decide, "hardware": hw.name if hw else None, "min_bits": self.min_bits}
+        opts = self.pass_options(tgt, cost) if cost else None
+        policy = policy_for(opts) if opts is not None else None
+        hardware = policy.hardware.name if policy else profile_for(cost).name if cost else None
+        return {"policy": self.decide, "hardware": hardware, "min_bits": self.min_bits}
 
     def pass_options(self, tgt: Target, cost_target: str = "") -> DecomposeOptions | None:
         """What the pass gets for ``tgt`` (None for ``slices=0``: no pass)."""

@@ -222,13 +222,7 @@ def _quantize(q: QuantizeSpec, rows: ir.Value, kernels: dict[str, Kernel]) -> li
     results = [ir.RankedTensorType.parse(f"tensor<{t}>") for t in q.results().values()]
     dynamic = [m] * sum("?" in t for t in q.inputs().values())
     with ip, loc:
-        op = ir.Operation.create(
-            "flow.dispatch", results=results, operands=[m, *inputs, m, *dynamic, *[m] * len(results)],
-            attributes={
-                "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([q.symbol, q.symbol])]),
-                "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, len(inputs) + 1, len(dynamic), len(results)]),
-                "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)] * len(results)),
-            })
+        op = _ir.flow_dispatch(q.symbol, results, [m], [*inputs, m], dynamic, [m] * len(results))
     out = list(op.results)
     if "h" in q.results():  # the residual stream's sum: read from the fused dispatch from now on
         src_op.results[0].replace_all_uses_with(out[-1])
@@ -244,14 +238,7 @@ def _quantize_on_gpu(q: CudaQuantizeSpec, rows: ir.Value, kernels: dict[str, Ker
     m = tensor.DimOp(x, _ir.index_const(0)).result
     m32 = arith.IndexCastOp(ir.IntegerType.get_signless(32), m).result
     results = [ir.RankedTensorType.parse(f"tensor<{t}>") for t in q.results().values()]
-    op = ir.Operation.create(
-        "flow.dispatch", results=results, operands=[m, x, m32, m, *[m] * len(results)],
-        attributes={
-            "entry_points": ir.ArrayAttr.get([ir.SymbolRefAttr.get([q.symbol, q.symbol])]),
-            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, 2, 1, len(results)]),
-            "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)] * len(results)),
-        })
-    return list(op.results)
+    return list(_ir.flow_dispatch(q.symbol, results, [m], [x, m32], [m], [m] * len(results)).results)
 
 
 def _prologue_of(rows: ir.Value) -> tuple[ir.Operation, RowSpec | CombineSpec] | None:
@@ -507,17 +494,11 @@ def _dispatch(spec: KernelSpec | CudaKernelSpec, operands: list[ir.Value], m: ir
     """``flow.dispatch @<symbol>::@<symbol>[m](operands..., m)`` → ``[M, N] f32`` (M an index for the
     CPU kernel's function, an i32 push constant for the PTX kernel)."""
     result = ir.RankedTensorType.get([ir.ShapedType.get_dynamic_size(), spec.n], _ir.f32())
-    entry = ir.ArrayAttr.get([ir.SymbolRefAttr.get([spec.symbol, spec.symbol])])
     scalar = m if isinstance(spec, KernelSpec) else arith.IndexCastOp(ir.IntegerType.get_signless(32), m).result
-    op = ir.Operation.create(
-        "flow.dispatch", results=[result], operands=[m, *operands, scalar, *[m] * n_dynamic, m],
-        attributes={
-            "entry_points": entry,
-            "operandSegmentSizes": ir.DenseI32ArrayAttr.get([1, len(operands) + 1, n_dynamic, 1]),
-            "tied_operands": ir.ArrayAttr.get([ir.IntegerAttr.get(ir.IndexType.get(), -1)]),
-            ROLES_ATTR: ir.ArrayAttr.get([ir.StringAttr.get(r) for r in spec.roles()]),
-        })
-    return op.results[0]
+    roles = ir.ArrayAttr.get([ir.StringAttr.get(r) for r in spec.roles()])
+    return _ir.flow_dispatch(spec.symbol, [result], [m], [*operands, scalar], [m] * n_dynamic, [m],
+                             {ROLES_ATTR: roles}).results[0]
+
 
 
 def _adds_nothing(p: Plan) -> bool:
