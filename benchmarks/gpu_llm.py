@@ -19,11 +19,9 @@ timed).  Greedy match: how many generated tokens agree with eager torch's (float
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import sys
 import time
-import types
 from pathlib import Path
 
 PROMPT_TOKENS, DECODE_TOKENS, MAX_CTX = 512, 128, 1024
@@ -112,19 +110,6 @@ def decode_dispatches(model) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def _runtime_generate() -> types.ModuleType:
-    """``msd.runtime.generate`` from this checkout, without installing msd or running msd/__init__."""
-    root = BENCH.parent
-    if "msd" not in sys.modules:
-        pkg = types.ModuleType("msd")
-        pkg.__path__ = [str(root / "msd")]
-        sys.modules["msd"] = pkg
-        rt = types.ModuleType("msd.runtime")
-        rt.__path__ = [str(root / "runtime")]
-        sys.modules["msd.runtime"] = pkg.runtime = rt
-    return importlib.import_module("msd.runtime.generate")
-
-
 def run(folder: Path, part_dirs: list[Path], md: Path | None) -> None:
     meta = json.loads((folder / "gpu_llm.json").read_text())
     chunks = []
@@ -139,9 +124,10 @@ def run(folder: Path, part_dirs: list[Path], md: Path | None) -> None:
     (folder / "model.irpa").write_bytes(data)
     sys.path.insert(0, str(BENCH))
     from _steps import time_greedy
+    from gpu_check import msd_runtime
 
     t0 = time.perf_counter()
-    gen = _runtime_generate().TextGenerator.load(folder)
+    gen = msd_runtime("generate").TextGenerator.load(folder)
     load_s = time.perf_counter() - t0
     prompt, ref = meta["prompt"], meta["eager_tokens"]
     prefill_s, decode_s, tokens = time_greedy(gen, prompt, DECODE_TOKENS)
