@@ -489,7 +489,7 @@ def _emit_qkv(op: ir.Operation, spec: QkvSpec) -> None:
                                         t).result)
         types = spec.types()
         results = [ir.RankedTensorType.parse(f"tensor<{types[k]}>") for k in "qkv"]
-        d = _ir.flow_dispatch(spec.symbol, results, [m], [rows, *tables, m], [s, m, s], [s, s, s])
+        d = _ir.flow_dispatch(spec.symbol, results, [m], [rows, *tables, m, s], [m, s, s], [s, s, s])
         outs = []
         for r, old in zip(d.results, op.results):
             dims, _ = vtensor_shape(old.type)
