@@ -22,7 +22,7 @@ from iree.compiler.tools.binaries import find_tool
 import msd
 from helpers import error_bound, mlp
 from msd.compiler.pipeline.targets import kernel_isas, resolve
-from msd.passes.decompose_activations.cpu_kernel import ISAS, SLICE_RADIX, KernelSpec
+from msd.passes.decompose_activations.cpu_kernel import ISAS, SLICE_RADIX, KernelSpec, code_row
 from msd.passes.decompose_activations.quantize_kernel import QuantizeSpec
 
 HOST_ISAS = kernel_isas(resolve("llvm-cpu"))
@@ -102,7 +102,8 @@ def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np
         out[:n] = v
         return np.ascontiguousarray(out.reshape(tiles, lanes, groups).transpose(0, 2, 1))
 
-    a = np.ascontiguousarray(codes.astype(np.int8))  # [m, p, k] signed bytes
+    a = np.zeros((m, p, code_row(k)), np.int8)  # [m, p, k] signed bytes, rows padded as the kernel reads them
+    a[:, :, :k] = codes
     ops = [a, s, *([xsum] if spec.offset else []), *([code_sums.astype(np.int32)] if spec.weight_bias else []),
            np.ascontiguousarray(w_t), per_tile(scale), *([per_tile(offset)] if spec.offset else [])]
     dots = np.einsum("mpgk,ngk->mpng", codes.reshape(m, p, groups, g).astype(np.float64),
@@ -123,6 +124,7 @@ KERNEL_CASES = [  # n, k, group, slices, scale per group, offset, 4-bit codes as
     (40, 64, 32, 2, False, False, True),
     (33, 256, 128, 3, True, True, True),
     (7, 96, 96, 1, False, True, True),
+    (20, 2048, 64, 2, False, True, True),  # K a multiple of 2048: code rows padded by a cache line
 ]
 
 
@@ -173,7 +175,7 @@ def _quantize_reference(x: np.ndarray, spec: QuantizeSpec) -> tuple[np.ndarray, 
 
 QUANTIZE_CASES = [  # k, group, slices, scale per group, offset, weight bias of the kernel fed
     (96, 32, 2, True, True, 128), (96, 96, 3, False, False, 0), (256, 128, 1, False, True, 8),
-    (64, 16, 2, True, False, 0), (40, 20, 2, True, True, 128),
+    (64, 16, 2, True, False, 0), (40, 20, 2, True, True, 128), (2048, 128, 2, False, True, 8),
 ]
 
 
@@ -210,7 +212,8 @@ def test_quantize_kernel_matches_the_tensor_ops(tmp_path: Path) -> None:
                 x[4, k - 1] = np.nan
             got = [np.asarray(v) for v in ctx.modules.module["quantize"](x)]
             a, s, sums, code_sums = _quantize_reference(x, spec)
-            np.testing.assert_array_equal(got[0], a, err_msg=f"{spec.symbol} M={m}: codes")
+            assert got[0].shape == (m, p, code_row(k))
+            np.testing.assert_array_equal(got[0][:, :, :k], a, err_msg=f"{spec.symbol} M={m}: codes")
             # an all-zero row's scale FLT_MIN/127 is subnormal: the CPU may flush it to zero (its codes are
             # 0 and its result 0 either way)
             sub = (s > 0) & (s < np.finfo(np.float32).tiny)
@@ -300,6 +303,24 @@ def test_models_through_the_kernel_stay_within_the_bound(isa: str, fmt: str) -> 
         assert ((y - ref).abs() <= bound).all(), f"{fmt} slices={slices} M={m} exceeds the bound"
         # the same arithmetic as IREE's lowering of the int8 matmuls, summed in another order
         torch.testing.assert_close(y, plain(xm).double(), rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_code_rows_padded_when_k_is_a_multiple_of_2048(dtype: torch.dtype) -> None:
+    """K = 2048: the codes' rows are one cache line longer than K (:func:`code_row`), written so by the
+    quantizing kernel (f32 rows) and by the tensor ops (bf16 rows); the results stay IREE's lowering's."""
+    if not HOST_ISAS:
+        pytest.skip("this CPU has none of the x86 kernels' instructions")
+    model = msd.quantize(mlp(2048, 40, seed=3), weights="int4", group_size=32).to(dtype)
+    x = torch.randn(5, 2048, generator=torch.Generator().manual_seed(1)).to(dtype)
+    assert f"tensor<?x2x{code_row(2048)}xi8>" in msd.compile(model, (x,), emit="msd", cpu_kernel=HOST_ISAS[0])
+    y = msd.compile(model, (x,), cpu_kernel=HOST_ISAS[0])(x).double()
+    plain = msd.compile(model, (x,), cpu_kernel="none")(x).double()
+    if dtype == torch.float32:
+        ref, bound = error_bound(model, x, 2)
+        assert ((y - ref).abs() <= bound).all()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: the result's own rounding
+    torch.testing.assert_close(y, plain, rtol=tol, atol=tol * float(plain.abs().max()))
 
 
 def test_auto_picks_the_hosts_kernel_and_none_keeps_irees_lowering() -> None:

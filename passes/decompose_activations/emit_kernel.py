@@ -33,7 +33,7 @@ from ..analysis.dequant import Expr, mentions
 from ..analysis.values import value_set
 from ..attention_kernels import CombineSpec
 from ..row_kernels import RowSpec
-from .cpu_kernel import ISAS, ROLES_ATTR, KernelSpec
+from .cpu_kernel import ISAS, ROLES_ATTR, KernelSpec, code_row
 from .cuda_kernel import ARCHS as CUDA_ARCHS
 from .cuda_kernel import K_STEP, CudaKernelSpec, parse_shape
 from .cuda_quantize import CudaQuantizeSpec
@@ -182,6 +182,8 @@ def emit(p: Plan, spec: KernelSpec | CudaKernelSpec, kernels: dict[str, Kernel])
         bias = spec.weight_bias if isinstance(spec, KernelSpec) else 0
         code_sums = [_code_sums(codes, bias)] if bias else []
         codes = _ir.collapse(codes, [[0], [1], [2, 3]])
+        if isinstance(spec, KernelSpec):
+            codes = _padded_last(codes, code_row(spec.k), mf)
         dyn = [_dynamic_rows(v) for v in [codes, scale, *([sums] if spec.offset else []), *code_sums]]
     weights = _weight_operands(p, spec) if isinstance(spec, KernelSpec) else _mma_weight_operands(p, spec)
 
@@ -452,6 +454,18 @@ def _transposed(q: ir.Value) -> ir.Value:
     out = linalg.transpose(q, outs=[_ir.empty([t.get_dim_size(1), t.get_dim_size(0)], t.element_type)],
                            permutation=[1, 0])
     return out.operation.results[0] if isinstance(out, ir.OpView) else out
+
+
+def _padded_last(v: ir.Value, length: int, m: _ir.Size) -> ir.Value:
+    """``v`` ``[m, ...]`` with its last dim zero-padded to ``length`` (``m``: dim 0, static or not)."""
+    t = _ir.tensor_type(v)
+    sizes = [t.get_dim_size(i) for i in range(t.rank)]
+    if sizes[-1] == length:
+        return v
+    dest = _ir.filled([m, *sizes[1:-1], length], _ir.int_const(t.element_type, 0))
+    dyn = [m] if isinstance(m, ir.Value) else []
+    static = [ir.ShapedType.get_dynamic_size() if dyn else m, *sizes[1:]]
+    return tensor.InsertSliceOp(v, dest, [], dyn, [], [0] * t.rank, static, [1] * t.rank).result
 
 
 def _padded_rows(v: ir.Value, rows: int, zero: ir.Value) -> ir.Value:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..attention_kernels import CombineSpec
 from ..row_kernels import RowSpec
-from .cpu_kernel import SYMBOL_PREFIX
+from .cpu_kernel import SYMBOL_PREFIX, code_row
 from .emit_common import FLT_MIN, QMAX, SLICE_RADIX
 
 
@@ -71,10 +71,11 @@ class QuantizeSpec:
         return self.prologue.inputs() if self.prologue is not None else {"x": f"?x{self.k}xf32"}
 
     def results(self) -> dict[str, str]:
-        """Each result binding's memref type: the codes, the scales, the group sums (with an offset), the
-        code sums (with a weight bias), and a prologue's sum ``h`` (add_rms_norm)."""
+        """Each result binding's memref type: the codes (rows of :func:`.cpu_kernel.code_row`, the bytes past
+        K left unwritten), the scales, the group sums (with an offset), the code sums (with a weight bias),
+        and a prologue's sum ``h`` (add_rms_norm)."""
         p, k, g = self.slices, self.k, self.groups
-        out = {"a": f"?x{p}x{k}xi8", "s": f"?x{g if self.scale_per_group else 1}xf32"}
+        out = {"a": f"?x{p}x{code_row(k)}xi8", "s": f"?x{g if self.scale_per_group else 1}xf32"}
         if self.offset:
             out["xs"] = f"?x{g}xf32"
         if self.weight_bias:
