@@ -61,3 +61,42 @@ func.func @shapes(%gu: !torch.vtensor<[64],f32>) -> !torch.vtensor<[32],f32> {
   %0 = torch.operator "torch.msd.glu"(%gu, %silu) : (!torch.vtensor<[64],f32>, !torch.str) -> !torch.vtensor<[32],f32>
   return %0 : !torch.vtensor<[32],f32>
 }
+
+// torch.ops.msd.rope_qkv: the stacked q|k|v rows of a projection [B, S, (H + 2·KV)·D] → q [B, H, S, D]
+// (rotated, times the scale), k (rotated) and v [B, KV, S, D], one dispatch: the rows collapsed to
+// [M = B·S, N] (M its workload and the rows' dynamic dim), the cos / sin tables [B, 1, S, D] and the results
+// sized by the tokens S, then M and S as its two index operands.  The name carries B, H, KV, D and the
+// scale's f32 bits; kv_dtype "f16" makes k and v f16.
+// CHECK-LABEL: func.func @rope(
+// CHECK:         %[[QKV:.*]] = torch_c.to_builtin_tensor %arg0 : !torch.vtensor<[1,?,32],f32> -> tensor<1x?x32xf32>
+// CHECK:         %[[ROWS:.*]] = tensor.collapse_shape %[[QKV]] {{\[\[}}0, 1], [2]] : tensor<1x?x32xf32> into tensor<?x32xf32>
+// CHECK:         %[[M:.*]] = tensor.dim %[[ROWS]], %c0
+// CHECK:         %[[S:.*]] = tensor.dim %[[QKV]], %c1
+// CHECK:         %[[COS:.*]] = tensor.cast {{.*}} : tensor<1x1x?x8xf32> to tensor<1x1x?x8xf32>
+// CHECK:         %[[SIN:.*]] = tensor.cast {{.*}} : tensor<1x1x?x8xf32> to tensor<1x1x?x8xf32>
+// CHECK:         %[[D:.*]]:3 = flow.dispatch @msd_row_rope_qkv_b1_h2_kv1_d8_s3eb504f3::@msd_row_rope_qkv_b1_h2_kv1_d8_s3eb504f3[%[[M]]](%[[ROWS]], %[[COS]], %[[SIN]], %[[M]], %[[S]]) : (tensor<?x32xf32>{%[[M]]}, tensor<1x1x?x8xf32>{%[[S]]}, tensor<1x1x?x8xf32>{%[[S]]}, index, index) -> (tensor<1x2x?x8xf32>{%[[S]]}, tensor<1x1x?x8xf32>{%[[S]]}, tensor<1x1x?x8xf32>{%[[S]]})
+// CHECK:         torch_c.from_builtin_tensor %[[D]]#0 : tensor<1x2x?x8xf32> -> !torch.vtensor<[1,2,?,8],f32>
+// CHECK:         torch_c.from_builtin_tensor %[[D]]#1 : tensor<1x1x?x8xf32> -> !torch.vtensor<[1,1,?,8],f32>
+// CHECK:         torch_c.from_builtin_tensor %[[D]]#2 : tensor<1x1x?x8xf32> -> !torch.vtensor<[1,1,?,8],f32>
+// REPORT: rewritten: torch.msd.rope_qkv at {{.*}}: msd_row_rope_qkv_b1_h2_kv1_d8_s3eb504f3
+func.func @rope(%qkv: !torch.vtensor<[1,?,32],f32>, %cos: !torch.vtensor<[1,1,?,8],f32>, %sin: !torch.vtensor<[1,1,?,8],f32>) -> (!torch.vtensor<[1,2,?,8],f32>, !torch.vtensor<[1,1,?,8],f32>, !torch.vtensor<[1,1,?,8],f32>) {
+  %h = torch.constant.int 2
+  %kv = torch.constant.int 1
+  %scale = torch.constant.float 0.35355339059327379
+  %dt = torch.constant.str "f32"
+  %0:3 = torch.operator "torch.msd.rope_qkv"(%qkv, %cos, %sin, %h, %kv, %scale, %dt) : (!torch.vtensor<[1,?,32],f32>, !torch.vtensor<[1,1,?,8],f32>, !torch.vtensor<[1,1,?,8],f32>, !torch.int, !torch.int, !torch.float, !torch.str) -> (!torch.vtensor<[1,2,?,8],f32>, !torch.vtensor<[1,1,?,8],f32>, !torch.vtensor<[1,1,?,8],f32>)
+  return %0#0, %0#1, %0#2 : !torch.vtensor<[1,2,?,8],f32>, !torch.vtensor<[1,1,?,8],f32>, !torch.vtensor<[1,1,?,8],f32>
+}
+
+// Two sequences, an f16 cache: k and v f16.
+// CHECK-LABEL: func.func @rope_f16(
+// CHECK:         %[[D:.*]]:3 = flow.dispatch @msd_row_rope_qkv_b2_h2_kv1_d8_s3eb504f3_f16::{{.*}} -> (tensor<2x2x?x8xf32>{%{{.*}}}, tensor<2x1x?x8xf16>{%{{.*}}}, tensor<2x1x?x8xf16>{%{{.*}}})
+// CHECK:         torch_c.from_builtin_tensor %[[D]]#1 : tensor<2x1x?x8xf16> -> !torch.vtensor<[2,1,?,8],f16>
+func.func @rope_f16(%qkv: !torch.vtensor<[2,?,32],f32>, %cos: !torch.vtensor<[2,1,?,8],f32>, %sin: !torch.vtensor<[2,1,?,8],f32>) -> (!torch.vtensor<[2,2,?,8],f32>, !torch.vtensor<[2,1,?,8],f16>, !torch.vtensor<[2,1,?,8],f16>) {
+  %h = torch.constant.int 2
+  %kv = torch.constant.int 1
+  %scale = torch.constant.float 0.35355339059327379
+  %dt = torch.constant.str "f16"
+  %0:3 = torch.operator "torch.msd.rope_qkv"(%qkv, %cos, %sin, %h, %kv, %scale, %dt) : (!torch.vtensor<[2,?,32],f32>, !torch.vtensor<[2,1,?,8],f32>, !torch.vtensor<[2,1,?,8],f32>, !torch.int, !torch.int, !torch.float, !torch.str) -> (!torch.vtensor<[2,2,?,8],f32>, !torch.vtensor<[2,1,?,8],f16>, !torch.vtensor<[2,1,?,8],f16>)
+  return %0#0, %0#1, %0#2 : !torch.vtensor<[2,2,?,8],f32>, !torch.vtensor<[2,1,?,8],f16>, !torch.vtensor<[2,1,?,8],f16>
+}
