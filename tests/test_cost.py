@@ -174,6 +174,32 @@ def test_cuda_profiles_of_the_tensor_core_kernel_and_of_irees_lowering() -> None
     assert policy_for(DecomposeOptions(target="cuda")).hardware.name == "cuda-sm_80"
 
 
+def test_cpu_profiles_of_the_fused_kernel_and_of_irees_lowering() -> None:
+    """An llvm-cpu target with the fused CPU kernel (cpu_kernel on, the default where the CPU has a byte dot
+    product) costs msd's two dispatches at the kernel's rate; cpu-kernel none costs IREE's lowering; a
+    profile named explicitly is costed as it is.  On the AVX-512 server profile IREE's lowering loses to
+    f32 at prefill (vpdpwssd, four dispatches) while the fused kernel wins."""
+    from msd.cost.hardware import cpu_kernel, iree_lowering
+    from msd.passes.decompose_activations.decide import policy_for
+    from msd.passes.decompose_activations.options import DecomposeOptions
+
+    for name in ("cpu-host", "cpu-avx2", "cpu-avx512-vnni", "cpu-aarch64-i8mm"):
+        iree, fused = mt.profile(name), cpu_kernel(mt.profile(name))
+        assert fused.name == name + "-kernel" and fused.fused_msd and not iree.fused_msd
+        assert iree_lowering(fused) is iree and cpu_kernel(fused) is fused
+        assert mt.estimate(fused, mt.Matmul(16, 4096, 4096), 2).msd.dispatches == 2
+    assert cpu_kernel(mt.profile("cuda-sm_80")).name == "cuda-sm_80"
+    pick = {(target, isa): policy_for(DecomposeOptions(target=target, cpu_kernel=isa)).hardware.name
+            for target, isa in (("llvm-cpu", "avx512-vnni"), ("llvm-cpu", "none"), ("llvm-cpu:znver3", "avx2"),
+                                ("cpu-host", "avx512-vnni"), ("cpu-host-kernel", "none"))}
+    assert pick == {("llvm-cpu", "avx512-vnni"): "cpu-host-kernel", ("llvm-cpu", "none"): "cpu-host",
+                    ("llvm-cpu:znver3", "avx2"): "cpu-avx2-kernel", ("cpu-host", "avx512-vnni"): "cpu-host",
+                    ("cpu-host-kernel", "none"): "cpu-host"}
+    prefill = mt.Matmul(2048, 4096, 4096, weight_bits=4, group=32, offset=True)
+    assert not mt.decide("cpu-avx512-vnni", prefill).rewrite
+    assert mt.decide("cpu-avx512-vnni-kernel", prefill).rewrite
+
+
 def test_profiles_for_targets() -> None:
     names = {s: mt.profile_for(s).name for s in ("llvm-cpu", "llvm-cpu:host", "llvm-cpu:aarch64", "llvm-cpu:znver4",
                                                   "llvm-cpu:x86-64-v3", "cuda", "cuda:sm_89", "cuda:sm_90", "rocm",

@@ -53,6 +53,7 @@ class Hardware:
     transient_buffers: int = 1  # a chain of such layers in one call reuses this many transient buffers
     int_type: str = "i8"  # the integer matmul MSD emits
     fused_msd: bool = False  # MSD is msd's own two dispatches: a quantizer, then one kernel (rescale in registers)
+    kernel_vector: float = 0.0  # lane ops/s of msd's own kernels' vector work (0: ``vector``, IREE's code's rate)
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +156,46 @@ CPU_AARCH64_I8MM = Hardware(
     sources=("Arm Neoverse V1: 2x256-bit SVE pipes; SMMLA 2x2x8 MACs per 128 bits (8x the f32 FMA rate), "
              "BFMMLA 2x2x4 (4x)", "Graviton3: 64 cores, DDR5 307 GB/s; a 16-core share assumed"),
 )
+
+# msd's fused CPU kernel (cpu_kernel="auto", the default on llvm-cpu where the CPU has a byte dot product:
+# AVX-512 VNNI, AVX-VNNI, AVX2, Arm dotprod / i8mm): one quantizer dispatch and one kernel per linear, the
+# per-group rescale in registers (fused_msd).  Its int8 rate is the whole kernel's (dots, unpacking,
+# epilogue), measured on this repo's 2-core Intel Xeon VM (AVX-512 VNNI; benchmarks/linear.py, docs/
+# benchmarks.md "Fused CPU kernel"): int8 per channel, 4096->11008 and 11008->4096, M = 512, p = 2:
+# 88.7 ms per layer = 1.04 TOP/s = 67% of the measured vpdpbusd peak (1.55 TOP/s).  The other VNNI and
+# Arm profiles take 65% of their byte-dot peak (an assumption from that measurement; not measured on
+# them); cpu-avx2 30%: the AVX2 variant (vpsignb + vpmaddubsw + vpmaddwd + vpaddd per 32 int8 MACs)
+# reached 27% of its instruction sequence's peak on the same VM (281 of 1038 GOP/s, the kernel alone,
+# int8 per channel, M = 512), and that sequence's peak on the Zen3 of cpu-avx2 is about its i8 peak.
+# kernel_vector: the SIMD peak (cores x 2 ports x lanes x clock), at which the kernels' own vector code
+# (the quantizer, the f32 epilogue) is costed.
+KERNEL_SUFFIX = "-kernel"
+KERNEL_SHARE = 0.65
+AVX2_KERNEL_SHARE = 0.30
+CPU_HOST_KERNEL = replace(
+    CPU_HOST, name="cpu-host" + KERNEL_SUFFIX, title="this machine with msd's fused CPU kernel (measured on the "
+    "2-core AVX-512 VNNI Intel Xeon VM)", fused_msd=True, matrix={**CPU_HOST.matrix, "i8": 1.04 * T},
+    kernel_vector=2 * 2 * 16 * 2.6 * G,
+    sources=(*CPU_HOST.sources, "fused kernel: benchmarks/linear.py --format int8 --ms 512 (2026-12-04): 1.04 TOP/s; "
+             "kernel_vector: 2 cores x 2 ports x 16 f32 lanes x 2.6 GHz"))
+CPU_AVX2_KERNEL = replace(
+    CPU_AVX2, name="cpu-avx2" + KERNEL_SUFFIX, title=CPU_AVX2.title + ", msd's fused AVX2 kernel", fused_msd=True,
+    matrix={**CPU_AVX2.matrix, "i8": AVX2_KERNEL_SHARE * CPU_AVX2.peak["i8"]}, kernel_vector=CPU_AVX2.vector,
+    sources=(*CPU_AVX2.sources, f"fused kernel: {AVX2_KERNEL_SHARE:.0%} of the i8 peak (its share measured on the "
+             "AVX-512 VM, 27%; not measured on a Zen3)"))
+CPU_AVX512_VNNI_KERNEL = replace(
+    CPU_AVX512_VNNI, name="cpu-avx512-vnni" + KERNEL_SUFFIX, title=CPU_AVX512_VNNI.title + ", msd's fused VNNI "
+    "kernel", fused_msd=True, matrix={**CPU_AVX512_VNNI.matrix, "i8": KERNEL_SHARE * CPU_AVX512_VNNI.peak["i8"]},
+    kernel_vector=CPU_AVX512_VNNI.vector,
+    sources=(*CPU_AVX512_VNNI.sources, f"fused kernel: {KERNEL_SHARE:.0%} of the vpdpbusd peak (67% measured on "
+             "the 2-core VM)"))
+CPU_AARCH64_I8MM_KERNEL = replace(
+    CPU_AARCH64_I8MM, name="cpu-aarch64-i8mm" + KERNEL_SUFFIX, title=CPU_AARCH64_I8MM.title + ", msd's fused "
+    "smmla kernel", fused_msd=True,
+    matrix={**CPU_AARCH64_I8MM.matrix, "i8": KERNEL_SHARE * CPU_AARCH64_I8MM.peak["i8"]},
+    kernel_vector=CPU_AARCH64_I8MM.vector,
+    sources=(*CPU_AARCH64_I8MM.sources, f"fused kernel: {KERNEL_SHARE:.0%} of the smmla peak (assumed; not run on "
+             "Arm)"))
 
 # ----------------------------------------------------------------------------- GPUs
 # IREE 3.13 lowers an int8 matmul on CUDA to scalar mad.lo.s32 (docs/targets.md): the int8 rate it
@@ -259,7 +300,8 @@ NPU_910B = Hardware(
 )
 
 PROFILES: dict[str, Hardware] = {h.name: h for h in (
-    CPU_HOST, CPU_AVX2, CPU_AVX512_VNNI, CPU_AARCH64_I8MM, CUDA_SM80, CUDA_SM90, CUDA_SM80_MMA, CUDA_SM90_MMA,
+    CPU_HOST, CPU_AVX2, CPU_AVX512_VNNI, CPU_AARCH64_I8MM, CPU_HOST_KERNEL, CPU_AVX2_KERNEL, CPU_AVX512_VNNI_KERNEL,
+    CPU_AARCH64_I8MM_KERNEL, CUDA_SM80, CUDA_SM90, CUDA_SM80_MMA, CUDA_SM90_MMA,
     ROCM_GFX942, ROCM_GFX950, NPU_910B,
 )}
 
@@ -301,8 +343,17 @@ def profile_for(spec: str) -> Hardware:
 
 def iree_lowering(hw: Hardware) -> Hardware:
     """The profile of IREE's own lowering for a profile of msd's tensor-core kernel (``gpu_kernel="none"``:
-    scalar int8 on CUDA), else ``hw``."""
-    return PROFILES[hw.name.removesuffix(MMA_SUFFIX)] if hw.name.endswith(MMA_SUFFIX) else hw
+    scalar int8 on CUDA) or of its fused CPU kernel (``cpu_kernel="none"``), else ``hw``."""
+    for suffix in (MMA_SUFFIX, KERNEL_SUFFIX):
+        if hw.name.endswith(suffix):
+            return PROFILES[hw.name.removesuffix(suffix)]
+    return hw
 
 
-__all__ = ["ELEMENT_BYTES", "PROFILES", "Hardware", "iree_lowering", "profile", "profile_for"]
+def cpu_kernel(hw: Hardware) -> Hardware:
+    """The profile of msd's fused CPU kernel on the CPU of ``hw`` (a CPU profile of IREE's lowering), else
+    ``hw``."""
+    return PROFILES.get(hw.name + KERNEL_SUFFIX, hw) if hw.kind == "cpu" else hw
+
+
+__all__ = ["ELEMENT_BYTES", "PROFILES", "Hardware", "cpu_kernel", "iree_lowering", "profile", "profile_for"]

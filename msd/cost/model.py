@@ -230,8 +230,9 @@ def msd_cost(hw: Hardware, mm: Matmul, slices: int) -> Cost:
         total = max(mem, matrix + stall) + launch
         return Cost(total, mem, matrix, vector, stall, 0.0, launch, nbytes, 2)
     if hw.fused_msd:  # msd's quantizer (x in, slices out) and its kernel (weight + slices in, y out)
-        t_q = _combine(hw, (x + sl) / hw.bandwidth, dec_ops / hw.vector)
-        t_k = _combine(hw, (wq + sl + y) / hw.bandwidth, matrix + rec_ops / hw.vector)
+        kv = hw.kernel_vector or hw.vector
+        t_q = _combine(hw, (x + sl) / hw.bandwidth, dec_ops / kv)
+        t_k = _combine(hw, (wq + sl + y) / hw.bandwidth, matrix + rec_ops / kv)
         launch = 2 * hw.launch_s
         nbytes = wq + x + 2 * sl + y
         return Cost(t_q + t_k + launch, nbytes / hw.bandwidth, matrix, vector, 0.0, 0.0, launch, nbytes, 2)

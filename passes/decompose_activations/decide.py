@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from iree.compiler import ir
 
-from msd.cost.hardware import iree_lowering, profile_for
+from msd.cost.hardware import PROFILES, cpu_kernel, iree_lowering, profile_for
 from msd.cost.model import DYNAMIC_M, Matmul, Policy
 
 from .. import _ir
@@ -28,8 +28,11 @@ def policy_for(options: DecomposeOptions) -> Policy | None:
     if not options.target:
         return None
     hw = profile_for(options.target)
-    if options.gpu_kernel == "none":  # the int8 matmuls are IREE's to lower: cost them so
+    kernel = options.cpu_kernel if hw.kind == "cpu" else options.gpu_kernel
+    if kernel == "none":  # the int8 matmuls are IREE's to lower: cost them so
         hw = iree_lowering(hw)
+    elif hw.kind == "cpu" and options.target not in PROFILES:  # a target's CPU: msd's fused kernel (a profile
+        hw = cpu_kernel(hw)  # named explicitly is costed as it is)
     return Policy(hw, options.requested_slices, options.min_bits, options.dynamic_m or DYNAMIC_M)
 
 
