@@ -4,12 +4,18 @@
                                                      # → the "cost_calibration.py" block of docs/targets.md
     python benchmarks/cost_calibration.py --fit      # fit the cpu-host profile to docs/benchmarks.md (no run)
     python benchmarks/cost_calibration.py --quick    # M=1,16 of one shape, 2 rounds: a smoke test (no docs)
+    python benchmarks/cost_calibration.py --kernel   # cpu-host-kernel against the fused-kernel runs recorded
+                                                     # in docs/benchmarks.md (no run)
 
 The shapes are those of ``benchmarks/linear.py`` (4096x4096 as a chain of 4 layers, 4096→11008 and
 11008→4096; M = 1, 16, 128), built with its ``make_layers`` and timed with its ``time_calls``/``warm_up``:
 IREE's own lowering (``slices=0``) and MSD with 1, 2 and 3 slices, interleaved round-robin, per-layer
 median.  For each (shape, M, p) the measured ratio time(MSD p) / time(baseline) is compared with
 ``msd.cost.model.estimate(cpu-host, ...)``; a prediction passes within ±30 % of the measured ratio.
+
+``--kernel`` reads the fused-kernel tables of docs/benchmarks.md ("Fused CPU kernel": each under the
+``linear.py --format FORMAT`` command that produced it) and compares each "MSD p=N fused kernel" median
+with the ``cpu-host-kernel`` profile's prediction (msd's quantizer and kernel, two dispatches).
 
 ``--fit`` reads the per-layer medians of the linear.py run recorded in docs/benchmarks.md and fits the
 seven constants of the ``cpu-host`` profile (bandwidth, f32 and int8 matrix rates, vector rate, dispatch
@@ -82,6 +88,68 @@ def predict(hw, pt: Point, p: int) -> tuple[float, float]:
     k, n, layers = pt.kn
     est = estimate(hw, Matmul(pt.m, n, k, chain=layers), p)
     return est.baseline.total_s * 1e3, est.msd.total_s * 1e3
+
+
+# ============================================================================= the fused kernel (documented runs)
+KERNEL_FORMATS = {"int8": (8, None, False), "int4-g32": (4, 32, True)}  # weight bits, group, offset
+
+
+@dataclass(frozen=True)
+class KernelPoint:
+    fmt: str
+    shape: str
+    m: int
+    slices: int
+    ms: float  # per layer, measured
+
+
+def parse_kernel_runs(path: Path) -> list[KernelPoint]:
+    """The "MSD p=N fused kernel" per-layer medians of the results tables in the "Fused CPU kernel" section
+    of ``path``, each table's weight format from the ``linear.py --format`` command above it."""
+    text = path.read_text().split("## Fused CPU kernel", 1)[-1].split("\n# ", 1)[0]
+    points, fmt, header = [], None, None
+    for line in text.splitlines():
+        found = re.search(r"linear\.py --format (\S+)", line)
+        if found and "--cold" not in line:
+            fmt, header = found.group(1), None
+            continue
+        if "--cold" in line:
+            fmt = None
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or fmt not in KERNEL_FORMATS:
+            continue
+        if cells[:2] == ["shape", "M"]:
+            header = cells if any("fused kernel" in c and ":" not in c for c in cells) else None
+            continue
+        if header is None or cells[0] not in SHAPES or not cells[1].isdigit():
+            continue
+        for col, cell in zip(header, cells):
+            found = re.fullmatch(r"MSD p=(\d) fused kernel", col)
+            if found and re.fullmatch(r"[0-9.]+", cell):
+                points.append(KernelPoint(fmt, cells[0], int(cells[1]), int(found.group(1)), float(cell)))
+    if not points:
+        raise SystemExit(f"no fused-kernel results tables found in {path}")
+    return points
+
+
+def kernel_table(points: Sequence[KernelPoint]) -> tuple[list[str], int]:
+    """The comparison with cpu-host-kernel, and how many predictions are within ±30 %."""
+    from msd.cost.hardware import CPU_HOST_KERNEL
+    from msd.cost.model import Matmul, estimate
+
+    lines = ["| format | shape | M | p | measured ms | predicted ms | predicted / measured | within ±30 % |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    passed = 0
+    for pt in points:
+        k, n, _ = SHAPES[pt.shape]
+        bits, group, offset = KERNEL_FORMATS[pt.fmt]
+        pred = estimate(CPU_HOST_KERNEL, Matmul(pt.m, n, k, weight_bits=bits, group=group, offset=offset),
+                        pt.slices).msd.total_s * 1e3
+        ok = abs(pred / pt.ms - 1) <= TOLERANCE
+        passed += ok
+        lines.append(f"| {pt.fmt} | {pt.shape} | {pt.m} | {pt.slices} | {pt.ms:.3g} | {pred:.3g} | "
+                     f"{pred / pt.ms:.2f} | {'yes' if ok else '**no**'} |")
+    return lines, passed
 
 
 # ============================================================================= fit (documented measurements)
@@ -251,8 +319,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--stat", choices=("min", "median"), default="min",
                     help="per-call statistic compared (default min: other processes on the machine can only "
                     "slow a call down)")
+    ap.add_argument("--kernel", nargs="?", const=str(BENCH_DOC), default=None, metavar="REPORT",
+                    help="compare cpu-host-kernel with the fused-kernel runs in REPORT (default docs/benchmarks.md)")
     args = ap.parse_args(argv)
 
+    if args.kernel:
+        lines, passed = kernel_table(parse_kernel_runs(Path(args.kernel)))
+        print("\n".join(lines))
+        print(f"\n{passed} of {len(lines) - 2} predictions within ±30 %")
+        return 0
     if args.fit:
         points = parse_benchmarks(Path(args.fit))
         values = fit(points)
