@@ -12,9 +12,9 @@ group) float scale and, for weights with a zero point or min, the offset times t
 No per-group partial leaves the registers: each group's integer dots go to f32 and into the row's
 accumulator right away, and all slices of a row reuse each weight vector loaded.  A scale ``s`` per row
 multiplies the row's sum once, after the group loop (one multiply per group fewer); the offset term is
-summed by a second loop over the groups, whose accumulators would not fit beside the dots' (measured:
-int4 groups of 32, K = 4096, M = 512, the kernel alone: the group's f32 work went from 6 to 4 operations
-per (tile, row), +4%).
+summed by a second loop over the groups, whose accumulators would not fit beside the dots': a group's
+f32 work per (tile, row) is 4 operations for p=2 with a scale per row, 5 with one per group (6 before;
+measured with a scale per row: int4 groups of 32, K = 4096, M = 512, the kernel alone, +4%).
 
 Layouts (``W`` = lanes: 16 for AVX-512, 8 for 256-bit AVX-VNNI and AVX2, 4 for Arm NEON;
 ``NT = ceil(N/W)``, ``G`` groups of ``g``):
