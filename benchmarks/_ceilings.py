@@ -20,6 +20,12 @@ import torch
 from msd.passes.decompose_activations.cpu_kernel import ISAS
 
 CHAINS = 16  # independent accumulators per thread: more than the dot's latency × throughput
+
+
+def _chains(isa: str) -> int:
+    """Accumulators per thread: AVX2's form (16 ymm registers) uses 8, each chain's operand loaded in the loop
+    (at row (i + j) mod 8: loop-invariant multiplies would be hoisted and leave only the adds)."""
+    return 8 if ISAS[isa].dot == "maddubs" else CHAINS
 ITERS = 200_000
 
 
@@ -50,6 +56,7 @@ def _peak_module(isa: str, threads: int) -> str:
     vi, vb = f"vector<{lanes}xi32>", f"vector<{4 * lanes}xi8>"
     vh = f"vector<{2 * lanes}xi16>"
     dot = ISAS[isa].dot
+    chains = _chains(isa)
     lines = [
         "module {",
         "stream.executable private @peak_ex {",
@@ -64,21 +71,26 @@ def _peak_module(isa: str, threads: int) -> str:
         "      %c1 = arith.constant 1 : index",
         f"      %n = arith.constant {ITERS} : index",
         f"      %a = stream.binding.subspan %a_b[%c0] : !stream.binding -> memref<{4 * lanes}xi8>",
-        f"      %b = stream.binding.subspan %b_b[%c0] : !stream.binding -> memref<{CHAINS}x{4 * lanes}xi8>",
+        f"      %b = stream.binding.subspan %b_b[%c0] : !stream.binding -> memref<{chains}x{4 * lanes}xi8>",
         f"      %o = stream.binding.subspan %o_b[%c0] : !stream.binding -> memref<{threads}x{lanes}xi32>",
         f"      %av = vector.load %a[%c0] : memref<{4 * lanes}xi8>, {vb}",
         f"      %zi = arith.constant dense<0> : {vi}",
         f"      %ones = arith.constant dense<1> : {vh}",
+        f"      %mask = arith.constant {chains - 1} : index",
     ]
-    for j in range(CHAINS):
+    for j in range(chains):
         lines.append(f"      %cj{j} = arith.constant {j} : index")
-        lines.append(f"      %bv{j} = vector.load %b[%cj{j}, %c0] : memref<{CHAINS}x{4 * lanes}xi8>, {vb}")
-    starts = ", ".join(f"%s{j} = %zi" for j in range(CHAINS))
-    lines.append(f"      %r:{CHAINS} = scf.for %i = %c0 to %n step %c1 iter_args({starts}) -> "
-                 f"({', '.join([vi] * CHAINS)}) {{")
+        if dot != "maddubs":
+            lines.append(f"      %bv{j} = vector.load %b[%cj{j}, %c0] : memref<{chains}x{4 * lanes}xi8>, {vb}")
+    starts = ", ".join(f"%s{j} = %zi" for j in range(chains))
+    lines.append(f"      %r:{chains} = scf.for %i = %c0 to %n step %c1 iter_args({starts}) -> "
+                 f"({', '.join([vi] * chains)}) {{")
     outs = []
-    for j in range(CHAINS):
+    for j in range(chains):
         if dot == "maddubs":
+            lines.append(f"        %ij{j} = arith.addi %i, %cj{j} : index")
+            lines.append(f"        %ix{j} = arith.andi %ij{j}, %mask : index")
+            lines.append(f"        %bv{j} = vector.load %b[%ix{j}, %c0] : memref<{chains}x{4 * lanes}xi8>, {vb}")
             lines.append(f"        %h{j} = llvm.call_intrinsic \"llvm.x86.avx2.pmadd.ub.sw\"(%av, %bv{j}) : "
                          f"({vb}, {vb}) -> {vh}")
             lines.append(f"        %d{j} = llvm.call_intrinsic \"llvm.x86.avx2.pmadd.wd\"(%h{j}, %ones) : "
@@ -88,10 +100,10 @@ def _peak_module(isa: str, threads: int) -> str:
             lines.append(f"        %t{j} = llvm.call_intrinsic \"{ISAS[isa].intrinsic}\"(%s{j}, %av, %bv{j}) : "
                          f"({vi}, {vb}, {vb}) -> {vi}")
         outs.append(f"%t{j}")
-    lines.append(f"        scf.yield {', '.join(outs)} : {', '.join([vi] * CHAINS)}")
+    lines.append(f"        scf.yield {', '.join(outs)} : {', '.join([vi] * chains)}")
     lines.append("      }")
     total = "%r#0"
-    for j in range(1, CHAINS):
+    for j in range(1, chains):
         lines.append(f"      %sum{j} = arith.addi {total}, %r#{j} : {vi}")
         total = f"%sum{j}"
     lines += [
@@ -101,9 +113,9 @@ def _peak_module(isa: str, threads: int) -> str:
         "    }",
         "  }",
         "}",
-        f"util.func public @peak(%a: tensor<{4 * lanes}xi8>, %b: tensor<{CHAINS}x{4 * lanes}xi8>) -> "
+        f"util.func public @peak(%a: tensor<{4 * lanes}xi8>, %b: tensor<{chains}x{4 * lanes}xi8>) -> "
         f"tensor<{threads}x{lanes}xi32> {{",
-        f"  %y = flow.dispatch @peak_ex::@peak(%a, %b) : (tensor<{4 * lanes}xi8>, tensor<{CHAINS}x{4 * lanes}xi8>) -> "
+        f"  %y = flow.dispatch @peak_ex::@peak(%a, %b) : (tensor<{4 * lanes}xi8>, tensor<{chains}x{4 * lanes}xi8>) -> "
         f"tensor<{threads}x{lanes}xi32>",
         f"  util.return %y : tensor<{threads}x{lanes}xi32>",
         "}",
@@ -126,9 +138,9 @@ def dot_peak(isa: str, threads: int, rounds: int = 5) -> float:
     fn = ctx.modules.module["peak"]
     lanes = ISAS[isa].lanes
     a = np.ones(4 * lanes, np.int8)
-    b = np.ones((CHAINS, 4 * lanes), np.int8)
+    b = np.ones((_chains(isa), 4 * lanes), np.int8)
     out = np.asarray(fn(a, b))
-    expected = ITERS * CHAINS * 4
+    expected = ITERS * _chains(isa) * 4
     if not (out == expected).all():  # the loop really ran (nothing folded away)
         raise RuntimeError(f"dot peak kernel computed {out.ravel()[:4]}, expected {expected}")
     best = 0.0
@@ -136,7 +148,7 @@ def dot_peak(isa: str, threads: int, rounds: int = 5) -> float:
         t0 = time.perf_counter()
         np.asarray(fn(a, b))
         dt = time.perf_counter() - t0
-        best = max(best, threads * ITERS * CHAINS * lanes * 4 * 2 / dt / 1e9)
+        best = max(best, threads * ITERS * _chains(isa) * lanes * 4 * 2 / dt / 1e9)
     return best
 
 

@@ -163,16 +163,15 @@ CPU_AARCH64_I8MM = Hardware(
 # epilogue), measured on this repo's 2-core Intel Xeon VM (AVX-512 VNNI; benchmarks/linear.py,
 # docs/benchmarks.md "Fused CPU kernel"): int8 per channel, 4096->11008 and 11008->4096, M = 512, p = 2:
 # 80.8 and 81.0 ms per layer = 1.14 TOP/s = 80% of the vpdpbusd peak measured in that run (1.43 TOP/s).
-# The other VNNI and Arm profiles take 65% of their byte-dot peak (an assumption from that measurement,
-# less the quantizer's and the host copies' share of a whole call; not measured on them).  cpu-avx2: 30%:
-# the AVX2 variant (vpsignb + vpmaddubsw + vpmaddwd + vpaddd per 32 int8 MACs) reached 27% of its
-# instruction sequence's peak on the same VM (281 of 1038 GOP/s, the kernel alone, int8 per channel,
-# M = 512), and that sequence's peak on the Zen3 of cpu-avx2 is about its i8 peak.
+# The other profiles take 65% of their byte-dot peak (an assumption from that measurement, less the
+# quantizer's and the host copies' share of a whole call; not measured on them).  The AVX2 variant
+# (vpsignb + vpmaddubsw + vpmaddwd + vpaddd per 32 int8 MACs) reached 85% of its instruction sequence's
+# peak on the same VM (the kernel alone, int8 per channel, M = 512: 281 of 330 GOP/s), and that
+# sequence's peak on the Zen3 of cpu-avx2 is about its i8 peak (2 multiplies per cycle).
 # kernel_vector: the SIMD peak (cores x 2 ports x lanes x clock), at which the kernels' own vector code
 # (the quantizer, the f32 epilogue) is costed.
 KERNEL_SUFFIX = "-kernel"
 KERNEL_SHARE = 0.65
-AVX2_KERNEL_SHARE = 0.30
 CPU_HOST_KERNEL = replace(
     CPU_HOST, name="cpu-host" + KERNEL_SUFFIX, title="this machine with msd's fused CPU kernel (measured on the "
     "2-core AVX-512 VNNI Intel Xeon VM)", fused_msd=True, matrix={**CPU_HOST.matrix, "i8": 1.14 * T},
@@ -181,9 +180,9 @@ CPU_HOST_KERNEL = replace(
              "kernel_vector: 2 cores x 2 ports x 16 f32 lanes x 2.6 GHz"))
 CPU_AVX2_KERNEL = replace(
     CPU_AVX2, name="cpu-avx2" + KERNEL_SUFFIX, title=CPU_AVX2.title + ", msd's fused AVX2 kernel", fused_msd=True,
-    matrix={**CPU_AVX2.matrix, "i8": AVX2_KERNEL_SHARE * CPU_AVX2.peak["i8"]}, kernel_vector=CPU_AVX2.vector,
-    sources=(*CPU_AVX2.sources, f"fused kernel: {AVX2_KERNEL_SHARE:.0%} of the i8 peak (its share measured on the "
-             "AVX-512 VM, 27%; not measured on a Zen3)"))
+    matrix={**CPU_AVX2.matrix, "i8": KERNEL_SHARE * CPU_AVX2.peak["i8"]}, kernel_vector=CPU_AVX2.vector,
+    sources=(*CPU_AVX2.sources, f"fused kernel: {KERNEL_SHARE:.0%} of the i8 peak (assumed; the AVX2 variant reached "
+             "85% of its sequence's peak on the AVX-512 VM; not measured on a Zen3)"))
 CPU_AVX512_VNNI_KERNEL = replace(
     CPU_AVX512_VNNI, name="cpu-avx512-vnni" + KERNEL_SUFFIX, title=CPU_AVX512_VNNI.title + ", msd's fused VNNI "
     "kernel", fused_msd=True, matrix={**CPU_AVX512_VNNI.matrix, "i8": KERNEL_SHARE * CPU_AVX512_VNNI.peak["i8"]},
