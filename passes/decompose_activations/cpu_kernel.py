@@ -293,7 +293,7 @@ class _Writer:
         args = ", ".join(f"%{b}_b: !stream.binding" for b in bindings)
         e(f"    func.func @{s.symbol}({args}, %m: index) {{")
         for v in sorted({0, 1, 4, 8, 16, *range(max(s.rows, p, s.cols)), w, s.rows, s.cols, gr, s.group // 4,
-                         s.group // 8, s.weight_steps, nt, s.n, s.tiles_per_workgroup, gr * s.weight_steps}):
+                         s.group // 8, s.weight_steps, nt, s.n, s.tiles_per_workgroup}):
             e(f"      %c{v} = arith.constant {v} : index")
         for b in bindings:
             dyn = "{%m}" if types[b].startswith("memref<?") else ""
@@ -302,6 +302,7 @@ class _Writer:
         e(f"      %wflat = memref.collapse_shape %w [[0, 1, 2, 3]] : {self.t_w} into memref<{self.w_bytes}xi8>")
         e(f"      %wlast = arith.constant {self.w_bytes - 1} : index")
         e(f"      %pfstep = arith.constant {s.step_bytes} : index")
+        e(f"      %tilebytes = arith.constant {gr * s.weight_steps * s.step_bytes} : index")
         e(f"      %pfahead = arith.constant {PREFETCH_BYTES} : index")
         e(f"      %zf = arith.constant dense<0.0> : {vf}")
         if not s.weight_bias:  # the accumulators' start
@@ -328,6 +329,8 @@ class _Writer:
             e(f"        %n0_{c} = arith.muli %tt{c}, %c{w} : index")
             e(f"        %nleft{c} = arith.subi %c{s.n}, %n0_{c} : index")
             e(f"        %nmask{c} = vector.create_mask %nleft{c} : vector<{w}xi1>")
+            e(f"        %tb{c} = arith.muli %tt{c}, %tilebytes : index")  # the prefetches' start in the tile
+            e(f"        %pft{c} = arith.addi %tb{c}, %pfahead : index")
         # the first row block reads the tiles' weights from memory (prefetching them); the next ones find
         # them in the cache.  The remainder rows prefetch too (they are the first readers when M < rows).
         e(f"        %mfirst = arith.minui %mmain, %c{s.rows} : index")
@@ -353,7 +356,6 @@ class _Writer:
         slice."""
         s, e = self.s, self.emit
         vi, vf, p, cols = self.vi, self.vf, s.slices, s.cols
-        self.pf = prefetch
         ind = "          "
         for r in range(rows):
             e(f"{ind}%{tag}row{r} = arith.addi %m0, %c{r} : index")
@@ -365,7 +367,8 @@ class _Writer:
         e(f"{ind}%{tag}acc:{len(facc)} = scf.for %g = %c0 to %c{s.groups} step %c1 iter_args({fa}) -> "
           f"({', '.join([vf] * len(facc))}) {{")
         ind2 = ind + "  "
-        ints = self.dots_mmla(rows, tag, ind2) if ISAS[s.isa].dot == "smmla" else self.dots(rows, tag, ind2)
+        dots = self.dots_mmla if ISAS[s.isa].dot == "smmla" else self.dots
+        ints = dots(rows, tag, ind2, prefetch)
         for c in range(cols):
             e(f"{ind2}%{tag}sc{c} = vector.load %scale[%tt{c}, %g, %c0] : {self.t_f}, {vf}")
         for r in range(rows):
@@ -421,35 +424,24 @@ class _Writer:
 
 
     def prefetch(self, ind: str, tag: str, step: str) -> None:
-        """Ask for the weight bytes PREFETCH_BYTES past this K step's, in every channel tile of the block."""
-        s, e = self.s, self.emit
-        if not self.pf:
-            return
+        """Ask for the weight bytes PREFETCH_BYTES past this K step's (``kb0 + step``: the step in the
+        tile), in every channel tile of the block."""
+        e = self.emit
         e(f"{ind}%{tag}pfs = arith.addi %{tag}kb0, {step} : index")
         e(f"{ind}%{tag}pfb = arith.muli %{tag}pfs, %pfstep : index")
-        for c in range(s.cols):
-            e(f"{ind}%{tag}pf{c} = arith.addi %{tag}pft{c}, %{tag}pfb : index")
+        for c in range(self.s.cols):
+            e(f"{ind}%{tag}pf{c} = arith.addi %pft{c}, %{tag}pfb : index")
             e(f"{ind}%{tag}pfc{c} = arith.minui %{tag}pf{c}, %wlast : index")
             e(f"{ind}memref.prefetch %wflat[%{tag}pfc{c}], read, locality<3>, data : memref<{self.w_bytes}xi8>")
 
-    def prefetch_base(self, ind: str, tag: str) -> None:
-        """Per group: ``kb0`` its first K step in the tile, ``pft{c}`` tile c's first byte + PREFETCH_BYTES."""
-        s, e = self.s, self.emit
-        if not self.pf:
-            return
-        e(f"{ind}%{tag}kb0 = arith.muli %g, %c{s.weight_steps} : index")
-        for c in range(s.cols):
-            e(f"{ind}%{tag}pt{c} = arith.muli %tt{c}, %c{s.groups * s.weight_steps} : index")
-            e(f"{ind}%{tag}ptb{c} = arith.muli %{tag}pt{c}, %pfstep : index")
-            e(f"{ind}%{tag}pft{c} = arith.addi %{tag}ptb{c}, %pfahead : index")
-
-    def dots(self, rows: int, tag: str, ind2: str) -> dict[tuple[int, int, int], str]:
+    def dots(self, rows: int, tag: str, ind2: str, prefetch: bool) -> dict[tuple[int, int, int], str]:
         """One group's integer dots, the activation word broadcast to every lane (VNNI, AVX2, sdot):
-        the i32 vector of each (tile, row, slice)."""
+        the i32 vector of each (tile, row, slice); ``prefetch``: also ask for the weights ahead."""
         s, e = self.s, self.emit
         vi, vb, p, cols = self.vi, self.vb, s.slices, s.cols
         e(f"{ind2}%{tag}kb = arith.muli %g, %c{s.group // 4} : index")
-        self.prefetch_base(ind2, tag)
+        if prefetch:  # the group's first K step in the tile
+            e(f"{ind2}%{tag}kb0 = arith.muli %g, %c{s.weight_steps} : index")
         iacc = [(c, r, q) for c in range(cols) for r in range(rows) for q in range(p)]
         if s.weight_bias:  # the accumulators' start: -bias·Σa of the (row, slice) in this group, every lane
             for r in range(rows):
@@ -467,7 +459,8 @@ class _Writer:
         halves = [("", f"%{tag}kb")]
         for c in range(cols):
             e(f"{ind3}%{tag}wv{c} = vector.load %w[%tt{c}, %g, %k4, %c0] : {self.t_w}, {vb}")
-        self.prefetch(ind3, tag, "%k4")
+        if prefetch:
+            self.prefetch(ind3, tag, "%k4")
         if s.nibbles:  # low nibbles: quads k4 of the group; high nibbles: quads k4 + g/8
             halves = [("l", f"%{tag}kb"), ("h", f"%{tag}kb2")]
             e(f"{ind3}%{tag}kb2 = arith.addi %{tag}kb, %c{s.weight_steps} : index")
@@ -513,7 +506,7 @@ class _Writer:
         e(f"{ind2}}}")
         return {key: f"%{tag}d#{i}" for i, key in enumerate(iacc)}
 
-    def dots_mmla(self, rows: int, tag: str, ind2: str) -> dict[tuple[int, int, int], str]:
+    def dots_mmla(self, rows: int, tag: str, ind2: str, prefetch: bool) -> dict[tuple[int, int, int], str]:
         """One group's integer dots with ``smmla``: the (row, slice) units in pairs, each pair's 8 codes
         of K against a pair of channels; the i32 vector of each (tile, row, slice) gathered after the
         loop.  The weight step of a tile is ``[channel pair, channel, 8 codes]`` (32 bytes)."""
@@ -524,7 +517,8 @@ class _Writer:
             units.append(None)
         pairs = [(units[i], units[i + 1]) for i in range(0, len(units), 2)]
         e(f"{ind2}%{tag}kb = arith.muli %g, %c{s.group // 8} : index")
-        self.prefetch_base(ind2, tag)
+        if prefetch:  # the group's first K step in the tile
+            e(f"{ind2}%{tag}kb0 = arith.muli %g, %c{s.weight_steps} : index")
         accs = [(c, cp, i) for c in range(cols) for cp in range(2) for i in range(len(pairs))]
         starts = ", ".join(f"%{tag}M{c}_{cp}_{i} = %zi" for c, cp, i in accs)
         e(f"{ind2}%{tag}d:{len(accs)} = scf.for %k8 = %c0 to %c{s.weight_steps} step %c1 iter_args({starts}) -> "
@@ -534,7 +528,8 @@ class _Writer:
         for c in range(cols):
             for cp in range(2):
                 e(f"{ind3}%{tag}wv{c}_{cp} = vector.load %w[%tt{c}, %g, %k8, %c{16 * cp}] : {self.t_w}, {vb}")
-        self.prefetch(ind3, tag, "%k8")
+        if prefetch:
+            self.prefetch(ind3, tag, "%k8")
         if s.nibbles:  # low nibbles: octets k8 of the group; high nibbles: octets k8 + g/16
             halves = [("l", f"%{tag}kb"), ("h", f"%{tag}kb2")]
             e(f"{ind3}%{tag}kb2 = arith.addi %{tag}kb, %c{s.weight_steps} : index")
