@@ -44,21 +44,9 @@ def _needs(isa: str) -> None:
 # The kernel alone
 
 
-def _module(spec: KernelSpec, emulate: bool = False) -> str:
-    types = spec.operand_types()
-    args = ", ".join(f"%a{i}: {t}" for i, t in enumerate(types))
-    dims = ", ".join(f"{t}{{%m}}" if "?" in t else t for t in types)
-    names = ", ".join(f"%a{i}" for i in range(len(types)))
-    out = spec.result_type()
-    return (f"module {{\n{spec.executable(emulate)}\nutil.func public @linear({args}) -> {out} {{\n"
-            f"  %c0 = arith.constant 0 : index\n  %m = tensor.dim %a0, %c0 : {types[0]}\n"
-            f"  %y = flow.dispatch @{spec.symbol}::@{spec.symbol}[%m]({names}, %m) : ({dims}, index) -> {out}{{%m}}\n"
-            f"  util.return %y : {out}\n}}\n}}\n")
-
-
 def _compile(spec: KernelSpec, tmp: Path, cpu: str = "host", dump: Path | None = None, emulate: bool = False) -> Path:
     src, out = tmp / "kernel.mlir", tmp / "kernel.vmfb"
-    src.write_text(_module(spec, emulate))
+    src.write_text(spec.standalone_module(emulate))
     target = list(resolve(f"llvm-cpu:{cpu}").flags)  # the flags msd.compile uses (aarch64: triple + features)
     cmd = [find_tool("iree-compile"), str(src), *target, "-o", str(out)]
     if dump is not None:

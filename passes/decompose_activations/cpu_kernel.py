@@ -208,6 +208,19 @@ class KernelSpec:
         can be checked numerically on a CPU without them (the tests do; never used to compile a model)."""
         return _Writer(self, emulate).executable()
 
+    def standalone_module(self, emulate: bool = False) -> str:
+        """A module whose function ``linear`` takes the operands (:meth:`operand_types`) and dispatches the
+        kernel alone: what the tests and ``benchmarks/kernel.py`` compile."""
+        types = self.operand_types()
+        args = ", ".join(f"%a{i}: {t}" for i, t in enumerate(types))
+        dims = ", ".join(f"{t}{{%m}}" if "?" in t else t for t in types)
+        names = ", ".join(f"%a{i}" for i in range(len(types)))
+        out, sym = self.result_type(), self.symbol
+        return (f"module {{\n{self.executable(emulate)}\nutil.func public @linear({args}) -> {out} {{\n"
+                f"  %c0 = arith.constant 0 : index\n  %m = tensor.dim %a0, %c0 : {types[0]}\n"
+                f"  %y = flow.dispatch @{sym}::@{sym}[%m]({names}, %m) : ({dims}, index) -> {out}{{%m}}\n"
+                f"  util.return %y : {out}\n}}\n}}\n")
+
 
 class _Writer:
     """Builds the kernel's text line by line (SSA names are made unique per register block)."""

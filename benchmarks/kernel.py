@@ -1,0 +1,145 @@
+"""The fused CPU kernel alone: one dispatch of ``cpu_kernel.KernelSpec``, no quantizer, no host copies.
+
+    python benchmarks/kernel.py --shapes 4096x11008,11008x4096 --ms 512 --act-scale group,row
+    python benchmarks/kernel.py --shapes 4096x44032 --ms 1 --cold --prefetch 0,2048,4096,8192,16384
+    python benchmarks/kernel.py --shapes 4096x11008,4160x11008 --ms 512 --act-scale row     # code-row stride
+    python benchmarks/kernel.py --shapes 4096x11008 --ms 512 --blocks 4x2,8x1,6x1 --act-scale row
+    python benchmarks/kernel.py --format int8 --isas avx2,avx512-vnni --shapes 4096x11008 --ms 512
+
+Every combination of the lists given (shapes KxN, M, ISA, activation scale per group of K or per row,
+register block ROWSxTILES, prefetch distance) is compiled as the pass would emit it (register block and
+workgroups from ``emit_kernel``, unless ``--blocks``), its operands random in the kernel's layouts (the
+timing does not depend on the values), and timed in interleaved rounds (``--rounds``, each a block of
+``--calls`` calls per configuration).  Printed per configuration: the median call and its 10th/90th
+percentiles (a bimodal row shows there), int8 GOP/s (2·M·N·K·slices) as a share of the ISA's dot-product
+peak, and the packed weight bytes per second as a share of the read bandwidth, both ceilings measured in
+the same run (``_ceilings.py``).  ``--cold`` writes a buffer twice the L3 size before every timed call
+(pick a large N: a cold call's fixed cost is ~0.3 ms); ``--threads`` sets IREE's worker count.
+The docs' kernel-alone figures (docs/benchmarks.md "Fused CPU kernel") come from the commands above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ceilings import dot_peak, read_bandwidth  # noqa: E402
+from _machine import cpu_model  # noqa: E402
+from linear import cache_flusher  # noqa: E402
+
+FORMATS = {"int4-g32": (32, True), "int8-g32": (32, False), "int8": (None, False)}  # group (None: K), nibbles
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def spec_for(fmt: str, k: int, n: int, isa: str, per_group: bool, block: tuple[int, int] | None, slices: int):
+    from msd.passes.decompose_activations import emit_kernel
+    from msd.passes.decompose_activations.cpu_kernel import ISAS, KernelSpec
+
+    group, nibbles = FORMATS[fmt]
+    rows, cols = block or emit_kernel._register_block(ISAS[isa].lanes, slices)
+    per_tile = emit_kernel._tiles_per_workgroup(n, isa, cols)
+    return KernelSpec(isa, n, k, group or k, slices, per_group and group is not None, offset=fmt == "int4-g32",
+                      rows=rows, cols=cols, tiles_per_workgroup=per_tile, nibbles=nibbles)
+
+
+def operands(spec, m: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Random arrays of the dispatch's operand types (``?`` = ``m``)."""
+    out = []
+    for t in spec.operand_types():
+        *dims, elem = t.removeprefix("tensor<").removesuffix(">").split("x")
+        shape = [m if d == "?" else int(d) for d in dims]
+        if elem == "f32":
+            out.append((rng.random(shape) + 0.5).astype(np.float32))
+        elif elem == "i32":
+            out.append(rng.integers(-1000, 1000, shape).astype(np.int32))
+        else:
+            out.append(rng.integers(-127, 128, shape).astype(np.int8))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--format", default="int4-g32", choices=sorted(FORMATS))
+    ap.add_argument("--shapes", default="4096x11008", help="comma-separated KxN")
+    ap.add_argument("--ms", default="512", help="comma-separated M")
+    ap.add_argument("--isas", default="", help="comma-separated kernel ISAs (default: this CPU's first)")
+    ap.add_argument("--slices", type=int, default=2)
+    ap.add_argument("--act-scale", default="group", help="group and/or row: the activation scale per K group or row")
+    ap.add_argument("--blocks", default="", help="comma-separated ROWSxTILES register blocks (default: the pass's)")
+    ap.add_argument("--prefetch", default="", help="comma-separated prefetch distances in bytes (default: "
+                    "cpu_kernel.PREFETCH_BYTES)")
+    ap.add_argument("--cold", action="store_true", help="evict the caches before every timed call")
+    ap.add_argument("--threads", type=int, default=0, help="IREE workers (default: IREE's)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--calls", type=int, default=8)
+    args = ap.parse_args(argv)
+
+    import iree.compiler as ireec
+    import iree.runtime as rt
+
+    from msd.compiler.pipeline.targets import kernel_isas, resolve
+    from msd.passes.decompose_activations import cpu_kernel
+
+    if args.threads:
+        rt.flags.parse_flags(f"--task_topology_group_count={args.threads}")
+    isas = [i for i in args.isas.split(",") if i] or kernel_isas(resolve("llvm-cpu"))[:1]
+    if not isas:
+        raise SystemExit("this CPU has none of the fused kernel's ISAs")
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    blocks = [tuple(int(v) for v in b.split("x")) for b in args.blocks.split(",") if b] or [None]
+    prefetches = _ints(args.prefetch) or [cpu_kernel.PREFETCH_BYTES]
+    scales = [s for s in args.act_scale.split(",") if s]
+    config = rt.Config("local-task")
+    rng = np.random.default_rng(0)
+    runs = []
+    for (k, n), m, isa, scale, block, pf in itertools.product(shapes, _ints(args.ms), isas, scales, blocks,
+                                                               prefetches):
+        spec = spec_for(args.format, k, n, isa, scale == "group", block, args.slices)
+        cpu_kernel.PREFETCH_BYTES = pf  # read when the kernel's text is written
+        vmfb = ireec.compile_str(spec.standalone_module(), extra_args=list(resolve("llvm-cpu").flags))
+        ctx = rt.SystemContext(config=config)
+        ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb))
+        fn = ctx.modules.module["linear"]
+        ops = operands(spec, m, rng)
+        dev = [rt.asdevicearray(config.device, o) for o in ops]
+        fn(*dev)
+        weight = sum(o.nbytes for o, role in zip(ops, spec.roles()) if role in ("w", "scale", "off"))
+        label = f"{k}x{n} M={m} {isa} scale/{scale} block {spec.rows}x{spec.cols} prefetch {pf}"
+        runs.append((label, isa, fn, dev, 2 * m * n * k * spec.slices, weight, []))
+    flush = cache_flusher() if args.cold else None
+    for _ in range(args.rounds):
+        for _, _, fn, dev, _, _, times in runs:
+            for _ in range(args.calls):
+                if flush is not None:
+                    flush()
+                t0 = time.perf_counter()
+                fn(*dev)
+                times.append(time.perf_counter() - t0)
+    threads = args.threads or 2
+    peaks = {isa: dot_peak(isa, threads) for isa in isas}
+    bandwidth = read_bandwidth(threads)
+    print(f"{cpu_model()}; format {args.format}, p={args.slices}, {'cold' if args.cold else 'warm'}, "
+          f"{args.rounds}x{args.calls} calls; read bandwidth {bandwidth:.1f} GB/s, dot peak "
+          f"{', '.join(f'{i} {p:.0f}' for i, p in peaks.items())} GOP/s (same run)")
+    print("| configuration | median ms | p10 / p90 ms | int8 GOP/s (of peak) | weight GB/s (of read) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for label, isa, _, _, ops, weight, times in runs:
+        med, p10, p90 = (float(np.percentile(times, q)) for q in (50, 10, 90))
+        gops, gbs = ops / med / 1e9, weight / med / 1e9
+        print(f"| {label} | {med * 1e3:.3f} | {p10 * 1e3:.2f} / {p90 * 1e3:.2f} | {gops:.0f} ({gops / peaks[isa]:.0%}) "
+              f"| {gbs:.1f} ({gbs / bandwidth:.0%}) |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
