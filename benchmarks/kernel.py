@@ -2,12 +2,13 @@
 
     python benchmarks/kernel.py --shapes 4096x11008,11008x4096 --ms 512 --act-scale group,row
     python benchmarks/kernel.py --shapes 4096x44032 --ms 1 --cold --prefetch 0,2048,4096,8192,16384
-    python benchmarks/kernel.py --shapes 4096x11008,4160x11008 --ms 512 --act-scale row     # code-row stride
+    python benchmarks/kernel.py --shapes 4096x11008 --ms 512 --act-scale group,row --code-rows padded,unpadded
     python benchmarks/kernel.py --shapes 4096x11008 --ms 512 --blocks 4x2,8x1,6x1 --act-scale row
     python benchmarks/kernel.py --format int8 --isas avx2,avx512-vnni --shapes 4096x11008 --ms 512
 
 Every combination of the lists given (shapes KxN, M, ISA, activation scale per group of K or per row,
-register block ROWSxTILES, prefetch distance) is compiled as the pass would emit it (register block and
+register block ROWSxTILES, prefetch distance, activation code rows padded as ``cpu_kernel.code_row`` pads
+them or not) is compiled as the pass would emit it (register block and
 workgroups from ``emit_kernel``, unless ``--blocks``), its operands random in the kernel's layouts (the
 timing does not depend on the values), and timed in interleaved rounds (``--rounds``, each a block of
 ``--calls`` calls per configuration).  Printed per configuration: the median call and its 10th/90th
@@ -78,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--blocks", default="", help="comma-separated ROWSxTILES register blocks (default: the pass's)")
     ap.add_argument("--prefetch", default="", help="comma-separated prefetch distances in bytes (default: "
                     "cpu_kernel.PREFETCH_BYTES)")
+    ap.add_argument("--code-rows", default="padded", help="padded and/or unpadded: the activation codes' rows "
+                    "as cpu_kernel.code_row lays them out, or K long")
     ap.add_argument("--cold", action="store_true", help="evict the caches before every timed call")
     ap.add_argument("--threads", type=int, default=0, help="IREE workers (default: IREE's)")
     ap.add_argument("--rounds", type=int, default=4)
@@ -99,22 +102,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     blocks = [tuple(int(v) for v in b.split("x")) for b in args.blocks.split(",") if b] or [None]
     prefetches = _ints(args.prefetch) or [cpu_kernel.PREFETCH_BYTES]
     scales = [s for s in args.act_scale.split(",") if s]
+    code_rows = [c for c in args.code_rows.split(",") if c]
+    padded = cpu_kernel.code_row
     config = rt.Config("local-task")
     rng = np.random.default_rng(0)
     runs = []
-    for (k, n), m, isa, scale, block, pf in itertools.product(shapes, _ints(args.ms), isas, scales, blocks,
-                                                               prefetches):
+    for (k, n), m, isa, scale, block, pf, rows in itertools.product(shapes, _ints(args.ms), isas, scales, blocks,
+                                                                     prefetches, code_rows):
         spec = spec_for(args.format, k, n, isa, scale == "group", block, args.slices)
-        cpu_kernel.PREFETCH_BYTES = pf  # read when the kernel's text is written
+        cpu_kernel.PREFETCH_BYTES = pf  # both read when the kernel's text and operand types are written
+        cpu_kernel.code_row = padded if rows == "padded" else (lambda k: k)
         vmfb = ireec.compile_str(spec.standalone_module(), extra_args=list(resolve("llvm-cpu").flags))
         ctx = rt.SystemContext(config=config)
         ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb))
         fn = ctx.modules.module["linear"]
         ops = operands(spec, m, rng)
+        row_len = spec.operand_types()[0].split("x")[2]
         dev = [rt.asdevicearray(config.device, o) for o in ops]
         fn(*dev)
         weight = sum(o.nbytes for o, role in zip(ops, spec.roles()) if role in ("w", "scale", "off"))
-        label = f"{k}x{n} M={m} {isa} scale/{scale} block {spec.rows}x{spec.cols} prefetch {pf}"
+        label = f"{k}x{n} M={m} {isa} scale/{scale} block {spec.rows}x{spec.cols} prefetch {pf} code rows {row_len}"
         runs.append((label, isa, fn, dev, 2 * m * n * k * spec.slices, weight, []))
     flush = cache_flusher() if args.cold else None
     for _ in range(args.rounds):

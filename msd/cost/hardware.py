@@ -165,8 +165,8 @@ CPU_AARCH64_I8MM = Hardware(
 # 80.8 and 81.0 ms per layer = 1.14 TOP/s = 80% of the vpdpbusd peak measured in that run (1.43 TOP/s).
 # The other profiles take 65% of their byte-dot peak (an assumption from that measurement, less the
 # quantizer's and the host copies' share of a whole call; not measured on them).  The AVX2 variant
-# (vpsignb + vpmaddubsw + vpmaddwd + vpaddd per 32 int8 MACs) reached 85% of its instruction sequence's
-# peak on the same VM (the kernel alone, int8 per channel, M = 512: 281 of 330 GOP/s), and that
+# (vpsignb + vpmaddubsw + vpmaddwd + vpaddd per 32 int8 MACs) reached 74% of its instruction sequence's
+# peak on the same VM (benchmarks/kernel.py --format int8 --isas avx2 --ms 512: 271 of 367 GOP/s), and that
 # sequence's peak on the Zen3 of cpu-avx2 is about its i8 peak (2 multiplies per cycle).
 # kernel_vector: the SIMD peak (cores x 2 ports x lanes x clock), at which the kernels' own vector code
 # (the quantizer, the f32 epilogue) is costed.
@@ -182,7 +182,7 @@ CPU_AVX2_KERNEL = replace(
     CPU_AVX2, name="cpu-avx2" + KERNEL_SUFFIX, title=CPU_AVX2.title + ", msd's fused AVX2 kernel", fused_msd=True,
     matrix={**CPU_AVX2.matrix, "i8": KERNEL_SHARE * CPU_AVX2.peak["i8"]}, kernel_vector=CPU_AVX2.vector,
     sources=(*CPU_AVX2.sources, f"fused kernel: {KERNEL_SHARE:.0%} of the i8 peak (assumed; the AVX2 variant reached "
-             "85% of its sequence's peak on the AVX-512 VM; not measured on a Zen3)"))
+             "74% of its sequence's peak on the AVX-512 VM; not measured on a Zen3)"))
 CPU_AVX512_VNNI_KERNEL = replace(
     CPU_AVX512_VNNI, name="cpu-avx512-vnni" + KERNEL_SUFFIX, title=CPU_AVX512_VNNI.title + ", msd's fused VNNI "
     "kernel", fused_msd=True, matrix={**CPU_AVX512_VNNI.matrix, "i8": KERNEL_SHARE * CPU_AVX512_VNNI.peak["i8"]},

@@ -13,8 +13,8 @@ No per-group partial leaves the registers: each group's integer dots go to f32 a
 accumulator right away, and all slices of a row reuse each weight vector loaded.  A scale ``s`` per row
 multiplies the row's sum once, after the group loop (one multiply per group fewer); the offset term is
 summed by a second loop over the groups, whose accumulators would not fit beside the dots': a group's
-f32 work per (tile, row) is 4 operations for p=2 with a scale per row, 5 with one per group (6 before;
-measured with a scale per row: int4 groups of 32, K = 4096, M = 512, the kernel alone, +4%).
+f32 work per (tile, row) is 4 operations for p=2 with a scale per row, 5 with one per group (6 when
+the offset and the scale product were in the group loop).
 
 Layouts (``W`` = lanes: 16 for AVX-512, 8 for 256-bit AVX-VNNI and AVX2, 4 for Arm NEON;
 ``NT = ceil(N/W)``, ``G`` groups of ``g``):
@@ -85,9 +85,10 @@ ISAS: dict[str, Isa] = {
 }
 SLICE_RADIX = 254.0
 # How far ahead of its reads the kernel asks for its weight codes (a software prefetch per register block
-# and K step, one cache line per channel tile).  Measured on this repo's 2-core AVX-512 VM, int4 groups of
-# 32, 4096x44032, M=1 from DRAM (caches flushed before each call), the kernel alone: no prefetch 21.3 GB/s,
-# 2 KiB ahead 23.2, 4 KiB 24.9, 8 KiB 25.1, 16 KiB 24.3; prefetching the scales too did not help.
+# and K step, one cache line per channel tile).  `python benchmarks/kernel.py --shapes 4096x44032 --ms 1
+# --cold --prefetch 0,2048,4096,8192,16384` on this repo's 2-core AVX-512 VM (int4 groups of 32, the
+# weights from DRAM): 20.5, 23.6, 24.2, 25.1 and 23.6 GB/s (75% -> 92% of the read bandwidth).  A try
+# that also prefetched the scales did not help and was not kept.
 PREFETCH_BYTES = 8192
 SYMBOL_PREFIX = "msd_"  # every kernel executable's name starts so
 ROLES_ATTR = "msd.operand_roles"  # on a kernel's flow.dispatch: what each tensor operand is (KernelSpec.roles)
@@ -97,8 +98,9 @@ ACTIVATION_ROLES = ("a", "s", "xs", "as")  # the operands computed from the acti
 def code_row(k: int) -> int:
     """The length of one slice's row in the activation codes ``a`` ``[M, P, code_row(K)] i8``: K, and one
     cache line more when K is a multiple of 2048.  A register block reads rows × slices code rows at once;
-    at a stride that is a multiple of 4 KiB they all fall in the same L1 set and evict each other (measured:
-    int4 groups of 32, K = 4096, M = 512, the kernel alone: 6% slower than at a stride of 4160)."""
+    at a stride that is a multiple of 4 KiB they all fall in the same L1 set and evict each other.  A small
+    gain: ``benchmarks/kernel.py --shapes 4096x11008 --ms 512 --code-rows padded,unpadded`` measured 1-4%
+    (int8 and int4 groups of 32, both activation-scale forms)."""
     return k + 64 if k % 2048 == 0 else k
 
 
