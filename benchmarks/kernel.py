@@ -35,7 +35,8 @@ from _ceilings import dot_peak, read_bandwidth  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 from linear import cache_flusher  # noqa: E402
 
-FORMATS = {"int4-g32": (32, True), "int8-g32": (32, False), "int8": (None, False)}  # group (None: K), nibbles
+# group (None: K), 4-bit codes as nibbles
+FORMATS = {"int4-g32": (32, True), "int4-g128": (128, True), "int8-g32": (32, False), "int8": (None, False)}
 
 
 def _ints(text: str) -> list[int]:
@@ -49,7 +50,7 @@ def spec_for(fmt: str, k: int, n: int, isa: str, per_group: bool, block: tuple[i
     group, nibbles = FORMATS[fmt]
     rows, cols = block or emit_kernel._register_block(ISAS[isa].lanes, slices)
     per_tile = emit_kernel._tiles_per_workgroup(n, isa, cols)
-    return KernelSpec(isa, n, k, group or k, slices, per_group and group is not None, offset=fmt == "int4-g32",
+    return KernelSpec(isa, n, k, group or k, slices, per_group and group is not None, offset=fmt.startswith("int4"),
                       rows=rows, cols=cols, tiles_per_workgroup=per_tile, nibbles=nibbles)
 
 
@@ -92,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from msd.compiler.pipeline.targets import kernel_isas, resolve
     from msd.passes.decompose_activations import cpu_kernel
+    from msd.runtime import enable_amx
+
+    enable_amx()  # the amx-int8 kernel's tiles (a no-op on CPUs without AMX)
 
     if args.threads:
         rt.flags.parse_flags(f"--task_topology_group_count={args.threads}")

@@ -6,6 +6,6 @@
 """
 
 from .artifact import Artifact, Function, load
-from .module import ArtifactError, Module, TensorSpec
+from .module import ArtifactError, Module, TensorSpec, enable_amx
 
-__all__ = ["Artifact", "ArtifactError", "Function", "Module", "TensorSpec", "load"]
+__all__ = ["Artifact", "ArtifactError", "Function", "Module", "TensorSpec", "enable_amx", "load"]

@@ -36,6 +36,30 @@ DTYPES: dict[str, np.dtype] = {
 
 
 
+_ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 0x1023, 18  # linux/arch/x86/include/uapi/asm/prctl.h
+
+
+@functools.cache
+def enable_amx() -> bool:
+    """Ask Linux for this process's use of Intel AMX tile data (``arch_prctl(ARCH_REQ_XCOMP_PERM,
+    XFEATURE_XTILEDATA)``), which a kernel built for ``amx-int8`` needs before its first tile instruction
+    (without it the CPU faults).  Process-wide, once; every :class:`Module` does it when the CPU has AMX.
+    Whether it was granted: False on other CPUs, systems and kernels (before Linux 5.16)."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return False
+    if "amx_tile" not in flags.split():
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.syscall(158, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0  # 158: SYS_arch_prctl on x86-64
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One function input or output: name, shape (None = dynamic), element type, and for each
@@ -129,6 +153,7 @@ class Module:
     ) -> None:
         self.inputs = list(inputs) if inputs is not None else None
         self.function = function
+        enable_amx()  # a module compiled for this CPU may use its AMX tiles (cpu_kernel "amx-int8")
         try:
             self._config = rt.Config(driver)
             self.driver = driver

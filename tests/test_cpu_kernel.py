@@ -24,13 +24,18 @@ from helpers import error_bound, mlp
 from msd.compiler.pipeline.targets import kernel_isas, resolve
 from msd.passes.decompose_activations.cpu_kernel import ISAS, SLICE_RADIX, KernelSpec, code_row
 from msd.passes.decompose_activations.quantize_kernel import QuantizeSpec
+from msd.runtime import enable_amx
 
 HOST_ISAS = kernel_isas(resolve("llvm-cpu"))
+enable_amx()  # the amx-int8 kernels run here through iree.runtime directly (msd.runtime.Module does it itself)
 # A CPU that has each variant (the disassembly check compiles for it, whatever this host is) and the
-# register the dot product must use there.
-ISA_CPU = {"avx512-vnni": ("znver4", "%zmm", "vpdpbusd"), "avx-vnni": ("alderlake", "%ymm", "vpdpbusd"),
-           "avx2": ("znver3", "%ymm", "vpmaddubsw"), "neon-dot": ("aarch64", ".4s", "sdot"),
-           "neon-i8mm": ("aarch64", ".4s", "smmla")}
+# instructions its dot products must be, with their registers: (instruction, register, at least how many).
+# AMX: the tile products (signed 4-bit codes, staged; unsigned 8-bit ones, in place) and, for the rows
+# left over from the tiles, AVX-512 VNNI.
+ISA_CPU = {"avx512-vnni": ("znver4", [("vpdpbusd", "%zmm", 8)]), "avx-vnni": ("alderlake", [("vpdpbusd", "%ymm", 8)]),
+           "avx2": ("znver3", [("vpmaddubsw", "%ymm", 8)]), "neon-dot": ("aarch64", [("sdot", ".4s", 8)]),
+           "neon-i8mm": ("aarch64", [("smmla", ".4s", 8)]),
+           "amx-int8": ("sapphirerapids", [("tdpbs", "%tmm", 2), ("vpdpbusd", "%zmm", 8)])}
 
 
 def _needs(isa: str) -> None:
@@ -127,7 +132,7 @@ def test_kernel_matches_its_float64_arithmetic(isa: str, tmp_path: Path) -> None
         vmfb = _compile(spec, tmp_path)
         ctx = rt.SystemContext(config=rt.Config("local-task"))
         ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb.read_bytes()))
-        for m in (1, 7, 33):  # the row blocks and the one-row remainder loop
+        for m in (1, 7, 33, 55):  # the row blocks and the one-row remainder loop (AMX: blocks of 16 first)
             ops, ref = _operands(spec, m, seed=10 * i + m)
             got = np.asarray(ctx.modules.module["linear"](*ops)).astype(np.float64)
             assert got.shape == (m, n)
@@ -240,13 +245,16 @@ def test_arm_kernels_data_flow_with_their_instructions_emulated(isa: str, tmp_pa
 @pytest.mark.parametrize("nibbles", [False, True], ids=["int8", "int4"])
 @pytest.mark.parametrize("isa", sorted(ISAS))
 def test_each_variant_uses_its_dot_product_instruction(isa: str, nibbles: bool, tmp_path: Path) -> None:
-    cpu, reg, instruction = ISA_CPU[isa]
+    cpu, expected = ISA_CPU[isa]
     spec = KernelSpec(isa, 40, 256, 32, 2, False, True, nibbles=nibbles)
     _compile(spec, tmp_path, cpu=cpu, dump=tmp_path / "dump")
     (asm,) = (tmp_path / "dump").glob("*.s")
-    dots = [line for line in asm.read_text().splitlines() if instruction in line]
-    assert dots and all(reg in line for line in dots), dots[:4]
-    assert len(dots) >= 2 * 4  # a block of rows × 2 slices per weight vector, unrolled
+    lines = asm.read_text().splitlines()
+    for instruction, reg, least in expected:  # e.g. a block of rows × 2 slices per weight vector, unrolled
+        dots = [line for line in lines if instruction in line]
+        assert len(dots) >= least and all(reg in line for line in dots), (instruction, dots[:4])
+    if isa == "amx-int8":  # signed 4-bit codes staged, unsigned 8-bit codes read in place
+        assert any(("tdpbssd" if nibbles else "tdpbsud") in line for line in lines)
 
 
 def test_kernel_spec_refuses_what_it_cannot_run() -> None:
@@ -269,6 +277,7 @@ FORMATS = {
 
 
 @pytest.mark.parametrize(("isa", "fmt"), [*(("avx512-vnni", f) for f in sorted(FORMATS)),
+                                          *(("amx-int8", f) for f in sorted(FORMATS)),
                                           ("avx-vnni", "int4-g128-zero-point"), ("avx2", "int8-g32"),
                                           ("avx2", "int4-g128-zero-point")])
 def test_models_through_the_kernel_stay_within_the_bound(isa: str, fmt: str) -> None:
@@ -284,7 +293,7 @@ def test_models_through_the_kernel_stay_within_the_bound(isa: str, fmt: str) -> 
     four_bit = "4-bit weight codes, two per byte"
     assert all((four_bit in d.reason) == fmt.startswith("int4") for d in cm.report.rewritten), cm.report.format()
     plain = msd.compile(model, (x,), slices=slices, cpu_kernel="none", dynamic_shapes=({0: rows},))
-    for m in (1, 7, 33):
+    for m in (1, 7, 33, 50):
         xm = torch.randn(m, 256, generator=torch.Generator().manual_seed(m))
         y = cm(xm).double()
         ref, bound = error_bound(model, xm, slices)

@@ -270,6 +270,7 @@ def resolve(spec: str) -> Target:
 # ----------------------------------------------------------------------------- fused CPU kernels
 # The x86 CPUs (LLVM names) with the byte dot product each fused-kernel variant needs.
 KERNEL_CPUS: dict[str, tuple[str, ...]] = {
+    "amx-int8": ("sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d", "diamondrapids"),
     "avx512-vnni": ("znver4", "znver5", "icelake-client", "icelake-server", "tigerlake", "rocketlake", "cascadelake",
                     "cooperlake", "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d",
                     "diamondrapids"),
@@ -280,6 +281,7 @@ KERNEL_CPUS: dict[str, tuple[str, ...]] = {
 }
 # /proc/cpuinfo flags each variant needs (avx512-vnni also covers the 256-bit form).
 KERNEL_FLAGS: dict[str, tuple[str, ...]] = {
+    "amx-int8": ("avx512f", "avx512bw", "avx512_vnni", "amx_tile", "amx_int8"),
     "avx512-vnni": ("avx512f", "avx512bw", "avx512_vnni"),
     "avx-vnni": ("avx2", "avx_vnni"),
     "avx2": ("avx2",),
@@ -312,6 +314,8 @@ def kernel_isas(tgt: Target) -> tuple[str, ...]:
         have = {isa for isa, need in KERNEL_FLAGS.items() if all(f in flags for f in need)}
     else:
         have = {isa for isa, cpus in KERNEL_CPUS.items() if tgt.arch in cpus}
+    if "amx-int8" in have:
+        have.add("avx512-vnni")  # its rows left over from the tiles run on AVX-512 VNNI
     if "avx512-vnni" in have:
         have |= {"avx-vnni", "avx2"}  # AVX512-VNNI (with VL) runs the 256-bit forms too
     if "avx-vnni" in have:

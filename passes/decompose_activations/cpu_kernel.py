@@ -54,6 +54,9 @@ class Isa:
     dot: str
     intrinsic: str = ""  # the LLVM intrinsic of a one-instruction dot (VNNI, Arm)
     k_step: int = 4  # K per lane per instruction: 4 for the dot products, 8 for smmla
+    # Intel AMX (AMX-INT8): blocks of 16 rows go through the tile unit (``tdpbsud``), the rows left
+    # over (M mod 16, and all of a short prompt) through this ISA's own dot product
+    amx: bool = False
 
     def weight_bias(self, nibbles: bool) -> int:
         """What the weight codes are stored plus when the dot reads them as its unsigned bytes (VNNI's
@@ -72,6 +75,8 @@ class Isa:
 
 
 ISAS: dict[str, Isa] = {
+    # AMX tiles for the rows in blocks of 16, AVX-512 VNNI for the rest (same operands, same layouts)
+    "amx-int8": Isa(16, "vpdpbusd", "llvm.x86.avx512.vpdpbusd.512", amx=True),
     "avx512-vnni": Isa(16, "vpdpbusd", "llvm.x86.avx512.vpdpbusd.512"),
     "avx-vnni": Isa(8, "vpdpbusd", "llvm.x86.avx512.vpdpbusd.256"),
     # |w| (u8) × sign(w)·a (s8) → pairs summed to i16 (vpmaddubsw: at most 2·128·127, no saturation),
@@ -90,6 +95,9 @@ SLICE_RADIX = 254.0
 # weights from DRAM): 20.5, 23.6, 24.2, 25.1 and 23.6 GB/s (75% -> 92% of the read bandwidth).  A try
 # that also prefetched the scales did not help and was not kept.
 PREFETCH_BYTES = 8192
+AMX_ROWS = 16  # activation rows per AMX block (a tile's rows)
+AMX_K = 64  # K per AMX tile product at most (a tile row's bytes)
+AMX_GROUP_BLOCK = 2  # groups per AMX block at most (KernelSpec.amx_group_block; 2 measured best, below)
 SYMBOL_PREFIX = "msd_"  # every kernel executable's name starts so
 ROLES_ATTR = "msd.operand_roles"  # on a kernel's flow.dispatch: what each tensor operand is (KernelSpec.roles)
 ACTIVATION_ROLES = ("a", "s", "xs", "as")  # the operands computed from the activation, per call
@@ -190,6 +198,48 @@ class KernelSpec:
     @property
     def k_step(self) -> int:
         return ISAS[self.isa].k_step
+
+    @property
+    def amx(self) -> bool:
+        return ISAS[self.isa].amx
+
+    @property
+    def amx_chunk(self) -> int:
+        """K per AMX tile product: the largest multiple of 4 that divides the group and is at most 64 (a
+        tile row's 64 bytes).
+        With 4-bit codes a group of several chunks has an even number of them (a chunk then holds only
+        low-nibble or only high-nibble steps)."""
+        g = self.group
+        return max(d for d in range(4, min(g, AMX_K) + 1, 4)
+                   if g % d == 0 and (not self.nibbles or d == g or (g // d) % 2 == 0))
+
+    @property
+    def amx_group_block(self) -> int:
+        """Groups per AMX block (their products first, then their f32 work): a divisor of the groups, at
+        most 16, even where one is, and small enough that the staged weight codes and the stored results
+        fit 40 KiB of stack; 1 when a group has several chunks."""
+        if self.group > self.amx_chunk:
+            return 1
+        g = self.groups
+        per_group = 2 * (self.group * 16 + self.slices * 1024)  # two slots of staged codes and stored results
+        fits = [d for d in range(1, AMX_GROUP_BLOCK + 1) if g % d == 0 and d * per_group <= 40960]
+        even = [d for d in fits if d % 2 == 0]
+        return max(even or fits)
+
+    @property
+    def amx_sets(self) -> int:
+        """Sets of C tiles the products alternate between (2 when the tiles fit: 3 slices do not)."""
+        return 2 if self.amx_group_block % 2 == 0 and 3 * self.slices + 2 <= 8 else 1
+
+    @property
+    def amx_staged(self) -> int:
+        """Chunks whose weight codes are staged at once: the block's groups (one chunk each), or up to 8
+        chunks of a group of several (a divisor of its chunks, or of a half's with 4-bit codes)."""
+        cpg = self.group // self.amx_chunk
+        if cpg == 1:
+            return self.amx_group_block
+        per = cpg // 2 if self.nibbles else cpg
+        return max(d for d in range(1, 9) if per % d == 0)
 
     @property
     def weight_steps(self) -> int:
@@ -307,7 +357,8 @@ class _Writer:
         e("  builtin.module {")
         args = ", ".join(f"%{b}_b: !stream.binding" for b in bindings)
         e(f"    func.func @{s.symbol}({args}, %m: index) {{")
-        for v in sorted({0, 1, 4, 8, 16, *range(max(s.rows, p, s.cols)), w, s.rows, s.cols, gr, s.group // 4,
+        amx = (64, *range(17)) if s.amx else ()  # the AMX block's rows, chunk steps and tile rows' bytes
+        for v in sorted({0, 1, 4, 8, 16, *amx, *range(max(s.rows, p, s.cols)), w, s.rows, s.cols, gr, s.group // 4,
                          s.group // 8, s.weight_steps, nt, s.n, s.tiles_per_workgroup}):
             e(f"      %c{v} = arith.constant {v} : index")
         for b in bindings:
@@ -336,8 +387,14 @@ class _Writer:
         e(f"      %t0 = arith.muli %wid, %c{s.tiles_per_workgroup} : index")
         e(f"      %t1u = arith.addi %t0, %c{s.tiles_per_workgroup} : index")
         e(f"      %t1 = arith.minui %t1u, %c{nt} : index")
-        e(f"      %mblocks = arith.divui %m, %c{s.rows} : index")
-        e(f"      %mmain = arith.muli %mblocks, %c{s.rows} : index")
+        if s.amx:  # rows in blocks of 16 through the tile unit, first; the rest as without AMX
+            self.amx_region()
+        else:
+            e("      %m16 = arith.constant 0 : index")
+        e("      %mrest = arith.subi %m, %m16 : index")
+        e(f"      %mblocks = arith.divui %mrest, %c{s.rows} : index")
+        e(f"      %mblk = arith.muli %mblocks, %c{s.rows} : index")
+        e("      %mmain = arith.addi %m16, %mblk : index")
         e(f"      scf.for %t = %t0 to %t1 step %c{s.cols} {{")
         for c in range(s.cols):  # the block's channel tiles; a mask clips the one past N (all-false beyond)
             e(f"        %tt{c} = arith.addi %t, %c{c} : index")
@@ -348,8 +405,9 @@ class _Writer:
             e(f"        %pft{c} = arith.addi %tb{c}, %pfahead : index")
         # the first row block reads the tiles' weights from memory (prefetching them); the next ones find
         # them in the cache.  The remainder rows prefetch too (they are the first readers when M < rows).
-        e(f"        %mfirst = arith.minui %mmain, %c{s.rows} : index")
-        e(f"        scf.for %m0 = %c0 to %mfirst step %c{s.rows} {{")
+        e(f"        %mfirst0 = arith.addi %m16, %c{s.rows} : index")
+        e("        %mfirst = arith.minui %mmain, %mfirst0 : index")
+        e(f"        scf.for %m0 = %m16 to %mfirst step %c{s.rows} {{")
         self.row_block(s.rows, "P", prefetch=True)
         e("        }")
         e(f"        scf.for %m0 = %mfirst to %mmain step %c{s.rows} {{")
@@ -359,18 +417,22 @@ class _Writer:
         self.row_block(1, "R", prefetch=True)
         e("        }")
         e("      }")
+        if s.amx:
+            e("      scf.if %useamx {")
+            e('        llvm.call_intrinsic "llvm.x86.tilerelease"() : () -> ()')
+            e("      }")
         e("      return")
         e("    }")
         e("  }")
         e("}")
         return "\n".join(self.lines)
 
-    def row_block(self, rows: int, tag: str, prefetch: bool) -> None:
+    def row_block(self, rows: int, tag: str, prefetch: bool, amx: bool = False) -> None:
         """Rows ``m0 .. m0+rows`` of the channel tiles ``t .. t+cols``: the group loop, then the stores.
         Each activation word loaded serves every tile of the block; each weight vector, every row and
-        slice."""
+        slice.  ``amx``: 16 rows of one tile, the integer dots by the tile unit (:meth:`dots_amx`)."""
         s, e = self.s, self.emit
-        vi, vf, p, cols = self.vi, self.vf, s.slices, s.cols
+        vi, vf, p, cols = self.vi, self.vf, s.slices, 1 if amx else s.cols
         ind = "          "
         for r in range(rows):
             e(f"{ind}%{tag}row{r} = arith.addi %m0, %c{r} : index")
@@ -378,12 +440,46 @@ class _Writer:
                 e(f"{ind}%{tag}s{r} = memref.load %s[%{tag}row{r}, %c0] : {self.t_s}")
                 e(f"{ind}%{tag}sv{r} = vector.broadcast %{tag}s{r} : f32 to {vf}")
         facc = [(c, r) for c in range(cols) for r in range(rows)]
-        fa = ", ".join(f"%{tag}F{c}_{r} = %zf" for c, r in facc)
-        e(f"{ind}%{tag}acc:{len(facc)} = scf.for %g = %c0 to %c{s.groups} step %c1 iter_args({fa}) -> "
-          f"({', '.join([vf] * len(facc))}) {{")
-        ind2 = ind + "  "
-        dots = self.dots_mmla if ISAS[s.isa].dot == "smmla" else self.dots
-        ints = dots(rows, tag, ind2, prefetch)
+        types = ", ".join([vf] * len(facc))
+        if amx:  # groups in blocks, software-pipelined: block j staged, j-1 multiplied, j-2's f32 work
+            ga = ", ".join(f"%{tag}G{c}_{r} = %zf" for c, r in facc)
+            gs = [f"%{tag}G{c}_{r}" for c, r in facc]
+            e(f"{ind}%{tag}acc:{len(facc)} = scf.for %jb = %c0 to %amxjend step %c1 iter_args({ga}) -> ({types}) {{")
+            i1, i2 = ind + "  ", ind + "    "
+            e(f"{i1}%jpar = arith.remui %jb, %c2 : index")
+            e(f"{i1}%slj = arith.muli %jpar, %amxgb : index")  # the buffers' slots of blocks j and j-2
+            e(f"{i1}%slp = arith.subi %amxgb, %slj : index")  # of block j-1
+            e(f"{i1}%jge1 = arith.cmpi uge, %jb, %c1 : index")
+            e(f"{i1}%jlen = arith.cmpi ule, %jb, %amxnb : index")
+            e(f"{i1}%doprod = arith.andi %jge1, %jlen : i1")
+            e(f"{i1}scf.if %doprod {{")
+            e(f"{i2}%jm1 = arith.subi %jb, %c1 : index")
+            e(f"{i2}%gbp = arith.muli %jm1, %amxgb : index")
+            self.amx_products(i2, tag, "%gbp", "%slp")
+            e(f"{i1}}}")
+            if s.nibbles and s.group == s.amx_chunk:  # (4-bit codes of several chunks per group: staged
+                # by amx_products, a block of chunks at a time; 8-bit codes: read in place)
+                e(f"{i1}%dostage = arith.cmpi ult, %jb, %amxnb : index")
+                e(f"{i1}scf.if %dostage {{")
+                e(f"{i2}%gbs = arith.muli %jb, %amxgb : index")
+                self.amx_stage(i2, tag, "%gbs", "%slj")
+                e(f"{i1}}}")
+            e(f"{i1}%doepi = arith.cmpi uge, %jb, %c2 : index")
+            e(f"{i1}%{tag}res:{len(facc)} = scf.if %doepi -> ({types}) {{")
+            e(f"{i2}%jm2 = arith.subi %jb, %c2 : index")
+            e(f"{i2}%gbe = arith.muli %jm2, %amxgb : index")
+            fa = ", ".join(f"%{tag}F{c}_{r} = %{tag}G{c}_{r}" for c, r in facc)
+            e(f"{i2}%{tag}in:{len(facc)} = scf.for %gi = %c0 to %amxgb step %c1 iter_args({fa}) -> ({types}) {{")
+            ind2 = i2 + "  "
+            e(f"{ind2}%g = arith.addi %gbe, %gi : index")
+            e(f"{ind2}%gs = arith.addi %slj, %gi : index")
+            ints = self.amx_results(ind2, tag, rows)
+        else:
+            fa = ", ".join(f"%{tag}F{c}_{r} = %zf" for c, r in facc)
+            e(f"{ind}%{tag}acc:{len(facc)} = scf.for %g = %c0 to %c{s.groups} step %c1 iter_args({fa}) -> ({types}) {{")
+            ind2 = ind + "  "
+            dots = self.dots_mmla if ISAS[s.isa].dot == "smmla" else self.dots
+            ints = dots(rows, tag, ind2, prefetch)
         for c in range(cols):
             e(f"{ind2}%{tag}sc{c} = vector.load %scale[%tt{c}, %g, %c0] : {self.t_f}, {vf}")
         for r in range(rows):
@@ -408,6 +504,13 @@ class _Writer:
             e(f"{ind2}{y} = math.fma {total}, {k}, %{tag}F{c}_{r} : {vf}")
             ys.append(y)
         e(f"{ind2}scf.yield {', '.join(ys)} : {', '.join([vf] * len(ys))}")
+        if amx:
+            e(f"{i2}}}")
+            e(f"{i2}scf.yield {', '.join(f'%{tag}in#{i}' for i in range(len(facc)))} : {types}")
+            e(f"{i1}}} else {{")
+            e(f"{i2}scf.yield {', '.join(gs)} : {types}")
+            e(f"{i1}}}")
+            e(f"{i1}scf.yield {', '.join(f'%{tag}res#{i}' for i in range(len(facc)))} : {types}")
         e(f"{ind}}}")
         outs = [f"%{tag}acc#{i}" for i in range(len(facc))]
         if s.offset:  # Σ_g offset · xsum in a loop of its own: its accumulators would not fit beside the dots'
@@ -437,6 +540,249 @@ class _Writer:
             e(f"{ind}vector.maskedstore %y[%{tag}row{r}, %n0_{c}], %nmask{c}, {y} : {self.t_y}, "
               f"vector<{s.lanes}xi1>, {vf}")
 
+
+    # -- AMX: blocks of 16 rows through the tile unit
+    def tile(self, role: str, q: int = 0, h: int = 0) -> str:
+        """The tile register of C (slice ``q`` of set ``h``), A (slice ``q``) or B (set ``h``)."""
+        p, sets = self.s.slices, self.s.amx_sets
+        return f"%tmm{ {'C': h * p + q, 'A': sets * p + q, 'B': sets * p + p + h}[role] }"
+
+    def pointer(self, ind: str, name: str, address: str) -> str:
+        """``!llvm.ptr`` ``name`` of the byte address ``address`` (an index)."""
+        self.emit(f"{ind}{name}i = arith.index_cast {address} : index to i64")
+        self.emit(f"{ind}{name} = llvm.inttoptr {name}i : i64 to !llvm.ptr")
+        return name
+
+    def amx_region(self) -> None:
+        """The tile configuration (when M >= 16), then the rows in blocks of 16 (``%m16`` of them): row
+        blocks outside, the workgroup's channel tiles inside, so that a block's activation codes stay in
+        the cache across the tiles and the tiles' weights across the row blocks."""
+        s, e = self.s, self.emit
+        p, ch, gb = s.slices, s.amx_chunk, s.amx_group_block
+        e("      %m16d = arith.divui %m, %c16 : index")
+        e("      %m16 = arith.muli %m16d, %c16 : index")
+        e("      %useamx = arith.cmpi uge, %m, %c16 : index")
+        e("      %cfg = memref.alloca() : memref<64xi8>")  # palette 1: byte 0; colsb (u16) at 16+2t; rows at 48+t
+        self.t_cbuf = f"memref<{2 * gb}x{p}x{AMX_ROWS}x16xi32>"  # two blocks' slots: one read, one written
+        staged = 2 * gb if s.group == ch else s.amx_staged
+        self.t_bbuf = f"memref<{staged}x{ch // 4}x64xi8>"
+        e(f"      %cbuf = memref.alloca() : {self.t_cbuf}")
+        e(f"      %bbuf = memref.alloca() : {self.t_bbuf}")
+        e("      %z64 = arith.constant dense<0> : vector<64xi8>")
+        e("      vector.store %z64, %cfg[%c0] : memref<64xi8>, vector<64xi8>")
+        cfg = {0: 1}
+        tiles = [(AMX_ROWS, 64)] * (s.amx_sets * p) + [(AMX_ROWS, ch)] * p + [(ch // 4, 64)] * s.amx_sets
+        for i, (rows, colsb) in enumerate(tiles):
+            cfg[16 + 2 * i], cfg[48 + i] = colsb, rows
+        for byte, v in sorted(cfg.items()):
+            e(f"      %cfgv{byte} = arith.constant {v} : i8")
+            e(f"      %cfgi{byte} = arith.constant {byte} : index")
+            e(f"      memref.store %cfgv{byte}, %cfg[%cfgi{byte}] : memref<64xi8>")
+        for name, mem, ty in (("cfg", "%cfg", "memref<64xi8>"), ("cbuf", "%cbuf", self.t_cbuf),
+                              ("bbuf", "%bbuf", self.t_bbuf), ("abase", "%a", self.t_a), ("wbase", "%w", self.t_w)):
+            e(f"      %{name}x = memref.extract_aligned_pointer_as_index {mem} : {ty} -> index")
+        self.pointer("      ", "%cfgp", "%cfgx")
+        for i in range(len(tiles)):
+            e(f"      %tmm{i} = llvm.mlir.constant({i} : i8) : i8")
+        e("      %s64 = arith.constant 64 : i64")
+        row = s.slices * code_row(s.k)
+        e(f"      %sa = arith.constant {row} : i64")  # the stride between activation rows
+        e(f"      %arow = arith.constant {row} : index")
+        e(f"      %aslice = arith.constant {code_row(s.k)} : index")
+        e(f"      %agroup = arith.constant {s.group} : index")
+        e(f"      %achunk = arith.constant {ch} : index")
+        e(f"      %bstaged = arith.constant {ch * 16} : index")  # bytes of one staged chunk (quads × 64)
+        e("      %cres = arith.constant 1024 : index")  # bytes of one stored C tile
+        e(f"      %amxgb = arith.constant {gb} : index")
+        e(f"      %amxnb = arith.constant {s.groups // gb} : index")  # blocks of groups
+        e(f"      %amxjend = arith.constant {s.groups // gb + 2} : index")  # the pipeline's iterations
+        e(f"      %amxsets = arith.constant {s.amx_sets} : index")
+        e(f"      %amxcpg = arith.constant {s.group // ch} : index")
+        e(f"      %amxcb = arith.constant {s.amx_staged if s.group // ch > 1 else 1} : index")
+        e(f"      %amxhalf = arith.constant {s.group // ch // 2} : index")
+        e(f"      %wquads = arith.constant {ch // 4} : index")
+        e(f"      %wgsteps = arith.constant {s.weight_steps} : index")  # weight steps per (tile, group)
+        e("      %w8 = arith.constant dense<8> : vector<64xi8>")
+        if not s.weight_bias:
+            raise ValueError("the AMX kernel reads the weight codes as the VNNI kernel stores them (with a bias)")
+        e("      scf.if %useamx {")
+        e('        llvm.call_intrinsic "llvm.x86.ldtilecfg"(%cfgp) : (!llvm.ptr) -> ()')
+        e("      }")
+        e("      scf.for %m0 = %c0 to %m16 step %c16 {")
+        e("        scf.for %t = %t0 to %t1 step %c1 {")
+        e("          %tt0 = arith.addi %t, %c0 : index")
+        e(f"          %n0_0 = arith.muli %tt0, %c{s.lanes} : index")
+        e(f"          %nleft0 = arith.subi %c{s.n}, %n0_0 : index")
+        e(f"          %nmask0 = vector.create_mask %nleft0 : vector<{s.lanes}xi1>")
+        self.row_block(AMX_ROWS, "X", prefetch=False, amx=True)
+        e("        }")
+        e("      }")
+
+    def stage(self, ind: str, tag: str, group: str, slot: str, rows: list[tuple[str, str]]) -> None:
+        """4-bit weight codes of the tile's ``group`` as signed bytes in ``%bbuf[slot]``, where the
+        tile unit reads them: row ``i`` from weight step ``rows[i][0]``, its low or high nibbles
+        (``rows[i][1]``: "l", "h", or an i1 value: low nibbles where it is true, else high)."""
+        e, t_w = self.emit, self.t_w
+        for i, (step, half) in enumerate(rows):
+            v = f"%{tag}bw{i}"
+            e(f"{ind}{v} = vector.load %w[%tt0, {group}, {step}, %c0] : {t_w}, vector<64xi8>")
+            if half in ("l", "h"):
+                op, arg = ("andi", "%lo4") if half == "l" else ("shrui", "%sh4")
+                e(f"{ind}{v}m = arith.{op} {v}, {arg} : vector<64xi8>")
+            else:  # chosen at run time
+                e(f"{ind}{v}l = arith.andi {v}, %lo4 : vector<64xi8>")
+                e(f"{ind}{v}h = arith.shrui {v}, %sh4 : vector<64xi8>")
+                e(f"{ind}{v}m = arith.select {half}, {v}l, {v}h : vector<64xi8>")
+            e(f"{ind}{v}s = arith.subi {v}m, %w8 : vector<64xi8>")  # signed: no bias to take out
+            e(f"{ind}vector.store {v}s, %bbuf[{slot}, %c{i}, %c0] : {self.t_bbuf}, vector<64xi8>")
+
+    def products(self, ind: str, tag: str, baddr: str, kofs: str, h: int, zero: bool) -> None:
+        """B (set ``h``) from the byte address ``baddr`` (64-byte rows: the weight codes in place, or staged),
+        then per slice A_q (16 rows of codes from K offset ``kofs``) and C_q (set ``h``) += A_q · B
+        (``tdpbsud``: signed activation codes × the weight codes as stored, unsigned; ``zero``: C_q
+        zeroed first)."""
+        e, p = self.emit, self.s.slices
+        b = self.tile("B", h=h)
+        ptr = self.pointer(ind, f"%{tag}bp", baddr)
+        e(f'{ind}llvm.call_intrinsic "llvm.x86.tileloadd64"({b}, {ptr}, %s64) : (i8, !llvm.ptr, i64) -> ()')
+        e(f"{ind}%{tag}ar = arith.muli %m0, %arow : index")
+        e(f"{ind}%{tag}a0 = arith.addi %{tag}ar, {kofs} : index")
+        e(f"{ind}%{tag}ab = arith.addi %abasex, %{tag}a0 : index")
+        for q in range(p):
+            addr = f"%{tag}ab"
+            if q:
+                e(f"{ind}%{tag}aq{q}o = arith.muli %aslice, %c{q} : index")
+                e(f"{ind}%{tag}aq{q} = arith.addi %{tag}ab, %{tag}aq{q}o : index")
+                addr = f"%{tag}aq{q}"
+            ptr = self.pointer(ind, f"%{tag}ap{q}", addr)
+            c, a = self.tile("C", q, h), self.tile("A", q)
+            if zero:
+                e(f'{ind}llvm.call_intrinsic "llvm.x86.tilezero"({c}) : (i8) -> ()')
+            e(f'{ind}llvm.call_intrinsic "llvm.x86.tileloadd64"({a}, {ptr}, %sa) : (i8, !llvm.ptr, i64) -> ()')
+            op = "tdpbssd" if self.s.nibbles else "tdpbsud"
+            e(f'{ind}llvm.call_intrinsic "llvm.x86.{op}"({c}, {a}, {b}) : (i8, i8, i8) -> ()')
+
+    def b_address(self, ind: str, tag: str, group: str, step: str | None, slot: str | None) -> str:
+        """The byte address of a chunk's B rows: the weight codes in place (``step``: the chunk's first weight
+        step in the tile's ``group``), or staged (``%bbuf[slot]``)."""
+        e = self.emit
+        if slot is not None:
+            e(f"{ind}%{tag}bo = arith.muli {slot}, %bstaged : index")
+            e(f"{ind}%{tag}ba = arith.addi %bbufx, %{tag}bo : index")
+            return f"%{tag}ba"
+        e(f"{ind}%{tag}wg = arith.muli %tt0, %c{self.s.groups} : index")
+        e(f"{ind}%{tag}wg2 = arith.addi %{tag}wg, {group} : index")
+        e(f"{ind}%{tag}ws = arith.muli %{tag}wg2, %wgsteps : index")
+        e(f"{ind}%{tag}ws2 = arith.addi %{tag}ws, {step} : index")
+        e(f"{ind}%{tag}wo = arith.muli %{tag}ws2, %c64 : index")
+        e(f"{ind}%{tag}ba = arith.addi %wbasex, %{tag}wo : index")
+        return f"%{tag}ba"
+
+    def store_results(self, ind: str, tag: str, slot: str, h: int) -> None:
+        """C_q of set ``h`` into ``%cbuf[slot, q]``."""
+        e, p = self.emit, self.s.slices
+        for q in range(p):
+            e(f"{ind}%{tag}cs{q} = arith.muli {slot}, %c{p} : index")
+            e(f"{ind}%{tag}cq{q} = arith.addi %{tag}cs{q}, %c{q} : index")
+            e(f"{ind}%{tag}co{q} = arith.muli %{tag}cq{q}, %cres : index")
+            e(f"{ind}%{tag}ca{q} = arith.addi %cbufx, %{tag}co{q} : index")
+            ptr = self.pointer(ind, f"%{tag}cp{q}", f"%{tag}ca{q}")
+            e(f'{ind}llvm.call_intrinsic "llvm.x86.tilestored64"({self.tile("C", q, h)}, {ptr}, %s64) : '
+              "(i8, !llvm.ptr, i64) -> ()")
+
+    def amx_stage(self, ind: str, tag: str, gbase: str, slot: str) -> None:
+        """The 4-bit weight codes of the groups ``gbase ..`` (a block of ``amx_group_block``, one chunk each)
+        staged as bytes in ``%bbuf[slot ..]``: quads 0..S/2-1 of a group from the steps' low nibbles,
+        S/2.. from their high ones."""
+        half = self.s.amx_chunk // 8
+        e = self.emit
+        e(f"{ind}scf.for %sgi = %c0 to %amxgb step %c1 {{")
+        e(f"{ind}  %sg = arith.addi {gbase}, %sgi : index")
+        e(f"{ind}  %sgs = arith.addi {slot}, %sgi : index")
+        rows = [(f"%c{i}", "l") for i in range(half)] + [(f"%c{i}", "h") for i in range(half)]
+        self.stage(ind + "  ", f"{tag}s", "%sg", "%sgs", rows)
+        e(f"{ind}}}")
+
+    def amx_products(self, ind: str, tag: str, gbase: str, slot: str) -> None:
+        """The tile products of the groups ``gbase ..`` (a block of ``amx_group_block``; 16 rows, one
+        channel tile), their i32 results stored in ``%cbuf[slot ..]``.  Groups of one chunk (K <= 64 per
+        group; 4-bit codes staged in ``%bbuf[slot ..]`` one block earlier): unrolled, group i's products in
+        C set i % sets, then group i-1's results stored (issued one group earlier, they are done).  A group
+        of several chunks (the block is that group): C accumulated over its chunks (4-bit codes staged
+        ``amx_staged`` chunks at a time)."""
+        s, e = self.s, self.emit
+        quads, cpg = s.amx_chunk // 4, s.group // s.amx_chunk
+        if cpg == 1:
+            for gi in range(s.amx_group_block):
+                h = gi % s.amx_sets
+                e(f"{ind}%pg{gi} = arith.addi {gbase}, %c{gi} : index")
+                e(f"{ind}%pk{gi} = arith.muli %pg{gi}, %agroup : index")
+                e(f"{ind}%ps{gi} = arith.addi {slot}, %c{gi} : index")
+                if s.nibbles:
+                    baddr = self.b_address(ind, f"{tag}p{gi}_", f"%pg{gi}", None, f"%ps{gi}")
+                else:
+                    baddr = self.b_address(ind, f"{tag}p{gi}_", f"%pg{gi}", "%c0", None)
+                self.products(ind, f"{tag}p{gi}_", baddr, f"%pk{gi}", h, zero=True)
+                if s.amx_sets == 1:
+                    self.store_results(ind, f"{tag}r{gi}_", f"%ps{gi}", h)
+                elif gi:
+                    self.store_results(ind, f"{tag}r{gi - 1}_", f"%ps{gi - 1}", (gi - 1) % s.amx_sets)
+            if s.amx_sets > 1:
+                last = s.amx_group_block - 1
+                self.store_results(ind, f"{tag}r{last}_", f"%ps{last}", last % s.amx_sets)
+            return
+        i2 = ind + "  "
+        for q in range(s.slices):
+            e(f'{ind}llvm.call_intrinsic "llvm.x86.tilezero"({self.tile("C", q)}) : (i8) -> ()')
+        e(f"{ind}%gk = arith.muli {gbase}, %agroup : index")
+        if not s.nibbles:  # the codes in place, chunk by chunk
+            e(f"{ind}scf.for %uc = %c0 to %amxcpg step %c1 {{")
+            e(f"{i2}%ucs = arith.muli %uc, %wquads : index")
+            e(f"{i2}%uko = arith.muli %uc, %achunk : index")
+            e(f"{i2}%uk = arith.addi %gk, %uko : index")
+            baddr = self.b_address(i2, f"{tag}u", gbase, "%ucs", None)
+            self.products(i2, f"{tag}u", baddr, "%uk", 0, zero=False)
+            e(f"{ind}}}")
+            self.store_results(ind, f"{tag}r", slot, 0)
+            return
+        cb = s.amx_staged
+        e(f"{ind}scf.for %ub = %c0 to %amxcpg step %amxcb {{")
+        e(f"{i2}%ulow = arith.cmpi ult, %ub, %amxhalf : index")  # the block lies in one half of the group
+        e(f"{i2}%uhi = arith.subi %ub, %amxhalf : index")
+        e(f"{i2}%u0 = arith.select %ulow, %ub, %uhi : index")
+        e(f"{i2}%ustep = arith.muli %u0, %wquads : index")
+        for ci in range(cb):
+            e(f"{i2}%ucs{ci} = arith.constant {ci} : index")
+            rows = []
+            for i in range(quads):
+                e(f"{i2}%us{ci}_{i}o = arith.constant {ci * quads + i} : index")
+                e(f"{i2}%us{ci}_{i} = arith.addi %ustep, %us{ci}_{i}o : index")
+                rows.append((f"%us{ci}_{i}", "%ulow"))
+            self.stage(i2, f"{tag}s{ci}_", gbase, f"%ucs{ci}", rows)
+        for ci in range(cb):
+            e(f"{i2}%uu{ci} = arith.addi %ub, %ucs{ci} : index")
+            e(f"{i2}%uk{ci}o = arith.muli %uu{ci}, %achunk : index")
+            e(f"{i2}%uk{ci} = arith.addi %gk, %uk{ci}o : index")
+            baddr = self.b_address(i2, f"{tag}u{ci}_", gbase, None, f"%ucs{ci}")
+            self.products(i2, f"{tag}u{ci}_", baddr, f"%uk{ci}", 0, zero=False)
+        e(f"{ind}}}")
+        self.store_results(ind, f"{tag}r", slot, 0)
+
+    def amx_results(self, ind: str, tag: str, rows: int) -> dict[tuple[int, int, int], str]:
+        """Group ``gi`` of the block's stored results: the i32 vector of each (row, slice)."""
+        e, ints = self.emit, {}
+        for r in range(rows):
+            e(f"{ind}%{tag}ci{r} = arith.constant {r} : index")
+            for q in range(self.s.slices):
+                v = f"%{tag}c{r}_{q}"
+                e(f"{ind}{v}{'c' if not self.s.nibbles else ''} = vector.load %cbuf[%gs, %c{q}, %{tag}ci{r}, %c0] : "
+                  f"{self.t_cbuf}, vector<16xi32>")
+                if not self.s.nibbles:  # the 8-bit codes' bias out: + (-128 · Σ codes) of the (row, slice, group)
+                    e(f"{ind}{v}s = memref.load %as[%{tag}row{r}, %c{q}, %g] : {self.t_as}")
+                    e(f"{ind}{v}b = vector.broadcast {v}s : i32 to vector<16xi32>")
+                    e(f"{ind}{v} = arith.addi {v}c, {v}b : vector<16xi32>")
+                ints[(0, r, q)] = v
+        return ints
 
     def prefetch(self, ind: str, tag: str, step: str) -> None:
         """Ask for the weight bytes PREFETCH_BYTES past this K step's (``kb0 + step``: the step in the
