@@ -15,7 +15,9 @@ median.  For each (shape, M, p) the measured ratio time(MSD p) / time(baseline) 
 
 ``--kernel`` reads the fused-kernel tables of docs/benchmarks.md ("Fused CPU kernel": each under the
 ``linear.py --format FORMAT`` command that produced it) and compares each "MSD p=N fused kernel" median
-with the ``cpu-host-kernel`` profile's prediction (msd's quantizer and kernel, two dispatches).
+with the ``cpu-host-kernel`` profile's prediction (msd's quantizer and kernel, two dispatches).  The profile
+models the AVX-512 VNNI kernel: a table that also has "MSD p=N VNNI kernel" columns (where ``auto`` picked
+``amx-int8``) is compared through those.
 
 ``--fit`` reads the per-layer medians of the linear.py run recorded in docs/benchmarks.md and fits the
 seven constants of the ``cpu-host`` profile (bandwidth, f32 and int8 matrix rates, vector rate, dispatch
@@ -107,7 +109,7 @@ def parse_kernel_runs(path: Path) -> list[KernelPoint]:
     """The "MSD p=N fused kernel" per-layer medians of the results tables in the "Fused CPU kernel" section
     of ``path``, each table's weight format from the ``linear.py --format`` command above it."""
     text = path.read_text().split("## Fused CPU kernel", 1)[-1].split("\n# ", 1)[0]
-    points, fmt, header = [], None, None
+    points, fmt, header, kind = [], None, None, "fused"
     for line in text.splitlines():
         found = re.search(r"linear\.py --format (\S+)", line)
         if found and "--cold" not in line:
@@ -120,11 +122,13 @@ def parse_kernel_runs(path: Path) -> list[KernelPoint]:
             continue
         if cells[:2] == ["shape", "M"]:
             header = cells if any("fused kernel" in c and ":" not in c for c in cells) else None
+            # the profile models the AVX-512 VNNI kernel: where auto picked amx-int8, its named VNNI columns
+            kind = "VNNI" if header and any(re.fullmatch(r"MSD p=\d VNNI kernel", c) for c in header) else "fused"
             continue
         if header is None or cells[0] not in SHAPES or not cells[1].isdigit():
             continue
         for col, cell in zip(header, cells):
-            found = re.fullmatch(r"MSD p=(\d) fused kernel", col)
+            found = re.fullmatch(rf"MSD p=(\d) {kind} kernel", col)
             if found and re.fullmatch(r"[0-9.]+", cell):
                 points.append(KernelPoint(fmt, cells[0], int(cells[1]), int(found.group(1)), float(cell)))
     if not points:

@@ -93,9 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from msd.compiler.pipeline.targets import kernel_isas, resolve
     from msd.passes.decompose_activations import cpu_kernel
-    from msd.runtime import enable_amx
-
-    enable_amx()  # the amx-int8 kernel's tiles (a no-op on CPUs without AMX)
 
     if args.threads:
         rt.flags.parse_flags(f"--task_topology_group_count={args.threads}")

@@ -36,7 +36,7 @@ from torch import nn
 import msd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ceilings import dot_peak, read_bandwidth  # noqa: E402
+from _ceilings import amx_peak, dot_peak, read_bandwidth  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,12 +95,16 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("msd3", "MSD p=3", 3, 1e-4),
     Variant("msd1k", "MSD p=1 fused kernel", 1, 1e-1, "auto"),
     Variant("msd2k", "MSD p=2 fused kernel", 2, 5e-4, "auto"),
+    # the AVX-512 VNNI kernel named: beside "auto" where that picks amx-int8
+    Variant("msd1v", "MSD p=1 VNNI kernel", 1, 1e-1, "avx512-vnni"),
+    Variant("msd2v", "MSD p=2 VNNI kernel", 2, 5e-4, "avx512-vnni"),
 )
 # Weight formats (--format): msd.quantize's arguments; "int8" is the per-channel QuantizedLinear.
 FORMATS: dict[str, dict[str, object]] = {
     "int8": {},
     "int8-g32": {"weights": "int8", "group_size": 32},
     "int4-g32": {"weights": "int4", "group_size": 32},
+    "int4-g128": {"weights": "int4", "group_size": 128},
 }
 REF_KEY = "msd2"  # the variant the ratios and the bar are about
 
@@ -173,7 +177,16 @@ class Ceilings:
     threads: int
     bandwidth: float  # GB/s read
     isa: str  # the fused kernel's variant on this CPU
-    dot: float  # GOP/s of its dot-product instruction
+    dot: float  # GOP/s of its dot-product instruction (amx-int8: AVX-512 VNNI's, which its leftover rows use)
+    amx: tuple[float, float] = (math.nan, math.nan)  # GOP/s of AMX tdpbssd, K = 32 and 64 per product
+
+
+def _auto_kernel() -> str:
+    """The fused kernel ``cpu_kernel="auto"`` picks on this CPU ("" where none)."""
+    from msd.compiler.pipeline.targets import kernel_isas, resolve
+
+    isas = kernel_isas(resolve("llvm-cpu"))
+    return isas[0] if isas else ""
 
 
 def measure_ceilings(threads: int) -> Ceilings:
@@ -181,7 +194,8 @@ def measure_ceilings(threads: int) -> Ceilings:
 
     isas = kernel_isas(resolve("llvm-cpu"))
     isa = isas[0] if isas else ""
-    return Ceilings(threads, read_bandwidth(threads), isa, dot_peak(isa, threads) if isa else math.nan)
+    amx = (amx_peak(threads, 32), amx_peak(threads, 64)) if isa == "amx-int8" else (math.nan, math.nan)
+    return Ceilings(threads, read_bandwidth(threads), isa, dot_peak(isa, threads) if isa else math.nan, amx)
 
 
 # ============================================================================= measurement
@@ -717,7 +731,11 @@ def render(
         f"bandwidth **{ceilings.bandwidth:.1f} GB/s** (the faster of a torch int64 sum and f32 matrix-vector "
         "products over a 1 GiB buffer) and the "
         f"{ceilings.isa or 'no'} dot-product peak **{ceilings.dot:.0f} GOP/s** (an IREE dispatch per thread of "
-        "16 independent accumulator chains in registers; 1 op = 1 multiply or add). Weight GB/s: the kernel's "
+        "16 independent accumulator chains in registers; 1 op = 1 multiply or add; for amx-int8 the `vpdpbusd` "
+        "zmm peak, which the GOP/s shares below are of)"
+        + (f"; AMX `tdpbssd` **{ceilings.amx[0]:.0f} GOP/s** with 32 bytes of K per product (a group of 32) and "
+           f"**{ceilings.amx[1]:.0f}** with 64 (4 accumulator tiles per thread)" if math.isfinite(ceilings.amx[0])
+           else "") + ". Weight GB/s: the kernel's "
         "pre-packed weight bytes (codes, scales and offsets, as stored in `model.irpa`) "
         "per call / median call time — the streaming rate that decode (M=1) is bound by. int8 GOP/s: "
         "2·M·N·K·slices / median call time — the integer work prefill is bound by.",
@@ -762,13 +780,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs (default 0)")
     p.add_argument("--variants", default=None,
                    help=f"comma-separated subset of the variants: {', '.join(v.key for v in VARIANTS)} (default all;"
-                   " the ratios are about msd2, or msd2k when msd2 is not run)")
+                   " the ratios are about msd2, or msd2k when msd2 is not run; msd1v/msd2v, the AVX-512 VNNI kernel "
+                   "named, by default only where auto picks amx-int8)")
     p.add_argument("--cold", action="store_true",
                    help="evict the caches (write a buffer of twice the L3) before every timed call: weights come"
                         f" from DRAM, as a large model's decode reads them; each shape runs as distinct copies of"
                         f" its layer (>= {COLD_MIB} MiB of int8 weights) in one call")
     p.add_argument("--format", default="int8", choices=sorted(FORMATS),
-                   help="weight format: int8 per channel (default), or group-wise int8/int4 with groups of 32")
+                   help="weight format: int8 per channel (default), or group-wise int8/int4 (groups of 32 or 128)")
     args = p.parse_args(argv)
     if args.quick and args.cases:
         p.error("--cases picks full-run shapes; it does not combine with --quick")
@@ -793,7 +812,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if not args.m_list or min(args.m_list) < 1:
         p.error("--ms: batch sizes must be positive")
     all_keys = [v.key for v in VARIANTS]
-    wanted = [w.strip() for w in (args.variants or ",".join(all_keys)).split(",") if w.strip()]
+    default = all_keys if _auto_kernel() == "amx-int8" else [k for k in all_keys if k not in ("msd1v", "msd2v")]
+    wanted = [w.strip() for w in (args.variants or ",".join(default)).split(",") if w.strip()]
     if [w for w in wanted if w not in all_keys] or not ({"msd2", "msd2k"} & set(wanted)):
         p.error(f"--variants: choose from {', '.join(all_keys)}, including msd2 or msd2k")
     args.variant_list = tuple(v for v in VARIANTS if v.key in wanted)
@@ -822,7 +842,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     ceilings = measure_ceilings(len(os.sched_getaffinity(0)))
     flush = cache_flusher() if args.cold else None
-    log(f"ceilings: read {ceilings.bandwidth:.1f} GB/s, {ceilings.isa} dot peak {ceilings.dot:.0f} GOP/s")
+    log(f"ceilings: read {ceilings.bandwidth:.1f} GB/s, {ceilings.isa} dot peak {ceilings.dot:.0f} GOP/s"
+        + (f", AMX {ceilings.amx[0]:.0f} / {ceilings.amx[1]:.0f} GOP/s (K 32 / 64)" if math.isfinite(ceilings.amx[0])
+           else ""))
     crs: list[CaseResult] = []
     for case in cases:
         i = [c.key for c in (*FULL_CASES, *QUICK_CASES)].index(case.key)  # seeds don't depend on --cases

@@ -778,6 +778,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         " separate linears (one kernel dispatch each) instead of one stacked linear each")
     p.add_argument("--codegen-row", action="store_true",
                    help="also time slices=2 with cpu_kernel='none' (IREE's lowering instead of msd's fused kernels)")
+    p.add_argument("--kernel-row", default=None, metavar="ISA",
+                   help="also time slices=2 built with this fused kernel named (e.g. avx512-vnni beside amx-int8, "
+                        "which auto picks where the CPU has AMX), in two rounds alternating with the default build")
     p.add_argument("--wait-idle", type=float, default=300.0,
                    help="seconds each speed row may wait for other processes to leave the CPU (default %(default)s)")
     p.add_argument("--no-profile", action="store_true", help="skip the device-time profile of msd's decode")
@@ -868,6 +871,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wait_for_idle(args.wait_idle, log)
                 speed.append(time_steps(f"msd slices=2 (round {r + 2})", compiled[2].gen, prompt, args.decode_tokens))
             del plain
+            gc.collect()
+        if args.kernel_row:  # slices=2 with another fused kernel, alternating with the default build
+            other = compile_msd(args.gguf, model, 2, args.max_ctx, log, cpu_kernel=args.kernel_row)
+            for r in range(2):
+                wait_for_idle(args.wait_idle, log)
+                speed.append(time_steps(f"msd slices=2, {args.kernel_row} kernel (round {r + 1})", other.gen, prompt,
+                                        args.decode_tokens))
+                wait_for_idle(args.wait_idle, log)
+                speed.append(time_steps(f"msd slices=2 (kernel round {r + 1})", compiled[2].gen, prompt,
+                                        args.decode_tokens))
+            del other
             gc.collect()
         if args.codegen_row:  # the same slices=2 build without the fused kernels: IREE's lowering of the int8 matmuls
             plain = compile_msd(args.gguf, model, 2, args.max_ctx, log, cpu_kernel="none")

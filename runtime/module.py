@@ -42,9 +42,10 @@ _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 0x1023, 18  # linux/arch/x86/include
 @functools.cache
 def enable_amx() -> bool:
     """Ask Linux for this process's use of Intel AMX tile data (``arch_prctl(ARCH_REQ_XCOMP_PERM,
-    XFEATURE_XTILEDATA)``), which a kernel built for ``amx-int8`` needs before its first tile instruction
-    (without it the CPU faults).  Process-wide, once; every :class:`Module` does it when the CPU has AMX.
-    Whether it was granted: False on other CPUs, systems and kernels (before Linux 5.16)."""
+    XFEATURE_XTILEDATA)``; without it a tile instruction faults).  msd's ``amx-int8`` kernels ask by
+    themselves (and keep to AVX-512 VNNI where refused); this is for other code that uses the tiles (the
+    benchmarks' AMX peak) and says whether the system grants them: False on other CPUs, systems and
+    kernels (before Linux 5.16).  Process-wide, once."""
     import ctypes
     import platform
 
@@ -153,7 +154,6 @@ class Module:
     ) -> None:
         self.inputs = list(inputs) if inputs is not None else None
         self.function = function
-        enable_amx()  # a module compiled for this CPU may use its AMX tiles (cpu_kernel "amx-int8")
         try:
             self._config = rt.Config(driver)
             self.driver = driver

@@ -27,7 +27,6 @@ from msd.passes.decompose_activations.quantize_kernel import QuantizeSpec
 from msd.runtime import enable_amx
 
 HOST_ISAS = kernel_isas(resolve("llvm-cpu"))
-enable_amx()  # the amx-int8 kernels run here through iree.runtime directly (msd.runtime.Module does it itself)
 # A CPU that has each variant (the disassembly check compiles for it, whatever this host is) and the
 # instructions its dot products must be, with their registers: (instruction, register, at least how many).
 # AMX: the tile products (signed 4-bit codes, staged; unsigned 8-bit ones, in place) and, for the rows
@@ -255,6 +254,67 @@ def test_each_variant_uses_its_dot_product_instruction(isa: str, nibbles: bool, 
         assert len(dots) >= least and all(reg in line for line in dots), (instruction, dots[:4])
     if isa == "amx-int8":  # signed 4-bit codes staged, unsigned 8-bit codes read in place
         assert any(("tdpbssd" if nibbles else "tdpbsud") in line for line in lines)
+
+
+def test_amx_use_is_granted_where_the_cpu_has_it() -> None:
+    """``enable_amx`` asks Linux for the AMX tile state; granted exactly where the kernel variant is listed
+    for this host (the amx-int8 runs above depend on it)."""
+    assert enable_amx() == ("amx-int8" in HOST_ISAS)
+
+
+AMX_CHILD = """
+import ctypes, sys
+import numpy as np
+import iree.runtime as rt
+
+def permitted():  # arch_prctl(ARCH_GET_XCOMP_PERM): the process's permitted xstate features
+    mask = ctypes.c_uint64()
+    assert ctypes.CDLL(None).syscall(158, 0x1022, ctypes.byref(mask)) == 0
+    return bool(mask.value >> 18 & 1)  # XFEATURE_XTILEDATA
+
+before = permitted()
+ctx = rt.SystemContext(config=rt.Config("local-task"))
+ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, open(sys.argv[1], "rb").read()))
+data = np.load(sys.argv[2])
+ops = [data[f"op{i}"] for i in range(len(data.files) - 1)]
+got = np.asarray(ctx.modules.module["linear"](*ops)).astype(np.float64)
+ref = data["ref"]
+print(before, permitted(), float(np.abs(got - ref).max() / np.abs(ref).max()))
+"""
+
+
+def test_amx_kernel_asks_for_the_tiles_itself(tmp_path: Path) -> None:
+    """In a process that never asked Linux for AMX (plain iree.runtime, no msd), the amx-int8 kernel at
+    M >= 16 requests the tile state itself (the permission appears) and computes the right result; so
+    IREE's own tools (iree-run-module, iree-benchmark-module) run msd's AMX modules too."""
+    _needs("amx-int8")
+    import sys
+
+    spec = KernelSpec("amx-int8", 40, 256, 32, 2, True, True, tiles_per_workgroup=2, cols=2, nibbles=True)
+    vmfb = _compile(spec, tmp_path)
+    ops, ref = _operands(spec, 37, seed=5)
+    np.savez(tmp_path / "ops.npz", **{f"op{i}": o for i, o in enumerate(ops)}, ref=ref)
+    out = subprocess.run([sys.executable, "-c", AMX_CHILD, str(vmfb), str(tmp_path / "ops.npz")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after, rel = out.stdout.split()
+    assert (before, after) == ("False", "True"), out.stdout
+    assert float(rel) < 1e-6
+
+
+def test_amx_blocks_and_chunks() -> None:
+    """How the AMX variant cuts K: groups of <= 64 are one tile product each, in blocks of 2 groups where
+    the count is even (two sets of C tiles where 2 slices leave room); larger groups in chunks of 64 (4-bit
+    codes: an even number of chunks, each within one nibble half); a chunk always divides the group."""
+    spec = KernelSpec("amx-int8", 32, 4096, 32, 2, True, True, nibbles=True)
+    assert (spec.amx_chunk, spec.amx_group_block, spec.amx_sets) == (32, 2, 2)
+    assert KernelSpec("amx-int8", 32, 4096, 32, 3, True, False).amx_sets == 1  # 3 slices: 10 tiles for 2 sets
+    assert KernelSpec("amx-int8", 32, 4096, 4096, 2, False, False).amx_chunk == 64
+    assert KernelSpec("amx-int8", 32, 576, 96, 2, False, False, nibbles=True).amx_chunk == 48
+    assert KernelSpec("amx-int8", 32, 576, 192, 2, False, False, nibbles=True).amx_chunk == 48  # 4 chunks
+    assert KernelSpec("amx-int8", 32, 300, 100, 1, False, False).amx_chunk == 20
+    assert KernelSpec("amx-int8", 32, 576, 32, 2, False, False).amx_group_block == 2  # 18 groups
+    assert KernelSpec("amx-int8", 32, 288, 32, 2, False, False).amx_group_block == 1  # 9: blocks divide the groups
 
 
 def test_kernel_spec_refuses_what_it_cannot_run() -> None:

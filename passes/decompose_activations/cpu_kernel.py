@@ -96,6 +96,8 @@ SLICE_RADIX = 254.0
 # that also prefetched the scales did not help and was not kept.
 PREFETCH_BYTES = 8192
 AMX_ROWS = 16  # activation rows per AMX block (a tile's rows)
+# x86-64 Linux: the system call, request and feature that grant a process the AMX tile state
+SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
 AMX_K = 64  # K per AMX tile product at most (a tile row's bytes)
 AMX_GROUP_BLOCK = 2  # groups per AMX block at most (KernelSpec.amx_group_block; 2 measured best, below)
 SYMBOL_PREFIX = "msd_"  # every kernel executable's name starts so
@@ -559,9 +561,27 @@ class _Writer:
         the cache across the tiles and the tiles' weights across the row blocks."""
         s, e = self.s, self.emit
         p, ch, gb = s.slices, s.amx_chunk, s.amx_group_block
+        # Linux hands out the AMX tile state only on request (arch_prctl(ARCH_REQ_XCOMP_PERM,
+        # XFEATURE_XTILEDATA), process-wide; a tile instruction before it faults): the kernel asks itself,
+        # so that any IREE host runs it, and keeps to AVX-512 VNNI where it is refused (an older kernel)
+        e("      %mge16 = arith.cmpi uge, %m, %c16 : index")
+        e("      %amxno = arith.constant -1 : i64")
+        e("      %amxperm = scf.if %mge16 -> (i64) {")
+        e(f"        %amxnr = arith.constant {SYS_ARCH_PRCTL} : i64")
+        e(f"        %amxreq = arith.constant {ARCH_REQ_XCOMP_PERM} : i64")
+        e(f"        %amxfeat = arith.constant {XFEATURE_XTILEDATA} : i64")
+        e('        %amxr = llvm.inline_asm has_side_effects asm_dialect = att "syscall", '
+          '"={rax},{rax},{rdi},{rsi},~{rcx},~{r11},~{memory}" %amxnr, %amxreq, %amxfeat : (i64, i64, i64) -> i64')
+        e("        scf.yield %amxr : i64")
+        e("      } else {")
+        e("        scf.yield %amxno : i64")
+        e("      }")
+        e("      %amxz = arith.constant 0 : i64")
+        e("      %amxok = arith.cmpi eq, %amxperm, %amxz : i64")
+        e("      %useamx = arith.andi %mge16, %amxok : i1")
         e("      %m16d = arith.divui %m, %c16 : index")
-        e("      %m16 = arith.muli %m16d, %c16 : index")
-        e("      %useamx = arith.cmpi uge, %m, %c16 : index")
+        e("      %m16a = arith.muli %m16d, %c16 : index")
+        e("      %m16 = arith.select %useamx, %m16a, %c0 : index")
         e("      %cfg = memref.alloca() : memref<64xi8>")  # palette 1: byte 0; colsb (u16) at 16+2t; rows at 48+t
         self.t_cbuf = f"memref<{2 * gb}x{p}x{AMX_ROWS}x16xi32>"  # two blocks' slots: one read, one written
         staged = 2 * gb if s.group == ch else s.amx_staged
@@ -579,8 +599,14 @@ class _Writer:
             e(f"      %cfgi{byte} = arith.constant {byte} : index")
             e(f"      memref.store %cfgv{byte}, %cfg[%cfgi{byte}] : memref<64xi8>")
         for name, mem, ty in (("cfg", "%cfg", "memref<64xi8>"), ("cbuf", "%cbuf", self.t_cbuf),
-                              ("bbuf", "%bbuf", self.t_bbuf), ("abase", "%a", self.t_a), ("wbase", "%w", self.t_w)):
+                              ("bbuf", "%bbuf", self.t_bbuf)):
             e(f"      %{name}x = memref.extract_aligned_pointer_as_index {mem} : {ty} -> index")
+        for name, mem, ty, rank in (("abase", "%a", self.t_a, 3), ("wbase", "%w", self.t_w, 4)):  # bytes: + offset
+            e(f"      %{name}p = memref.extract_aligned_pointer_as_index {mem} : {ty} -> index")
+            dims = ", ".join(f"%{name}d{i}" for i in range(2 * rank))
+            e(f"      %{name}m, %{name}o, {dims} = memref.extract_strided_metadata {mem} : {ty} -> "
+              f"memref<i8>, index, {', '.join(['index'] * 2 * rank)}")
+            e(f"      %{name}x = arith.addi %{name}p, %{name}o : index")
         self.pointer("      ", "%cfgp", "%cfgx")
         for i in range(len(tiles)):
             e(f"      %tmm{i} = llvm.mlir.constant({i} : i8) : i8")
