@@ -5,6 +5,9 @@
     python benchmarks/kernel.py --shapes 4096x11008 --ms 512 --act-scale group,row --code-rows padded,unpadded
     python benchmarks/kernel.py --shapes 4096x11008 --ms 512 --blocks 4x2,8x1,6x1 --act-scale row
     python benchmarks/kernel.py --format int8 --isas avx2,avx512-vnni --shapes 4096x11008 --ms 512
+    python benchmarks/kernel.py --isas amx-int8,avx512-vnni --shapes 4096x11008,11008x4096 --ms 128,512
+    python benchmarks/kernel.py --isas amx-int8,avx512-vnni --format int8 --shapes 4096x11008 --ms 512
+    python benchmarks/kernel.py --isas amx-int8 --shapes 4096x11008 --ms 512 --amx-groups 1,2,4,8,16
 
 Every combination of the lists given (shapes KxN, M, ISA, activation scale per group of K or per row,
 register block ROWSxTILES, prefetch distance, activation code rows padded as ``cpu_kernel.code_row`` pads
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ceilings import dot_peak, read_bandwidth  # noqa: E402
+from _ceilings import amx_peak, dot_peak, read_bandwidth  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 from linear import cache_flusher  # noqa: E402
 
@@ -82,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "cpu_kernel.PREFETCH_BYTES)")
     ap.add_argument("--code-rows", default="padded", help="padded and/or unpadded: the activation codes' rows "
                     "as cpu_kernel.code_row lays them out, or K long")
+    ap.add_argument("--amx-groups", default="", help="comma-separated groups per pipelined AMX block at most "
+                    "(amx-int8; default: cpu_kernel.AMX_GROUP_BLOCK)")
     ap.add_argument("--cold", action="store_true", help="evict the caches before every timed call")
     ap.add_argument("--threads", type=int, default=0, help="IREE workers (default: IREE's)")
     ap.add_argument("--rounds", type=int, default=4)
@@ -108,10 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = rt.Config("local-task")
     rng = np.random.default_rng(0)
     runs = []
-    for (k, n), m, isa, scale, block, pf, rows in itertools.product(shapes, _ints(args.ms), isas, scales, blocks,
-                                                                     prefetches, code_rows):
+    amx_groups = _ints(args.amx_groups) or [cpu_kernel.AMX_GROUP_BLOCK]
+    for (k, n), m, isa, scale, block, pf, rows, ag in itertools.product(shapes, _ints(args.ms), isas, scales, blocks,
+                                                                         prefetches, code_rows, amx_groups):
+        if ag != amx_groups[0] and not cpu_kernel.ISAS[isa].amx:
+            continue
         spec = spec_for(args.format, k, n, isa, scale == "group", block, args.slices)
         cpu_kernel.PREFETCH_BYTES = pf  # both read when the kernel's text and operand types are written
+        cpu_kernel.AMX_GROUP_BLOCK = ag
         cpu_kernel.code_row = padded if rows == "padded" else (lambda k: k)
         vmfb = ireec.compile_str(spec.standalone_module(), extra_args=list(resolve("llvm-cpu").flags))
         ctx = rt.SystemContext(config=config)
@@ -123,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fn(*dev)
         weight = sum(o.nbytes for o, role in zip(ops, spec.roles()) if role in ("w", "scale", "off"))
         label = f"{k}x{n} M={m} {isa} scale/{scale} block {spec.rows}x{spec.cols} prefetch {pf} code rows {row_len}"
+        if spec.amx:
+            label += f" amx groups {spec.amx_group_block}"
         runs.append((label, isa, fn, dev, 2 * m * n * k * spec.slices, weight, []))
     flush = cache_flusher() if args.cold else None
     for _ in range(args.rounds):
@@ -134,11 +145,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fn(*dev)
                 times.append(time.perf_counter() - t0)
     threads = args.threads or 2
-    peaks = {isa: dot_peak(isa, threads) for isa in isas}
+    # amx-int8: the vpdpbusd zmm peak (its other rows'), measured once with avx512-vnni's
+    bases = {isa: "avx512-vnni" if cpu_kernel.ISAS[isa].amx else isa for isa in isas}
+    measured = {base: dot_peak(base, threads) for base in dict.fromkeys(bases.values())}
+    peaks = {isa: measured[base] for isa, base in bases.items()}
+    amx = [amx_peak(threads, kb) for kb in (32, 64)] if any(cpu_kernel.ISAS[i].amx for i in isas) else []
     bandwidth = read_bandwidth(threads)
     print(f"{cpu_model()}; format {args.format}, p={args.slices}, {'cold' if args.cold else 'warm'}, "
           f"{args.rounds}x{args.calls} calls; read bandwidth {bandwidth:.1f} GB/s, dot peak "
-          f"{', '.join(f'{i} {p:.0f}' for i, p in peaks.items())} GOP/s (same run)")
+          f"{', '.join(f'{i} {p:.0f}' for i, p in measured.items())} GOP/s"
+          + (f"; AMX tdpbssd {amx[0]:.0f} / {amx[1]:.0f} GOP/s with 32 / 64 bytes of K" if amx else "")
+          + " (same run; the shares below are of the vpdpbusd peak)")
     print("| configuration | median ms | p10 / p90 ms | int8 GOP/s (of peak) | weight GB/s (of read) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for label, isa, _, _, ops, weight, times in runs:

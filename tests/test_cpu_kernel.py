@@ -416,3 +416,22 @@ def test_kernel_options_are_checked() -> None:
     if missing:  # on a host without a variant, asking for it names what the host has
         with pytest.raises(msd.OptionError, match="this host's CPU lacks it"):
             msd.compile(model, (x,), cpu_kernel=missing[0])
+
+
+def test_kernel_benchmark_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks/kernel.py`` (the kernel alone, the docs' kernel figures) end to end on tiny shapes with
+    this CPU's kernels: a table row per configuration.  Its ceilings are the one part replaced (they take
+    seconds and are tested by the benchmarks that report them)."""
+    if not HOST_ISAS:
+        pytest.skip("this CPU has none of the fused kernel's ISAs")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import kernel
+
+    for name in ("read_bandwidth", "dot_peak", "amx_peak"):
+        monkeypatch.setattr(kernel, name, lambda *a, **k: 1.0)
+    isas = ",".join(HOST_ISAS[:2])
+    assert kernel.main(["--shapes", "256x40", "--ms", "1,17", "--isas", isas, "--rounds", "1", "--calls", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 256x40 M=")]
+    assert len(rows) == 2 * len(HOST_ISAS[:2]), rows
