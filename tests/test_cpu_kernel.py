@@ -435,3 +435,23 @@ def test_kernel_benchmark_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     assert kernel.main(["--shapes", "256x40", "--ms", "1,17", "--isas", isas, "--rounds", "1", "--calls", "2"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 256x40 M=")]
     assert len(rows) == 2 * len(HOST_ISAS[:2]), rows
+
+
+@pytest.mark.parametrize("case", [0, 2, 5, 7], ids=lambda i: "n{}_k{}_g{}_p{}".format(*KERNEL_CASES[i][:4]))
+def test_amx_rows_equal_the_vnni_rows_bit_for_bit(case: int, tmp_path: Path) -> None:
+    """The AMX blocks compute the same exact integer dots as AVX-512 VNNI and then the same f32 steps in
+    the same order, so amx-int8 and avx512-vnni give identical results (not just close ones)."""
+    _needs("amx-int8")
+    import iree.runtime as rt
+
+    n, k, g, p, per_group, offset, nibbles = KERNEL_CASES[case]
+    out = {}
+    for isa in ("amx-int8", "avx512-vnni"):
+        spec = KernelSpec(isa, n, k, g, p, per_group, offset, tiles_per_workgroup=2, cols=2, nibbles=nibbles)
+        (tmp_path / isa).mkdir()
+        vmfb = _compile(spec, tmp_path / isa)
+        ctx = rt.SystemContext(config=rt.Config("local-task"))
+        ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb.read_bytes()))
+        ops, _ = _operands(spec, 41, seed=case)
+        out[isa] = np.asarray(ctx.modules.module["linear"](*ops))
+    np.testing.assert_array_equal(out["amx-int8"], out["avx512-vnni"])
