@@ -8,6 +8,7 @@
     python benchmarks/kernel.py --isas amx-int8,avx512-vnni --shapes 4096x11008,11008x4096 --ms 128,512
     python benchmarks/kernel.py --isas amx-int8,avx512-vnni --format int8 --shapes 4096x11008 --ms 512
     python benchmarks/kernel.py --isas amx-int8 --shapes 4096x11008 --ms 512 --amx-groups 1,2,4,8,16
+    python benchmarks/kernel.py --isas amx-int8,avx512-vnni --shapes 4096x3840,4096x11008 --ms 512 --amx-prefetch 0,1024
 
 Every combination of the lists given (shapes KxN, M, ISA, activation scale per group of K or per row,
 register block ROWSxTILES, prefetch distance, activation code rows padded as ``cpu_kernel.code_row`` pads
@@ -87,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "as cpu_kernel.code_row lays them out, or K long")
     ap.add_argument("--amx-groups", default="", help="comma-separated groups per pipelined AMX block at most "
                     "(amx-int8; default: cpu_kernel.AMX_GROUP_BLOCK)")
+    ap.add_argument("--amx-prefetch", default="", help="comma-separated distances in bytes at which the AMX "
+                    "blocks' staging prefetches the weight codes (amx-int8; default: cpu_kernel.AMX_PREFETCH_BYTES)")
     ap.add_argument("--cold", action="store_true", help="evict the caches before every timed call")
     ap.add_argument("--threads", type=int, default=0, help="IREE workers (default: IREE's)")
     ap.add_argument("--rounds", type=int, default=4)
@@ -114,13 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     runs = []
     amx_groups = _ints(args.amx_groups) or [cpu_kernel.AMX_GROUP_BLOCK]
-    for (k, n), m, isa, scale, block, pf, rows, ag in itertools.product(shapes, _ints(args.ms), isas, scales, blocks,
-                                                                         prefetches, code_rows, amx_groups):
-        if ag != amx_groups[0] and not cpu_kernel.ISAS[isa].amx:
+    amx_prefetch = _ints(args.amx_prefetch) or [cpu_kernel.AMX_PREFETCH_BYTES]
+    for (k, n), m, isa, scale, block, pf, rows, ag, apf in itertools.product(
+            shapes, _ints(args.ms), isas, scales, blocks, prefetches, code_rows, amx_groups, amx_prefetch):
+        if (ag, apf) != (amx_groups[0], amx_prefetch[0]) and not cpu_kernel.ISAS[isa].amx:
             continue
         spec = spec_for(args.format, k, n, isa, scale == "group", block, args.slices)
-        cpu_kernel.PREFETCH_BYTES = pf  # both read when the kernel's text and operand types are written
-        cpu_kernel.AMX_GROUP_BLOCK = ag
+        cpu_kernel.PREFETCH_BYTES = pf  # all read when the kernel's text and operand types are written
+        cpu_kernel.AMX_GROUP_BLOCK, cpu_kernel.AMX_PREFETCH_BYTES = ag, apf
         cpu_kernel.code_row = padded if rows == "padded" else (lambda k: k)
         vmfb = ireec.compile_str(spec.standalone_module(), extra_args=list(resolve("llvm-cpu").flags))
         ctx = rt.SystemContext(config=config)
@@ -133,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         weight = sum(o.nbytes for o, role in zip(ops, spec.roles()) if role in ("w", "scale", "off"))
         label = f"{k}x{n} M={m} {isa} scale/{scale} block {spec.rows}x{spec.cols} prefetch {pf} code rows {row_len}"
         if spec.amx:
-            label += f" amx groups {spec.amx_group_block}"
+            label += f" amx groups {spec.amx_group_block} amx prefetch {apf}"
         runs.append((label, isa, fn, dev, 2 * m * n * k * spec.slices, weight, []))
     flush = cache_flusher() if args.cold else None
     for _ in range(args.rounds):

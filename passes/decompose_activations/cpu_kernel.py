@@ -99,6 +99,11 @@ AMX_ROWS = 16  # activation rows per AMX block (a tile's rows)
 # x86-64 Linux: the system call, request and feature that grant a process the AMX tile state
 SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
 AMX_K = 64  # K per AMX tile product at most (a tile row's bytes)
+# How far ahead the AMX blocks' staging asks for a tile's weight codes (0: not).  The kernel alone, int4 in
+# groups of 32, p=2, M=512 (`python benchmarks/kernel.py --isas amx-int8,avx512-vnni --shapes
+# 4096x3840,4096x4096,4096x11008 --ms 512 --amx-prefetch 0,1024,4096 --rounds 3`), GOP/s without / 1024 /
+# 4096: 733 / 815 / 808, 1180 / 1248 / 1233, 917 / 923 / 936 (VNNI kernel: 751, 919, 881).
+AMX_PREFETCH_BYTES = 1024
 AMX_GROUP_BLOCK = 2  # groups per AMX block at most (KernelSpec.amx_group_block; 2 measured best, below)
 SYMBOL_PREFIX = "msd_"  # every kernel executable's name starts so
 ROLES_ATTR = "msd.operand_roles"  # on a kernel's flow.dispatch: what each tensor operand is (KernelSpec.roles)
@@ -727,6 +732,19 @@ class _Writer:
         e(f"{ind}  %sgs = arith.addi {slot}, %sgi : index")
         rows = [(f"%c{i}", "l") for i in range(half)] + [(f"%c{i}", "h") for i in range(half)]
         self.stage(ind + "  ", f"{tag}s", "%sg", "%sgs", rows)
+        if AMX_PREFETCH_BYTES:  # the tile's codes AMX_PREFETCH_BYTES ahead, a line per weight step
+            i2 = ind + "  "
+            e(f"{i2}%spt = arith.muli %tt0, %tilebytes : index")
+            e(f"{i2}%spg = arith.muli %sg, %wgsteps : index")
+            e(f"{i2}%spg64 = arith.muli %spg, %c64 : index")
+            e(f"{i2}%spa = arith.addi %spt, %spg64 : index")
+            e(f"{i2}%spd = arith.constant {AMX_PREFETCH_BYTES} : index")
+            e(f"{i2}%spb = arith.addi %spa, %spd : index")
+            for i in range(half):
+                e(f"{i2}%spo{i} = arith.constant {64 * i} : index")
+                e(f"{i2}%spx{i} = arith.addi %spb, %spo{i} : index")
+                e(f"{i2}%spc{i} = arith.minui %spx{i}, %wlast : index")
+                e(f"{i2}memref.prefetch %wflat[%spc{i}], read, locality<3>, data : memref<{self.w_bytes}xi8>")
         e(f"{ind}}}")
 
     def amx_products(self, ind: str, tag: str, gbase: str, slot: str) -> None:
