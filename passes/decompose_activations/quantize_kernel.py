@@ -175,7 +175,9 @@ class _Writer:
         e(f"{ind}  %ax = math.absf {xv} : {v}")
         e(f"{ind}  %mx = vector.reduction <maximumf>, %ax : {v} into f32")
         e(f"{ind}  %m1 = arith.maximumf %m0, %mx : f32")
-        e(f"{ind}  %sx = vector.reduction <add>, {xv} : {v} into f32")
+        # (reassociated: a tree of adds, not a chain of 32 scalar adds; the group sum feeds only the f32
+        # offset term, whose order of sums the kernel does not keep anyway)
+        e(f"{ind}  %sx = vector.reduction <add>, {xv} fastmath<reassoc> : {v} into f32")
         e(f"{ind}  %s1 = arith.addf %s0, %sx : f32")
         e(f"{ind}  scf.yield %m1, %s1 : f32, f32")
         e(f"{ind}}}")
@@ -215,7 +217,9 @@ class _Writer:
         e(f"{ind}  %ok = arith.cmpf olt, %at, %inf : {v}")
         t = "%t0"
         for p in range(s.slices):
-            e(f"{ind}  %r{p} = math.roundeven {t} : {v}")
+            # LLVM's own round-half-to-even (one vrndscaleps / frintn per vector): math.roundeven is
+            # expanded by the lowering into ~40 integer ops per vector, which made this kernel ~7 cycles/element
+            e(f'{ind}  %r{p} = llvm.call_intrinsic "llvm.roundeven.v{s.chunk}f32"({t}) : ({v}) -> {v}')
             e(f"{ind}  %l{p} = arith.maximumf %r{p}, %lo : {v}")
             e(f"{ind}  %d{p} = arith.minimumf %l{p}, %hi : {v}")
             e(f"{ind}  %z{p} = arith.select %ok, %d{p}, %zero : vector<{s.chunk}xi1>, {v}")
