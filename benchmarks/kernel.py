@@ -8,6 +8,7 @@
     python benchmarks/kernel.py --isas amx-int8,avx512-vnni --shapes 4096x11008,11008x4096 --ms 128,512
     python benchmarks/kernel.py --isas amx-int8,avx512-vnni --format int8 --shapes 4096x11008 --ms 512
     python benchmarks/kernel.py --isas amx-int8 --shapes 4096x11008 --ms 512 --amx-groups 1,2,4,8,16
+    python benchmarks/kernel.py --shapes 576x576,1536x576,4096x4096 --ms 512 --quantizer
     python benchmarks/kernel.py --isas amx-int8,avx512-vnni --shapes 4096x3840,4096x11008 --ms 512 --amx-prefetch 0,1024
 
 Every combination of the lists given (shapes KxN, M, ISA, activation scale per group of K or per row,
@@ -19,7 +20,8 @@ timing does not depend on the values), and timed in interleaved rounds (``--roun
 percentiles (a bimodal row shows there), int8 GOP/s (2·M·N·K·slices) as a share of the ISA's dot-product
 peak, and the packed weight bytes per second as a share of the read bandwidth, both ceilings measured in
 the same run (``_ceilings.py``).  ``--cold`` writes a buffer twice the L3 size before every timed call
-(pick a large N: a cold call's fixed cost is ~0.3 ms); ``--threads`` sets IREE's worker count.
+(pick a large N: a cold call's fixed cost is ~0.3 ms); ``--threads`` sets IREE's worker count;
+``--quantizer`` also times the activation-quantizing kernel that feeds each (K, M), alone.
 The docs' kernel-alone figures (docs/benchmarks.md "Fused CPU kernel") come from the commands above.
 """
 
@@ -90,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "(amx-int8; default: cpu_kernel.AMX_GROUP_BLOCK)")
     ap.add_argument("--amx-prefetch", default="", help="comma-separated distances in bytes at which the AMX "
                     "blocks' staging prefetches the weight codes (amx-int8; default: cpu_kernel.AMX_PREFETCH_BYTES)")
+    ap.add_argument("--quantizer", action="store_true", help="also time the activation-quantizing kernel that feeds "
+                    "each (K, M) (quantize_kernel.QuantizeSpec as the pass would emit it for f32 rows)")
     ap.add_argument("--cold", action="store_true", help="evict the caches before every timed call")
     ap.add_argument("--threads", type=int, default=0, help="IREE workers (default: IREE's)")
     ap.add_argument("--rounds", type=int, default=4)
@@ -101,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from msd.compiler.pipeline.targets import kernel_isas, resolve
     from msd.passes.decompose_activations import cpu_kernel
+    from msd.passes.decompose_activations.quantize_kernel import QuantizeSpec
 
     if args.threads:
         rt.flags.parse_flags(f"--task_topology_group_count={args.threads}")
@@ -139,8 +144,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if spec.amx:
             label += f" amx groups {spec.amx_group_block} amx prefetch {apf}"
         runs.append((label, isa, fn, dev, 2 * m * n * k * spec.slices, weight, []))
+    quantizers = []
+    if args.quantizer:
+        for k, m in dict.fromkeys((k, m) for (k, _), m in itertools.product(shapes, _ints(args.ms))):
+            spec = spec_for(args.format, k, 16, isas[0], "group" in scales, None, args.slices)
+            q = QuantizeSpec(k, spec.group, spec.slices, spec.scale_per_group, spec.offset, spec.weight_bias)
+            vmfb = ireec.compile_str(quantizer_module(q), extra_args=list(resolve("llvm-cpu").flags))
+            ctx = rt.SystemContext(config=config)
+            ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb))
+            x = rt.asdevicearray(config.device, rng.standard_normal((m, k)).astype(np.float32))
+            quantizers.append((f"quantize K={k} M={m} g{q.group} p={q.slices}", ctx.modules.module["quantize"],
+                               [x], m * k, []))
     flush = cache_flusher() if args.cold else None
     for _ in range(args.rounds):
+        for _, fn, dev, _, times in quantizers:
+            for _ in range(args.calls):
+                t0 = time.perf_counter()
+                fn(*dev)
+                times.append(time.perf_counter() - t0)
         for _, _, fn, dev, _, _, times in runs:
             for _ in range(args.calls):
                 if flush is not None:
@@ -167,7 +188,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         gops, gbs = ops / med / 1e9, weight / med / 1e9
         print(f"| {label} | {med * 1e3:.3f} | {p10 * 1e3:.2f} / {p90 * 1e3:.2f} | {gops:.0f} ({gops / peaks[isa]:.0%}) "
               f"| {gbs:.1f} ({gbs / bandwidth:.0%}) |")
+    if quantizers:
+        print("\n| quantizer | median ms | p10 / p90 ms | activation elements per ns |")
+        print("| --- | ---: | ---: | ---: |")
+        for label, _, _, elements, times in quantizers:
+            med, p10, p90 = (float(np.percentile(times, q)) for q in (50, 10, 90))
+            print(f"| {label} | {med * 1e3:.3f} | {p10 * 1e3:.2f} / {p90 * 1e3:.2f} | {elements / med / 1e9:.2f} |")
     return 0
+
+
+def quantizer_module(q) -> str:
+    """A module whose function ``quantize`` takes f32 rows ``[M, K]`` and dispatches the quantizer alone."""
+    k, outs = q.k, [f"tensor<{t}>" for key, t in q.types().items() if key != "x"]
+    return (f"module {{\n{q.executable()}\nutil.func public @quantize(%x: tensor<?x{k}xf32>) -> "
+            f"({', '.join(outs)}) {{\n  %c0 = arith.constant 0 : index\n"
+            f"  %m = tensor.dim %x, %c0 : tensor<?x{k}xf32>\n"
+            f"  %r:{len(outs)} = flow.dispatch @{q.symbol}::@{q.symbol}[%m](%x, %m) : "
+            f"(tensor<?x{k}xf32>{{%m}}, index) -> ({', '.join(o + '{%m}' for o in outs)})\n"
+            f"  util.return {', '.join(f'%r#{j}' for j in range(len(outs)))} : {', '.join(outs)}\n}}\n}}\n")
 
 
 if __name__ == "__main__":

@@ -436,9 +436,12 @@ def test_kernel_benchmark_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     for name in ("read_bandwidth", "dot_peak", "amx_peak"):
         monkeypatch.setattr(kernel, name, lambda *a, **k: 1.0)
     isas = ",".join(HOST_ISAS[:2])
-    assert kernel.main(["--shapes", "256x40", "--ms", "1,17", "--isas", isas, "--rounds", "1", "--calls", "2"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 256x40 M=")]
+    assert kernel.main(["--shapes", "256x40", "--ms", "1,17", "--isas", isas, "--rounds", "1", "--calls", "2",
+                        "--quantizer"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line for line in out if line.startswith("| 256x40 M=")]
     assert len(rows) == 2 * len(HOST_ISAS[:2]), rows
+    assert len([line for line in out if line.startswith("| quantize K=256 M=")]) == 2, out
 
 
 @pytest.mark.parametrize("case", [0, 2, 5, 7], ids=lambda i: "n{}_k{}_g{}_p{}".format(*KERNEL_CASES[i][:4]))
