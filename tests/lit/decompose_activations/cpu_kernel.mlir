@@ -4,6 +4,7 @@
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=neon-dot" | FileCheck %s --check-prefix=ARM
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=neon-i8mm" | FileCheck %s --check-prefix=I8MM
 // RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=avx512-vnni" --msd-report 2>&1 >/dev/null | FileCheck %s --check-prefix=REPORT
+// RUN: msd-opt %s --msd-decompose-activations="slices=2 cpu-kernel=amx-int8" | FileCheck %s --check-prefix=AMX
 
 // cpu-kernel: a contraction with int8 slices becomes one fused kernel dispatch.  The kernel is a
 // stream.executable named after its static shape (N=24, K=64, groups of 32, slices, scale per
@@ -15,7 +16,7 @@
 // weight shares is not covered: it keeps the int8-matmul form and the report says why.
 
 // CHECK:       stream.executable private @msd_quantize_k64_g32_p2_sg_off_wb128
-// CHECK:         math.roundeven {{.*}} : vector<32xf32>
+// CHECK:         llvm.call_intrinsic "llvm.roundeven.v32f32"({{.*}}) : (vector<32xf32>) -> vector<32xf32>
 // CHECK:       stream.executable private @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2
 // CHECK:       llvm.call_intrinsic "llvm.x86.avx512.vpdpbusd.512"
 // CHECK-SAME:    (vector<16xi32>, vector<64xi8>, vector<64xi8>) -> vector<16xi32>
@@ -113,3 +114,14 @@ util.func public @shared_batch(%x: tensor<2x4x64xf32>, %q: tensor<2x64x24xi8>, %
                            outs(%yf : tensor<2x4x24xf32>) -> tensor<2x4x24xf32>
   util.return %y : tensor<2x4x24xf32>
 }
+
+// amx-int8: the same operands; the kernel asks Linux for the tile state (an arch_prctl system call),
+// configures the tiles, multiplies 16-row blocks on them (8-bit weight codes read in place, unsigned:
+// tdpbsud), stores each group's i32 results for the f32 steps, and runs the rows left over on VNNI.
+// AMX:       stream.executable private @msd_linear_amx_int8_n24_k64_g32_p2_sg_off_r4_c2_t2
+// AMX:         llvm.inline_asm has_side_effects asm_dialect = att "syscall"
+// AMX:         llvm.call_intrinsic "llvm.x86.ldtilecfg"
+// AMX-COUNT-4:     llvm.call_intrinsic "llvm.x86.tdpbsud"
+// AMX-COUNT-4:     llvm.call_intrinsic "llvm.x86.tilestored64"
+// AMX:             llvm.call_intrinsic "llvm.x86.avx512.vpdpbusd.512"
+// AMX:         llvm.call_intrinsic "llvm.x86.tilerelease"

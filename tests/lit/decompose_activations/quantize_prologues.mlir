@@ -12,10 +12,10 @@
 // CHECK:       stream.executable private @msd_quantize_k128_g128_p2_wb128_combine_b1_h2_g2_d32_s4
 // CHECK:         math.exp
 // CHECK:         arith.divf {{.*}} : vector<32xf32>
-// CHECK:         math.roundeven
+// CHECK:         llvm.call_intrinsic "llvm.roundeven.v32f32"
 // CHECK:       stream.executable private @msd_quantize_k64_g64_p2_wb128_add_rms_norm_k64_e3727c5ac
 // CHECK:         math.rsqrt
-// CHECK:         math.roundeven
+// CHECK:         llvm.call_intrinsic "llvm.roundeven.v32f32"
 // CHECK-LABEL: util.func public @norm_then_linear
 // CHECK-SAME:      (%[[X:.*]]: tensor<?x64xf32>, %[[R:.*]]: tensor<?x64xf32>, %[[W:.*]]: tensor<64xf32>,
 // CHECK:         %[[M:.*]] = tensor.dim %[[X]]
