@@ -5,13 +5,14 @@ IREE's code generation, this emitter writes the contraction as one ``flow.dispat
 msd generates itself.  Around it, ordinary tensor ops:
 
 1. the activation, as ``[M, K]`` rows: ``amax`` per row (or per row and group) and, with a zero
-   point / min in the weight, the sums per (row, group); the slices' codes as bytes (``code + 128``
-   for VNNI, which reads them as unsigned bytes; the signed code for AVX2 and Arm) — once per row,
-   before the kernel, by one dispatch of :mod:`.quantize_kernel` for f32 rows (the linears that read
-   the same activation share it after CSE), by tensor ops otherwise;
-2. the weight side, which reads only the weight and so is computed once when the module loads (IREE
-   hoists it): the integer codes relaid into the kernel's tiles, the accumulator start
-   ``-128·Σ_{k∈g} w`` (VNNI), and the scale and offset per (channel, group);
+   point / min in the weight, the sums per (row, group); the slices' codes as signed bytes and, for a
+   kernel that reads the weight codes with a bias ``b`` as its unsigned bytes (VNNI, AMX's 8-bit
+   products, AVX2 on 4-bit codes), the accumulators' start ``-b·Σ_{k∈g} a`` per (row, slice, group) —
+   once per row, before the kernel, by one dispatch of :mod:`.quantize_kernel` for f32 rows (the
+   linears that read the same activation share it after CSE), by tensor ops otherwise;
+2. the weight side, which reads only the weight and so is computed at compile time
+   (``--msd-prepack-parameters``): the integer codes relaid into the kernel's tiles (``+ b``; 4-bit
+   codes two per byte), and the scale and offset per (channel, group);
 3. the dispatch, then one elementwise epilogue: the init added and the result's type (the op later
    consumers such as a bias add are folded into, as for the other emitters).
 
