@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, m in dict.fromkeys((k, m) for (k, _), m in itertools.product(shapes, _ints(args.ms))):
             spec = spec_for(args.format, k, 16, isas[0], "group" in scales, None, args.slices)
             q = QuantizeSpec(k, spec.group, spec.slices, spec.scale_per_group, spec.offset, spec.weight_bias)
-            vmfb = ireec.compile_str(quantizer_module(q), extra_args=list(resolve("llvm-cpu").flags))
+            vmfb = ireec.compile_str(q.standalone_module(), extra_args=list(resolve("llvm-cpu").flags))
             ctx = rt.SystemContext(config=config)
             ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb))
             x = rt.asdevicearray(config.device, rng.standard_normal((m, k)).astype(np.float32))
@@ -196,16 +196,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"| {label} | {med * 1e3:.3f} | {p10 * 1e3:.2f} / {p90 * 1e3:.2f} | {elements / med / 1e9:.2f} |")
     return 0
 
-
-def quantizer_module(q) -> str:
-    """A module whose function ``quantize`` takes f32 rows ``[M, K]`` and dispatches the quantizer alone."""
-    k, outs = q.k, [f"tensor<{t}>" for key, t in q.types().items() if key != "x"]
-    return (f"module {{\n{q.executable()}\nutil.func public @quantize(%x: tensor<?x{k}xf32>) -> "
-            f"({', '.join(outs)}) {{\n  %c0 = arith.constant 0 : index\n"
-            f"  %m = tensor.dim %x, %c0 : tensor<?x{k}xf32>\n"
-            f"  %r:{len(outs)} = flow.dispatch @{q.symbol}::@{q.symbol}[%m](%x, %m) : "
-            f"(tensor<?x{k}xf32>{{%m}}, index) -> ({', '.join(o + '{%m}' for o in outs)})\n"
-            f"  util.return {', '.join(f'%r#{j}' for j in range(len(outs)))} : {', '.join(outs)}\n}}\n}}\n")
 
 
 if __name__ == "__main__":

@@ -190,10 +190,7 @@ def _auto_kernel() -> str:
 
 
 def measure_ceilings(threads: int) -> Ceilings:
-    from msd.compiler.pipeline.targets import kernel_isas, resolve
-
-    isas = kernel_isas(resolve("llvm-cpu"))
-    isa = isas[0] if isas else ""
+    isa = _auto_kernel()
     amx = (amx_peak(threads, 32), amx_peak(threads, 64)) if isa == "amx-int8" else (math.nan, math.nan)
     return Ceilings(threads, read_bandwidth(threads), isa, dot_peak(isa, threads) if isa else math.nan, amx)
 

@@ -137,8 +137,8 @@ class CompileOptions(PassOptions):
                 raise OptionError(f"cpu_kernel={self.cpu_kernel!r}: this host's CPU lacks it (it has:"
                                   f" {', '.join(have) or 'no fused-kernel ISA'}); name a CPU that has it in the target,"
                                   " e.g. 'llvm-cpu:znver4', to cross-compile")
-        elif (ISAS[self.cpu_kernel].dot in ("sdot", "smmla")) != (tgt.arch == "aarch64"):
-            arm = ISAS[self.cpu_kernel].dot in ("sdot", "smmla")
+        elif ISAS[self.cpu_kernel].arm != (tgt.arch == "aarch64"):
+            arm = ISAS[self.cpu_kernel].arm
             raise OptionError(f"cpu_kernel={self.cpu_kernel!r} is an {'Arm' if arm else 'x86'} kernel; target"
                               f" {tgt.name!r} is {'an x86' if arm else 'an Arm'} CPU")
         return self.cpu_kernel

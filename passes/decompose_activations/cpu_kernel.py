@@ -69,6 +69,11 @@ class Isa:
         return 8 if self.dot == "maddubs" and nibbles else 0
 
     @property
+    def arm(self) -> bool:
+        """An Arm (NEON) variant, else x86."""
+        return self.dot in ("sdot", "smmla")
+
+    @property
     def rows(self) -> int:
         """Activation rows per register block (32 registers for AVX-512 and Arm, 16 ymm for AVX2)."""
         return 4 if self.lanes != 8 else 2
@@ -104,7 +109,9 @@ AMX_K = 64  # K per AMX tile product at most (a tile row's bytes)
 # 4096x3840,4096x4096,4096x11008 --ms 512 --amx-prefetch 0,1024,4096 --rounds 3`), GOP/s without / 1024 /
 # 4096: 733 / 815 / 808, 1180 / 1248 / 1233, 917 / 923 / 936 (VNNI kernel: 751, 919, 881).
 AMX_PREFETCH_BYTES = 1024
-AMX_GROUP_BLOCK = 2  # groups per AMX block at most (KernelSpec.amx_group_block; 2 measured best, below)
+# Groups per AMX block at most (KernelSpec.amx_group_block): `python benchmarks/kernel.py --isas amx-int8 --shapes
+# 4096x11008 --ms 512 --amx-groups 1,2,4,8,16` measured 2 and 4 fastest (docs/benchmarks.md)
+AMX_GROUP_BLOCK = 2
 SYMBOL_PREFIX = "msd_"  # every kernel executable's name starts so
 ROLES_ATTR = "msd.operand_roles"  # on a kernel's flow.dispatch: what each tensor operand is (KernelSpec.roles)
 ACTIVATION_ROLES = ("a", "s", "xs", "as")  # the operands computed from the activation, per call
@@ -286,7 +293,7 @@ class _Writer:
 
     def __init__(self, spec: KernelSpec, emulate: bool = False) -> None:
         self.s = spec
-        self.emulate = emulate and ISAS[spec.isa].dot in ("sdot", "smmla")
+        self.emulate = emulate and ISAS[spec.isa].arm
         self.lines: list[str] = []
 
     def emit(self, line: str) -> None:

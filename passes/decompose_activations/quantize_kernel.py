@@ -91,6 +91,17 @@ class QuantizeSpec:
     def executable(self) -> str:
         return _Writer(self).text()
 
+    def standalone_module(self) -> str:
+        """A module whose function ``quantize`` takes f32 rows ``[M, K]`` and dispatches this kernel alone
+        (no prologue): what the tests and ``benchmarks/kernel.py --quantizer`` compile."""
+        k, outs = self.k, [f"tensor<{t}>" for key, t in self.types().items() if key != "x"]
+        return (f"module {{\n{self.executable()}\nutil.func public @quantize(%x: tensor<?x{k}xf32>) -> "
+                f"({', '.join(outs)}) {{\n  %c0 = arith.constant 0 : index\n"
+                f"  %m = tensor.dim %x, %c0 : tensor<?x{k}xf32>\n"
+                f"  %r:{len(outs)} = flow.dispatch @{self.symbol}::@{self.symbol}[%m](%x, %m) : "
+                f"(tensor<?x{k}xf32>{{%m}}, index) -> ({', '.join(o + '{%m}' for o in outs)})\n"
+                f"  util.return {', '.join(f'%r#{j}' for j in range(len(outs)))} : {', '.join(outs)}\n}}\n}}\n")
+
 
 class _Writer:
     def __init__(self, spec: QuantizeSpec) -> None:
@@ -217,8 +228,8 @@ class _Writer:
         e(f"{ind}  %ok = arith.cmpf olt, %at, %inf : {v}")
         t = "%t0"
         for p in range(s.slices):
-            # LLVM's own round-half-to-even (one vrndscaleps / frintn per vector): math.roundeven is
-            # expanded by the lowering into ~40 integer ops per vector, which made this kernel ~7 cycles/element
+            # LLVM's own round-half-to-even (one vrndscaleps / frintn per vector): IREE expands
+            # math.roundeven into a long integer sequence (see docs/benchmarks.md, "The activation quantizer")
             e(f'{ind}  %r{p} = llvm.call_intrinsic "llvm.roundeven.v{s.chunk}f32"({t}) : ({v}) -> {v}')
             e(f"{ind}  %l{p} = arith.maximumf %r{p}, %lo : {v}")
             e(f"{ind}  %d{p} = arith.minimumf %l{p}, %hi : {v}")
