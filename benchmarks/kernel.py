@@ -55,9 +55,9 @@ def spec_for(fmt: str, k: int, n: int, isa: str, per_group: bool, block: tuple[i
 
     group, nibbles = FORMATS[fmt]
     rows, cols = block or emit_kernel._register_block(ISAS[isa].lanes, slices)
-    per_tile = emit_kernel._tiles_per_workgroup(n, isa, cols)
+    workgroups = emit_kernel.kernel_workgroups(n, isa, cols)
     return KernelSpec(isa, n, k, group or k, slices, per_group and group is not None, offset=fmt.startswith("int4"),
-                      rows=rows, cols=cols, tiles_per_workgroup=per_tile, nibbles=nibbles)
+                      rows=rows, cols=cols, workgroups=workgroups, nibbles=nibbles)
 
 
 def operands(spec, m: int, rng: np.random.Generator) -> list[np.ndarray]:

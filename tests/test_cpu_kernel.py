@@ -108,6 +108,12 @@ def _operands(spec: KernelSpec, m: int, seed: int) -> tuple[list[np.ndarray], np
     return ops, ref
 
 
+def _two(isa: str, n: int, cols: int) -> int:
+    """Two workgroups where the channels make two register blocks or more (N=40 in 1-tile blocks: 3 blocks,
+    shared 1 and 2), else one."""
+    return min(2, -(-n // (ISAS[isa].lanes * cols)))
+
+
 KERNEL_CASES = [  # n, k, group, slices, scale per group, offset, 4-bit codes as nibbles
     (40, 64, 32, 2, False, False, False),
     (33, 256, 128, 3, False, True, False),
@@ -126,7 +132,7 @@ def test_kernel_matches_its_float64_arithmetic(isa: str, tmp_path: Path) -> None
     import iree.runtime as rt
 
     for i, (n, k, g, p, per_group, offset, nibbles) in enumerate(KERNEL_CASES):
-        spec = KernelSpec(isa, n, k, g, p, per_group, offset, rows=ISAS[isa].rows, tiles_per_workgroup=2,
+        spec = KernelSpec(isa, n, k, g, p, per_group, offset, rows=ISAS[isa].rows, workgroups=_two(isa, n, 1 + i % 2),
                           cols=1 + i % 2, nibbles=nibbles)  # 2 channel tiles per block: N=33 leaves a tile masked
         vmfb = _compile(spec, tmp_path)
         ctx = rt.SystemContext(config=rt.Config("local-task"))
@@ -222,7 +228,7 @@ def test_arm_kernels_data_flow_with_their_instructions_emulated(isa: str, tmp_pa
     import iree.runtime as rt
 
     for i, (n, k, g, p, per_group, offset, nibbles) in enumerate(KERNEL_CASES):
-        spec = KernelSpec(isa, n, k, g, p, per_group, offset, rows=ISAS[isa].rows, tiles_per_workgroup=2,
+        spec = KernelSpec(isa, n, k, g, p, per_group, offset, rows=ISAS[isa].rows, workgroups=_two(isa, n, 1 + i % 2),
                           cols=1 + i % 2, nibbles=nibbles)
         vmfb = _compile(spec, tmp_path, emulate=True)
         ctx = rt.SystemContext(config=rt.Config("local-task"))
@@ -287,7 +293,7 @@ def test_amx_kernel_asks_for_the_tiles_itself(tmp_path: Path) -> None:
     _needs("amx-int8")
     import sys
 
-    spec = KernelSpec("amx-int8", 40, 256, 32, 2, True, True, tiles_per_workgroup=2, cols=2, nibbles=True)
+    spec = KernelSpec("amx-int8", 40, 256, 32, 2, True, True, workgroups=2, cols=2, nibbles=True)
     vmfb = _compile(spec, tmp_path)
     ops, ref = _operands(spec, 37, seed=5)
     np.savez(tmp_path / "ops.npz", **{f"op{i}": o for i, o in enumerate(ops)}, ref=ref)
@@ -321,6 +327,8 @@ def test_kernel_spec_refuses_what_it_cannot_run() -> None:
         KernelSpec("avx512-vnni", 16, 64, 30, 2, False, False)
     with pytest.raises(ValueError, match="group 12 is not a multiple of 8"):
         KernelSpec("avx512-vnni", 16, 48, 12, 2, False, False, nibbles=True)
+    with pytest.raises(ValueError, match="workgroups=3: the kernel has 2 register blocks"):
+        KernelSpec("avx512-vnni", 40, 64, 32, 2, False, False, cols=2, workgroups=3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -448,7 +456,7 @@ def test_amx_rows_equal_the_vnni_rows_bit_for_bit(case: int, tmp_path: Path) -> 
     n, k, g, p, per_group, offset, nibbles = KERNEL_CASES[case]
     out = {}
     for isa in ("amx-int8", "avx512-vnni"):
-        spec = KernelSpec(isa, n, k, g, p, per_group, offset, tiles_per_workgroup=2, cols=2, nibbles=nibbles)
+        spec = KernelSpec(isa, n, k, g, p, per_group, offset, workgroups=_two(isa, n, 2), cols=2, nibbles=nibbles)
         (tmp_path / isa).mkdir()
         vmfb = _compile(spec, tmp_path / isa)
         ctx = rt.SystemContext(config=rt.Config("local-task"))

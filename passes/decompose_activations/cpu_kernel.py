@@ -146,7 +146,7 @@ class KernelSpec:
     scale_per_group: bool  # s is [M, G] (activation scale per row and group), else [M, 1]
     offset: bool  # the weight has a zero point / min: offset and xsum operands
     rows: int = 4  # activation rows per register block
-    tiles_per_workgroup: int = 1  # a multiple of cols
+    workgroups: int = 1  # the register blocks are shared out between this many, at most one apart
     cols: int = 1  # channel tiles per register block
     nibbles: bool = False  # 4-bit weight codes (in [-8, 7]), two per byte: w is [NT, G, g/8, W·4]
 
@@ -159,8 +159,9 @@ class KernelSpec:
         if self.nibbles and self.group % (2 * step):
             raise ValueError(f"4-bit weights are packed in pairs of {step}-code steps: group {self.group} is not a"
                              f" multiple of {2 * step}")
-        if self.tiles_per_workgroup % self.cols:
-            raise ValueError(f"tiles_per_workgroup={self.tiles_per_workgroup} is not a multiple of cols={self.cols}")
+        if not 1 <= self.workgroups <= self.blocks:
+            raise ValueError(f"workgroups={self.workgroups}: the kernel has {self.blocks} register blocks to share out"
+                             " (at least one each)")
 
     @property
     def lanes(self) -> int:
@@ -180,15 +181,16 @@ class KernelSpec:
         return self.k // self.group
 
     @property
-    def workgroups(self) -> int:
-        return -(-self.tiles // self.tiles_per_workgroup)
+    def blocks(self) -> int:
+        """Register blocks of ``cols`` channel tiles."""
+        return self.tiles // self.cols
 
     @property
     def symbol(self) -> str:
         """The executable's name: one per distinct spec in a module."""
         return (f"{SYMBOL_PREFIX}linear_{self.isa.replace('-', '_')}_n{self.n}_k{self.k}_g{self.group}_p{self.slices}"
                 f"{'_sg' if self.scale_per_group else ''}{'_off' if self.offset else ''}_r{self.rows}"
-                f"_c{self.cols}_t{self.tiles_per_workgroup}{'_i4' if self.nibbles else ''}")
+                f"_c{self.cols}_w{self.workgroups}{'_i4' if self.nibbles else ''}")
 
     # -- operands, in the dispatch's order
     def roles(self) -> list[str]:
@@ -373,7 +375,7 @@ class _Writer:
         e(f"    func.func @{s.symbol}({args}, %m: index) {{")
         amx = (64, *range(17)) if s.amx else ()  # the AMX block's rows, chunk steps and tile rows' bytes
         for v in sorted({0, 1, 4, 8, 16, *amx, *range(max(s.rows, p, s.cols)), w, s.rows, s.cols, gr, s.group // 4,
-                         s.group // 8, s.weight_steps, nt, s.n, s.tiles_per_workgroup}):
+                         s.group // 8, s.weight_steps, nt, s.n}):
             e(f"      %c{v} = arith.constant {v} : index")
         for b in bindings:
             dyn = "{%m}" if types[b].startswith("memref<?") else ""
@@ -398,9 +400,15 @@ class _Writer:
             e(f"      %ones16 = arith.constant dense<1> : vector<{2 * w}xi16>")
         e(f"      %radix = arith.constant dense<{1.0 / SLICE_RADIX!r}> : {vf}")
         e("      %wid = stream.dispatch.workgroup.id[0] : index")
-        e(f"      %t0 = arith.muli %wid, %c{s.tiles_per_workgroup} : index")
-        e(f"      %t1u = arith.addi %t0, %c{s.tiles_per_workgroup} : index")
-        e(f"      %t1 = arith.minui %t1u, %c{nt} : index")
+        # workgroup w of W: the register blocks [w·B/W, (w+1)·B/W) of the B (shares at most one apart)
+        e(f"      %wblocks = arith.constant {s.blocks} : index")
+        e(f"      %wcount = arith.constant {s.workgroups} : index")
+        e(f"      %wcols = arith.constant {s.cols} : index")
+        e("      %wnext = arith.addi %wid, %c1 : index")
+        for name, wg in (("t0", "%wid"), ("t1", "%wnext")):
+            e(f"      %{name}b = arith.muli {wg}, %wblocks : index")
+            e(f"      %{name}q = arith.divui %{name}b, %wcount : index")
+            e(f"      %{name} = arith.muli %{name}q, %wcols : index")
         if s.amx:  # rows in blocks of 16 through the tile unit, first; the rest as without AMX
             self.amx_region()
         else:
@@ -455,6 +463,14 @@ class _Writer:
                 e(f"{ind}%{tag}sv{r} = vector.broadcast %{tag}s{r} : f32 to {vf}")
         facc = [(c, r) for c in range(cols) for r in range(rows)]
         types = ", ".join([vf] * len(facc))
+        # The offset sums' accumulators would not fit in the registers beside the dots' (16 rows of an AMX
+        # block: 32 of 32, spilled in the loop): those are summed first and parked in y, read back at the end.
+        offset_first = s.offset and amx
+        if offset_first:
+            self.offset_sums(tag, rows, cols, ind)
+            for i, (c, r) in enumerate(facc):
+                e(f"{ind}vector.maskedstore %y[%{tag}row{r}, %n0_{c}], %nmask{c}, %{tag}oacc#{i} : {self.t_y}, "
+                  f"vector<{s.lanes}xi1>, {vf}")
         if amx:  # groups in blocks, software-pipelined: block j staged, j-1 multiplied, j-2's f32 work
             ga = ", ".join(f"%{tag}G{c}_{r} = %zf" for c, r in facc)
             gs = [f"%{tag}G{c}_{r}" for c, r in facc]
@@ -527,33 +543,45 @@ class _Writer:
             e(f"{i1}scf.yield {', '.join(f'%{tag}res#{i}' for i in range(len(facc)))} : {types}")
         e(f"{ind}}}")
         outs = [f"%{tag}acc#{i}" for i in range(len(facc))]
-        if s.offset:  # Σ_g offset · xsum in a loop of its own: its accumulators would not fit beside the dots'
-            fo = ", ".join(f"%{tag}O{c}_{r} = %zf" for c, r in facc)
-            e(f"{ind}%{tag}oacc:{len(facc)} = scf.for %g = %c0 to %c{s.groups} step %c1 iter_args({fo}) -> "
-              f"({', '.join([vf] * len(facc))}) {{")
-            for c in range(cols):
-                e(f"{ind2}%{tag}of{c} = vector.load %off[%tt{c}, %g, %c0] : {self.t_f}, {vf}")
-            for r in range(rows):
-                e(f"{ind2}%{tag}xs{r} = memref.load %xs[%{tag}row{r}, %g] : {self.t_xs}")
-                e(f"{ind2}%{tag}xv{r} = vector.broadcast %{tag}xs{r} : f32 to {vf}")
-            for c, r in facc:
-                e(f"{ind2}%{tag}o{c}_{r} = math.fma %{tag}of{c}, %{tag}xv{r}, %{tag}O{c}_{r} : {vf}")
-            e(f"{ind2}scf.yield {', '.join(f'%{tag}o{c}_{r}' for c, r in facc)} : {', '.join([vf] * len(facc))}")
-            e(f"{ind}}}")
+        if s.offset and not offset_first:
+            self.offset_sums(tag, rows, cols, ind)
         for i, (c, r) in enumerate(facc):
             y = outs[i]
+            if offset_first:  # back from y
+                e(f"{ind}%{tag}oacc{i} = vector.maskedload %y[%{tag}row{r}, %n0_{c}], %nmask{c}, %zf : {self.t_y}, "
+                  f"vector<{s.lanes}xi1>, {vf} into {vf}")
+            oacc = f"%{tag}oacc{i}" if offset_first else f"%{tag}oacc#{i}"
             if not s.scale_per_group:
                 if s.offset:
-                    e(f"{ind}%{tag}z{i} = math.fma {y}, %{tag}sv{r}, %{tag}oacc#{i} : {vf}")
+                    e(f"{ind}%{tag}z{i} = math.fma {y}, %{tag}sv{r}, {oacc} : {vf}")
                 else:
                     e(f"{ind}%{tag}z{i} = arith.mulf {y}, %{tag}sv{r} : {vf}")
                 y = f"%{tag}z{i}"
             elif s.offset:
-                e(f"{ind}%{tag}z{i} = arith.addf {y}, %{tag}oacc#{i} : {vf}")
+                e(f"{ind}%{tag}z{i} = arith.addf {y}, {oacc} : {vf}")
                 y = f"%{tag}z{i}"
             e(f"{ind}vector.maskedstore %y[%{tag}row{r}, %n0_{c}], %nmask{c}, {y} : {self.t_y}, "
               f"vector<{s.lanes}xi1>, {vf}")
 
+
+    def offset_sums(self, tag: str, rows: int, cols: int, ind: str) -> None:
+        """Σ_g offset · xsum of the block's rows and tiles, in ``%{tag}oacc``: the weight's per-group offsets
+        (zero point or min, times the scale) against the activation's per-group sums."""
+        s, e, vf = self.s, self.emit, self.vf
+        facc = [(c, r) for c in range(cols) for r in range(rows)]
+        ind2 = ind + "  "
+        fo = ", ".join(f"%{tag}O{c}_{r} = %zf" for c, r in facc)
+        e(f"{ind}%{tag}oacc:{len(facc)} = scf.for %g = %c0 to %c{s.groups} step %c1 iter_args({fo}) -> "
+          f"({', '.join([vf] * len(facc))}) {{")
+        for c in range(cols):
+            e(f"{ind2}%{tag}of{c} = vector.load %off[%tt{c}, %g, %c0] : {self.t_f}, {vf}")
+        for r in range(rows):
+            e(f"{ind2}%{tag}xs{r} = memref.load %xs[%{tag}row{r}, %g] : {self.t_xs}")
+            e(f"{ind2}%{tag}xv{r} = vector.broadcast %{tag}xs{r} : f32 to {vf}")
+        for c, r in facc:
+            e(f"{ind2}%{tag}o{c}_{r} = math.fma %{tag}of{c}, %{tag}xv{r}, %{tag}O{c}_{r} : {vf}")
+        e(f"{ind2}scf.yield {', '.join(f'%{tag}o{c}_{r}' for c, r in facc)} : {', '.join([vf] * len(facc))}")
+        e(f"{ind}}}")
 
     # -- AMX: blocks of 16 rows through the tile unit
     def tile(self, role: str, q: int = 0, h: int = 0) -> str:
@@ -594,12 +622,15 @@ class _Writer:
         e("      %m16d = arith.divui %m, %c16 : index")
         e("      %m16a = arith.muli %m16d, %c16 : index")
         e("      %m16 = arith.select %useamx, %m16a, %c0 : index")
-        e("      %cfg = memref.alloca() : memref<64xi8>")  # palette 1: byte 0; colsb (u16) at 16+2t; rows at 48+t
+        # the tile configuration: palette 1 at byte 0; colsb (u16) at 16+2t; rows at 48+t
+        e("      %cfg = memref.alloca() alignment = 64 : memref<64xi8>")
         self.t_cbuf = f"memref<{2 * gb}x{p}x{AMX_ROWS}x16xi32>"  # two blocks' slots: one read, one written
         staged = 2 * gb if s.group == ch else s.amx_staged
         self.t_bbuf = f"memref<{staged}x{ch // 4}x64xi8>"
-        e(f"      %cbuf = memref.alloca() : {self.t_cbuf}")
-        e(f"      %bbuf = memref.alloca() : {self.t_bbuf}")
+        # on cache lines: where the frame's size put them off one, every tile store and load and the vector
+        # loads of the results straddled two lines (docs/benchmarks.md, "Fused CPU kernel")
+        e(f"      %cbuf = memref.alloca() alignment = 64 : {self.t_cbuf}")
+        e(f"      %bbuf = memref.alloca() alignment = 64 : {self.t_bbuf}")
         e("      %z64 = arith.constant dense<0> : vector<64xi8>")
         e("      vector.store %z64, %cfg[%c0] : memref<64xi8>, vector<64xi8>")
         cfg = {0: 1}

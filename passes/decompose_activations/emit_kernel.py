@@ -55,6 +55,11 @@ from .quantize_kernel import QuantizeSpec
 
 PARALLEL, REDUCTION = _ir.PARALLEL, _ir.REDUCTION
 Kernel = KernelSpec | CudaKernelSpec | QuantizeSpec | CudaQuantizeSpec  # what a pass run adds an executable for
+# Workgroups per CPU kernel dispatch.  IREE's task system hands a worker 8 workgroups at a time once a
+# dispatch has 8 per worker or more, 1 at a time below that: 32 stay balanced on 1, 2, 4, 8 or 16
+# workers, where the counts the kernel had before (N/32 channel tiles rounded, e.g. 35 or 40) left one
+# of two workers with 19 of 35 or 24 of 40 (benchmarks/kernel.py --shapes 4096x3840: 1198 -> 1422 GOP/s).
+WORKGROUPS = 32
 
 
 def _kernel_shape(p: Plan, step: int, which: str) -> tuple[int, int] | str:
@@ -93,7 +98,7 @@ def kernel_for(p: Plan, isa: str) -> KernelSpec | str:
     per_group = p.group is not None and p.act_scale == "group"
     rows, cols = _register_block(ISAS[isa].lanes, p.slices)
     return KernelSpec(isa, n, p.k_size, group, p.slices, per_group, p.offset is not None, rows=rows,
-                      tiles_per_workgroup=_tiles_per_workgroup(n, isa, cols), cols=cols,
+                      workgroups=kernel_workgroups(n, isa, cols), cols=cols,
                       nibbles=group % (2 * step) == 0 and _four_bit(p))
 
 
@@ -127,11 +132,10 @@ def _register_block(lanes: int, slices: int) -> tuple[int, int]:
     return (4 if slices <= 2 else 3), 2
 
 
-def _tiles_per_workgroup(n: int, isa: str, cols: int) -> int:
-    """Channel tiles per workgroup (whole register blocks): enough workgroups to spread over threads,
-    each with some work."""
-    blocks = -(-n // (ISAS[isa].lanes * cols))
-    return max(1, blocks // 32) * cols
+def kernel_workgroups(n: int, isa: str, cols: int) -> int:
+    """Workgroups of a kernel over ``n`` channels: WORKGROUPS, or one per register block when there are
+    fewer."""
+    return min(WORKGROUPS, -(-n // (ISAS[isa].lanes * cols)))
 
 
 def _kept_dims(p: Plan) -> list[int]:

@@ -17,7 +17,7 @@
 
 // CHECK:       stream.executable private @msd_quantize_k64_g32_p2_sg_off_wb128
 // CHECK:         llvm.call_intrinsic "llvm.roundeven.v32f32"({{.*}}) : (vector<32xf32>) -> vector<32xf32>
-// CHECK:       stream.executable private @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2
+// CHECK:       stream.executable private @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_w1
 // CHECK:       llvm.call_intrinsic "llvm.x86.avx512.vpdpbusd.512"
 // CHECK-SAME:    (vector<16xi32>, vector<64xi8>, vector<64xi8>) -> vector<16xi32>
 // CHECK:       vector.maskedstore
@@ -25,14 +25,14 @@
 // CHECK:         %[[Q:.*]]:4 = flow.dispatch @msd_quantize_k64_g32_p2_sg_off_wb128::@msd_quantize_k64_g32_p2_sg_off_wb128[%{{.*}}]({{.*}}) : (tensor<?x64xf32>{%{{.*}}}, index) -> (tensor<?x2x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2x2xi32>{%{{.*}}})
 // CHECK:         tensor.insert_slice {{.*}} into tensor<32x64xi8>
 // CHECK:         linalg.transpose ins({{.*}} : tensor<2x16x2x8x4xi8>) outs({{.*}} : tensor<2x2x8x16x4xi8>) permutation = [0, 2, 3, 1, 4]
-// CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2::@msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_t2[{{.*}}](%[[Q]]#0, %[[Q]]#1, %[[Q]]#2, %[[Q]]#3,
+// CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_w1::@msd_linear_avx512_vnni_n24_k64_g32_p2_sg_off_r4_c2_w1[{{.*}}](%[[Q]]#0, %[[Q]]#1, %[[Q]]#2, %[[Q]]#3,
 // CHECK-SAME:      (tensor<?x2x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2x2xi32>{%{{.*}}}, tensor<2x2x8x64xi8>, tensor<2x2x16xf32>, tensor<2x2x16xf32>, index) -> tensor<?x24xf32>
 // CHECK-NOT:     linalg.matmul
 // CHECK:         util.return
 // CHECK-LABEL: util.func public @shared_batch
 // CHECK:         linalg.batch_matmul
 
-// YMM:         stream.executable private @msd_linear_avx_vnni_n24_k64_g32_p3_off_r2_c1_t1
+// YMM:         stream.executable private @msd_linear_avx_vnni_n24_k64_g32_p3_off_r2_c1_w3
 // YMM:         llvm.call_intrinsic "llvm.x86.avx512.vpdpbusd.256"
 // YMM-SAME:      (vector<8xi32>, vector<32xi8>, vector<32xi8>) -> vector<8xi32>
 // YMM:         flow.dispatch @msd_quantize_k64_g32_p3_off_wb128
@@ -40,7 +40,7 @@
 // YMM-SAME:      (tensor<?x3x64xi8>{%{{.*}}}, tensor<?x1xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x3x2xi32>{%{{.*}}}, tensor<3x2x8x32xi8>
 
 // AVX2 takes the signed codes: no accumulator-start operand; |w| × sign(w)·a, then pairs to i32.
-// AVX2:         stream.executable private @msd_linear_avx2_n24_k64_g32_p1_sg_off_r2_c1_t1
+// AVX2:         stream.executable private @msd_linear_avx2_n24_k64_g32_p1_sg_off_r2_c1_w3
 // AVX2:         math.absi {{.*}} : vector<32xi8>
 // AVX2:         llvm.call_intrinsic "llvm.x86.avx2.psign.b"
 // AVX2:         llvm.call_intrinsic "llvm.x86.avx2.pmadd.ub.sw"
@@ -49,7 +49,7 @@
 // AVX2:         flow.dispatch @msd_linear_
 // AVX2-SAME:      (tensor<?x1x64xi8>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<?x2xf32>{%{{.*}}}, tensor<3x2x8x32xi8>, tensor<3x2x8xf32>, tensor<3x2x8xf32>, index) -> tensor<?x24xf32>
 
-// ARM:         stream.executable private @msd_linear_neon_dot_n24_k64_g32_p2_sg_off_r4_c2_t2
+// ARM:         stream.executable private @msd_linear_neon_dot_n24_k64_g32_p2_sg_off_r4_c2_w3
 // ARM:         llvm.call_intrinsic "llvm.aarch64.neon.sdot.v4i32.v16i8"
 // ARM-SAME:      (vector<4xi32>, vector<16xi8>, vector<16xi8>) -> vector<4xi32>
 // ARM:         flow.dispatch @msd_linear_
@@ -57,7 +57,7 @@
 
 // Arm int8 matrix multiply: (row, slice) units in pairs × 8 codes × channel pairs; a weight step of a
 // 4-channel tile is 32 bytes (two channel pairs × 2 channels × 8 codes).
-// I8MM:        stream.executable private @msd_linear_neon_i8mm_n24_k64_g32_p2_sg_off_r4_c2_t2
+// I8MM:        stream.executable private @msd_linear_neon_i8mm_n24_k64_g32_p2_sg_off_r4_c2_w3
 // I8MM:        llvm.call_intrinsic "llvm.aarch64.neon.smmla.v4i32.v16i8"
 // I8MM-SAME:     (vector<4xi32>, vector<16xi8>, vector<16xi8>) -> vector<4xi32>
 // I8MM:        vector.shuffle {{.*}} [0, 1, 4, 5] : vector<4xi32>, vector<4xi32>
@@ -118,8 +118,10 @@ util.func public @shared_batch(%x: tensor<2x4x64xf32>, %q: tensor<2x64x24xi8>, %
 // amx-int8: the same operands; the kernel asks Linux for the tile state (an arch_prctl system call),
 // configures the tiles, multiplies 16-row blocks on them (8-bit weight codes read in place, unsigned:
 // tdpbsud), stores each group's i32 results for the f32 steps, and runs the rows left over on VNNI.
-// AMX:       stream.executable private @msd_linear_amx_int8_n24_k64_g32_p2_sg_off_r4_c2_t2
+// Its stack buffers (tile configuration, stored results) lie on cache lines.
+// AMX:       stream.executable private @msd_linear_amx_int8_n24_k64_g32_p2_sg_off_r4_c2_w1
 // AMX:         llvm.inline_asm has_side_effects asm_dialect = att "syscall"
+// AMX-COUNT-3: memref.alloca() alignment = 64
 // AMX:         llvm.call_intrinsic "llvm.x86.ldtilecfg"
 // AMX-COUNT-4:     llvm.call_intrinsic "llvm.x86.tdpbsud"
 // AMX-COUNT-4:     llvm.call_intrinsic "llvm.x86.tilestored64"

@@ -21,14 +21,14 @@
 // CHECK:         %[[M:.*]] = tensor.dim %[[X]]
 // CHECK:         %[[Q:.*]]:4 = flow.dispatch @msd_quantize_k64_g64_p2_wb128_add_rms_norm_k64_e3727c5ac::@msd_quantize_k64_g64_p2_wb128_add_rms_norm_k64_e3727c5ac[%[[M]]](%[[X]], %[[R]], %[[W]], %[[M]]) : (tensor<?x64xf32>{%[[M]]}, tensor<?x64xf32>{%[[M]]}, tensor<64xf32>, index) -> (tensor<?x2x64xi8>{%[[M]]}, tensor<?x1xf32>{%[[M]]}, tensor<?x2x1xi32>{%[[M]]}, tensor<?x64xf32>{%[[M]]})
 // CHECK-NOT:     flow.dispatch @msd_row_
-// CHECK:         %[[Y:.*]] = flow.dispatch @msd_linear_avx512_vnni_n24_k64_g64_p2_r4_c2_t2::{{.*}}(%[[Q]]#0, %[[Q]]#1,
+// CHECK:         %[[Y:.*]] = flow.dispatch @msd_linear_avx512_vnni_n24_k64_g64_p2_r4_c2_w1::{{.*}}(%[[Q]]#0, %[[Q]]#1,
 // CHECK:         util.return %[[Q]]#3, %[[Y]]
 
 // CHECK-LABEL: util.func public @attention_then_linear
 // CHECK:         %[[A:.*]]:2 = flow.dispatch @msd_decode_attention_b1_h2_g2_d32_l2_s4::
 // CHECK:         %[[QA:.*]]:3 = flow.dispatch @msd_quantize_k128_g128_p2_wb128_combine_b1_h2_g2_d32_s4::{{.*}}(%[[A]]#0, %[[A]]#1, %{{.*}}) : (tensor<1x2x4x2x32xf32>, tensor<1x2x4x2x2xf32>, index) -> (tensor<?x2x128xi8>{%{{.*}}}, tensor<?x1xf32>{%{{.*}}}, tensor<?x2x1xi32>{%{{.*}}})
 // CHECK-NOT:     _combine::
-// CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k128_g128_p2_r4_c2_t2::{{.*}}(%[[QA]]#0, %[[QA]]#1,
+// CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k128_g128_p2_r4_c2_w1::{{.*}}(%[[QA]]#0, %[[QA]]#1,
 
 // CHECK-LABEL: util.func public @norm_read_elsewhere
 // CHECK:         flow.dispatch @msd_quantize_k64_g64_p2_wb128_add_rms_norm_k64_e3727c5ac::

@@ -15,7 +15,7 @@
 // CHECK-NOT:     linalg.transpose
 // CHECK-DAG:     %[[WV:.*]] = util.global.load @[[W]]
 // CHECK-DAG:     %[[SV:.*]] = util.global.load @[[S]]
-// CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k64_g64_p2_r4_c2_t2_i4{{.*}}(%{{.*}}, %{{.*}}, %{{.*}}, %[[WV]], %[[SV]], %{{.*}})
+// CHECK:         flow.dispatch @msd_linear_avx512_vnni_n24_k64_g64_p2_r4_c2_w1_i4{{.*}}(%{{.*}}, %{{.*}}, %{{.*}}, %[[WV]], %[[SV]], %{{.*}})
 // CHECK-LABEL: util.func public @decode
 // CHECK-DAG:     util.global.load @[[W]]
 // CHECK-DAG:     util.global.load @[[S]]
