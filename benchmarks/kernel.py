@@ -10,10 +10,11 @@
     python benchmarks/kernel.py --isas amx-int8 --shapes 4096x11008 --ms 512 --amx-groups 1,2,4,8,16
     python benchmarks/kernel.py --shapes 576x576,1536x576,4096x4096 --ms 512 --quantizer
     python benchmarks/kernel.py --isas amx-int8,avx512-vnni --shapes 4096x3840,4096x11008 --ms 512 --amx-prefetch 0,1024
+    python benchmarks/kernel.py --isas amx-int8 --shapes 4096x3840,4096x11008 --ms 512 --workgroups 32,35,40
 
 Every combination of the lists given (shapes KxN, M, ISA, activation scale per group of K or per row,
 register block ROWSxTILES, prefetch distance, activation code rows padded as ``cpu_kernel.code_row`` pads
-them or not) is compiled as the pass would emit it (register block and
+them or not, workgroups) is compiled as the pass would emit it (register block and
 workgroups from ``emit_kernel``, unless ``--blocks``), its operands random in the kernel's layouts (the
 timing does not depend on the values), and timed in interleaved rounds (``--rounds``, each a block of
 ``--calls`` calls per configuration).  Printed per configuration: the median call and its 10th/90th
@@ -28,6 +29,7 @@ The docs' kernel-alone figures (docs/benchmarks.md "Fused CPU kernel") come from
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 import time
@@ -92,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "(amx-int8; default: cpu_kernel.AMX_GROUP_BLOCK)")
     ap.add_argument("--amx-prefetch", default="", help="comma-separated distances in bytes at which the AMX "
                     "blocks' staging prefetches the weight codes (amx-int8; default: cpu_kernel.AMX_PREFETCH_BYTES)")
+    ap.add_argument("--workgroups", default="", help="comma-separated workgroup counts (each at most the kernel's "
+                    "register blocks; default: emit_kernel.kernel_workgroups)")
     ap.add_argument("--quantizer", action="store_true", help="also time the activation-quantizing kernel that feeds "
                     "each (K, M) (quantize_kernel.QuantizeSpec as the pass would emit it for f32 rows)")
     ap.add_argument("--cold", action="store_true", help="evict the caches before every timed call")
@@ -123,11 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = []
     amx_groups = _ints(args.amx_groups) or [cpu_kernel.AMX_GROUP_BLOCK]
     amx_prefetch = _ints(args.amx_prefetch) or [cpu_kernel.AMX_PREFETCH_BYTES]
-    for (k, n), m, isa, scale, block, pf, rows, ag, apf in itertools.product(
-            shapes, _ints(args.ms), isas, scales, blocks, prefetches, code_rows, amx_groups, amx_prefetch):
+    for (k, n), m, isa, scale, block, pf, rows, ag, apf, wg in itertools.product(
+            shapes, _ints(args.ms), isas, scales, blocks, prefetches, code_rows, amx_groups, amx_prefetch,
+            _ints(args.workgroups) or [0]):
         if (ag, apf) != (amx_groups[0], amx_prefetch[0]) and not cpu_kernel.ISAS[isa].amx:
             continue
         spec = spec_for(args.format, k, n, isa, scale == "group", block, args.slices)
+        if wg:
+            spec = dataclasses.replace(spec, workgroups=min(wg, spec.blocks))
         cpu_kernel.PREFETCH_BYTES = pf  # all read when the kernel's text and operand types are written
         cpu_kernel.AMX_GROUP_BLOCK, cpu_kernel.AMX_PREFETCH_BYTES = ag, apf
         cpu_kernel.code_row = padded if rows == "padded" else (lambda k: k)
@@ -140,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dev = [rt.asdevicearray(config.device, o) for o in ops]
         fn(*dev)
         weight = sum(o.nbytes for o, role in zip(ops, spec.roles()) if role in ("w", "scale", "off"))
-        label = f"{k}x{n} M={m} {isa} scale/{scale} block {spec.rows}x{spec.cols} prefetch {pf} code rows {row_len}"
+        label = (f"{k}x{n} M={m} {isa} scale/{scale} block {spec.rows}x{spec.cols} prefetch {pf} code rows {row_len}"
+                 f" workgroups {spec.workgroups}")
         if spec.amx:
             label += f" amx groups {spec.amx_group_block} amx prefetch {apf}"
         runs.append((label, isa, fn, dev, 2 * m * n * k * spec.slices, weight, []))

@@ -439,10 +439,11 @@ def test_kernel_benchmark_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
         monkeypatch.setattr(kernel, name, lambda *a, **k: 1.0)
     isas = ",".join(HOST_ISAS[:2])
     assert kernel.main(["--shapes", "256x40", "--ms", "1,17", "--isas", isas, "--rounds", "1", "--calls", "2",
-                        "--quantizer"]) == 0
+                        "--quantizer", "--workgroups", "1,2"]) == 0
     out = capsys.readouterr().out.splitlines()
     rows = [line for line in out if line.startswith("| 256x40 M=")]
-    assert len(rows) == 2 * len(HOST_ISAS[:2]), rows
+    assert len(rows) == 2 * 2 * len(HOST_ISAS[:2]), rows
+    assert {line.split(" workgroups ")[1].split()[0] for line in rows} == {"1", "2"}, rows
     assert len([line for line in out if line.startswith("| quantize K=256 M=")]) == 2, out
 
 
