@@ -11,6 +11,7 @@
     python benchmarks/kernel.py --shapes 576x576,1536x576,4096x4096 --ms 512 --quantizer
     python benchmarks/kernel.py --isas amx-int8,avx512-vnni --shapes 4096x3840,4096x11008 --ms 512 --amx-prefetch 0,1024
     python benchmarks/kernel.py --isas amx-int8 --shapes 4096x3840,4096x11008 --ms 512 --workgroups 32,35,40
+    python benchmarks/kernel.py --shapes 11008x4096 --ms 16 --rounds 6 --calls 20 --pin-caller 1
 
 Every combination of the lists given (shapes KxN, M, ISA, activation scale per group of K or per row,
 register block ROWSxTILES, prefetch distance, activation code rows padded as ``cpu_kernel.code_row`` pads
@@ -22,7 +23,9 @@ percentiles (a bimodal row shows there), int8 GOP/s (2·M·N·K·slices) as a sh
 peak, and the packed weight bytes per second as a share of the read bandwidth, both ceilings measured in
 the same run (``_ceilings.py``).  ``--cold`` writes a buffer twice the L3 size before every timed call
 (pick a large N: a cold call's fixed cost is ~0.3 ms); ``--threads`` sets IREE's worker count;
-``--quantizer`` also times the activation-quantizing kernel that feeds each (K, M), alone.
+``--quantizer`` also times the activation-quantizing kernel that feeds each (K, M), alone.  The last
+column is the CPU time the calling thread itself used per call (``time.thread_time``): IREE's caller
+sometimes stays busy through a call, taking a core from a worker (``--pin-caller`` puts it on one CPU).
 The docs' kernel-alone figures (docs/benchmarks.md "Fused CPU kernel") come from the commands above.
 """
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -100,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "each (K, M) (quantize_kernel.QuantizeSpec as the pass would emit it for f32 rows)")
     ap.add_argument("--cold", action="store_true", help="evict the caches before every timed call")
     ap.add_argument("--threads", type=int, default=0, help="IREE workers (default: IREE's)")
+    ap.add_argument("--pin-caller", type=int, default=-1, help="run the calling thread on this CPU only (the "
+                    "workers keep theirs): whether the caller competes with a worker for its core")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--calls", type=int, default=8)
     args = ap.parse_args(argv)
@@ -151,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f" workgroups {spec.workgroups}")
         if spec.amx:
             label += f" amx groups {spec.amx_group_block} amx prefetch {apf}"
-        runs.append((label, isa, fn, dev, 2 * m * n * k * spec.slices, weight, []))
+        runs.append((label, isa, fn, dev, 2 * m * n * k * spec.slices, weight, [], []))
     quantizers = []
     if args.quantizer:
         for k, m in dict.fromkeys((k, m) for (k, _), m in itertools.product(shapes, _ints(args.ms))):
@@ -164,19 +170,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             quantizers.append((f"quantize K={k} M={m} g{q.group} p={q.slices}", ctx.modules.module["quantize"],
                                [x], m * k, []))
     flush = cache_flusher() if args.cold else None
+    cpus = os.sched_getaffinity(0)
+    if args.pin_caller >= 0:
+        os.sched_setaffinity(0, {args.pin_caller})
     for _ in range(args.rounds):
         for _, fn, dev, _, times in quantizers:
             for _ in range(args.calls):
                 t0 = time.perf_counter()
                 fn(*dev)
                 times.append(time.perf_counter() - t0)
-        for _, _, fn, dev, _, _, times in runs:
+        for _, _, fn, dev, _, _, times, caller in runs:
             for _ in range(args.calls):
                 if flush is not None:
                     flush()
-                t0 = time.perf_counter()
+                c0, t0 = time.thread_time(), time.perf_counter()
                 fn(*dev)
                 times.append(time.perf_counter() - t0)
+                caller.append(time.thread_time() - c0)
+    os.sched_setaffinity(0, cpus)
     threads = args.threads or 2
     # amx-int8: the vpdpbusd zmm peak (its other rows'), measured once with avx512-vnni's
     bases = {isa: "avx512-vnni" if cpu_kernel.ISAS[isa].amx else isa for isa in isas}
@@ -189,13 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{', '.join(f'{i} {p:.0f}' for i, p in measured.items())} GOP/s"
           + (f"; AMX tdpbssd {amx[0]:.0f} / {amx[1]:.0f} GOP/s with 32 / 64 bytes of K" if amx else "")
           + " (same run; the shares below are of the vpdpbusd peak)")
-    print("| configuration | median ms | p10 / p90 ms | int8 GOP/s (of peak) | weight GB/s (of read) |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for label, isa, _, _, ops, weight, times in runs:
+    print("| configuration | median ms | p10 / p90 ms | int8 GOP/s (of peak) | weight GB/s (of read) "
+          "| caller CPU ms, median / p90 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for label, isa, _, _, ops, weight, times, caller in runs:
         med, p10, p90 = (float(np.percentile(times, q)) for q in (50, 10, 90))
         gops, gbs = ops / med / 1e9, weight / med / 1e9
         print(f"| {label} | {med * 1e3:.3f} | {p10 * 1e3:.2f} / {p90 * 1e3:.2f} | {gops:.0f} ({gops / peaks[isa]:.0%}) "
-              f"| {gbs:.1f} ({gbs / bandwidth:.0%}) |")
+              f"| {gbs:.1f} ({gbs / bandwidth:.0%}) | {np.median(caller) * 1e3:.2f} / "
+              f"{np.percentile(caller, 90) * 1e3:.2f} |")
     if quantizers:
         print("\n| quantizer | median ms | p10 / p90 ms | activation elements per ns |")
         print("| --- | ---: | ---: | ---: |")
