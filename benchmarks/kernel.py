@@ -11,7 +11,7 @@
     python benchmarks/kernel.py --shapes 576x576,1536x576,4096x4096 --ms 512 --quantizer
     python benchmarks/kernel.py --isas amx-int8,avx512-vnni --shapes 4096x3840,4096x11008 --ms 512 --amx-prefetch 0,1024
     python benchmarks/kernel.py --isas amx-int8 --shapes 4096x3840,4096x11008 --ms 512 --workgroups 32,35,40
-    python benchmarks/kernel.py --shapes 11008x4096 --ms 16 --rounds 6 --calls 20 --pin-caller 1
+    python benchmarks/kernel.py --shapes 11008x4096 --ms 16 --rounds 6 --calls 20 --caller-policy other,batch
 
 Every combination of the lists given (shapes KxN, M, ISA, activation scale per group of K or per row,
 register block ROWSxTILES, prefetch distance, activation code rows padded as ``cpu_kernel.code_row`` pads
@@ -25,7 +25,8 @@ the same run (``_ceilings.py``).  ``--cold`` writes a buffer twice the L3 size b
 (pick a large N: a cold call's fixed cost is ~0.3 ms); ``--threads`` sets IREE's worker count;
 ``--quantizer`` also times the activation-quantizing kernel that feeds each (K, M), alone.  The last
 column is the CPU time the calling thread itself used per call (``time.thread_time``): IREE's caller
-sometimes stays busy through a call, taking a core from a worker (``--pin-caller`` puts it on one CPU).
+sometimes stays busy through a call, taking a core from a worker (``--pin-caller`` puts it on one CPU;
+``--caller-policy`` runs the calls as msd's runtime does, under ``SCHED_BATCH``, and/or without).
 The docs' kernel-alone figures (docs/benchmarks.md "Fused CPU kernel") come from the commands above.
 """
 
@@ -104,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "each (K, M) (quantize_kernel.QuantizeSpec as the pass would emit it for f32 rows)")
     ap.add_argument("--cold", action="store_true", help="evict the caches before every timed call")
     ap.add_argument("--threads", type=int, default=0, help="IREE workers (default: IREE's)")
+    ap.add_argument("--caller-policy", default="batch", help="batch and/or other: the calling thread's Linux "
+                    "scheduling policy during each call (msd's runtime uses batch: runtime.module.batch_caller)")
     ap.add_argument("--pin-caller", type=int, default=-1, help="run the calling thread on this CPU only (the "
                     "workers keep theirs): whether the caller competes with a worker for its core")
     ap.add_argument("--rounds", type=int, default=4)
@@ -116,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from msd.compiler.pipeline.targets import kernel_isas, resolve
     from msd.passes.decompose_activations import cpu_kernel
     from msd.passes.decompose_activations.quantize_kernel import QuantizeSpec
+    from msd.runtime.module import batch_caller
 
     if args.threads:
         rt.flags.parse_flags(f"--task_topology_group_count={args.threads}")
@@ -131,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = rt.Config("local-task")
     rng = np.random.default_rng(0)
     runs = []
+    policies = [p for p in args.caller_policy.split(",") if p]
+    if not set(policies) <= {"batch", "other"}:
+        raise SystemExit(f"--caller-policy takes batch and/or other, not {args.caller_policy!r}")
     amx_groups = _ints(args.amx_groups) or [cpu_kernel.AMX_GROUP_BLOCK]
     amx_prefetch = _ints(args.amx_prefetch) or [cpu_kernel.AMX_PREFETCH_BYTES]
     for (k, n), m, isa, scale, block, pf, rows, ag, apf, wg in itertools.product(
@@ -157,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f" workgroups {spec.workgroups}")
         if spec.amx:
             label += f" amx groups {spec.amx_group_block} amx prefetch {apf}"
-        runs.append((label, isa, fn, dev, 2 * m * n * k * spec.slices, weight, [], []))
+        for policy in policies:
+            runs.append((label + (f" caller {policy}" if len(policies) > 1 else ""), isa, fn, dev,
+                         2 * m * n * k * spec.slices, weight, [], [], policy == "batch"))
     quantizers = []
     if args.quantizer:
         for k, m in dict.fromkeys((k, m) for (k, _), m in itertools.product(shapes, _ints(args.ms))):
@@ -179,13 +188,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 fn(*dev)
                 times.append(time.perf_counter() - t0)
-        for _, _, fn, dev, _, _, times, caller in runs:
+        for _, _, fn, dev, _, _, times, caller, batch in runs:
             for _ in range(args.calls):
                 if flush is not None:
                     flush()
-                c0, t0 = time.thread_time(), time.perf_counter()
-                fn(*dev)
-                times.append(time.perf_counter() - t0)
+                with batch_caller(batch):
+                    c0, t0 = time.thread_time(), time.perf_counter()
+                    fn(*dev)
+                    times.append(time.perf_counter() - t0)
                 caller.append(time.thread_time() - c0)
     os.sched_setaffinity(0, cpus)
     threads = args.threads or 2
@@ -203,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| configuration | median ms | p10 / p90 ms | int8 GOP/s (of peak) | weight GB/s (of read) "
           "| caller CPU ms, median / p90 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for label, isa, _, _, ops, weight, times, caller in runs:
+    for label, isa, _, _, ops, weight, times, caller, _ in runs:
         med, p10, p90 = (float(np.percentile(times, q)) for q in (50, 10, 90))
         gops, gbs = ops / med / 1e9, weight / med / 1e9
         print(f"| {label} | {med * 1e3:.3f} | {p10 * 1e3:.2f} / {p90 * 1e3:.2f} | {gops:.0f} ({gops / peaks[isa]:.0%}) "

@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,34 @@ def enable_amx() -> bool:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.syscall(158, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0  # 158: SYS_arch_prctl on x86-64
+
+
+@contextlib.contextmanager
+def batch_caller(enabled: bool = True) -> Iterator[None]:
+    """The calling thread under Linux's ``SCHED_BATCH`` policy for the block (then back to what it had),
+    when it has the default one.
+
+    Why: IREE 3.13's wait ends with the caller spinning until the worker that woke it has finished the
+    wake-up callback; the kernel often runs the woken caller on that worker's core at once, and the
+    caller then spins until the worker gets its core back (milliseconds, a scheduler time slice) while
+    the other workers wait for that worker's share of the dispatch.  A ``SCHED_BATCH`` thread does not
+    preempt on wake-up, so the worker finishes first.  Measured: calls of ~2 ms went from 44% slow
+    (5-8 ms) to none (``benchmarks/kernel.py --caller-policy other,batch``, ``docs/benchmarks.md``)."""
+    policy = getattr(os, "SCHED_BATCH", None)
+    if not enabled or policy is None:
+        yield
+        return
+    try:
+        switched = os.sched_getscheduler(0) == os.SCHED_OTHER
+        if switched:
+            os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError:  # not permitted in this sandbox / container: the call runs as it is
+        switched = False
+    try:
+        yield
+    finally:
+        if switched:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 @dataclass(frozen=True)
@@ -151,9 +180,11 @@ class Module:
         driver: str = "local-task",
         function: str = "main",
         inputs: Sequence[TensorSpec] | None = None,
+        batch_caller: bool = True,
     ) -> None:
         self.inputs = list(inputs) if inputs is not None else None
         self.function = function
+        self.batch_caller = batch_caller  # each call under SCHED_BATCH (:func:`batch_caller`)
         try:
             self._config = rt.Config(driver)
             self.driver = driver
@@ -226,7 +257,8 @@ class Module:
         """Call with device arrays (:meth:`upload`) and leave the result on the device: the call returns
         when the device is done (IREE's synchronous entry waits on the work it submitted).  No input
         checks; for timing the device's work without host copies."""
-        return self._fn(*args)
+        with batch_caller(self.batch_caller):
+            return self._fn(*args)
 
     def __call__(self, *args: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
         # (np.ascontiguousarray would make a 0-d array 1-d: a scalar input then fails IREE's shape check);
@@ -240,7 +272,8 @@ class Module:
             for i, (spec, a) in enumerate(zip(self.inputs, arrays)):
                 spec.check(i, _Described.of(a) if isinstance(a, rt.HalBufferView) else a, sig)
         try:
-            result = self._fn(*arrays)
+            with batch_caller(self.batch_caller):
+                result = self._fn(*arrays)
         except (RuntimeError, ValueError, IndexError, TypeError) as e:  # the IREE runtime's own errors
             raise ArtifactError(f"the IREE runtime refused the call to {self.function}: {e}") from None
         # copied out: an array that only maps the result's device memory can be overwritten by a later

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,29 @@ def test_a_scalar_input_keeps_its_rank(tmp_path: Path) -> None:
     folder = msd.compile(_Scaled(), (x, t)).save(tmp_path / "scalar")
     y = msd.runtime.load(folder)(x.numpy(), np.float32(2.5) * np.ones((), np.float32))
     np.testing.assert_allclose(y, (x * t).numpy(), rtol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is a Linux scheduling policy")
+def test_calls_run_the_caller_under_sched_batch_and_restore_its_policy(saved, monkeypatch) -> None:
+    """The runtime's calls run the calling thread under SCHED_BATCH (IREE's wait would otherwise often
+    preempt the worker it waits for, docs/benchmarks.md) and give it back its policy afterwards."""
+    from msd.runtime import module
+
+    folder, _ = saved
+    art = msd.runtime.load(folder)
+    seen = []
+    fn = art.main._module._fn
+
+    def spy(*args):
+        seen.append(os.sched_getscheduler(0))
+        return fn(*args)
+
+    monkeypatch.setattr(art.main._module, "_fn", spy)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    art.main(np.ones((2, 64), np.float32))
+    assert seen == [os.SCHED_BATCH] and os.sched_getscheduler(0) == os.SCHED_OTHER
+    with module.batch_caller(False):
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    art.main._module.batch_caller = False
+    art.main(np.ones((2, 64), np.float32))
+    assert seen[-1] == os.SCHED_OTHER
