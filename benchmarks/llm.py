@@ -781,6 +781,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--kernel-row", default=None, metavar="ISA",
                    help="also time slices=2 built with this fused kernel named (e.g. avx512-vnni beside amx-int8, "
                         "which auto picks where the CPU has AMX), in two rounds alternating with the default build")
+    p.add_argument("--caller-row", action="store_true",
+                   help="also time slices=2 with the calling thread left under its default scheduling policy "
+                        "(msd's runtime runs each call under SCHED_BATCH: runtime.module.batch_caller), in "
+                        "rounds alternating with the default")
     p.add_argument("--wait-idle", type=float, default=300.0,
                    help="seconds each speed row may wait for other processes to leave the CPU (default %(default)s)")
     p.add_argument("--no-profile", action="store_true", help="skip the device-time profile of msd's decode")
@@ -883,6 +887,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         args.decode_tokens))
             del other
             gc.collect()
+        if args.caller_row:  # the same slices=2 build, the calls without SCHED_BATCH for the caller
+            import msd.runtime.module as runtime_module
+
+            batch = runtime_module.batch_caller
+            for r in range(3):
+                wait_for_idle(args.wait_idle, log)
+                runtime_module.batch_caller = lambda enabled=True: batch(False)
+                try:
+                    speed.append(time_steps(f"msd slices=2, caller SCHED_OTHER (round {r + 1})", compiled[2].gen,
+                                            prompt, args.decode_tokens))
+                finally:
+                    runtime_module.batch_caller = batch
+                wait_for_idle(args.wait_idle, log)
+                speed.append(time_steps(f"msd slices=2 (caller round {r + 1})", compiled[2].gen, prompt,
+                                        args.decode_tokens))
         if args.codegen_row:  # the same slices=2 build without the fused kernels: IREE's lowering of the int8 matmuls
             plain = compile_msd(args.gguf, model, 2, args.max_ctx, log, cpu_kernel="none")
             wait_for_idle(args.wait_idle, log)
