@@ -87,7 +87,8 @@ def batch_caller(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         if switched:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            with contextlib.suppress(OSError):  # (granted a moment ago: not expected to fail)
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 @dataclass(frozen=True)
