@@ -56,10 +56,11 @@ from .quantize_kernel import QuantizeSpec
 PARALLEL, REDUCTION = _ir.PARALLEL, _ir.REDUCTION
 Kernel = KernelSpec | CudaKernelSpec | QuantizeSpec | CudaQuantizeSpec  # what a pass run adds an executable for
 # Workgroups per CPU kernel dispatch.  IREE's task system hands a worker 8 workgroups at a time once a
-# dispatch has 8 per worker or more, 1 at a time below that: 32 stay balanced on 1, 2, 4, 8 or 16
-# workers, where the counts the kernel had before (N/32 channel tiles rounded, e.g. 35 or 40) left one
-# of two workers with 19 of 35 or 24 of 40 (benchmarks/kernel.py --shapes 4096x3840: 1198 -> 1422 GOP/s).
-WORKGROUPS = 32
+# dispatch has 8 per worker or more, 1 at a time below that: 32 (or 16 where the layer has fewer than 32
+# register blocks) stay balanced on 1, 2, 4, 8 or 16 workers, where the counts the kernel had before (N/32
+# channel tiles rounded, e.g. 35 or 40; one per block below 32, e.g. 18 or 30) left one of two workers 19
+# of 35, 24 of 40 or 10 of 18 (benchmarks/kernel.py --workgroups, docs/benchmarks.md "Fused CPU kernel").
+WORKGROUPS = (32, 16)
 
 
 def _kernel_shape(p: Plan, step: int, which: str) -> tuple[int, int] | str:
@@ -133,9 +134,10 @@ def _register_block(lanes: int, slices: int) -> tuple[int, int]:
 
 
 def kernel_workgroups(n: int, isa: str, cols: int) -> int:
-    """Workgroups of a kernel over ``n`` channels: WORKGROUPS, or one per register block when there are
-    fewer."""
-    return min(WORKGROUPS, -(-n // (ISAS[isa].lanes * cols)))
+    """Workgroups of a kernel over ``n`` channels: the largest of WORKGROUPS the register blocks fill, else
+    one per block."""
+    blocks = -(-n // (ISAS[isa].lanes * cols))
+    return next((w for w in WORKGROUPS if blocks >= w), blocks)
 
 
 def _kept_dims(p: Plan) -> list[int]:
