@@ -66,6 +66,7 @@ from msd.compiler.llm.generate import (  # noqa: E402
 from msd.compiler.models import gguf as G  # noqa: E402
 from msd.compiler.models.llama import LlamaModel  # noqa: E402
 from msd.compiler.tools.dispatches import dispatches_per_call, iree_tool  # noqa: E402
+from msd.runtime.module import batch_caller  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "benchmarks.md"
@@ -478,7 +479,8 @@ def device_profile(cm, function: str, inputs: list[str], threads: int, calls: in
                f"--function={function}", *(f"--input={i}" for i in inputs), f"--benchmark_min_time={calls}x",
                "--benchmark_format=json", "--device_profiling_mode=host-execution",
                f"--device_profiling_output={out}"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        with batch_caller():  # the tool inherits SCHED_BATCH, as msd's runtime calls run (docs/benchmarks.md)
+            r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             empty.error = f"iree-benchmark-module failed: {r.stderr.strip()[-300:]}"
             return empty
@@ -701,8 +703,9 @@ def render(args: argparse.Namespace, env: dict, acc: list[AccuracyRow] | None, a
         if d is not None and not d.error:
             host_ms = 1e3 / p.decode_tok_s if p.decode_tok_s > 0 else math.nan
             lines += [
-                f"- Device time (`iree-benchmark-module`, caches already on the device, HAL host-execution "
-                f"profiling on): **{d.call_ms:.1f} ms per call**, of which dispatches {d.dispatch_ms:.1f} ms; "
+                f"- Device time (`iree-benchmark-module` under `SCHED_BATCH` like msd's runtime calls, caches "
+                f"already on the device, HAL host-execution profiling on): **{d.call_ms:.1f} ms per call**, "
+                f"of which dispatches {d.dispatch_ms:.1f} ms; "
                 f"the same call from Python (`Generator` path: the cache read in place, new entries out) "
                 f"took {fmt(host_ms)} ms per token.",
                 "",
