@@ -133,13 +133,16 @@ class Artifact:
         return next(iter(self.functions.values()))(*args)
 
 
-def load(path: str | os.PathLike, device: str | None = None, *, verify: bool = True) -> Artifact:
+def load(path: str | os.PathLike, device: str | None = None, *, verify: bool = True,
+         batch_caller: bool = True) -> Artifact:
     """Load an artifact folder saved by ``CompiledModule.save``.
 
     ``msd.json`` is checked against the format's schema before anything else is read, then every file
     it lists (plain names inside the folder only) against its size and sha256; only listed files are
     ever opened.  ``device``: an IREE runtime driver (``local-task``, ``cuda``, ``hip``, ``vulkan``); by
     default the one the target needs.  ``verify=False`` skips the sha256 (sizes are still checked).
+    ``batch_caller=False``: calls leave the calling thread's scheduling policy alone
+    (:func:`msd.runtime.module.batch_caller`).
     Every refusal is an :class:`~msd.errors.ArtifactError` naming the file and the problem.
     """
     folder = Path(path)
@@ -170,7 +173,7 @@ def load(path: str | os.PathLike, device: str | None = None, *, verify: bool = T
             try:
                 module = Module.load(artifact_file(folder, manifest, MODULE_FILE),
                                      artifact_file(folder, manifest, PARAMETERS_FILE), driver=device,
-                                     function=fname, inputs=inputs)
+                                     function=fname, inputs=inputs, batch_caller=batch_caller)
             except DeviceError as e:
                 raise DeviceError(f"{folder} was compiled for {target['name']}, which needs a device of IREE's"
                                     f" '{device}' driver; this machine has none ({e})") from None

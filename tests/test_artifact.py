@@ -184,6 +184,8 @@ def test_calls_run_the_caller_under_sched_batch_and_restore_its_policy(saved, mo
     assert seen == [os.SCHED_BATCH] and os.sched_getscheduler(0) == os.SCHED_OTHER
     with module.batch_caller(False):
         assert os.sched_getscheduler(0) == os.SCHED_OTHER
-    art.main._module.batch_caller = False
-    art.main(np.ones((2, 64), np.float32))
+    plain = msd.runtime.load(folder, batch_caller=False)
+    fn2 = plain.main._module._fn
+    monkeypatch.setattr(plain.main._module, "_fn", lambda *a: (seen.append(os.sched_getscheduler(0)), fn2(*a))[1])
+    plain.main(np.ones((2, 64), np.float32))
     assert seen[-1] == os.SCHED_OTHER
