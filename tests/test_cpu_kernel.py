@@ -465,3 +465,14 @@ def test_amx_rows_equal_the_vnni_rows_bit_for_bit(case: int, tmp_path: Path) -> 
         ops, _ = _operands(spec, 41, seed=case)
         out[isa] = np.asarray(ctx.modules.module["linear"](*ops))
     np.testing.assert_array_equal(out["amx-int8"], out["avx512-vnni"])
+
+
+def test_kernels_have_workgroup_counts_irees_task_system_balances() -> None:
+    """32 workgroups, 16 for layers of 16-31 register blocks, else one per block (IREE hands a worker 8
+    workgroups at a time once there are 8 per worker: docs/benchmarks.md, "Fused CPU kernel")."""
+    from msd.passes.decompose_activations.emit_kernel import kernel_workgroups
+
+    # AVX-512, 2 tiles of 16: 32 channels a block (1, 6, 15, 18, 30, 48 and 344 blocks)
+    channels = (24, 192, 480, 576, 960, 1536, 11008)
+    assert [kernel_workgroups(n, "avx512-vnni", 2) for n in channels] == [1, 6, 15, 16, 16, 32, 32]
+    assert kernel_workgroups(960, "avx2", 1) == 32  # 8 channels a block: 120 blocks
