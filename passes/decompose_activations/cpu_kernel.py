@@ -563,7 +563,6 @@ class _Writer:
             e(f"{ind}vector.maskedstore %y[%{tag}row{r}, %n0_{c}], %nmask{c}, {y} : {self.t_y}, "
               f"vector<{s.lanes}xi1>, {vf}")
 
-
     def offset_sums(self, tag: str, rows: int, cols: int, ind: str) -> None:
         """Σ_g offset · xsum of the block's rows and tiles, in ``%{tag}oacc``: the weight's per-group offsets
         (zero point or min, times the scale) against the activation's per-group sums."""
