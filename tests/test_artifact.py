@@ -163,7 +163,8 @@ def test_a_scalar_input_keeps_its_rank(tmp_path: Path) -> None:
     np.testing.assert_allclose(y, (x * t).numpy(), rtol=1e-6)
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is a Linux scheduling policy")
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"),
+                    reason="SCHED_BATCH is Linux-only; elsewhere the runtime leaves the caller's scheduling alone")
 def test_calls_run_the_caller_under_sched_batch_and_restore_its_policy(saved, monkeypatch) -> None:
     """The runtime's calls run the calling thread under SCHED_BATCH (IREE's wait would otherwise often
     preempt the worker it waits for, docs/benchmarks.md) and give it back its policy afterwards."""
